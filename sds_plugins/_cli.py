@@ -1,0 +1,250 @@
+"""The ``sds-plugins`` command line.
+
+Exit codes (stable, for scripts): 0 records found; 2 invalid input or configuration (nothing
+sent); 3 no matching records; 4 ambiguous; 5 directory unavailable or failing (5xx, timeout,
+unreachable, malformed body, request refused); 6 authentication refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from ._client import LookupResult, SdsClient
+from ._exceptions import DirectoryError, SdsPluginsError
+from ._models import records_as_json
+from ._settings import Settings
+
+__all__ = ["cli", "main"]
+
+EXIT_NOT_FOUND = 3
+_T = TypeVar("_T")
+
+
+def _fail(exc: SdsPluginsError) -> None:
+    """One clear line on stderr (with the correlation id), then the class's exit code."""
+    if isinstance(exc, DirectoryError):
+        line = f"error: {type(exc).__name__}: {exc}"
+    else:
+        line = f"error: {exc}"
+    click.echo(line, err=True)
+    sys.exit(exc.exit_code)
+
+
+def _run(coro_factory: Callable[[], Awaitable[_T]]) -> _T:
+    async def runner() -> _T:
+        return await coro_factory()
+
+    try:
+        return asyncio.run(runner())
+    except SdsPluginsError as exc:
+        _fail(exc)
+        raise AssertionError("unreachable") from exc  # _fail exits
+
+
+def _settings(base_url: str | None, api_key: str | None) -> Settings:
+    overrides: dict[str, Any] = {}
+    if base_url:
+        overrides["base_url"] = base_url
+    if api_key:
+        overrides["api_key"] = api_key
+    try:
+        return Settings(**overrides)
+    except SdsPluginsError as exc:
+        _fail(exc)
+    except ValueError as exc:  # pydantic's ValidationError
+        click.echo(f"error: invalid configuration: {exc}", err=True)
+        sys.exit(2)
+    raise AssertionError("unreachable")
+
+
+def _print_records(result: LookupResult[Any]) -> None:
+    click.echo(json.dumps(records_as_json(result.records), indent=2))
+    if not result.records:
+        click.echo(
+            f"no matching records for {result.query} (correlation_id={result.correlation_id})",
+            err=True,
+        )
+        sys.exit(EXIT_NOT_FOUND)
+
+
+_connection_options = [
+    click.option(
+        "--base-url", help="SDS base URL or environment name (default: SDS_BASE_URL/SDS_ENV)."
+    ),
+    click.option("--api-key", help="API key (default: SDS_API_KEY)."),
+    click.option("--correlation-id", help="UUID to send as X-Correlation-ID (default: a new one)."),
+    click.option("--no-cache", is_flag=True, help="Ask the API gateway to skip its cache."),
+]
+
+
+def _with_connection(func: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_connection_options):
+        func = option(func)
+    return func
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@click.version_option(package_name="sds-plugins")
+def cli(verbose: int) -> None:
+    """Find where to send NHS messages: SDS lookups, routing envelopes, a local SDS sandbox."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+@cli.command()
+@click.option("--org", required=True, help="ODS code of the organisation.")
+@click.option("--interaction", required=True, help="Interaction id (urn:nhs:names:services:...).")
+@click.option("--party-key", help="Only the system with this MHS party key.")
+@click.option("--manufacturer", help="Only systems made by this supplier (ODS code).")
+@_with_connection
+def device(
+    org: str,
+    interaction: str,
+    party_key: str | None,
+    manufacturer: str | None,
+    base_url: str | None,
+    api_key: str | None,
+    correlation_id: str | None,
+    no_cache: bool,
+) -> None:
+    """Accredited systems (SDS /Device): ASIDs and party keys."""
+    settings = _settings(base_url, api_key)
+
+    async def lookup() -> LookupResult[Any]:
+        async with SdsClient.from_settings(settings) as client:
+            return await client.devices(
+                org=org,
+                interaction=interaction,
+                party_key=party_key,
+                manufacturer=manufacturer,
+                correlation_id=correlation_id,
+                no_cache=no_cache,
+            )
+
+    _print_records(_run(lookup))
+
+
+@cli.command()
+@click.option("--org", help="ODS code of the organisation.")
+@click.option("--interaction", help="Interaction id (urn:nhs:names:services:...).")
+@click.option("--party-key", help="MHS party key.")
+@_with_connection
+def endpoint(
+    org: str | None,
+    interaction: str | None,
+    party_key: str | None,
+    base_url: str | None,
+    api_key: str | None,
+    correlation_id: str | None,
+    no_cache: bool,
+) -> None:
+    """Message handling endpoints (SDS /Endpoint): address, party key, CPA id, reliability."""
+    settings = _settings(base_url, api_key)
+
+    async def lookup() -> LookupResult[Any]:
+        async with SdsClient.from_settings(settings) as client:
+            return await client.endpoints(
+                org=org,
+                interaction=interaction,
+                party_key=party_key,
+                correlation_id=correlation_id,
+                no_cache=no_cache,
+            )
+
+    _print_records(_run(lookup))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=9000, show_default=True, type=int)
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder with mhs-records.json and accredited-system-records.json.",
+)
+@click.option(
+    "--spine-core-ods",
+    default="YES",
+    show_default=True,
+    help="ODS code of Spine's own MHS records (intermediary address rewrite).",
+)
+@click.option("--latency-ms", default=0.0, type=float, help="Delay every answer.")
+@click.option(
+    "--error-rate",
+    default=0.0,
+    type=click.FloatRange(0, 1),
+    help="Fraction of requests answered with an error.",
+)
+@click.option("--rate-limit", type=click.IntRange(min=1), help="Requests per second before 429.")
+@click.option("--page-size", type=click.IntRange(min=1), help="Page answers (Bundle next links).")
+@click.option("--api-key", help="Require this apikey (or a bearer token from /oauth2/token).")
+@click.option(
+    "--jwks",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JWKS file: verify signed-JWT client assertions at /oauth2/token.",
+)
+@click.option(
+    "--synthetic", default=0, type=click.IntRange(min=0), help="Add N generated GP practices."
+)
+def sandbox(
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    spine_core_ods: str,
+    latency_ms: float,
+    error_rate: float,
+    rate_limit: int | None,
+    page_size: int | None,
+    api_key: str | None,
+    jwks: Path | None,
+    synthetic: int,
+) -> None:
+    """Run a local SDS FHIR API that behaves like NHS England's."""
+    from .sandbox import SandboxConfig, serve
+
+    jwks_doc: dict[str, Any] | None = None
+    if jwks is not None:
+        try:
+            jwks_doc = json.loads(jwks.read_text())
+        except (OSError, ValueError) as exc:
+            raise click.BadParameter(f"cannot read JWKS: {exc}", param_hint="--jwks") from exc
+    config = SandboxConfig(
+        data_dir=data_dir,
+        spine_core_ods=spine_core_ods,
+        latency_ms=latency_ms,
+        error_rate=error_rate,
+        rate_limit=rate_limit,
+        page_size=page_size,
+        api_key=api_key,
+        jwks=jwks_doc,
+        synthetic=synthetic,
+    )
+    serve(config, host=host, port=port)
+
+
+@cli.command()
+def demo() -> None:
+    """Start the embedded sandbox and show real lookups against it."""
+    from ._demo import run_demo
+
+    try:
+        run_demo()
+    except SdsPluginsError as exc:
+        _fail(exc)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    cli.main(args=list(argv) if argv is not None else None, prog_name="sds-plugins")

@@ -1,0 +1,464 @@
+"""The SDS FHIR API client: one shared ``httpx.AsyncClient``, retries, typed errors, paging.
+
+Every lookup sends an ``X-Correlation-ID`` (the caller's, or a fresh UUID) and carries it into
+its :class:`LookupResult` or its exception, so one id follows a message from the broker's log to
+NHS England's service desk.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_before_delay,
+)
+
+from ._exceptions import (
+    AuthenticationError,
+    DirectoryError,
+    DirectoryTimeoutError,
+    DirectoryUnavailableError,
+    MalformedResponseError,
+    RateLimitedError,
+    RequestRejectedError,
+)
+from ._models import (
+    AccreditedSystem,
+    MessageHandlingEndpoint,
+    ParsedBundle,
+    parse_devices,
+    parse_endpoints,
+)
+from ._query import DeviceQuery, EndpointQuery, SdsQuery
+from ._validation import normalise_correlation_id
+
+__all__ = [
+    "ENVIRONMENTS",
+    "LookupResult",
+    "RetryPolicy",
+    "SdsClient",
+    "resolve_base_url",
+]
+
+logger = logging.getLogger("sds_plugins.client")
+
+#: Named environments of the SDS FHIR API (NHS England's API platform).
+ENVIRONMENTS: dict[str, str] = {
+    "sandbox": "https://sandbox.api.service.nhs.uk/spine-directory/FHIR/R4",
+    "int": "https://int.api.service.nhs.uk/spine-directory/FHIR/R4",
+    "dep": "https://dep.api.service.nhs.uk/spine-directory/FHIR/R4",
+    "prod": "https://api.service.nhs.uk/spine-directory/FHIR/R4",
+}
+
+_RETRY_STATUSES = frozenset({429, 502, 503, 504})
+_USER_AGENT = "sds-plugins/0.1 (+https://github.com/sds-plugins/sds-plugins)"
+
+_R = TypeVar("_R", AccreditedSystem, MessageHandlingEndpoint)
+
+
+def resolve_base_url(env_or_url: str) -> str:
+    """``"int"`` → the INT base URL; an ``http(s)://`` URL is returned without a trailing slash."""
+    from ._exceptions import ConfigurationError
+
+    value = env_or_url.strip()
+    if value in ENVIRONMENTS:
+        return ENVIRONMENTS[value]
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigurationError(
+            f"{env_or_url!r} is neither an environment ({', '.join(ENVIRONMENTS)}) nor a base URL"
+        )
+    return value.rstrip("/")
+
+
+def default_token_url(base_url: str) -> str:
+    """The platform's token endpoint lives at ``/oauth2/token`` on the API's host."""
+    parts = urlsplit(base_url)
+    return f"{parts.scheme}://{parts.netloc}/oauth2/token"
+
+
+class RetryPolicy(BaseModel):
+    """How idempotent GETs are retried on 429, 502, 503, 504 and transport errors.
+
+    Waits grow exponentially from ``backoff_s`` up to ``max_backoff_s``, with full jitter so a
+    fleet does not retry in step; a ``Retry-After`` from the server replaces the computed wait.
+    Nothing sleeps past ``budget_s`` from the first attempt: when the next wait would cross it,
+    the last error is raised instead.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    attempts: int = Field(default=4, ge=1, le=20)
+    backoff_s: float = Field(default=0.2, ge=0)
+    max_backoff_s: float = Field(default=5.0, ge=0)
+    budget_s: float = Field(default=20.0, gt=0)
+
+    def wait(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return max(retry_after, 0.0)
+        ceiling = min(self.max_backoff_s, self.backoff_s * (2 ** (attempt - 1)))
+        return random.uniform(ceiling / 2, ceiling)  # noqa: S311 - jitter, not cryptography
+
+
+class LookupResult(BaseModel, Generic[_R]):
+    """Records from one lookup, with what it took to get them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    records: tuple[_R, ...]
+    query: str
+    correlation_id: str
+    base_url: str
+    attempts: int = 1
+    pages: int = 1
+    elapsed_s: float = 0.0
+
+
+class SdsClient:
+    """Async client for the SDS FHIR API (``/Device`` and ``/Endpoint``).
+
+    One instance owns one ``httpx.AsyncClient`` (one connection pool, one TLS context) for its
+    whole life; use it as an async context manager or call :meth:`aclose`.
+    """
+
+    def __init__(
+        self,
+        base_url: str = "sandbox",
+        *,
+        auth: httpx.Auth | None = None,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 10.0,
+        retry: RetryPolicy | None = None,
+        max_pages: int = 10,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_connections: int = 100,
+    ) -> None:
+        self.base_url = resolve_base_url(base_url)
+        self.retry = retry or RetryPolicy()
+        self.max_pages = max_pages
+        self._http = httpx.AsyncClient(
+            auth=auth,
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+            headers={"Accept": "application/fhir+json", "User-Agent": _USER_AGENT},
+            transport=transport,
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+            follow_redirects=False,
+        )
+        self._origin = _origin(self.base_url)
+        #: Requests sent to the directory, retries and extra pages included.
+        self.requests_sent = 0
+
+    @classmethod
+    def from_settings(cls, settings: Any, **overrides: Any) -> SdsClient:
+        """Build a client from :class:`sds_plugins.Settings` (environment variables)."""
+        options: dict[str, Any] = {
+            "auth": settings.build_auth(),
+            "connect_timeout_s": settings.connect_timeout_s,
+            "read_timeout_s": settings.read_timeout_s,
+            "retry": RetryPolicy(
+                attempts=settings.retry_attempts, budget_s=settings.retry_budget_s
+            ),
+            "max_pages": settings.max_pages,
+        }
+        options.update(overrides)
+        return cls(settings.resolved_base_url(), **options)
+
+    def __repr__(self) -> str:
+        return f"SdsClient(base_url={self.base_url!r})"
+
+    async def __aenter__(self) -> SdsClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    # -- public lookups --------------------------------------------------------------------
+
+    async def devices(
+        self,
+        *,
+        org: str,
+        interaction: str,
+        party_key: str | None = None,
+        manufacturer: str | None = None,
+        correlation_id: str | None = None,
+        no_cache: bool = False,
+    ) -> LookupResult[AccreditedSystem]:
+        """Accredited systems (``/Device``) of ``org`` for ``interaction``."""
+        query = DeviceQuery.build(
+            org=org, interaction=interaction, party_key=party_key, manufacturer=manufacturer
+        )
+        return await self.search_devices(query, correlation_id=correlation_id, no_cache=no_cache)
+
+    async def endpoints(
+        self,
+        *,
+        org: str | None = None,
+        interaction: str | None = None,
+        party_key: str | None = None,
+        correlation_id: str | None = None,
+        no_cache: bool = False,
+    ) -> LookupResult[MessageHandlingEndpoint]:
+        """Message handling endpoints (``/Endpoint``); one record per address."""
+        query = EndpointQuery.build(org=org, interaction=interaction, party_key=party_key)
+        return await self.search_endpoints(query, correlation_id=correlation_id, no_cache=no_cache)
+
+    async def search_devices(
+        self, query: DeviceQuery, *, correlation_id: str | None = None, no_cache: bool = False
+    ) -> LookupResult[AccreditedSystem]:
+        return await self._search(query, parse_devices, correlation_id, no_cache)
+
+    async def search_endpoints(
+        self, query: EndpointQuery, *, correlation_id: str | None = None, no_cache: bool = False
+    ) -> LookupResult[MessageHandlingEndpoint]:
+        return await self._search(query, parse_endpoints, correlation_id, no_cache)
+
+    async def search(
+        self, query: SdsQuery, *, correlation_id: str | None = None, no_cache: bool = False
+    ) -> LookupResult[AccreditedSystem] | LookupResult[MessageHandlingEndpoint]:
+        """Run either kind of query."""
+        if isinstance(query, DeviceQuery):
+            return await self.search_devices(
+                query, correlation_id=correlation_id, no_cache=no_cache
+            )
+        return await self.search_endpoints(query, correlation_id=correlation_id, no_cache=no_cache)
+
+    # -- machinery ---------------------------------------------------------------------------
+
+    async def _search(
+        self,
+        query: SdsQuery,
+        parse: Callable[[object], ParsedBundle[_R]],
+        correlation_id: str | None,
+        no_cache: bool,
+    ) -> LookupResult[_R]:
+        correlation_id = normalise_correlation_id(correlation_id)
+        headers = {"X-Correlation-ID": correlation_id}
+        if no_cache:
+            # Skips the API gateway's own 30-minute response cache.
+            headers["Cache-Control"] = "no-cache"
+        started = time.perf_counter()
+        url = f"{self.base_url}/{query.resource}"
+        params: httpx.QueryParams | None = httpx.QueryParams(tuple(query.params()))
+        records: list[_R] = []
+        attempts = pages = 0
+        while True:
+            pages += 1
+            if pages > self.max_pages:
+                raise MalformedResponseError(
+                    f"SDS kept sending 'next' links beyond {self.max_pages} pages",
+                    field="link",
+                    correlation_id=correlation_id,
+                    method="GET",
+                    url=url,
+                    attempts=attempts,
+                )
+            body, used = await self._get(url, params, headers, correlation_id)
+            attempts += used
+            try:
+                parsed = parse(body)
+            except MalformedResponseError as exc:
+                exc.correlation_id, exc.url, exc.method = correlation_id, url, "GET"
+                exc.attempts = attempts
+                raise
+            records.extend(parsed.records)
+            if not parsed.next_url:
+                break
+            url, params = self._checked_next(parsed.next_url, correlation_id), None
+        return LookupResult[_R](
+            records=tuple(records),
+            query=query.key(),
+            correlation_id=correlation_id,
+            base_url=self.base_url,
+            attempts=attempts,
+            pages=pages,
+            elapsed_s=time.perf_counter() - started,
+        )
+
+    def _checked_next(self, next_url: str, correlation_id: str) -> str:
+        # Credentials ride on every request: never follow a link to another origin with them.
+        if _origin(next_url) != self._origin:
+            raise MalformedResponseError(
+                "SDS 'next' link points to another origin; refusing to follow it",
+                field="link.next",
+                correlation_id=correlation_id,
+                url=next_url,
+            )
+        return next_url
+
+    async def _get(
+        self,
+        url: str,
+        params: httpx.QueryParams | None,
+        headers: dict[str, str],
+        correlation_id: str,
+    ) -> tuple[object, int]:
+        """GET with retries; returns the decoded JSON body and the number of attempts."""
+        attempts = 0
+
+        async def attempt() -> object:
+            nonlocal attempts
+            attempts += 1
+            self.requests_sent += 1
+            try:
+                response = await self._http.get(url, params=params, headers=headers)
+            except httpx.TimeoutException as exc:
+                raise DirectoryTimeoutError(
+                    f"SDS did not answer in time ({type(exc).__name__})",
+                    correlation_id=correlation_id,
+                    method="GET",
+                    url=url,
+                ) from exc
+            except httpx.TransportError as exc:
+                raise DirectoryUnavailableError(
+                    f"SDS is unreachable ({type(exc).__name__}: {exc})",
+                    correlation_id=correlation_id,
+                    method="GET",
+                    url=url,
+                ) from exc
+            logger.debug(
+                "GET %s -> %s (correlation_id=%s, attempt=%d)",
+                response.request.url,
+                response.status_code,
+                correlation_id,
+                attempts,
+            )
+            if response.status_code != 200:
+                raise _error_from_response(response, correlation_id)
+            try:
+                return response.json()
+            except ValueError as exc:
+                raise MalformedResponseError(
+                    "SDS answered 200 with a body that is not JSON",
+                    field="body",
+                    status_code=200,
+                    correlation_id=correlation_id,
+                    method="GET",
+                    url=url,
+                ) from exc
+
+        policy = self.retry
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.attempts) | stop_before_delay(policy.budget_s),
+            wait=lambda state: policy.wait(state.attempt_number, _retry_after(state)),
+            retry=retry_if_exception(_is_retryable),
+            before_sleep=_log_retry,
+            reraise=True,
+        )
+        try:
+            body: object = await retrying(attempt)
+        except DirectoryError as exc:
+            exc.attempts = attempts
+            raise
+        return body, attempts
+
+
+def _is_retryable(exc: BaseException) -> bool:
+    if isinstance(exc, DirectoryTimeoutError):
+        return True
+    if isinstance(exc, MalformedResponseError | AuthenticationError | RequestRejectedError):
+        return False
+    if isinstance(exc, DirectoryUnavailableError):
+        # Transport errors have no status; 500 and other 5xx are not retried (not transient).
+        return exc.status_code is None or exc.status_code in _RETRY_STATUSES
+    return False
+
+
+def _retry_after(state: RetryCallState) -> float | None:
+    exc = state.outcome.exception() if state.outcome else None
+    return exc.retry_after if isinstance(exc, DirectoryUnavailableError) else None
+
+
+def _log_retry(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome else None
+    wait = state.next_action.sleep if state.next_action else 0.0
+    logger.info(
+        "retrying SDS lookup in %.2fs after attempt %d: %s", wait, state.attempt_number, exc
+    )
+
+
+def _origin(url: str) -> tuple[str, str]:
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; ``None`` if absent."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    current = datetime.now(UTC).timestamp() if now is None else now
+    return max(when.timestamp() - current, 0.0)
+
+
+def operation_outcome(body: object) -> tuple[str | None, str | None]:
+    """The Spine error code and diagnostics of an ``OperationOutcome`` (or ``None``s)."""
+    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
+        return None, None
+    issues = body.get("issue") or []
+    issue = issues[0] if isinstance(issues, list) and issues and isinstance(issues[0], dict) else {}
+    codings = (issue.get("details") or {}).get("coding") or [{}]
+    coding = codings[0] if isinstance(codings[0], dict) else {}
+    code = coding.get("code") or issue.get("code")
+    diagnostics = issue.get("diagnostics") or coding.get("display")
+    return (str(code) if code else None), (str(diagnostics) if diagnostics else None)
+
+
+def _error_from_response(response: httpx.Response, correlation_id: str) -> DirectoryError:
+    status = response.status_code
+    try:
+        body: object = response.json()
+    except ValueError:
+        body = None
+    spine_code, diagnostics = operation_outcome(body)
+    kwargs: dict[str, Any] = {
+        "correlation_id": response.headers.get("X-Correlation-ID", correlation_id),
+        "status_code": status,
+        "spine_code": spine_code,
+        "diagnostics": diagnostics,
+        "method": response.request.method,
+        "url": str(response.request.url),
+    }
+    if status in (401, 403):
+        return AuthenticationError("SDS refused the credentials", **kwargs)
+    if status < 500 and status != 429:
+        return RequestRejectedError(f"SDS rejected the request with {status}", **kwargs)
+    # 429, 503 and friends may say when to come back; the retry policy honours it.
+    kwargs["retry_after"] = parse_retry_after(response.headers.get("Retry-After"))
+    if status == 429:
+        return RateLimitedError("SDS is rate limiting this application", **kwargs)
+    if status == 504:
+        return DirectoryTimeoutError("SDS timed out upstream", **kwargs)
+    return DirectoryUnavailableError(f"SDS failed with {status}", **kwargs)

@@ -1,0 +1,184 @@
+"""Every error sds-plugins raises, under one root.
+
+    SdsPluginsError
+    ├── InvalidInputError            bad ODS code, interaction, party key... (nothing was sent)
+    ├── ConfigurationError           settings or plugins that cannot work (unknown env, no key)
+    └── DirectoryError               a directory lookup did not give a usable answer
+        ├── NotFoundError            the directory answered: no matching records
+        ├── AmbiguousError           several candidates and nothing to choose between them
+        ├── AuthenticationError      the directory or its token endpoint refused our credentials
+        ├── RequestRejectedError     the directory refused the request itself (400, 404, 405, 406)
+        └── DirectoryUnavailableError  the directory is failing or out of reach (retried first)
+            ├── RateLimitedError     429 after the retry budget
+            ├── DirectoryTimeoutError  connect/read timeout after the retry budget
+            └── MalformedResponseError  a body that is not what the API promises
+
+A timeout is a :class:`DirectoryUnavailableError`, never a :class:`NotFoundError`: callers that
+treat "not found" as final must not do so for an outage.
+
+Messages and attributes never contain API keys, tokens or private keys: errors carry the request
+method and URL (query strings are not secret) but never its headers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "AmbiguousError",
+    "AuthenticationError",
+    "ConfigurationError",
+    "DirectoryError",
+    "DirectoryTimeoutError",
+    "DirectoryUnavailableError",
+    "InvalidInputError",
+    "MalformedResponseError",
+    "NotFoundError",
+    "RateLimitedError",
+    "RequestRejectedError",
+    "SdsPluginsError",
+]
+
+
+class SdsPluginsError(Exception):
+    """Root of every error raised by sds-plugins."""
+
+    #: The exit status the CLI uses for this class of error.
+    exit_code: int = 1
+
+
+class InvalidInputError(SdsPluginsError, ValueError):
+    """Input refused before any request was made.
+
+    ``field`` names the offending argument or option (e.g. ``"org"``, ``"party_key"``).
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ConfigurationError(SdsPluginsError):
+    """Settings, credentials files or plugins that cannot work as configured."""
+
+    exit_code = 2
+
+
+class DirectoryError(SdsPluginsError):
+    """A directory (SDS, or another source such as MESH lookup) did not give a usable answer.
+
+    Carries what an operator needs to chase the failure with NHS England: the HTTP status, the
+    Spine error code and diagnostics from the ``OperationOutcome``, the correlation id sent as
+    ``X-Correlation-ID``, and the method and URL of the request (never its headers).
+    """
+
+    exit_code = 5
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        correlation_id: str | None = None,
+        status_code: int | None = None,
+        spine_code: str | None = None,
+        diagnostics: str | None = None,
+        method: str | None = None,
+        url: str | None = None,
+        attempts: int = 1,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.correlation_id = correlation_id
+        self.status_code = status_code
+        self.spine_code = spine_code
+        self.diagnostics = diagnostics
+        self.method = method
+        self.url = url
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        parts = [self.message]
+        if self.status_code is not None:
+            parts.append(f"status={self.status_code}")
+        if self.spine_code:
+            parts.append(f"code={self.spine_code}")
+        if self.diagnostics and self.diagnostics not in self.message:
+            parts.append(f"diagnostics={self.diagnostics!r}")
+        if self.correlation_id:
+            parts.append(f"correlation_id={self.correlation_id}")
+        return " ".join(parts)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-friendly description (used by the CLI and the audit log)."""
+        return {
+            "error": type(self).__name__,
+            "message": self.message,
+            "status_code": self.status_code,
+            "spine_code": self.spine_code,
+            "diagnostics": self.diagnostics,
+            "correlation_id": self.correlation_id,
+            "attempts": self.attempts,
+        }
+
+
+class NotFoundError(DirectoryError):
+    """The directory answered, and nothing matched (or nothing usable matched)."""
+
+    exit_code = 3
+
+
+class AmbiguousError(DirectoryError):
+    """Several candidates matched and no option narrows them to one.
+
+    ``candidates`` lists short JSON-friendly descriptions (party key, address, ASID...).
+    """
+
+    exit_code = 4
+
+    def __init__(
+        self, message: str, *, candidates: list[dict[str, Any]] | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.candidates = candidates or []
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**super().to_dict(), "candidates": self.candidates}
+
+
+class AuthenticationError(DirectoryError):
+    """Credentials refused: 401/403 from the API, or an error from the OAuth token endpoint."""
+
+    exit_code = 6
+
+
+class RequestRejectedError(DirectoryError):
+    """The directory refused the request (400, 404, 405, 406): a bug here, or an API change."""
+
+
+class DirectoryUnavailableError(DirectoryError):
+    """The directory is failing or out of reach (5xx, 429, timeouts, connection errors).
+
+    ``retry_after`` is the server's ``Retry-After`` in seconds, when it sent one.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class RateLimitedError(DirectoryUnavailableError):
+    """Still throttled (429) when the retry budget ran out."""
+
+
+class DirectoryTimeoutError(DirectoryUnavailableError):
+    """No answer in time. Never to be read as "not found"."""
+
+
+class MalformedResponseError(DirectoryUnavailableError):
+    """The body is not what the API promises. ``field`` is the path of the offending element."""
+
+    def __init__(self, message: str, *, field: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.field = field

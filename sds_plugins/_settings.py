@@ -1,0 +1,88 @@
+"""Configuration from arguments or ``SDS_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import httpx
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ._auth import ApiKeyAuth, SignedJwtAuth
+from ._client import default_token_url, resolve_base_url
+from ._exceptions import ConfigurationError
+
+__all__ = ["Settings"]
+
+
+class Settings(BaseSettings):
+    """Everything needed to reach SDS. Each field reads ``SDS_<FIELD>`` from the environment.
+
+    ``base_url`` (``SDS_BASE_URL``) wins over ``env`` (``SDS_ENV``: sandbox, int, dep, prod).
+    ``auth`` defaults to ``apikey`` when an API key is set and to ``none`` otherwise; ``jwt``
+    needs ``client_id``, ``private_key_file`` and ``kid`` (``token_url`` defaults to
+    ``/oauth2/token`` on the base URL's host).
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SDS_", frozen=True, extra="ignore")
+
+    env: str = "sandbox"
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    auth: Literal["apikey", "jwt", "none"] | None = None
+    client_id: SecretStr | None = None
+    private_key_file: Path | None = None
+    kid: str | None = None
+    token_url: str | None = None
+
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    read_timeout_s: float = Field(default=10.0, gt=0)
+    retry_attempts: int = Field(default=4, ge=1, le=20)
+    retry_budget_s: float = Field(default=20.0, gt=0)
+    max_pages: int = Field(default=10, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        resolve_base_url(self.base_url or self.env)  # fail early on a typo
+        return self
+
+    def resolved_base_url(self) -> str:
+        return resolve_base_url(self.base_url or self.env)
+
+    def resolved_auth(self) -> Literal["apikey", "jwt", "none"]:
+        if self.auth is not None:
+            return self.auth
+        return "apikey" if self.api_key is not None else "none"
+
+    def build_auth(self) -> httpx.Auth | None:
+        """The ``httpx.Auth`` these settings describe (``None`` for no authentication)."""
+        mode = self.resolved_auth()
+        if mode == "none":
+            return None
+        if mode == "apikey":
+            if self.api_key is None:
+                raise ConfigurationError("SDS_AUTH=apikey needs SDS_API_KEY")
+            return ApiKeyAuth(self.api_key)
+        missing = [
+            name
+            for name, value in (
+                ("SDS_CLIENT_ID (or SDS_API_KEY)", self.client_id or self.api_key),
+                ("SDS_PRIVATE_KEY_FILE", self.private_key_file),
+                ("SDS_KID", self.kid),
+            )
+            if not value
+        ]
+        if missing:
+            raise ConfigurationError("SDS_AUTH=jwt needs " + ", ".join(missing))
+        client_id = self.client_id or self.api_key
+        # Narrowing for the type checker; `missing` above already guarantees these.
+        assert client_id is not None
+        assert self.private_key_file is not None
+        assert self.kid is not None
+        return SignedJwtAuth(
+            client_id=client_id,
+            private_key=self.private_key_file,
+            kid=self.kid,
+            token_url=self.token_url or default_token_url(self.resolved_base_url()),
+        )

@@ -1,0 +1,110 @@
+"""Input checks that run before anything is sent.
+
+Every value that ends up in a query string or an HTTP header passes through here, so a caller's
+typo becomes an :class:`InvalidInputError` naming the argument instead of a 400 from Spine (or, for
+CR/LF, a header-injection hole).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from ._exceptions import InvalidInputError
+
+__all__ = [
+    "check_header_value",
+    "normalise_correlation_id",
+    "normalise_interaction",
+    "normalise_ods_code",
+    "normalise_party_key",
+]
+
+# Control characters anywhere (not only at the ends): CR/LF would split a header, NUL and friends
+# have no business in a directory key. Checked before stripping so "X26\n" is refused, not fixed.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+# ODS codes are 3 to 10 letters and digits (YES, X26, B82617, 8HK52, RXX01...).
+_ODS = re.compile(r"^[A-Z0-9]{3,10}$")
+_PARTY_KEY = re.compile(r"^[A-Z0-9]{3,10}-[0-9]{1,12}$")
+# Spine interaction ids: urn:nhs:names:services:<service>:<action>[:...]; the action may carry
+# dots, dashes and underscores (gpc.getstructuredrecord-1, patient_appointments-1).
+_INTERACTION = re.compile(
+    r"^urn:nhs:names:services:[A-Za-z0-9][A-Za-z0-9._-]*(?::[A-Za-z0-9][A-Za-z0-9._-]*)+$"
+)
+
+
+def _clean(value: object, field: str) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(
+            f"{field} must be a string, got {type(value).__name__}", field=field
+        )
+    if _CONTROL.search(value):
+        raise InvalidInputError(
+            f"{field} contains a control character (CR, LF, NUL...)", field=field
+        )
+    cleaned = value.strip()
+    if not cleaned:
+        raise InvalidInputError(f"{field} is empty", field=field)
+    return cleaned
+
+
+def normalise_ods_code(value: object, field: str = "org") -> str:
+    """Strip and upper-case an ODS organisation code; refuse anything that cannot be one."""
+    code = _clean(value, field).upper()
+    if not _ODS.match(code):
+        raise InvalidInputError(
+            f"{field}: {code!r} is not an ODS code (3 to 10 letters and digits, e.g. B82617)",
+            field=field,
+        )
+    return code
+
+
+def normalise_party_key(value: object, field: str = "party_key") -> str:
+    """Strip and upper-case an MHS party key of the form ``<ODS>-<digits>``."""
+    key = _clean(value, field).upper()
+    if not _PARTY_KEY.match(key):
+        raise InvalidInputError(
+            f"{field}: {key!r} is not a party key (<ODS code>-<digits>, e.g. X26-820918)",
+            field=field,
+        )
+    return key
+
+
+def normalise_interaction(value: object, field: str = "interaction") -> str:
+    """Strip an interaction id and check it is a ``urn:nhs:names:services:...`` URN.
+
+    Case is kept: Spine compares interaction ids exactly.
+    """
+    interaction = _clean(value, field)
+    if not _INTERACTION.match(interaction):
+        raise InvalidInputError(
+            f"{field}: {interaction!r} is not an interaction id "
+            "(urn:nhs:names:services:<service>:<action>, "
+            "e.g. urn:nhs:names:services:gpconnect:fhir:rest:read:metadata-1)",
+            field=field,
+        )
+    return interaction
+
+
+def normalise_correlation_id(value: object | None, field: str = "correlation_id") -> str:
+    """Return a caller's correlation id as a canonical UUID string, or a fresh one."""
+    if value is None:
+        return str(uuid.uuid4())
+    text = _clean(value, field)
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise InvalidInputError(
+            f"{field}: {text!r} is not a UUID (SDS refuses other X-Correlation-ID values)",
+            field=field,
+        ) from None
+
+
+def check_header_value(value: str, field: str) -> str:
+    """Refuse a value that would break (or smuggle) an HTTP header: no CR, LF or other controls."""
+    if _CONTROL.search(value):
+        raise InvalidInputError(
+            f"{field} contains a control character (CR, LF, NUL...)", field=field
+        )
+    return value
