@@ -44,6 +44,7 @@ from ._models import (
     parse_endpoints,
 )
 from ._query import DeviceQuery, EndpointQuery, SdsQuery
+from ._ratelimit import RateLimiter
 from ._validation import normalise_correlation_id
 
 __all__ = [
@@ -146,8 +147,10 @@ class SdsClient:
         max_pages: int = 10,
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 100,
+        rate_limiter: RateLimiter | None = None,
     ) -> None:
         self.base_url = resolve_base_url(base_url)
+        self.rate_limiter = rate_limiter
         self.retry = retry or RetryPolicy()
         self.max_pages = max_pages
         self._http = httpx.AsyncClient(
@@ -322,6 +325,8 @@ class SdsClient:
 
         async def attempt() -> object:
             nonlocal attempts
+            if self.rate_limiter is not None:
+                await self.rate_limiter.acquire()
             attempts += 1
             self.requests_sent += 1
             try:

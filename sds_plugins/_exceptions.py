@@ -3,6 +3,8 @@
     SdsPluginsError
     ├── InvalidInputError            bad ODS code, interaction, party key... (nothing was sent)
     ├── ConfigurationError           settings or plugins that cannot work (unknown env, no key)
+    │   └── PluginError              a plugin that cannot be loaded (async hook, unknown hook...)
+    ├── EnvelopeVetoedError          a plugin refused to let an envelope out
     └── DirectoryError               a directory lookup did not give a usable answer
         ├── NotFoundError            the directory answered: no matching records
         ├── AmbiguousError           several candidates and nothing to choose between them
@@ -31,9 +33,11 @@ __all__ = [
     "DirectoryError",
     "DirectoryTimeoutError",
     "DirectoryUnavailableError",
+    "EnvelopeVetoedError",
     "InvalidInputError",
     "MalformedResponseError",
     "NotFoundError",
+    "PluginError",
     "RateLimitedError",
     "RequestRejectedError",
     "SdsPluginsError",
@@ -64,6 +68,20 @@ class ConfigurationError(SdsPluginsError):
     """Settings, credentials files or plugins that cannot work as configured."""
 
     exit_code = 2
+
+
+class PluginError(ConfigurationError):
+    """A plugin cannot be loaded or registered. ``plugin`` names it."""
+
+    def __init__(self, message: str, *, plugin: str | None = None) -> None:
+        super().__init__(message)
+        self.plugin = plugin
+
+
+class EnvelopeVetoedError(SdsPluginsError):
+    """A plugin's ``sds_finalize_envelope`` refused the envelope (policy, not failure)."""
+
+    exit_code = 7
 
 
 class DirectoryError(SdsPluginsError):

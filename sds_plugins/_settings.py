@@ -42,6 +42,16 @@ class Settings(BaseSettings):
     retry_budget_s: float = Field(default=20.0, gt=0)
     max_pages: int = Field(default=10, ge=1)
 
+    # Routing engine (see docs/architecture.md).
+    redis_url: SecretStr | None = None
+    cache_ttl_s: float = Field(default=300.0, ge=0)
+    negative_ttl_s: float = Field(default=60.0, ge=0)
+    stale_if_error_s: float = Field(default=3600.0, ge=0)
+    breaker_cooldown_s: float = Field(default=5.0, ge=0)
+    rate_limit_per_s: int = Field(default=40, ge=1)
+    rate_limit_per_min: int = Field(default=2400, ge=1)
+    audit_log: Path | None = None
+
     @model_validator(mode="after")
     def _check(self) -> Settings:
         resolve_base_url(self.base_url or self.env)  # fail early on a typo

@@ -15,9 +15,11 @@ from typing import Any
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._client import LookupResult, SdsClient
+from ._adapter import Lookup, LookupOutcome
+from ._envelope import RoutingEnvelope
 from ._models import AccreditedSystem, MessageHandlingEndpoint
 
-__all__ = ["SyncSdsClient"]
+__all__ = ["SyncRouter", "SyncSdsClient"]
 
 
 class SyncSdsClient:
@@ -68,6 +70,47 @@ class SyncSdsClient:
             self._stack.close()
 
     def __enter__(self) -> SyncSdsClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class SyncRouter:
+    """A blocking :class:`Router`: ``with SyncRouter(settings) as router: router.route(...)``."""
+
+    def __init__(self, settings: Any = None, **kwargs: Any) -> None:
+        from ._engine import Router
+
+        self._stack = ExitStack()
+        self._portal: BlockingPortal = self._stack.enter_context(start_blocking_portal())
+        try:
+            self.router: Router = self._portal.call(lambda: Router(settings, **kwargs))
+            self._portal.call(self.router.start)
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def route(self, adapter: str, **kwargs: Any) -> RoutingEnvelope:
+        """See :meth:`Router.route`."""
+        return self._portal.call(lambda: self.router.route(adapter, **kwargs))
+
+    def lookup(self, lookup: Lookup, **kwargs: Any) -> LookupOutcome:
+        """See :meth:`Router.lookup`."""
+        return self._portal.call(lambda: self.router.lookup(lookup, **kwargs))
+
+    def close(self) -> None:
+        try:
+            self._portal.call(self.router.aclose)
+        finally:
+            self._stack.close()
+
+    def __enter__(self) -> SyncRouter:
         return self
 
     def __exit__(

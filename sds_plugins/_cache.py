@@ -1,0 +1,299 @@
+"""Caching that survives outages.
+
+Layers, from the engine down:
+
+- :class:`LookupCache` (engine side, one per router): fresh hits; **negative caching** (an empty
+  answer is kept for the shorter ``negative_ttl_s``); **stale-if-error** (when the directory fails,
+  the last good answer is served up to ``stale_if_error_s`` past its freshness and marked
+  ``stale``); **single-flight** (concurrent identical lookups in this process share one fetch);
+  and a **breaker** so that, during an outage, cold lookups fail at once instead of each burning
+  the retry budget. Errors are never stored.
+- :class:`CacheBackend` (pluggable via ``sds_provide_cache``): stores entries and, for shared
+  backends, coalesces fetches fleet-wide. :class:`MemoryCache` is the default.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cachetools import TLRUCache
+from pydantic import BaseModel, ConfigDict
+
+from ._exceptions import DirectoryUnavailableError
+
+__all__ = ["CacheBackend", "CacheEntry", "LookupCache", "MemoryCache"]
+
+logger = logging.getLogger("sds_plugins.cache")
+
+
+class CacheEntry(BaseModel):
+    """A stored answer. Times are wall-clock epoch seconds so several processes can share them."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data: bytes
+    stored_at: float
+    fresh_until: float
+    stale_until: float
+    negative: bool = False
+
+    def is_fresh(self, now: float) -> bool:
+        return now < self.fresh_until
+
+    def is_usable_stale(self, now: float) -> bool:
+        return not self.negative and now < self.stale_until
+
+
+class CacheBackend:
+    """Where entries live. Subclass for other stores; all methods are coroutines.
+
+    ``coalesce`` runs ``fetch`` so that concurrent callers *across processes* share one fetch;
+    the default simply calls it (in-process coalescing is done by :class:`LookupCache`).
+    """
+
+    #: Shown by ``sds-plugins plugins`` and in events.
+    name = "cache"
+
+    async def get(self, key: str) -> CacheEntry | None:
+        raise NotImplementedError
+
+    async def set(self, key: str, entry: CacheEntry) -> None:
+        """Store ``entry`` until ``entry.stale_until``."""
+        raise NotImplementedError
+
+    async def delete(self, key: str) -> None:
+        raise NotImplementedError
+
+    async def clear(self) -> None:
+        raise NotImplementedError
+
+    async def coalesce(
+        self, key: str, fetch: Callable[[], Awaitable[CacheEntry]]
+    ) -> tuple[CacheEntry, bool]:
+        """Return ``(entry, fetched_here)``."""
+        return await fetch(), True
+
+    async def aclose(self) -> None:
+        """Release connections."""
+
+
+class MemoryCache(CacheBackend):
+    """In-process cache (cachetools), bounded in size; each entry expires at its ``stale_until``."""
+
+    name = "memory"
+
+    def __init__(self, maxsize: int = 100_000) -> None:
+        self._entries: TLRUCache[str, CacheEntry] = TLRUCache(
+            maxsize=maxsize, ttu=lambda _key, entry, _now: entry.stale_until, timer=time.time
+        )
+
+    async def get(self, key: str) -> CacheEntry | None:
+        return self._entries.get(key)
+
+    async def set(self, key: str, entry: CacheEntry) -> None:
+        self._entries[key] = entry
+
+    async def delete(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    async def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+class _Breaker:
+    """Opens after a lookup fails with the directory unavailable; closes after ``cooldown_s``.
+
+    While open, cold lookups fail immediately (warm ones are served stale), so an outage costs
+    each caller microseconds, not the whole retry budget. One probe goes through per cooldown.
+    """
+
+    def __init__(self, cooldown_s: float) -> None:
+        self.cooldown_s = cooldown_s
+        self._open_until = 0.0
+        self._last_error: DirectoryUnavailableError | None = None
+
+    def check(self, now: float) -> DirectoryUnavailableError | None:
+        if now < self._open_until and self._last_error is not None:
+            return self._last_error
+        return None
+
+    def trip(self, error: DirectoryUnavailableError, now: float) -> None:
+        self._last_error = error
+        self._open_until = now + self.cooldown_s
+
+    def reset(self) -> None:
+        self._open_until = 0.0
+        self._last_error = None
+
+
+class Cached(BaseModel):
+    """What :meth:`LookupCache.get_or_fetch` returns."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    records: tuple[Any, ...]
+    cache: str  # "hit" | "miss" | "stale" | "bypass" | "coalesced"
+    attempts: int = 0
+
+
+class LookupCache:
+    """Freshness rules, single-flight and the breaker, over a :class:`CacheBackend`."""
+
+    def __init__(
+        self,
+        backend: CacheBackend,
+        *,
+        ttl_s: float = 300.0,
+        negative_ttl_s: float = 60.0,
+        stale_if_error_s: float = 3600.0,
+        breaker_cooldown_s: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.backend = backend
+        self.ttl_s = ttl_s
+        self.negative_ttl_s = negative_ttl_s
+        self.stale_if_error_s = stale_if_error_s
+        self.breaker_cooldown_s = breaker_cooldown_s
+        self._clock = clock
+        self._inflight: dict[str, asyncio.Future[tuple[CacheEntry, int]]] = {}
+        self._breakers: dict[str, _Breaker] = {}
+
+    def breaker(self, namespace: str) -> _Breaker:
+        breaker = self._breakers.get(namespace)
+        if breaker is None:
+            breaker = self._breakers[namespace] = _Breaker(self.breaker_cooldown_s)
+        return breaker
+
+    def _entry(self, data: bytes, empty: bool) -> CacheEntry:
+        now = self._clock()
+        ttl = self.negative_ttl_s if empty else self.ttl_s
+        return CacheEntry(
+            data=data,
+            stored_at=now,
+            fresh_until=now + ttl,
+            stale_until=now + ttl + (0.0 if empty else self.stale_if_error_s),
+            negative=empty,
+        )
+
+    async def get_or_fetch(
+        self,
+        key: str,
+        *,
+        namespace: str,
+        fetch: Callable[[], Awaitable[tuple[tuple[Any, ...], int]]],
+        encode: Callable[[tuple[Any, ...]], bytes],
+        decode: Callable[[bytes], tuple[Any, ...]],
+        bypass: bool = False,
+        store: bool = True,
+    ) -> Cached:
+        """Serve ``key`` from the cache or ``fetch`` it (once, however many callers ask).
+
+        ``bypass`` skips reading (and serving stale) but still stores the fresh answer;
+        ``store=False`` neither reads nor writes (results must not be reused).
+        """
+        now = self._clock()
+        entry = None
+        if store and not bypass:
+            entry = await self._get(key)
+            if entry is not None and entry.is_fresh(now):
+                return Cached(records=decode(entry.data), cache="hit")
+
+        breaker = self.breaker(namespace)
+        open_error = breaker.check(now)
+        if open_error is not None:
+            if entry is not None and entry.is_usable_stale(now):
+                return Cached(records=decode(entry.data), cache="stale")
+            raise DirectoryUnavailableError(
+                f"directory is failing; not asking again for {self.breaker_cooldown_s:g}s "
+                f"(last error: {open_error.message})",
+                status_code=open_error.status_code,
+                spine_code=open_error.spine_code,
+                diagnostics=open_error.diagnostics,
+                attempts=0,
+            )
+
+        async def fetch_entry() -> tuple[CacheEntry, int]:
+            records, attempts = await fetch()
+            fresh = self._entry(encode(records), empty=not records)
+            if store:
+                await self._set(key, fresh)
+            return fresh, attempts
+
+        inflight_key = key if store else f"{key}#nostore#{id(fetch)}"
+        try:
+            (fresh, attempts), leader = await self._single_flight(inflight_key, fetch_entry, store)
+        except DirectoryUnavailableError as exc:
+            breaker.trip(exc, self._clock())
+            if entry is not None and entry.is_usable_stale(self._clock()):
+                logger.warning("serving stale answer for %s: %s", key, exc.message)
+                return Cached(records=decode(entry.data), cache="stale", attempts=exc.attempts)
+            raise
+        breaker.reset()
+        if not leader:
+            status = "coalesced"
+        elif bypass or not store:
+            status = "bypass"
+        else:
+            status = "miss"
+        return Cached(records=decode(fresh.data), cache=status, attempts=attempts if leader else 0)
+
+    async def _single_flight(
+        self,
+        key: str,
+        fetch_entry: Callable[[], Awaitable[tuple[CacheEntry, int]]],
+        shared: bool,
+    ) -> tuple[tuple[CacheEntry, int], bool]:
+        """Returns the result and whether this caller led the fetch."""
+        waiting = self._inflight.get(key)
+        if waiting is not None:
+            return await asyncio.shield(waiting), False
+
+        async def lead() -> tuple[CacheEntry, int]:
+            if not shared:
+                return await fetch_entry()
+            # Fleet-wide coalescing: the backend may find another node already fetched it.
+            attempts_box: list[int] = [0]
+
+            async def fetch_for_backend() -> CacheEntry:
+                entry, attempts = await fetch_entry()
+                attempts_box[0] = attempts
+                return entry
+
+            entry, fetched_here = await self._coalesce(key, fetch_for_backend)
+            return entry, attempts_box[0] if fetched_here else 0
+
+        task = asyncio.ensure_future(lead())
+        self._inflight[key] = task
+        try:
+            return await asyncio.shield(task), True
+        finally:
+            if task.done():
+                self._inflight.pop(key, None)
+            else:
+                # The leader was cancelled; let the fetch finish for the others, then clean up.
+                task.add_done_callback(lambda _t: self._inflight.pop(key, None))
+
+    async def _get(self, key: str) -> CacheEntry | None:
+        try:
+            return await self.backend.get(key)
+        except Exception as exc:  # a broken cache must never fail a route
+            logger.warning("cache read failed (%s): %s", type(exc).__name__, exc)
+            return None
+
+    async def _set(self, key: str, entry: CacheEntry) -> None:
+        try:
+            await self.backend.set(key, entry)
+        except Exception as exc:
+            logger.warning("cache write failed (%s): %s", type(exc).__name__, exc)
+
+    async def _coalesce(
+        self, key: str, fetch: Callable[[], Awaitable[CacheEntry]]
+    ) -> tuple[CacheEntry, bool]:
+        return await self.backend.coalesce(key, fetch)

@@ -1,0 +1,134 @@
+"""Built-in behaviour, shipped as ordinary plugins registered ``trylast``.
+
+Override any of it by registering a plugin that returns a value from the same hook; block a
+default entirely with ``SDS_PLUGINS_DISABLE=<name>`` (names below).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import httpx
+
+from ._cache import CacheBackend, MemoryCache
+from ._client import SdsClient
+from ._exceptions import AmbiguousError, NotFoundError
+from ._ratelimit import RateLimiter, WindowRateLimiter
+from ._sources import DirectorySource, SdsSource, SourceContext
+from ._validation import normalise_party_key
+from .hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from ._adapter import Candidate, RouteRequest
+    from ._envelope import RoutingEnvelope
+    from ._settings import Settings
+
+__all__ = ["default_plugins"]
+
+logger = logging.getLogger("sds_plugins.defaults")
+
+
+class SdsDirectory:
+    """Registers the ``sds`` directory source (SDS FHIR API) and gives it its configured auth."""
+
+    @hookimpl(trylast=True)
+    def sds_provide_auth(self, source: str, settings: Settings) -> httpx.Auth | None:
+        return settings.build_auth() if source == "sds" else None
+
+    @hookimpl(trylast=True)
+    def sds_register_sources(
+        self, register: Callable[[DirectorySource], None], context: SourceContext
+    ) -> None:
+        client = SdsClient.from_settings(
+            context.settings, auth=context.auth_for("sds"), rate_limiter=context.rate_limiter
+        )
+        register(SdsSource(client))
+
+
+class DefaultCache:
+    """Redis when ``SDS_REDIS_URL`` is set (falling back to memory if unreachable), else memory."""
+
+    @hookimpl(trylast=True)
+    def sds_provide_cache(self, settings: Settings) -> CacheBackend:
+        if settings.redis_url is not None:
+            from ._redis import RedisCache
+
+            return RedisCache(settings.redis_url.get_secret_value())
+        return MemoryCache()
+
+
+class DefaultRateLimiter:
+    """40 requests/s and 2,400/min (the gateway's limits), shared through Redis when configured."""
+
+    @hookimpl(trylast=True)
+    def sds_provide_rate_limiter(self, settings: Settings) -> RateLimiter:
+        storage = None
+        if settings.redis_url is not None:
+            from ._redis import redis_rate_limit_storage
+
+            storage = redis_rate_limit_storage(settings.redis_url.get_secret_value())
+        return WindowRateLimiter(
+            per_second=settings.rate_limit_per_s,
+            per_minute=settings.rate_limit_per_min,
+            storage=storage,
+        )
+
+
+class ExactlyOnePolicy:
+    """Default selection: exactly one candidate, after narrowing by a ``party_key`` option."""
+
+    @hookimpl(trylast=True)
+    def sds_select_candidate(
+        self, candidates: Sequence[Candidate], request: RouteRequest, role: str
+    ) -> Candidate:
+        wanted = request.option("party_key")
+        pool = list(candidates)
+        if wanted is not None:
+            key = normalise_party_key(wanted)
+            pool = [candidate for candidate in pool if candidate.party_key == key]
+            if not pool:
+                raise NotFoundError(
+                    f"no {role} record has party key {key} for {request.org} "
+                    f"(candidates: {_describe(candidates)})",
+                    correlation_id=request.correlation_id,
+                )
+        if len(pool) == 1:
+            return pool[0]
+        if not pool:
+            raise NotFoundError(
+                f"no {role} record for {request.org} and {request.interaction}",
+                correlation_id=request.correlation_id,
+            )
+        raise AmbiguousError(
+            f"{len(pool)} {role} records for {request.org} and {request.interaction}; "
+            f"pass the party_key option to choose: {_describe(pool)}",
+            candidates=[candidate.describe() for candidate in pool],
+            correlation_id=request.correlation_id,
+        )
+
+
+def _describe(candidates: Sequence[Candidate]) -> str:
+    return "; ".join(
+        f"party_key={c.party_key} address={c.address} asid={c.asid}" for c in candidates
+    )
+
+
+class PassThroughEnvelope:
+    """Default ``sds_finalize_envelope``: the envelope as the adapter built it."""
+
+    @hookimpl(trylast=True)
+    def sds_finalize_envelope(
+        self, envelope: RoutingEnvelope, request: RouteRequest
+    ) -> RoutingEnvelope:
+        return envelope
+
+
+def default_plugins() -> Iterator[tuple[str, object]]:
+    """The built-in plugins, by the names ``SDS_PLUGINS_DISABLE`` and ``plugins`` use."""
+    yield "sds_plugins.sds", SdsDirectory()
+    yield "sds_plugins.cache", DefaultCache()
+    yield "sds_plugins.ratelimit", DefaultRateLimiter()
+    yield "sds_plugins.selection", ExactlyOnePolicy()
+    yield "sds_plugins.finalize", PassThroughEnvelope()

@@ -1,0 +1,159 @@
+"""The routing envelope: everything needed to send one message, and where it came from.
+
+An envelope is frozen and JSON-serialisable so a broker can queue it. Secret header values
+(``Authorization``, ``apikey``...) are part of the envelope (it must be ready to send) but are
+masked in its ``repr``, its ``str`` and its default JSON form; ``to_message()`` (or
+``model_dump(context={"reveal_secrets": True})``) includes them for the process that sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+import httpx
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializationInfo,
+    field_serializer,
+    field_validator,
+)
+
+from ._models import DirectoryRecord
+from ._validation import check_header_value
+
+__all__ = [
+    "SENSITIVE_HEADERS",
+    "EnvelopeReliability",
+    "HttpRequestSpec",
+    "Party",
+    "Provenance",
+    "RoutingEnvelope",
+]
+
+#: Header names (lower case) whose values are credentials and never printed.
+SENSITIVE_HEADERS = frozenset({"authorization", "apikey", "proxy-authorization", "cookie"})
+MASK = "**********"
+
+CacheStatus = Literal["miss", "hit", "stale", "bypass"]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _masked(headers: Mapping[str, str]) -> dict[str, str]:
+    return {k: (MASK if k.lower() in SENSITIVE_HEADERS else v) for k, v in headers.items()}
+
+
+def _reveal(info: SerializationInfo) -> bool:
+    return bool(isinstance(info.context, Mapping) and info.context.get("reveal_secrets"))
+
+
+class HttpRequestSpec(_Frozen):
+    """Method, URL and headers of the request to send (the body is the caller's)."""
+
+    method: str
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _no_control_characters(cls, headers: dict[str, str]) -> dict[str, str]:
+        for name, value in headers.items():
+            check_header_value(name, "header name")
+            check_header_value(value, f"header {name}")
+        return headers
+
+    @field_validator("method", "url")
+    @classmethod
+    def _plain(cls, value: str, info: Any) -> str:
+        return check_header_value(value, info.field_name)
+
+    @field_serializer("headers")
+    def _mask(self, headers: dict[str, str], info: SerializationInfo) -> dict[str, str]:
+        return dict(headers) if _reveal(info) else _masked(headers)
+
+    def __repr_args__(self) -> Any:
+        yield "method", self.method
+        yield "url", self.url
+        yield "headers", _masked(self.headers)
+
+
+class Party(BaseModel):
+    """One end of the exchange. Adapters add what they resolved (``mailbox_id``, ``fqdn``...)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    ods_code: str | None = None
+    asid: str | None = None
+    party_key: str | None = None
+    address: str | None = None
+    mailbox_id: str | None = None
+    cpa_id: str | None = None
+
+
+class EnvelopeReliability(_Frozen):
+    """Delivery settings for reliable messaging, in units a sender can use directly."""
+
+    retries: int | None = None
+    retry_interval_s: float | None = None
+    persist_duration_s: float | None = None
+    duplicate_elimination: bool | None = None
+    ack_requested: bool | None = None
+    ack_actor: str | None = None
+    sync_reply: bool | None = None
+
+
+class Provenance(_Frozen):
+    """Where an envelope's routing came from."""
+
+    correlation_id: str
+    resolved_at: datetime
+    cache: CacheStatus
+    records: tuple[DirectoryRecord, ...] = ()
+    lookups: tuple[str, ...] = ()
+
+
+class RoutingEnvelope(_Frozen):
+    """A ready-to-send routing decision for one message."""
+
+    adapter: str
+    interaction: str
+    target: Party
+    source: Party = Field(default_factory=Party)
+    request: HttpRequestSpec
+    reliability: EnvelopeReliability | None = None
+    expires_at: datetime
+    provenance: Provenance
+    #: Adapter-specific extras a sender needs (e.g. ebXML values); JSON-friendly.
+    extensions: dict[str, Any] = Field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.model_dump_json(indent=2)
+
+    @property
+    def expired(self) -> bool:
+        return datetime.now(UTC) >= self.expires_at
+
+    def to_message(self) -> dict[str, Any]:
+        """The complete envelope, secrets included, as JSON-friendly data for the sender."""
+        return self.model_dump(mode="json", context={"reveal_secrets": True})
+
+    def build_request(
+        self,
+        content: bytes | str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Request:
+        """An ``httpx.Request`` with the envelope's method, URL and headers, and ``content``."""
+        merged = dict(self.request.headers)
+        for name, value in (headers or {}).items():
+            merged[name] = check_header_value(value, f"header {name}")
+        return httpx.Request(
+            self.request.method, self.request.url, headers=merged, content=content, **kwargs
+        )

@@ -1,0 +1,73 @@
+"""A minimal adapter for engine tests: the GP Connect lookup pattern without GP Connect's rules."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+
+from sds_plugins import (
+    Adapter,
+    HttpRequestSpec,
+    Lookup,
+    NotFoundError,
+    Party,
+    Resolution,
+    RouteRequest,
+    RoutingEnvelope,
+    hookimpl,
+    join_on_party_key,
+)
+
+
+class JoinAdapter(Adapter):
+    """Endpoint (org, interaction) joined on party key with Device (org, interaction)."""
+
+    name = "join"
+    description = "test adapter: endpoint + device joined on party key"
+    options = frozenset({"party_key"})
+
+    def __init__(self, scope: str | None = "") -> None:
+        self.scope = scope
+
+    def cache_scope(self, request: RouteRequest) -> str | None:
+        if self.scope == "encounter":
+            return f"encounter:{request.encounter}" if request.encounter else None
+        return self.scope
+
+    def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
+        return {
+            "endpoints": Lookup.endpoints(org=request.org, interaction=request.interaction),
+            "devices": Lookup.devices(org=request.org, interaction=request.interaction),
+        }
+
+    def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
+        candidates = join_on_party_key(resolved.records("endpoints"), resolved.records("devices"))
+        chosen = resolved.select(candidates, role="target")
+        if not chosen.address:
+            raise NotFoundError("no usable endpoint", correlation_id=request.correlation_id)
+        return RoutingEnvelope(
+            adapter=self.name,
+            interaction=request.interaction,
+            target=Party(
+                ods_code=request.org,
+                asid=chosen.asid,
+                party_key=chosen.party_key,
+                address=chosen.address,
+            ),
+            request=HttpRequestSpec(
+                method="POST", url=chosen.address, headers={"X-Correlation-ID": request.correlation_id}
+            ),
+            expires_at=resolved.now + timedelta(minutes=5),
+            provenance=resolved.provenance(chosen.records),
+        )
+
+
+class JoinPlugin:
+    """Registers a :class:`JoinAdapter`."""
+
+    def __init__(self, scope: str | None = "") -> None:
+        self.adapter = JoinAdapter(scope)
+
+    @hookimpl
+    def sds_register_adapters(self, register: object) -> None:
+        register(self.adapter)  # type: ignore[operator]
