@@ -1,0 +1,331 @@
+"""The routing engine over real sockets: one round trip, coalescing, outages, caching rules."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable, Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sds_plugins import (
+    AmbiguousError,
+    CacheBackend,
+    DirectoryUnavailableError,
+    EnvelopeVetoedError,
+    InvalidInputError,
+    Lookup,
+    LookupEvent,
+    MemoryCache,
+    NotFoundError,
+    PluginError,
+    RouteEvent,
+    Router,
+    RoutingEnvelope,
+    Settings,
+    SyncRouter,
+    hookimpl,
+)
+from sds_plugins.sandbox import Sandbox
+
+from ._adapters import JoinPlugin
+from ._reference import GP2GP, GPC_STRUCTURED, PSIS
+
+DEVICE_PATH = "/spine-directory/FHIR/R4/Device"
+ENDPOINT_PATH = "/spine-directory/FHIR/R4/Endpoint"
+
+
+class Recorder:
+    """Collects every event the engine emits."""
+
+    def __init__(self) -> None:
+        self.lookups: list[LookupEvent] = []
+        self.routes: list[RouteEvent] = []
+
+    @hookimpl
+    def sds_lookup_completed(self, event: LookupEvent) -> None:
+        self.lookups.append(event)
+
+    @hookimpl
+    def sds_route_completed(self, event: RouteEvent) -> None:
+        self.routes.append(event)
+
+
+def _router(sb: Sandbox, *plugins: object, **settings: Any) -> Router:
+    settings.setdefault("retry_attempts", 2)
+    return Router(Settings(base_url=sb.base_url, **settings), plugins=[JoinPlugin(), *plugins])
+
+
+def _requests(sb: Sandbox) -> dict[str, int]:
+    return dict(sb.stats()["requests"])
+
+
+async def test_route_builds_an_envelope_from_the_matching_device(sandbox: Sandbox) -> None:
+    recorder = Recorder()
+    async with _router(sandbox, recorder) as router:
+        envelope = await router.route("join", org="yes", interaction=PSIS)
+    assert envelope.target.party_key == "YES-0000806"
+    assert envelope.target.asid == "928942012545"
+    assert envelope.target.address == "https://msg.opentest.hscic.gov.uk/reliablemessaging/reliablerequest"
+    assert envelope.provenance.cache == "miss"
+    assert envelope.provenance.correlation_id == recorder.routes[0].correlation_id
+    assert [type(r).__name__ for r in envelope.provenance.records] == [
+        "MessageHandlingEndpoint",
+        "AccreditedSystem",
+    ]
+    assert json.loads(envelope.model_dump_json())["target"]["asid"] == "928942012545"
+
+
+async def test_lookups_of_one_route_run_concurrently(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox(latency_ms=300)
+    recorder = Recorder()
+    async with _router(sb, recorder) as router:
+        await router.route("join", org="YES", interaction=PSIS)
+    assert len(recorder.lookups) == 2
+    intervals = [(e.time.timestamp() - e.duration_s, e.time.timestamp()) for e in recorder.lookups]
+    # Both requests were in flight together: each started before the other finished.
+    assert max(start for start, _ in intervals) < min(end for _, end in intervals)
+
+
+async def test_a_thousand_concurrent_cold_routes_make_one_request_per_lookup(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
+    sb = make_sandbox(latency_ms=100)
+    async with _router(sb) as router:
+        envelopes = await asyncio.gather(
+            *(router.route("join", org="YES", interaction=PSIS) for _ in range(1000))
+        )
+    assert len({e.target.asid for e in envelopes}) == 1
+    assert _requests(sb) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
+
+
+async def test_warm_routes_are_cache_hits(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    async with _router(sb) as router:
+        await router.route("join", org="YES", interaction=PSIS)
+        again = await router.route("join", org="YES", interaction=PSIS)
+    assert again.provenance.cache == "hit"
+    assert _requests(sb) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
+
+
+async def test_outage_serves_warm_keys_stale_and_fails_cold_keys_fast(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
+    sb = make_sandbox()
+    recorder = Recorder()
+    async with _router(sb, recorder, cache_ttl_s=0, stale_if_error_s=600) as router:
+        await router.route("join", org="YES", interaction=PSIS)
+        sb.set_faults(outage=True, error_status=503)
+        stale = await router.route("join", org="YES", interaction=PSIS)
+        assert stale.provenance.cache == "stale"
+        assert stale.target.asid == "928942012545"
+        before = sb.stats()["statuses"]
+        with pytest.raises(DirectoryUnavailableError) as info:
+            await router.route("join", org="B82617", interaction=GPC_STRUCTURED)
+        assert sb.stats()["statuses"] == before  # the cold key sent nothing
+    assert "directory is failing" in str(info.value)
+    assert info.value.attempts == 0
+    assert recorder.routes[-1].outcome == "error"
+
+
+async def test_stale_is_bounded(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    async with _router(sb, cache_ttl_s=0, stale_if_error_s=0, breaker_cooldown_s=0) as router:
+        await router.route("join", org="YES", interaction=PSIS)
+        sb.set_faults(outage=True, error_status=503)
+        with pytest.raises(DirectoryUnavailableError):
+            await router.route("join", org="YES", interaction=PSIS)
+
+
+async def test_errors_are_never_cached(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    async with _router(sb, breaker_cooldown_s=0) as router:
+        sb.set_faults(outage=True, error_status=503)
+        with pytest.raises(DirectoryUnavailableError):
+            await router.route("join", org="YES", interaction=PSIS)
+        sb.reset()
+        envelope = await router.route("join", org="YES", interaction=PSIS)
+    assert envelope.provenance.cache == "miss"
+
+
+async def test_negative_answers_are_cached_briefly(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    async with _router(sb, negative_ttl_s=0.3) as router:
+        for _ in range(3):
+            with pytest.raises(NotFoundError):
+                await router.route("join", org="A99999", interaction=PSIS)
+        assert _requests(sb) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
+        await asyncio.sleep(0.35)
+        with pytest.raises(NotFoundError):
+            await router.route("join", org="A99999", interaction=PSIS)
+    assert _requests(sb) == {DEVICE_PATH: 2, ENDPOINT_PATH: 2}
+
+
+async def test_encounter_scope(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    router = Router(Settings(base_url=sb.base_url), plugins=[JoinPlugin(scope="encounter")])
+    async with router:
+        await router.route("join", org="YES", interaction=PSIS, encounter="E1")
+        hit = await router.route("join", org="YES", interaction=PSIS, encounter="E1")
+        assert hit.provenance.cache == "hit"
+        other = await router.route("join", org="YES", interaction=PSIS, encounter="E2")
+        assert other.provenance.cache == "miss"
+        unscoped = [await router.route("join", org="YES", interaction=PSIS) for _ in range(2)]
+    assert {e.provenance.cache for e in unscoped} == {"bypass"}
+    assert _requests(sb) == {DEVICE_PATH: 4, ENDPOINT_PATH: 4}
+
+
+async def test_per_call_bypass_refreshes_the_cache(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    async with _router(sb) as router:
+        await router.route("join", org="YES", interaction=PSIS)
+        fresh = await router.route("join", org="YES", interaction=PSIS, bypass_cache=True)
+        after = await router.route("join", org="YES", interaction=PSIS)
+    assert fresh.provenance.cache == "bypass"
+    assert after.provenance.cache == "hit"
+    assert _requests(sb) == {DEVICE_PATH: 2, ENDPOINT_PATH: 2}
+
+
+async def test_cache_keys_include_the_directory(make_sandbox: Callable[..., Sandbox]) -> None:
+    first, second = make_sandbox(), make_sandbox()
+    shared = MemoryCache()
+
+    class SharedCache:
+        @hookimpl
+        def sds_provide_cache(self, settings: Settings) -> CacheBackend:
+            return shared
+
+    for sb in (first, second):
+        async with _router(sb, SharedCache()) as router:
+            envelope = await router.route("join", org="YES", interaction=PSIS)
+            assert envelope.provenance.cache == "miss"
+    assert _requests(first) == _requests(second) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
+
+
+async def test_several_candidates_are_ambiguous_and_a_party_key_chooses(sandbox: Sandbox) -> None:
+    recorder = Recorder()
+    async with _router(sandbox, recorder) as router:
+        with pytest.raises(AmbiguousError) as info:
+            await router.route("join", org="X26", interaction=GP2GP)
+        assert {c["party_key"] for c in info.value.candidates} == {"X26-9199246", "X26-820918"}
+        assert "party_key" in str(info.value)
+        chosen = await router.route("join", org="X26", interaction=GP2GP, party_key="x26-820918")
+    assert chosen.target.party_key == "X26-820918"
+    assert recorder.routes[0].outcome == "ambiguous"
+    assert recorder.routes[0].details["candidates"]
+
+
+async def test_lookup_events_describe_each_lookup(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    recorder = Recorder()
+    async with _router(sb, recorder) as router:
+        await router.route("join", org="YES", interaction=PSIS, correlation_id="7f1d3e8a-6f5c-4c53-9a5b-2d0c1c9f0a11")
+        await router.route("join", org="YES", interaction=PSIS)
+    first, second, third, fourth = recorder.lookups
+    assert {first.cache, second.cache} == {"miss"}
+    assert {third.cache, fourth.cache} == {"hit"}
+    assert first.correlation_id == "7f1d3e8a-6f5c-4c53-9a5b-2d0c1c9f0a11"
+    assert first.attempts == 1 and third.attempts == 0
+    assert first.outcome == "found" and first.records == 1
+    assert first.source == "sds" and first.namespace == sb.base_url
+    assert {first.query.split("?")[0], second.query.split("?")[0]} == {"Device", "Endpoint"}
+
+
+async def test_client_side_rate_limit_keeps_bulk_work_under_the_gateway_limit(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
+    # Half the server's limit: connection set-up can shift when the server sees a client's
+    # window, so two client windows may land in one server window.
+    sb = make_sandbox(rate_limit=6)
+    async with _router(sb, rate_limit_per_s=3, retry_attempts=1) as router:
+        lookups = [Lookup.devices(org=f"A{n:05d}", interaction=PSIS) for n in range(10)]
+        await asyncio.gather(*(router.lookup(lookup) for lookup in lookups))
+    assert sb.stats()["statuses"] == {"200": 10}  # never a 429
+
+
+async def test_unknown_adapter_lists_the_installed_ones(sandbox: Sandbox) -> None:
+    async with _router(sandbox) as router:
+        with pytest.raises(InvalidInputError, match="installed: join"):
+            await router.route("nope", org="YES", interaction=PSIS)
+
+
+async def test_invalid_input_sends_nothing(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    async with _router(sb) as router:
+        for kwargs in (
+            {"org": "YES\n", "interaction": PSIS},
+            {"org": "YES", "interaction": "psis"},
+            {"org": "YES", "interaction": PSIS, "colour": "red"},
+            {"org": "YES", "interaction": PSIS, "correlation_id": "not-a-uuid"},
+        ):
+            with pytest.raises(InvalidInputError):
+                await router.route("join", **kwargs)
+    assert _requests(sb) == {}
+
+
+class Decorate:
+    @hookimpl(wrapper=True)
+    def sds_finalize_envelope(self, envelope: RoutingEnvelope, request: Any) -> Generator[None, RoutingEnvelope, RoutingEnvelope]:
+        result = yield
+        headers = {**result.request.headers, "X-Broker": "node-1"}
+        return result.model_copy(update={"request": result.request.model_copy(update={"headers": headers})})
+
+
+class Veto:
+    @hookimpl
+    def sds_finalize_envelope(self, envelope: RoutingEnvelope, request: Any) -> RoutingEnvelope:
+        raise EnvelopeVetoedError(f"{request.org} is embargoed")
+
+
+async def test_plugins_decorate_and_veto_envelopes(sandbox: Sandbox) -> None:
+    async with _router(sandbox, Decorate()) as router:
+        envelope = await router.route("join", org="YES", interaction=PSIS)
+    assert envelope.request.headers["X-Broker"] == "node-1"
+    recorder = Recorder()
+    async with _router(sandbox, Veto(), recorder) as router:
+        with pytest.raises(EnvelopeVetoedError, match="embargoed"):
+            await router.route("join", org="YES", interaction=PSIS)
+    assert recorder.routes[0].outcome == "vetoed"
+
+
+async def test_async_hook_implementations_are_refused() -> None:
+    class AsyncPolicy:
+        @hookimpl
+        async def sds_select_candidate(self, candidates: Any, request: Any, role: str) -> Any:
+            return candidates[0]
+
+    with pytest.raises(PluginError, match="async def.*always win"):
+        Router(Settings(), plugins=[AsyncPolicy()])
+
+
+async def test_a_failing_observer_does_not_break_routing(sandbox: Sandbox) -> None:
+    class Broken:
+        @hookimpl
+        def sds_lookup_completed(self, event: LookupEvent) -> None:
+            raise RuntimeError("observer bug")
+
+    async with _router(sandbox, Broken()) as router:
+        assert await router.route("join", org="YES", interaction=PSIS)
+
+
+async def test_audit_log(sandbox: Sandbox, tmp_path: Path) -> None:
+    log = tmp_path / "audit" / "sds.jsonl"
+    async with _router(sandbox, audit_log=log, api_key="do-not-log-me") as router:
+        await router.route("join", org="YES", interaction=PSIS)
+        with pytest.raises(NotFoundError):
+            await router.route("join", org="A99999", interaction=PSIS)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [line["event"] for line in lines] == ["lookup", "lookup", "route", "lookup", "lookup", "route"]
+    route = lines[2]
+    assert route["adapter"] == "join" and route["org"] == "YES" and route["outcome"] == "ok"
+    assert route["interaction"] == PSIS and route["cache"] == "miss" and route["correlation_id"]
+    assert lines[5]["outcome"] == "not_found"
+    assert "do-not-log-me" not in log.read_text()
+
+
+def test_sync_router(sandbox: Sandbox) -> None:
+    with SyncRouter(Settings(base_url=sandbox.base_url), plugins=[JoinPlugin()]) as router:
+        envelope = router.route("join", org="YES", interaction=PSIS)
+    assert envelope.target.asid == "928942012545"
