@@ -6,6 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ADAPTERS := $(sort $(dir $(wildcard adapters/*/pyproject.toml)))
+EXAMPLES := $(sort $(dir $(wildcard examples/*/pyproject.toml)))
 
 .PHONY: demo test lint typecheck pytest bench install clean
 
@@ -13,7 +14,7 @@ $(STAMP): pyproject.toml $(wildcard adapters/*/pyproject.toml) $(wildcard exampl
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' \
-		$(foreach adapter,$(ADAPTERS),-e $(adapter))
+		$(foreach adapter,$(ADAPTERS) $(EXAMPLES),-e $(adapter))
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -26,7 +27,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy sds_plugins $(ADAPTERS)
+	$(BIN)/mypy sds_plugins $(ADAPTERS) $(EXAMPLES)
 
 pytest: install
 	$(BIN)/python -m pytest

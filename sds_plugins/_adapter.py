@@ -192,6 +192,9 @@ class Adapter:
     description: ClassVar[str] = ""
     #: Option names this adapter understands; others are refused. ``None`` accepts anything.
     options: ClassVar[frozenset[str] | None] = None
+    #: A sample ``route()`` call (``org``, ``interaction`` and options) that works against the
+    #: sandbox's default data; ``sds-plugins demo`` shows the envelope it gives.
+    example: ClassVar[Mapping[str, Any] | None] = None
 
     def normalise_interaction(self, interaction: str) -> str:
         """Validate the caller's interaction (SDS URN by default; MESH uses workflow ids)."""

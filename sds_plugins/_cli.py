@@ -11,6 +11,7 @@ import asyncio
 import json
 import logging
 import sys
+import tomllib
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -232,6 +233,137 @@ def sandbox(
         synthetic=synthetic,
     )
     serve(config, host=host, port=port)
+
+
+def _options(pairs: Sequence[str], config: Path | None, adapter: str) -> dict[str, Any]:
+    """Adapter options: the ``[adapter]`` table of a TOML file, then ``-o key=value`` pairs."""
+    options: dict[str, Any] = {}
+    if config is not None:
+        try:
+            document = tomllib.loads(config.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise click.BadParameter(f"cannot read {config}: {exc}", param_hint="--config") from exc
+        section = document.get(adapter, {})
+        if not isinstance(section, dict):
+            raise click.BadParameter(f"[{adapter}] must be a table", param_hint="--config")
+        options.update(section)
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="-o")
+        options[name.strip()] = value
+    return options
+
+
+@cli.command()
+@click.argument("adapter")
+@click.option("--org", required=True, help="ODS code of the target organisation.")
+@click.option("--interaction", required=True, help="Interaction id (or MESH workflow id).")
+@click.option("-o", "--option", "pairs", multiple=True, metavar="KEY=VALUE",
+              help="Adapter option (repeatable).")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="TOML file; the [ADAPTER] table holds options.")
+@click.option("--encounter", help="Cache scope for adapters that require one (GP Connect).")
+@click.option("--bypass-cache", is_flag=True, help="Look up afresh (and refresh the cache).")
+@click.option("--with-secrets", is_flag=True,
+              help="Print credentials in headers too (for piping to a sender).")
+@click.option("--base-url", help="SDS base URL or environment name.")
+@click.option("--api-key", help="SDS API key.")
+@click.option("--correlation-id", help="UUID for X-Correlation-ID and the envelope.")
+def route(
+    adapter: str,
+    org: str,
+    interaction: str,
+    pairs: tuple[str, ...],
+    config: Path | None,
+    encounter: str | None,
+    bypass_cache: bool,
+    with_secrets: bool,
+    base_url: str | None,
+    api_key: str | None,
+    correlation_id: str | None,
+) -> None:
+    """Resolve a ready-to-send routing envelope and print it as JSON."""
+    from ._engine import Router
+
+    options = _options(pairs, config, adapter)
+    settings = _settings(base_url, api_key)
+
+    async def resolve() -> Any:
+        async with Router(settings) as router:
+            return await router.route(
+                adapter,
+                org=org,
+                interaction=interaction,
+                correlation_id=correlation_id,
+                encounter=encounter,
+                bypass_cache=bypass_cache,
+                **options,
+            )
+
+    envelope = _run(resolve)
+    data = envelope.to_message() if with_secrets else envelope.model_dump(mode="json")
+    click.echo(json.dumps(data, indent=2))
+
+
+@cli.command()
+@click.option("--adapter", required=True)
+@click.option("--interaction", required=True)
+@click.option("--orgs", "orgs_file", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="File with one ODS code per line (# comments allowed).")
+@click.option("-o", "--option", "pairs", multiple=True, metavar="KEY=VALUE")
+@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--concurrency", default=50, show_default=True, type=click.IntRange(min=1),
+              help="Routes in flight at once (the rate limiter still applies).")
+@click.option("--base-url", help="SDS base URL or environment name.")
+@click.option("--api-key", help="SDS API key.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def prewarm(
+    adapter: str,
+    interaction: str,
+    orgs_file: Path,
+    pairs: tuple[str, ...],
+    config: Path | None,
+    concurrency: int,
+    base_url: str | None,
+    api_key: str | None,
+    quiet: bool,
+) -> None:
+    """Resolve many organisations into the cache; print a JSON summary."""
+    from ._prewarm import prewarm as run_prewarm
+
+    orgs = [
+        line.split("#", 1)[0].strip()
+        for line in orgs_file.read_text().splitlines()
+        if line.split("#", 1)[0].strip()
+    ]
+    options = _options(pairs, config, adapter)
+    settings = _settings(base_url, api_key)
+    summary = _run(
+        lambda: run_prewarm(
+            settings,
+            adapter=adapter,
+            interaction=interaction,
+            orgs=orgs,
+            options=options,
+            concurrency=concurrency,
+            progress=not quiet,
+        )
+    )
+    click.echo(json.dumps(summary, indent=2))
+
+
+@cli.command()
+def plugins() -> None:
+    """List installed plugins (name, distribution, version, hooks) as JSON."""
+    from ._plugins import PluginHost
+
+    try:
+        host = PluginHost()
+    except SdsPluginsError as exc:
+        _fail(exc)
+    click.echo(json.dumps(host.plugins(), indent=2))
 
 
 @cli.command()

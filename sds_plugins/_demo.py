@@ -1,0 +1,150 @@
+"""``sds-plugins demo``: the embedded sandbox, real lookups, resilience, and envelopes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from ._client import RetryPolicy, SdsClient
+from ._engine import Router
+from ._exceptions import InvalidInputError, SdsPluginsError
+from ._settings import Settings
+
+__all__ = ["run_demo"]
+
+PSIS = "urn:nhs:names:services:psis:REPC_IN150016UK05"
+GPC = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1"
+GP2GP = "urn:nhs:names:services:gp2gp:COPC_IN000001UK01"
+
+
+def run_demo(console: Console | None = None) -> None:
+    from .sandbox import Sandbox, SandboxConfig
+
+    console = console or Console()
+    with Sandbox(SandboxConfig(synthetic=200)) as sandbox:
+        console.print(
+            Panel.fit(
+                f"Embedded SDS sandbox listening on [bold]{sandbox.url}[/]\n"
+                f"FHIR base: {sandbox.base_url}\n"
+                "Data: NHS England's reference directory records + 200 synthetic GP practices",
+                title="sds-plugins demo",
+            )
+        )
+        asyncio.run(_lookups(console, sandbox.base_url))
+        asyncio.run(_resilience(console, sandbox))
+        asyncio.run(_engine(console, sandbox))
+
+
+async def _lookups(console: Console, base_url: str) -> None:
+    async with SdsClient(base_url) as client:
+        devices = await client.devices(org="YES", interaction=PSIS)
+        table = Table(title=f"/Device  org=YES  interaction={PSIS}")
+        for column in ("asid", "party_key", "ods_code", "manufacturer_ods", "interactions"):
+            table.add_column(column)
+        for device in devices.records:
+            table.add_row(
+                device.asid, device.party_key, device.ods_code, device.manufacturer_ods,
+                f"{len(device.interactions)} interactions",
+            )
+        console.print(table)
+        console.print(f"  correlation id {devices.correlation_id}, {devices.attempts} request\n")
+
+        endpoints = await client.endpoints(org="B82617", interaction=GPC)
+        rewritten = await client.endpoints(org="X26", interaction=GP2GP)
+        table = Table(title="/Endpoint lookups")
+        for column in ("query", "address", "party_key", "cpa_id", "reliability"):
+            table.add_column(column, overflow="fold")
+        for label, result in (("B82617 GP Connect", endpoints), ("X26 gp2gp (forward-reliable)", rewritten)):
+            for endpoint in result.records:
+                reliability = endpoint.reliability
+                table.add_row(
+                    label,
+                    endpoint.address,
+                    endpoint.party_key,
+                    endpoint.cpa_id,
+                    (
+                        f"retries={reliability.retries} interval={reliability.retry_interval_s}s "
+                        f"persist={reliability.persist_duration_s}s"
+                        if reliability
+                        else "-"
+                    ),
+                )
+        console.print(table)
+        console.print(
+            "  forward-reliable interactions are answered with Spine's intermediary address;"
+            " the party keys stay the recipient's.\n"
+        )
+        try:
+            await client.endpoints(org="B82617\r\nX-Injected: 1", interaction=GPC)
+        except InvalidInputError as exc:
+            console.print(f"[yellow]refused before sending:[/] {exc}\n")
+
+
+async def _resilience(console: Console, sandbox: Any) -> None:
+    sandbox.reset()
+    sandbox.set_faults(error_rate=0.5, error_status=503)
+    retry = RetryPolicy(attempts=8, backoff_s=0.01, max_backoff_s=0.05)
+    async with SdsClient(sandbox.base_url, retry=retry) as client:
+        results = await asyncio.gather(
+            *(client.devices(org="YES", interaction=PSIS) for _ in range(20))
+        )
+    stats = sandbox.stats()
+    sandbox.reset()
+    console.print(
+        Panel.fit(
+            f"20 lookups with half of all answers failing (503): "
+            f"{sum(1 for r in results if r.records)} succeeded after "
+            f"{sum(r.attempts for r in results)} attempts (exponential backoff with jitter).\n"
+            f"Sandbox saw: {json.dumps(stats['statuses'])}",
+            title="retries",
+        )
+    )
+
+
+async def _engine(console: Console, sandbox: Any) -> None:
+    settings = Settings(base_url=sandbox.base_url, cache_ttl_s=0.5, stale_if_error_s=600)
+    async with Router(settings) as router:
+        if not router.adapters:
+            console.print("No adapters installed yet (see docs/writing-an-adapter.md).")
+            return
+        for name, adapter in sorted(router.adapters.items()):
+            example = dict(adapter.example or {})
+            if not example:
+                console.print(f"adapter [bold]{name}[/]: no example route declared")
+                continue
+            sandbox.reset()
+            started = time.perf_counter()
+            try:
+                envelopes = await asyncio.gather(*(router.route(name, **example) for _ in range(100)))
+            except SdsPluginsError as exc:
+                console.print(f"[red]adapter {name} failed:[/] {exc}")
+                continue
+            elapsed = time.perf_counter() - started
+            requests = sum(sandbox.stats()["requests"].values())
+            console.print(
+                Panel(
+                    json.dumps(envelopes[0].model_dump(mode="json"), indent=2),
+                    title=f"envelope from adapter '{name}' (credentials masked)",
+                )
+            )
+            console.print(
+                f"  100 concurrent routes in {elapsed * 1000:.0f} ms made {requests} directory "
+                "request(s): identical lookups share one request.\n"
+            )
+            await asyncio.sleep(0.6)  # let the cache go stale...
+            sandbox.set_faults(outage=True)
+            try:
+                stale = await router.route(name, **example)
+                console.print(
+                    f"  directory outage: still routed, provenance.cache = "
+                    f"[bold]{stale.provenance.cache}[/]\n"
+                )
+            except SdsPluginsError as exc:
+                console.print(f"  directory outage: {exc}\n")
+            sandbox.reset()
