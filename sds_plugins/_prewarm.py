@@ -40,6 +40,7 @@ async def prewarm(
     options: dict[str, Any] | None = None,
     concurrency: int = 50,
     progress: bool = True,
+    plugins: Sequence[object] = (),
 ) -> dict[str, Any]:
     """Route ``interaction`` for every organisation; return counts by outcome.
 
@@ -62,7 +63,7 @@ async def prewarm(
         transient=False,
     )
 
-    async with Router(settings, plugins=[counter]) as router:
+    async with Router(settings, plugins=[counter, *plugins]) as router:
 
         async def one(org: str, task: Any) -> None:
             async with gate:

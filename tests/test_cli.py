@@ -1,0 +1,169 @@
+"""The command line, run as a real subprocess against the sandbox: output and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from sds_plugins.sandbox import Sandbox
+
+from ._reference import GP2GP, GPC_STRUCTURED, PSIS
+
+SDS = [sys.executable, "-m", "sds_plugins"]
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("SDS_")}
+    environ.update(env or {})
+    return subprocess.run(
+        [*SDS, *args], capture_output=True, text=True, env=environ, timeout=timeout, check=False
+    )
+
+
+def test_device(sandbox: Sandbox) -> None:
+    result = run("device", "--org", "yes", "--interaction", PSIS, "--base-url", sandbox.base_url)
+    assert result.returncode == 0, result.stderr
+    [record] = json.loads(result.stdout)
+    assert record["asid"] == "928942012545"
+    assert set(record) == {"asid", "party_key", "ods_code", "manufacturer_ods", "interactions"}
+
+
+def test_endpoint_reads_the_environment(sandbox: Sandbox) -> None:
+    result = run(
+        "endpoint", "--org", "X26", "--interaction", GP2GP, env={"SDS_BASE_URL": sandbox.base_url}
+    )
+    assert result.returncode == 0, result.stderr
+    records = json.loads(result.stdout)
+    assert len(records) == 2
+    assert set(records[0]) == {
+        "address", "party_key", "ods_code", "fqdn", "cpa_id", "mhs_id", "interaction", "reliability",
+    }
+    assert records[0]["reliability"]["retries"] == 2
+
+
+def test_no_records_is_exit_3(sandbox: Sandbox) -> None:
+    result = run("endpoint", "--org", "A99999", "--interaction", GPC_STRUCTURED, "--base-url", sandbox.base_url)
+    assert result.returncode == 3
+    assert json.loads(result.stdout) == []
+    assert "no matching records" in result.stderr
+    assert "correlation_id=" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("device", "--org", "Y!S", "--interaction", PSIS),
+        ("device", "--org", "YES", "--interaction", "psis"),
+        ("endpoint", "--org", "YES"),
+        ("device", "--org", "YES"),
+        ("device", "--org", "YES", "--interaction", PSIS, "--correlation-id", "nope"),
+    ],
+)
+def test_invalid_input_is_exit_2_and_sends_nothing(make_sandbox: Callable[..., Sandbox], args: tuple[str, ...]) -> None:
+    sb = make_sandbox()
+    result = run(*args, "--base-url", sb.base_url)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().count("\n") <= 3  # short, no traceback
+    assert "Traceback" not in result.stderr
+    assert sb.stats()["requests"] == {}
+
+
+def test_endpoint_combination_message(sandbox: Sandbox) -> None:
+    result = run("endpoint", "--org", "YES", "--base-url", sandbox.base_url)
+    assert "org + interaction + party_key" in result.stderr
+
+
+def test_unavailable_is_exit_5_with_correlation_id(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    sb.set_faults(outage=True, error_status=500)
+    result = run("device", "--org", "YES", "--interaction", PSIS, "--base-url", sb.base_url)
+    assert result.returncode == 5
+    line = result.stderr.strip()
+    assert line.startswith("error: DirectoryUnavailableError")
+    assert "correlation_id=" in line
+    assert "\n" not in line
+
+
+def test_unreachable_is_exit_5() -> None:
+    result = run(
+        "device", "--org", "YES", "--interaction", PSIS, "--base-url", "http://127.0.0.1:1/x",
+        env={"SDS_RETRY_ATTEMPTS": "1"},
+    )
+    assert result.returncode == 5
+    assert "unreachable" in result.stderr
+
+
+def test_auth_refused_is_exit_6(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox(api_key="right")
+    result = run("device", "--org", "YES", "--interaction", PSIS, "--base-url", sb.base_url, "--api-key", "wrong")
+    assert result.returncode == 6
+    assert "wrong" not in result.stderr
+    ok = run("device", "--org", "YES", "--interaction", PSIS, env={"SDS_BASE_URL": sb.base_url, "SDS_API_KEY": "right"})
+    assert ok.returncode == 0
+
+
+def test_bad_configuration_is_exit_2() -> None:
+    result = run("device", "--org", "YES", "--interaction", PSIS, env={"SDS_ENV": "production"})
+    assert result.returncode == 2
+    assert "neither an environment" in result.stderr
+
+
+def test_plugins_lists_the_built_ins() -> None:
+    result = run("plugins")
+    assert result.returncode == 0, result.stderr
+    plugins = {p["name"]: p for p in json.loads(result.stdout)}
+    assert "sds_plugins.selection" in plugins
+    assert plugins["sds_plugins.sds"]["hooks"] == ["sds_provide_auth", "sds_register_sources"]
+    assert plugins["sds_plugins.sds"]["distribution"] == "sds-plugins"
+
+
+def test_plugins_honours_disable() -> None:
+    result = run("plugins", env={"SDS_PLUGINS_DISABLE": "sds_plugins.selection"})
+    names = {p["name"] for p in json.loads(result.stdout)}
+    assert "sds_plugins.selection" not in names
+
+
+def test_route_unknown_adapter_is_exit_2(sandbox: Sandbox) -> None:
+    result = run("route", "nope", "--org", "YES", "--interaction", PSIS, "--base-url", sandbox.base_url)
+    assert result.returncode == 2
+    assert "no adapter named 'nope'" in result.stderr
+
+
+def test_route_option_syntax(sandbox: Sandbox) -> None:
+    result = run("route", "nope", "--org", "YES", "--interaction", PSIS, "-o", "novalue")
+    assert result.returncode == 2
+    assert "key=value" in result.stderr
+
+
+def test_sandbox_command(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [*SDS, "sandbox", "--port", "0", "--synthetic", "5"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        assert line.startswith("sandbox listening on http://127.0.0.1:")
+        url = line.removeprefix("sandbox listening on ")
+        result = run("device", "--org", "YES", "--interaction", PSIS, "--base-url", f"{url}/spine-directory/FHIR/R4")
+        assert result.returncode == 0, result.stderr
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=10)
+    assert process.returncode in (0, -signal.SIGINT)
+
+
+def test_python_dash_m_and_help() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("device", "endpoint", "route", "prewarm", "plugins", "sandbox", "demo"):
+        assert command in result.stdout

@@ -1,0 +1,149 @@
+"""The plugin host: discovery, restriction, blocking, tracing, validation, introspection."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+import types
+from typing import Any
+
+import pytest
+
+from sds_plugins import PluginError, PluginHost, hookimpl
+from sds_plugins import hookspecs
+
+
+class FakeDist:
+    def __init__(self, name: str, version: str) -> None:
+        self.name = name
+        self.version = version
+
+
+class FakeEntryPoint:
+    def __init__(self, name: str, plugin: object, dist: FakeDist) -> None:
+        self.name = name
+        self.value = f"{name}_module"
+        self.group = hookspecs.PROJECT
+        self.dist = dist
+        self._plugin = plugin
+
+    def load(self) -> object:
+        if isinstance(self._plugin, Exception):
+            raise self._plugin
+        return self._plugin
+
+
+def _plugin(name: str) -> types.SimpleNamespace:
+    class Plugin:
+        @hookimpl
+        def sds_register_adapters(self, register: Any) -> None:
+            pass
+
+    plugin = Plugin()
+    plugin.__name__ = name  # type: ignore[attr-defined]
+    return plugin  # type: ignore[return-value]
+
+
+@pytest.fixture
+def entry_points(monkeypatch: pytest.MonkeyPatch) -> list[FakeEntryPoint]:
+    points: list[FakeEntryPoint] = []
+
+    def fake(*, group: str) -> list[FakeEntryPoint]:
+        return [p for p in points if p.group == group]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake)
+    return points
+
+
+def test_entry_points_are_loaded_with_their_distribution(entry_points: list[FakeEntryPoint]) -> None:
+    entry_points.append(FakeEntryPoint("alpha", _plugin("alpha"), FakeDist("sds-plugins-alpha", "1.2.3")))
+    host = PluginHost(environ={})
+    info = {p["name"]: p for p in host.plugins()}
+    assert info["alpha"] == {
+        "name": "alpha",
+        "distribution": "sds-plugins-alpha",
+        "version": "1.2.3",
+        "hooks": ["sds_register_adapters"],
+    }
+    assert info["sds_plugins.selection"]["hooks"] == ["sds_select_candidate"]
+
+
+def test_load_restricts_to_named_distributions(entry_points: list[FakeEntryPoint]) -> None:
+    entry_points.append(FakeEntryPoint("alpha", _plugin("alpha"), FakeDist("sds-plugins-alpha", "1")))
+    entry_points.append(FakeEntryPoint("beta", _plugin("beta"), FakeDist("sds_plugins_beta", "1")))
+    host = PluginHost(environ={"SDS_PLUGINS_LOAD": "sds-plugins-beta"})
+    names = {p["name"] for p in host.plugins()}
+    assert "beta" in names
+    assert "alpha" not in names
+    assert "sds_plugins.cache" in names  # built-ins are not entry points: always there
+
+
+def test_disable_blocks_plugins_and_defaults(entry_points: list[FakeEntryPoint]) -> None:
+    entry_points.append(FakeEntryPoint("alpha", _plugin("alpha"), FakeDist("a", "1")))
+    host = PluginHost(environ={"SDS_PLUGINS_DISABLE": "alpha, sds_plugins.finalize"})
+    names = {p["name"] for p in host.plugins()}
+    assert "alpha" not in names
+    assert "sds_plugins.finalize" not in names
+
+
+def test_broken_entry_point_names_the_plugin(entry_points: list[FakeEntryPoint]) -> None:
+    entry_points.append(FakeEntryPoint("broken", ImportError("no module named x"), FakeDist("bad-dist", "0")))
+    with pytest.raises(PluginError, match="cannot load plugin 'broken'.*bad-dist.*no module named x") as info:
+        PluginHost(environ={})
+    assert info.value.plugin == "broken"
+
+
+def test_misspelt_hooks_fail_loudly() -> None:
+    class Typo:
+        @hookimpl
+        def sds_register_adaptors(self, register: Any) -> None:
+            pass
+
+    host = PluginHost(load_entrypoints=False)
+    with pytest.raises(PluginError, match="unknown hooks"):
+        host.register(Typo(), name="typo")
+    assert not host.pm.has_plugin("typo")
+
+
+def test_async_notification_hooks_are_refused_too() -> None:
+    class AsyncObserver:
+        @hookimpl
+        async def sds_lookup_completed(self, event: Any) -> None:
+            pass
+
+    with pytest.raises(PluginError, match="pluggy cannot await it"):
+        PluginHost(load_entrypoints=False).register(AsyncObserver(), name="observer")
+
+
+def test_tracing_writes_hook_calls(capsys: pytest.CaptureFixture[str]) -> None:
+    host = PluginHost(load_entrypoints=False, environ={"SDS_PLUGINS_TRACE": "1"})
+    host.hook.sds_register_adapters(register=lambda adapter: None)
+    assert "sds_register_adapters" in capsys.readouterr().err
+
+
+def test_register_and_unregister() -> None:
+    host = PluginHost(load_entrypoints=False)
+    name = host.register(_plugin("x"), name="x")
+    assert name == "x"
+    assert "x" in {p["name"] for p in host.plugins()}
+    host.unregister("x")
+    assert "x" not in {p["name"] for p in host.plugins()}
+    with pytest.raises(PluginError):
+        host.register(_plugin("y"), name="sds_plugins.cache")  # name taken
+
+
+def test_importing_has_no_side_effects() -> None:
+    code = (
+        "import importlib.metadata as m, sys\n"
+        "original = m.entry_points\n"
+        "def guarded(**kw):\n"
+        "    if kw.get('group') == 'sds_plugins':\n"
+        "        raise SystemExit('sds_plugins entry points read at import time')\n"
+        "    return original(**kw)\n"
+        "m.entry_points = guarded\n"
+        "import sds_plugins, sds_plugins.hookspecs\n"
+        "print(sorted(n for n in ('uvicorn', 'starlette', 'redis') if n in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
