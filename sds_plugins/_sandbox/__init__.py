@@ -1,0 +1,1 @@
+"""Local imitation of NHS England's SDS FHIR API; the public face is ``sds_plugins.sandbox``."""

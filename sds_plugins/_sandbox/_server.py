@@ -1,0 +1,227 @@
+"""Running the sandbox app under uvicorn: in a background thread, or in the foreground."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import httpx
+import uvicorn
+
+from ._app import FHIR_BASE, TOKEN_PATH, SandboxConfig, create_app
+
+_STARTUP_TIMEOUT_S = 30.0
+_SHUTDOWN_TIMEOUT_S = 10.0
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A listening socket; binding it ourselves makes port 0 race-free and the port known early."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # An explicit IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose
+    # proto says TCP, and without it every response stalls ~40 ms on Nagle + delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(2048)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _server(config: SandboxConfig, access_log: bool) -> uvicorn.Server:
+    return uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            lifespan="off",
+            # None leaves the host application's logging configuration alone.
+            log_config=None,
+            log_level="warning",
+            access_log=access_log,
+            # The token audience must be the URL as the client sent it, not a proxy's rewrite.
+            proxy_headers=False,
+            timeout_graceful_shutdown=2,
+        )
+    )
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class Sandbox:
+    """The sandbox served over real sockets from a background thread.
+
+    ``with Sandbox(SandboxConfig(...)) as sb: httpx.get(sb.base_url + "/Device", ...)``; or call
+    :meth:`start` and :meth:`stop` yourself. Starting blocks until connections are accepted.
+    """
+
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        access_log: bool = False,
+    ) -> None:
+        self.config = config or SandboxConfig()
+        self._host = host
+        self._port = port
+        self._access_log = access_log
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+        self._failure: BaseException | None = None
+        self._url: str | None = None
+        self._http: httpx.Client | None = None
+
+    @property
+    def url(self) -> str:
+        """Root URL, e.g. ``http://127.0.0.1:54321``."""
+        if self._url is None:
+            raise RuntimeError("sandbox is not running")
+        return self._url
+
+    @property
+    def base_url(self) -> str:
+        """The FHIR base: ``url + "/spine-directory/FHIR/R4"``."""
+        return self.url + FHIR_BASE
+
+    @property
+    def token_url(self) -> str:
+        """The OAuth token endpoint: ``url + "/oauth2/token"``."""
+        return self.url + TOKEN_PATH
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def start(self) -> Sandbox:
+        if self._thread is not None:
+            raise RuntimeError("sandbox already started")
+        sock = _bind(self._host, self._port)
+        try:
+            server = _server(self.config, self._access_log)
+        except BaseException:
+            sock.close()
+            raise
+        port = sock.getsockname()[1]
+        self._socket, self._server = sock, server
+        self._failure = None
+        thread = threading.Thread(
+            target=self._run, args=(server, sock), name=f"sds-sandbox-{port}", daemon=True
+        )
+        self._thread = thread
+        thread.start()
+        deadline = time.monotonic() + _STARTUP_TIMEOUT_S
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                self._cleanup()
+                raise RuntimeError("sandbox failed to start") from self._failure
+            time.sleep(0.005)
+        self._url = _url(self._host, port)
+        return self
+
+    def _run(self, server: uvicorn.Server, sock: socket.socket) -> None:
+        try:
+            server.run(sockets=[sock])
+        except BaseException as error:  # reported to start() rather than lost in the thread
+            self._failure = error
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread; safe to call twice."""
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(_SHUTDOWN_TIMEOUT_S)
+            if self._thread.is_alive() and self._server is not None:
+                self._server.force_exit = True
+                self._thread.join(_SHUTDOWN_TIMEOUT_S)
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        if self._socket is not None:
+            self._socket.close()
+        self._socket = None
+        self._server = None
+        self._thread = None
+        self._url = None
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    # ----------------------------------------------------------------- controls over HTTP
+
+    def _control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        if self._http is None:
+            self._http = httpx.Client(base_url=f"{self.url}/_sandbox/", timeout=10)
+        response = self._http.request(method, path, json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def stats(self) -> dict[str, Any]:
+        """``{"requests": {path: count}, "statuses": {"200": count}}`` since start or reset."""
+        result: dict[str, Any] = self._control("GET", "stats")
+        return result
+
+    def set_faults(self, **fields: Any) -> dict[str, Any]:
+        """Change any of latency_ms, error_rate, error_status, outage, retry_after."""
+        result: dict[str, Any] = self._control("POST", "faults", fields)
+        return result
+
+    def reset(self) -> None:
+        """Clear stats and rate-limit counters; restore the configured faults."""
+        self._control("POST", "reset")
+
+
+def serve(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve in the foreground until SIGINT/SIGTERM.
+
+    Prints ``sandbox listening on http://HOST:PORT`` once connections are accepted (``port`` 0
+    picks a free port and prints it).
+    """
+    sock = _bind(host, port)
+    server = _server(config or SandboxConfig(), access_log=False)
+    actual_port = sock.getsockname()[1]
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started:
+            done, _ = await asyncio.wait({task}, timeout=0.01)
+            if done:
+                break
+        if server.started:
+            print(f"sandbox listening on {_url(host, actual_port)}", flush=True)
+        await task
+
+    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal; routing
+    # SIGTERM to KeyboardInterrupt as well lets both end here with a normal return.
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main())
+    finally:
+        sock.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

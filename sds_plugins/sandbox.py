@@ -1,0 +1,13 @@
+"""A local, faithful imitation of NHS England's Spine Directory Service (SDS) FHIR API.
+
+``Sandbox`` serves it over real sockets from a background thread (the test double and demo
+backend); ``serve`` runs it in the foreground; ``create_app`` gives the bare Starlette app;
+``SandboxConfig`` sets data, faults, limits and security.
+"""
+
+from __future__ import annotations
+
+from ._sandbox._app import SandboxConfig, create_app
+from ._sandbox._server import Sandbox, serve
+
+__all__ = ["Sandbox", "SandboxConfig", "create_app", "serve"]

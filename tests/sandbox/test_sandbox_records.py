@@ -1,0 +1,227 @@
+"""Records and mapping: LDAP attribute records to FHIR, against NHS's own mapping vectors."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sds_plugins._sandbox._mapping import device_resource, endpoint_resources
+from sds_plugins._sandbox._records import (
+    GPCONNECT_INTERACTIONS,
+    Directory,
+    load_directory,
+    normalise,
+    synthetic_records,
+)
+from sds_plugins.sandbox import Sandbox, SandboxConfig
+
+from .conftest import GPC_STRUCTURED, VECTORS, interaction, load_json, org, party_key
+
+
+def _vectors(kind: str) -> list[Path]:
+    return sorted((VECTORS / kind).glob("*.in.json"))
+
+
+def _ordered_without_ids(value: Any) -> str:
+    """JSON text without ids; comparing text also checks element order."""
+
+    def strip(item: Any) -> Any:
+        if isinstance(item, dict):
+            return {k: strip(v) for k, v in item.items() if k != "id"}
+        if isinstance(item, list):
+            return [strip(v) for v in item]
+        return item
+
+    return json.dumps(strip(value))
+
+
+def test_every_vector_kind_is_present() -> None:
+    assert len(_vectors("device")) == 5
+    assert len(_vectors("endpoint")) == 6
+
+
+@pytest.mark.parametrize("vector", _vectors("device"), ids=lambda p: p.name.split(".")[0])
+def test_device_mapping_vectors(vector: Path) -> None:
+    expected = load_json(vector.with_name(vector.name.replace(".in.", ".out.")))
+    actual = device_resource(normalise(load_json(vector)))
+    assert _ordered_without_ids(actual) == _ordered_without_ids(expected)
+
+
+@pytest.mark.parametrize("vector", _vectors("endpoint"), ids=lambda p: p.name.split(".")[0])
+def test_endpoint_mapping_vectors(vector: Path) -> None:
+    expected = load_json(vector.with_name(vector.name.replace(".in.", ".out.")))
+    actual = endpoint_resources(normalise(load_json(vector)))
+    assert _ordered_without_ids(actual) == _ordered_without_ids(expected)
+
+
+@pytest.mark.parametrize("kind", ["device", "endpoint"])
+def test_mapped_vectors_served_end_to_end(
+    kind: str, tmp_path: Path, start_sandbox: Any, http: httpx.Client
+) -> None:
+    """Each vector record, given just enough attributes to be found, comes back as mapped."""
+    records = []
+    for number, vector in enumerate(_vectors(kind)):
+        record = load_json(vector)
+        record["nhsIDCode" if kind == "endpoint" else "nhsIdCode"] = f"V{number:05d}"
+        record["nhsMhsSvcIA" if kind == "endpoint" else "nhsAsSvcIA"] = [f"svc:{number}"]
+        records.append(record)
+    name = "mhs-records.json" if kind == "endpoint" else "accredited-system-records.json"
+    (tmp_path / name).write_text(json.dumps(records))
+    sandbox = start_sandbox(data_dir=tmp_path)
+    path = "/Endpoint" if kind == "endpoint" else "/Device"
+    for number, record in enumerate(records):
+        response = http.get(
+            sandbox.base_url + path, params=[org(f"V{number:05d}"), interaction(f"svc:{number}")]
+        )
+        assert response.status_code == 200
+        served = [entry["resource"] for entry in response.json()["entry"]]
+        local = (
+            endpoint_resources(normalise(record))
+            if kind == "endpoint"
+            else [device_resource(normalise(record))]
+        )
+        assert _ordered_without_ids(served) == _ordered_without_ids(local)
+
+
+def test_fresh_uuid_ids() -> None:
+    record = normalise(load_json(VECTORS / "endpoint" / "everything.in.json"))
+    ids = [resource["id"] for resource in endpoint_resources(record)]
+    ids += [resource["id"] for resource in endpoint_resources(record)]
+    assert len(set(ids)) == 4
+    assert all(re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", i) for i in ids)
+
+
+def test_attribute_names_are_case_insensitive_and_values_normalised() -> None:
+    record = normalise(
+        {
+            "nhsMHSPartyKey": "A-1",
+            "NHSMHSPARTYKEY": ["A-2", None],
+            "nhsMHSRetries": 3,
+            "nhsMHSActor": [None],
+            "nhsMhsFQDN": "",
+            "uniqueIdentifier": None,
+        }
+    )
+    assert record.values("nhsmhspartykey") == ("A-1", "A-2")
+    assert record.first("nhsMhsPartyKey") == "A-1"
+    assert record.first("nhsMHSRetries") == "3"
+    assert record.values("nhsMHSActor") == ()
+    assert record.first("nhsMhsFQDN") is None
+    assert record.first("uniqueIdentifier") is None
+
+
+def test_retries_string_becomes_integer_and_junk_is_omitted() -> None:
+    [endpoint] = endpoint_resources(normalise({"nhsMHSRetries": "2"}))
+    assert endpoint["extension"][0]["extension"] == [{"url": "nhsMHSRetries", "valueInteger": 2}]
+    [endpoint] = endpoint_resources(normalise({"nhsMHSRetries": "often"}))
+    assert "extension" not in endpoint
+
+
+def test_device_owner_and_manufacturer_come_from_their_own_attributes() -> None:
+    device = device_resource(
+        normalise(
+            {
+                "nhsIDCode": "AAA",
+                "nhsAsClient": ["OWNER"],
+                "nhsMhsManufacturerOrg": "MAKER",
+                "uniqueIdentifier": ["123456789012"],
+            }
+        )
+    )
+    assert device["owner"]["identifier"]["value"] == "OWNER"
+    assert device["extension"][0]["valueReference"]["identifier"]["value"] == "MAKER"
+    assert device["identifier"] == [
+        {"system": "https://fhir.nhs.uk/Id/nhsSpineASID", "value": "123456789012"}
+    ]
+
+
+def test_directory_lookup_is_case_insensitive_and_indexed() -> None:
+    directory = Directory.from_raw(
+        [
+            {"nhsIDCode": "ABC", "nhsMhsSvcIA": ["svc:a"], "nhsMHSPartyKey": "ABC-1"},
+            {"nhsIdCode": "abc", "nhsMhsSvcIA": "svc:b", "nhsMhsPartyKey": "ABC-2"},
+        ],
+        [{"nhsIDCode": "ABC", "nhsAsSvcIA": ["svc:a"], "nhsMhsManufacturerOrg": "YGA"}],
+    )
+    assert len(directory.find_mhs("abc", None, None)) == 2
+    assert len(directory.find_mhs("abc", "svc:a", None)) == 1
+    assert len(directory.find_mhs("ABC", None, "abc-2")) == 1
+    assert len(directory.find_mhs(None, "SVC:B", "ABC-2")) == 1
+    assert directory.find_as("abc", "svc:a", manufacturer="yga")
+    assert not directory.find_as("abc", "svc:a", manufacturer="X26")
+
+
+def test_synthetic_records_are_deterministic_unique_and_realistic() -> None:
+    mhs, accredited = synthetic_records(500, seed=7)
+    assert (mhs, accredited) == synthetic_records(500, seed=7)
+    assert synthetic_records(50, seed=8)[0] != mhs[:50]
+    codes = [record["nhsIDCode"] for record in mhs]
+    assert len(set(codes)) == 500
+    assert all(re.fullmatch(r"[A-Z]\d{5}", code) for code in codes)
+    asids = [record["uniqueIdentifier"][0] for record in accredited]
+    assert len(set(asids)) == 500
+    assert all(re.fullmatch(r"\d{12}", asid) for asid in asids)
+    for mhs_record, as_record in zip(mhs, accredited, strict=True):
+        ods = mhs_record["nhsIDCode"]
+        assert re.fullmatch(rf"{ods}-\d{{6}}", mhs_record["nhsMHSPartyKey"])
+        assert as_record["nhsMHSPartyKey"] == mhs_record["nhsMHSPartyKey"]
+        assert as_record["nhsAsClient"] == [ods]
+        assert as_record["nhsMhsManufacturerOrg"] in {"YGA", "YGM24", "X26", "YGMA1"}
+        assert mhs_record["nhsMhsSvcIA"] == list(GPCONNECT_INTERACTIONS)
+        assert as_record["nhsAsSvcIA"] == list(GPCONNECT_INTERACTIONS)
+        [address] = mhs_record["nhsMHSEndPoint"]
+        assert re.fullmatch(rf"https://[a-z0-9.-]+\.nhs\.uk/{ods}/STU3/1/gpconnect/", address)
+        assert mhs_record["nhsMhsFQDN"] == address.split("/")[2]
+        assert mhs_record["nhsMhsCPAId"]
+    assert len(GPCONNECT_INTERACTIONS) == 23
+
+
+def test_synthetic_avoids_excluded_codes() -> None:
+    first = synthetic_records(20, seed=3)[0][0]["nhsIDCode"]
+    again = synthetic_records(20, seed=3, exclude=[first])[0]
+    assert first not in {record["nhsIDCode"] for record in again}
+
+
+def test_data_dir_with_missing_files_is_empty(tmp_path: Path) -> None:
+    directory = load_directory(tmp_path)
+    assert (directory.mhs_count, directory.as_count) == (0, 0)
+    directory = load_directory(tmp_path, synthetic=3)
+    assert (directory.mhs_count, directory.as_count) == (3, 3)
+
+
+def test_default_data_is_the_packaged_reference() -> None:
+    directory = load_directory(None)
+    assert (directory.mhs_count, directory.as_count) == (9, 2)
+
+
+def test_fifty_thousand_practices_answer_quickly() -> None:
+    mhs, _ = synthetic_records(50_000, seed=11)
+    probes = [mhs[i] for i in range(0, 50_000, 2_500)]
+    with (
+        Sandbox(SandboxConfig(synthetic=50_000, seed=11)) as sandbox,
+        httpx.Client(base_url=sandbox.base_url) as http,
+    ):
+        started = time.perf_counter()
+        for probe in probes * 5:
+            response = http.get(
+                "/Endpoint", params=[org(probe["nhsIDCode"]), interaction(GPC_STRUCTURED)]
+            )
+            assert response.json()["total"] == 1
+            response = http.get(
+                "/Device",
+                params=[
+                    org(probe["nhsIDCode"]),
+                    interaction(GPC_STRUCTURED),
+                    party_key(probe["nhsMHSPartyKey"]),
+                ],
+            )
+            assert response.json()["total"] == 1
+        elapsed = time.perf_counter() - started
+    # 200 lookups; a scan of 100,000 records per request would take many seconds.
+    assert elapsed < 4
