@@ -57,6 +57,7 @@ from ._sync import SyncRouter, SyncSdsClient
 from .hookspecs import hookimpl
 
 __all__ = [
+    "ENVIRONMENTS",
     "AccreditedSystem",
     "Adapter",
     "AmbiguousError",
@@ -71,7 +72,6 @@ __all__ = [
     "DirectorySource",
     "DirectoryTimeoutError",
     "DirectoryUnavailableError",
-    "ENVIRONMENTS",
     "EndpointQuery",
     "EnvelopeReliability",
     "EnvelopeVetoedError",

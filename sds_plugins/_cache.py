@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cachetools import TLRUCache
+from cachetools import LRUCache, TLRUCache
 from pydantic import BaseModel, ConfigDict
 
 from ._exceptions import DirectoryUnavailableError
@@ -162,8 +162,21 @@ class LookupCache:
         self.stale_if_error_s = stale_if_error_s
         self.breaker_cooldown_s = breaker_cooldown_s
         self._clock = clock
-        self._inflight: dict[str, asyncio.Future[tuple[CacheEntry, int]]] = {}
+        self._inflight: dict[str, asyncio.Future[tuple[CacheEntry, int, bool]]] = {}
         self._breakers: dict[str, _Breaker] = {}
+        # Decoding is the dearest part of a hit; keep the last decoding of each entry (matched
+        # by its stored_at, so a newer entry from another node is decoded afresh).
+        self._decoded: LRUCache[str, tuple[float, tuple[Any, ...]]] = LRUCache(maxsize=10_000)
+
+    def _records(
+        self, key: str, entry: CacheEntry, decode: Callable[[bytes], tuple[Any, ...]]
+    ) -> tuple[Any, ...]:
+        memo = self._decoded.get(key)
+        if memo is not None and memo[0] == entry.stored_at:
+            return memo[1]
+        records = decode(entry.data)
+        self._decoded[key] = (entry.stored_at, records)
+        return records
 
     def breaker(self, namespace: str) -> _Breaker:
         breaker = self._breakers.get(namespace)
@@ -203,13 +216,13 @@ class LookupCache:
         if store and not bypass:
             entry = await self._get(key)
             if entry is not None and entry.is_fresh(now):
-                return Cached(records=decode(entry.data), cache="hit")
+                return Cached(records=self._records(key, entry, decode), cache="hit")
 
         breaker = self.breaker(namespace)
         open_error = breaker.check(now)
         if open_error is not None:
             if entry is not None and entry.is_usable_stale(now):
-                return Cached(records=decode(entry.data), cache="stale")
+                return Cached(records=self._records(key, entry, decode), cache="stale")
             raise DirectoryUnavailableError(
                 f"directory is failing; not asking again for {self.breaker_cooldown_s:g}s "
                 f"(last error: {open_error.message})",
@@ -228,21 +241,26 @@ class LookupCache:
 
         inflight_key = key if store else f"{key}#nostore#{id(fetch)}"
         try:
-            (fresh, attempts), leader = await self._single_flight(inflight_key, fetch_entry, store)
+            (fresh, attempts), fetched_here = await self._single_flight(
+                inflight_key, fetch_entry, store
+            )
         except DirectoryUnavailableError as exc:
             breaker.trip(exc, self._clock())
             if entry is not None and entry.is_usable_stale(self._clock()):
                 logger.warning("serving stale answer for %s: %s", key, exc.message)
-                return Cached(records=decode(entry.data), cache="stale", attempts=exc.attempts)
+                return Cached(
+                    records=self._records(key, entry, decode), cache="stale", attempts=exc.attempts
+                )
             raise
         breaker.reset()
-        if not leader:
-            status = "coalesced"
+        if not fetched_here:
+            status = "coalesced"  # another task, here or on another node, fetched it
         elif bypass or not store:
             status = "bypass"
         else:
             status = "miss"
-        return Cached(records=decode(fresh.data), cache=status, attempts=attempts if leader else 0)
+        records = self._records(key, fresh, decode) if store else decode(fresh.data)
+        return Cached(records=records, cache=status, attempts=attempts if fetched_here else 0)
 
     async def _single_flight(
         self,
@@ -250,14 +268,17 @@ class LookupCache:
         fetch_entry: Callable[[], Awaitable[tuple[CacheEntry, int]]],
         shared: bool,
     ) -> tuple[tuple[CacheEntry, int], bool]:
-        """Returns the result and whether this caller led the fetch."""
+        """Returns the result and whether this process fetched it (not a waiter, here or on
+        another node)."""
         waiting = self._inflight.get(key)
         if waiting is not None:
-            return await asyncio.shield(waiting), False
+            entry, attempts, _fetched_here = await asyncio.shield(waiting)
+            return (entry, attempts), False
 
-        async def lead() -> tuple[CacheEntry, int]:
+        async def lead() -> tuple[CacheEntry, int, bool]:
             if not shared:
-                return await fetch_entry()
+                entry, attempts = await fetch_entry()
+                return entry, attempts, True
             # Fleet-wide coalescing: the backend may find another node already fetched it.
             attempts_box: list[int] = [0]
 
@@ -266,13 +287,14 @@ class LookupCache:
                 attempts_box[0] = attempts
                 return entry
 
-            entry, fetched_here = await self._coalesce(key, fetch_for_backend)
-            return entry, attempts_box[0] if fetched_here else 0
+            entry, fetched_here = await self.backend.coalesce(key, fetch_for_backend)
+            return entry, attempts_box[0] if fetched_here else 0, fetched_here
 
-        task = asyncio.ensure_future(lead())
+        task: asyncio.Future[tuple[CacheEntry, int, bool]] = asyncio.ensure_future(lead())
         self._inflight[key] = task
         try:
-            return await asyncio.shield(task), True
+            entry, attempts, fetched_here = await asyncio.shield(task)
+            return (entry, attempts), fetched_here
         finally:
             if task.done():
                 self._inflight.pop(key, None)
@@ -292,8 +314,3 @@ class LookupCache:
             await self.backend.set(key, entry)
         except Exception as exc:
             logger.warning("cache write failed (%s): %s", type(exc).__name__, exc)
-
-    async def _coalesce(
-        self, key: str, fetch: Callable[[], Awaitable[CacheEntry]]
-    ) -> tuple[CacheEntry, bool]:
-        return await self.backend.coalesce(key, fetch)

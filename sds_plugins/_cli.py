@@ -259,14 +259,26 @@ def _options(pairs: Sequence[str], config: Path | None, adapter: str) -> dict[st
 @click.argument("adapter")
 @click.option("--org", required=True, help="ODS code of the target organisation.")
 @click.option("--interaction", required=True, help="Interaction id (or MESH workflow id).")
-@click.option("-o", "--option", "pairs", multiple=True, metavar="KEY=VALUE",
-              help="Adapter option (repeatable).")
-@click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="TOML file; the [ADAPTER] table holds options.")
+@click.option(
+    "-o",
+    "--option",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Adapter option (repeatable).",
+)
+@click.option(
+    "--config",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML file; the [ADAPTER] table holds options.",
+)
 @click.option("--encounter", help="Cache scope for adapters that require one (GP Connect).")
 @click.option("--bypass-cache", is_flag=True, help="Look up afresh (and refresh the cache).")
-@click.option("--with-secrets", is_flag=True,
-              help="Print credentials in headers too (for piping to a sender).")
+@click.option(
+    "--with-secrets",
+    is_flag=True,
+    help="Print credentials in headers too (for piping to a sender).",
+)
 @click.option("--base-url", help="SDS base URL or environment name.")
 @click.option("--api-key", help="SDS API key.")
 @click.option("--correlation-id", help="UUID for X-Correlation-ID and the envelope.")
@@ -309,13 +321,22 @@ def route(
 @cli.command()
 @click.option("--adapter", required=True)
 @click.option("--interaction", required=True)
-@click.option("--orgs", "orgs_file", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="File with one ODS code per line (# comments allowed).")
+@click.option(
+    "--orgs",
+    "orgs_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File with one ODS code per line (# comments allowed).",
+)
 @click.option("-o", "--option", "pairs", multiple=True, metavar="KEY=VALUE")
 @click.option("--config", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--concurrency", default=50, show_default=True, type=click.IntRange(min=1),
-              help="Routes in flight at once (the rate limiter still applies).")
+@click.option(
+    "--concurrency",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Routes in flight at once (the rate limiter still applies).",
+)
 @click.option("--base-url", help="SDS base URL or environment name.")
 @click.option("--api-key", help="SDS API key.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")

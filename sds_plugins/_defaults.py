@@ -55,7 +55,11 @@ class DefaultCache:
         if settings.redis_url is not None:
             from ._redis import RedisCache
 
-            return RedisCache(settings.redis_url.get_secret_value())
+            # Waiters must outlast a leader that is legitimately retrying.
+            return RedisCache(
+                settings.redis_url.get_secret_value(),
+                wait_timeout_s=settings.retry_budget_s + settings.read_timeout_s,
+            )
         return MemoryCache()
 
 

@@ -49,7 +49,10 @@ async def _lookups(console: Console, base_url: str) -> None:
             table.add_column(column)
         for device in devices.records:
             table.add_row(
-                device.asid, device.party_key, device.ods_code, device.manufacturer_ods,
+                device.asid,
+                device.party_key,
+                device.ods_code,
+                device.manufacturer_ods,
                 f"{len(device.interactions)} interactions",
             )
         console.print(table)
@@ -60,7 +63,10 @@ async def _lookups(console: Console, base_url: str) -> None:
         table = Table(title="/Endpoint lookups")
         for column in ("query", "address", "party_key", "cpa_id", "reliability"):
             table.add_column(column, overflow="fold")
-        for label, result in (("B82617 GP Connect", endpoints), ("X26 gp2gp (forward-reliable)", rewritten)):
+        for label, result in (
+            ("B82617 GP Connect", endpoints),
+            ("X26 gp2gp (forward-reliable)", rewritten),
+        ):
             for endpoint in result.records:
                 reliability = endpoint.reliability
                 table.add_row(
@@ -121,7 +127,9 @@ async def _engine(console: Console, sandbox: Any) -> None:
             sandbox.reset()
             started = time.perf_counter()
             try:
-                envelopes = await asyncio.gather(*(router.route(name, **example) for _ in range(100)))
+                envelopes = await asyncio.gather(
+                    *(router.route(name, **example) for _ in range(100))
+                )
             except SdsPluginsError as exc:
                 console.print(f"[red]adapter {name} failed:[/] {exc}")
                 continue

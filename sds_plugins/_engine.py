@@ -67,9 +67,7 @@ class Router:
         self.host = host if host is not None else PluginHost()
         for plugin in plugins:
             self.host.register(plugin)
-        if self.settings.audit_log is not None and not self.host.pm.has_plugin(
-            "sds_plugins.audit"
-        ):
+        if self.settings.audit_log is not None and not self.host.pm.has_plugin("sds_plugins.audit"):
             from ._audit import AuditLog
 
             self.host.register(AuditLog(self.settings.audit_log), name="sds_plugins.audit")
@@ -170,7 +168,13 @@ class Router:
         ``scope`` partitions the cache (``""`` shared; ``None`` = do not read or store).
         """
         await self.start()
-        correlation_id = normalise_correlation_id(correlation_id)
+        return await self._lookup(
+            lookup, normalise_correlation_id(correlation_id), scope, bypass_cache
+        )
+
+    async def _lookup(
+        self, lookup: Lookup, correlation_id: str, scope: str | None, bypass_cache: bool
+    ) -> LookupOutcome:
         source = self.sources.get(lookup.source)
         if source is None:
             raise ConfigurationError(
@@ -179,7 +183,14 @@ class Router:
             )
         query_key = lookup.query.key()
         key = ":".join(
-            ("sds-plugins", _CACHE_KEY_VERSION, source.name, source.namespace, scope or "", query_key)
+            (
+                "sds-plugins",
+                _CACHE_KEY_VERSION,
+                source.name,
+                source.namespace,
+                scope or "",
+                query_key,
+            )
         )
 
         async def fetch() -> tuple[tuple[Any, ...], int]:
@@ -205,7 +216,12 @@ class Router:
             )
             raise
         self._emit_lookup(
-            source, query_key, cached.cache, cached.attempts, started, correlation_id,
+            source,
+            query_key,
+            cached.cache,
+            cached.attempts,
+            started,
+            correlation_id,
             records=len(cached.records),
         )
         return LookupOutcome(
@@ -228,6 +244,8 @@ class Router:
         records: int = 0,
         error: DirectoryError | None = None,
     ) -> None:
+        if not self.host.hook.sds_lookup_completed.get_hookimpls():
+            return  # nobody listens: skip building the event on the hot path
         event = LookupEvent(
             time=datetime.now(UTC),
             source=source.name,
@@ -292,7 +310,9 @@ class Router:
             envelope = chosen.build(request, resolution)
             final = self.host.hook.sds_finalize_envelope(envelope=envelope, request=request)
             if final is None:
-                raise EnvelopeVetoedError("a plugin returned no envelope from sds_finalize_envelope")
+                raise EnvelopeVetoedError(
+                    "a plugin returned no envelope from sds_finalize_envelope"
+                )
         except SdsPluginsError as exc:
             self._emit_route(adapter, request, resolution, started, exc, org, interaction)
             raise
@@ -305,12 +325,7 @@ class Router:
         names = list(plan)
         results = await asyncio.gather(
             *(
-                self.lookup(
-                    plan[name],
-                    correlation_id=request.correlation_id,
-                    scope=scope,
-                    bypass_cache=request.bypass_cache,
-                )
+                self._lookup(plan[name], request.correlation_id, scope, request.bypass_cache)
                 for name in names
             ),
             return_exceptions=True,
@@ -343,6 +358,8 @@ class Router:
         org: str,
         interaction: str,
     ) -> None:
+        if not self.host.hook.sds_route_completed.get_hookimpls():
+            return
         outcome: RouteOutcome = "ok"
         details: dict[str, Any] = {}
         if isinstance(error, AmbiguousError):
@@ -356,7 +373,9 @@ class Router:
             outcome = "vetoed"
         elif error is not None:
             outcome = "error"
-        correlation_id = request.correlation_id if request else getattr(error, "correlation_id", None)
+        correlation_id = (
+            request.correlation_id if request else getattr(error, "correlation_id", None)
+        )
         event = RouteEvent(
             time=datetime.now(UTC),
             adapter=adapter,
@@ -365,7 +384,9 @@ class Router:
             correlation_id=correlation_id,
             outcome=outcome,
             cache=resolution.cache if resolution else None,
-            lookups=tuple(o.lookup.key() for o in resolution.outcomes.values()) if resolution else (),
+            lookups=tuple(o.lookup.key() for o in resolution.outcomes.values())
+            if resolution
+            else (),
             duration_s=time.perf_counter() - started,
             error=f"{type(error).__name__}: {error}" if error is not None else None,
             details=details,

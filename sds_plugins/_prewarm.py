@@ -68,9 +68,7 @@ async def prewarm(
         async def one(org: str, task: Any) -> None:
             async with gate:
                 try:
-                    await router.route(
-                        adapter, org=org, interaction=interaction, **(options or {})
-                    )
+                    await router.route(adapter, org=org, interaction=interaction, **(options or {}))
                     counts["resolved"] += 1
                 except AmbiguousError:
                     counts["ambiguous"] += 1

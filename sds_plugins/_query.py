@@ -7,6 +7,7 @@ frozen, hashable and normalised: ``DeviceQuery(org=" b82617 ", ...)`` equals
 
 from __future__ import annotations
 
+from functools import cached_property
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
@@ -49,9 +50,13 @@ class _Query(BaseModel):
         """Query parameters in SDS's ``system|value`` form, in a stable order."""
         raise NotImplementedError
 
+    @cached_property
+    def _key(self) -> str:
+        return self.resource + "?" + "&".join(f"{name}={value}" for name, value in self.params())
+
     def key(self) -> str:
         """A stable text key for caches and logs: the resource and its parameters."""
-        return self.resource + "?" + "&".join(f"{name}={value}" for name, value in self.params())
+        return self._key
 
 
 class DeviceQuery(_Query):

@@ -54,11 +54,14 @@ class WindowRateLimiter(RateLimiter):
         self._strategy = MovingWindowRateLimiter(self._storage)
         self._key = key
         self._warned = False
+        self._skip_until = 0.0
         #: Seconds spent waiting so far (for benchmarks and metrics).
         self.waited_s = 0.0
 
     async def acquire(self) -> None:
         started = time.monotonic()
+        if started < self._skip_until:
+            return  # the storage failed recently: do not pay its timeout on every request
         try:
             while True:
                 wait = 0.0
@@ -74,11 +77,17 @@ class WindowRateLimiter(RateLimiter):
                     wait = 0.005
                 await asyncio.sleep(min(max(wait, 0.001), 1.0))
         except Exception as exc:
+            self._skip_until = time.monotonic() + 5.0
             if not self._warned:
-                logger.warning("rate limiter storage failed (%s); not limiting", exc)
+                logger.warning("rate limiter storage failed (%s); not limiting for now", exc)
                 self._warned = True
         finally:
             self.waited_s += time.monotonic() - started
+
+    async def aclose(self) -> None:
+        close = getattr(self._storage, "aclose", None)
+        if close is not None:
+            await close()
 
     def __repr__(self) -> str:
         return f"WindowRateLimiter({self.per_second}/s, {self.per_minute}/min)"

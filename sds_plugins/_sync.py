@@ -14,8 +14,8 @@ from typing import Any
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
-from ._client import LookupResult, SdsClient
 from ._adapter import Lookup, LookupOutcome
+from ._client import LookupResult, SdsClient
 from ._envelope import RoutingEnvelope
 from ._models import AccreditedSystem, MessageHandlingEndpoint
 

@@ -128,7 +128,9 @@ def sds_select_candidate(
 
 
 @hookspec(firstresult=True)
-def sds_finalize_envelope(envelope: RoutingEnvelope, request: RouteRequest) -> RoutingEnvelope | None:
+def sds_finalize_envelope(
+    envelope: RoutingEnvelope, request: RouteRequest
+) -> RoutingEnvelope | None:
     """Called with each envelope before it is returned; return it (or a changed copy).
 
     Stops at first non-None result; the default returns the envelope unchanged. Decorate with
@@ -158,4 +160,3 @@ def sds_route_completed(event: RouteEvent) -> None:
 
     .. versionadded:: 0.1
     """
-

@@ -55,7 +55,9 @@ class JoinAdapter(Adapter):
                 address=chosen.address,
             ),
             request=HttpRequestSpec(
-                method="POST", url=chosen.address, headers={"X-Correlation-ID": request.correlation_id}
+                method="POST",
+                url=chosen.address,
+                headers={"X-Correlation-ID": request.correlation_id},
             ),
             expires_at=resolved.now + timedelta(minutes=5),
             provenance=resolved.provenance(chosen.records),

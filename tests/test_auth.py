@@ -61,7 +61,9 @@ class Platform:
             form = parse_qs(request.content.decode())
             assert request.headers["Content-Type"] == "application/x-www-form-urlencoded"
             assert form["grant_type"] == ["client_credentials"]
-            assert form["client_assertion_type"] == ["urn:ietf:params:oauth:client-assertion-type:jwt-bearer"]
+            assert form["client_assertion_type"] == [
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+            ]
             assertion = form["client_assertion"][0]
             self.headers.append(jwt.get_unverified_header(assertion))
             self.assertions.append(
@@ -71,7 +73,12 @@ class Platform:
             self.issued.append(token)
             return httpx.Response(
                 200,
-                json={"access_token": token, "expires_in": self.expires_in, "token_type": "Bearer", "issued_at": "1"},
+                json={
+                    "access_token": token,
+                    "expires_in": self.expires_in,
+                    "token_type": "Bearer",
+                    "issued_at": "1",
+                },
             )
         self.api_calls += 1
         token = request.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -81,7 +88,9 @@ class Platform:
 
 
 def _jwt_auth(key: rsa.RSAPrivateKey, **kwargs: object) -> SignedJwtAuth:
-    return SignedJwtAuth(client_id=CLIENT_ID, private_key=_pem(key), kid="test-1", token_url=TOKEN_URL, **kwargs)  # type: ignore[arg-type]
+    return SignedJwtAuth(
+        client_id=CLIENT_ID, private_key=_pem(key), kid="test-1", token_url=TOKEN_URL, **kwargs
+    )  # type: ignore[arg-type]
 
 
 async def _lookup(client: SdsClient) -> None:
@@ -90,7 +99,9 @@ async def _lookup(client: SdsClient) -> None:
 
 async def test_assertion_claims(private_key: rsa.RSAPrivateKey) -> None:
     platform = Platform(private_key)
-    async with SdsClient(BASE, auth=_jwt_auth(private_key), transport=httpx.MockTransport(platform)) as client:
+    async with SdsClient(
+        BASE, auth=_jwt_auth(private_key), transport=httpx.MockTransport(platform)
+    ) as client:
         await _lookup(client)
     [claims] = platform.assertions
     [header] = platform.headers
@@ -104,7 +115,10 @@ async def test_assertion_claims(private_key: rsa.RSAPrivateKey) -> None:
 
 async def test_jti_is_unique_per_assertion(private_key: rsa.RSAPrivateKey) -> None:
     auth = _jwt_auth(private_key)
-    jtis = {jwt.decode(auth.client_assertion(), options={"verify_signature": False})["jti"] for _ in range(20)}
+    jtis = {
+        jwt.decode(auth.client_assertion(), options={"verify_signature": False})["jti"]
+        for _ in range(20)
+    }
     assert len(jtis) == 20
 
 
@@ -135,21 +149,31 @@ async def test_token_is_refreshed_shortly_before_expiry(private_key: rsa.RSAPriv
 
 async def test_a_revoked_token_is_replaced_once(private_key: rsa.RSAPrivateKey) -> None:
     platform = Platform(private_key)
-    async with SdsClient(BASE, auth=_jwt_auth(private_key), transport=httpx.MockTransport(platform)) as client:
+    async with SdsClient(
+        BASE, auth=_jwt_auth(private_key), transport=httpx.MockTransport(platform)
+    ) as client:
         await _lookup(client)
         platform.revoked.add("token-0")
         await _lookup(client)
     assert platform.issued == ["token-0", "token-1"]
 
 
-async def test_token_endpoint_refusal_is_an_authentication_error(private_key: rsa.RSAPrivateKey) -> None:
+async def test_token_endpoint_refusal_is_an_authentication_error(
+    private_key: rsa.RSAPrivateKey,
+) -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         return httpx.Response(
             401,
-            json={"error": "invalid_request", "error_description": "Invalid 'kid' header in JWT - no matching public key", "message_id": "x"},
+            json={
+                "error": "invalid_request",
+                "error_description": "Invalid 'kid' header in JWT - no matching public key",
+                "message_id": "x",
+            },
         )
 
-    async with SdsClient(BASE, auth=_jwt_auth(private_key), transport=httpx.MockTransport(refuse)) as client:
+    async with SdsClient(
+        BASE, auth=_jwt_auth(private_key), transport=httpx.MockTransport(refuse)
+    ) as client:
         with pytest.raises(AuthenticationError) as info:
             await _lookup(client)
     assert info.value.status_code == 401
@@ -174,7 +198,9 @@ def test_api_key_header() -> None:
         seen.append(request.headers["apikey"])
         return httpx.Response(200, json=DEVICE_BODY)
 
-    with httpx.Client(auth=ApiKeyAuth("secret-key-value"), transport=httpx.MockTransport(answer)) as client:
+    with httpx.Client(
+        auth=ApiKeyAuth("secret-key-value"), transport=httpx.MockTransport(answer)
+    ) as client:
         client.get(BASE)
     assert seen == ["secret-key-value"]
 
@@ -184,7 +210,9 @@ def test_api_key_with_crlf_is_refused() -> None:
         ApiKeyAuth("key\r\nX-Evil: 1")
 
 
-async def test_secrets_never_leak(private_key: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture, tmp_path: Path) -> None:
+async def test_secrets_never_leak(
+    private_key: rsa.RSAPrivateKey, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
     caplog.set_level(logging.DEBUG)
     platform = Platform(private_key)
     jwt_auth = _jwt_auth(private_key)
@@ -202,7 +230,15 @@ async def test_secrets_never_leak(private_key: rsa.RSAPrivateKey, caplog: pytest
             await _lookup(client)
     pem = _pem(private_key).decode()
     settings = Settings(api_key="secret-key-value", base_url=BASE)
-    texts = [repr(jwt_auth), repr(api_auth), str(info.value), repr(info.value), caplog.text, repr(settings), str(settings)]
+    texts = [
+        repr(jwt_auth),
+        repr(api_auth),
+        str(info.value),
+        repr(info.value),
+        caplog.text,
+        repr(settings),
+        str(settings),
+    ]
     for text in texts:
         assert "secret-key-value" not in text
         assert CLIENT_ID not in text
@@ -218,7 +254,9 @@ def test_bad_private_key_does_not_echo_it(tmp_path: Path) -> None:
     assert "c2VjcmV0" not in str(info.value)
     assert info.value.__cause__ is None
     with pytest.raises(ConfigurationError, match="cannot read"):
-        SignedJwtAuth(client_id=CLIENT_ID, private_key=tmp_path / "missing.pem", kid="k", token_url=TOKEN_URL)
+        SignedJwtAuth(
+            client_id=CLIENT_ID, private_key=tmp_path / "missing.pem", kid="k", token_url=TOKEN_URL
+        )
 
 
 def test_settings_build_jwt_auth_from_environment(
@@ -240,10 +278,13 @@ def test_settings_build_jwt_auth_from_environment(
 
 
 def test_settings_environments(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert Settings(env="prod").resolved_base_url() == "https://api.service.nhs.uk/spine-directory/FHIR/R4"
-    assert Settings(base_url="http://127.0.0.1:9000/spine-directory/FHIR/R4/", env="prod").resolved_base_url() == (
-        "http://127.0.0.1:9000/spine-directory/FHIR/R4"
+    assert (
+        Settings(env="prod").resolved_base_url()
+        == "https://api.service.nhs.uk/spine-directory/FHIR/R4"
     )
+    assert Settings(
+        base_url="http://127.0.0.1:9000/spine-directory/FHIR/R4/", env="prod"
+    ).resolved_base_url() == ("http://127.0.0.1:9000/spine-directory/FHIR/R4")
     monkeypatch.setenv("SDS_API_KEY", "k")
     assert isinstance(Settings().build_auth(), ApiKeyAuth)
     monkeypatch.delenv("SDS_API_KEY")

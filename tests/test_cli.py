@@ -19,7 +19,9 @@ from ._reference import GP2GP, GPC_STRUCTURED, PSIS
 SDS = [sys.executable, "-m", "sds_plugins"]
 
 
-def run(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("SDS_")}
     environ.update(env or {})
     return subprocess.run(
@@ -43,13 +45,28 @@ def test_endpoint_reads_the_environment(sandbox: Sandbox) -> None:
     records = json.loads(result.stdout)
     assert len(records) == 2
     assert set(records[0]) == {
-        "address", "party_key", "ods_code", "fqdn", "cpa_id", "mhs_id", "interaction", "reliability",
+        "address",
+        "party_key",
+        "ods_code",
+        "fqdn",
+        "cpa_id",
+        "mhs_id",
+        "interaction",
+        "reliability",
     }
     assert records[0]["reliability"]["retries"] == 2
 
 
 def test_no_records_is_exit_3(sandbox: Sandbox) -> None:
-    result = run("endpoint", "--org", "A99999", "--interaction", GPC_STRUCTURED, "--base-url", sandbox.base_url)
+    result = run(
+        "endpoint",
+        "--org",
+        "A99999",
+        "--interaction",
+        GPC_STRUCTURED,
+        "--base-url",
+        sandbox.base_url,
+    )
     assert result.returncode == 3
     assert json.loads(result.stdout) == []
     assert "no matching records" in result.stderr
@@ -66,7 +83,9 @@ def test_no_records_is_exit_3(sandbox: Sandbox) -> None:
         ("device", "--org", "YES", "--interaction", PSIS, "--correlation-id", "nope"),
     ],
 )
-def test_invalid_input_is_exit_2_and_sends_nothing(make_sandbox: Callable[..., Sandbox], args: tuple[str, ...]) -> None:
+def test_invalid_input_is_exit_2_and_sends_nothing(
+    make_sandbox: Callable[..., Sandbox], args: tuple[str, ...]
+) -> None:
     sb = make_sandbox()
     result = run(*args, "--base-url", sb.base_url)
     assert result.returncode == 2, result.stderr
@@ -93,7 +112,13 @@ def test_unavailable_is_exit_5_with_correlation_id(make_sandbox: Callable[..., S
 
 def test_unreachable_is_exit_5() -> None:
     result = run(
-        "device", "--org", "YES", "--interaction", PSIS, "--base-url", "http://127.0.0.1:1/x",
+        "device",
+        "--org",
+        "YES",
+        "--interaction",
+        PSIS,
+        "--base-url",
+        "http://127.0.0.1:1/x",
         env={"SDS_RETRY_ATTEMPTS": "1"},
     )
     assert result.returncode == 5
@@ -102,10 +127,27 @@ def test_unreachable_is_exit_5() -> None:
 
 def test_auth_refused_is_exit_6(make_sandbox: Callable[..., Sandbox]) -> None:
     sb = make_sandbox(api_key="right")
-    result = run("device", "--org", "YES", "--interaction", PSIS, "--base-url", sb.base_url, "--api-key", "wrong")
+    result = run(
+        "device",
+        "--org",
+        "YES",
+        "--interaction",
+        PSIS,
+        "--base-url",
+        sb.base_url,
+        "--api-key",
+        "wrong",
+    )
     assert result.returncode == 6
     assert "wrong" not in result.stderr
-    ok = run("device", "--org", "YES", "--interaction", PSIS, env={"SDS_BASE_URL": sb.base_url, "SDS_API_KEY": "right"})
+    ok = run(
+        "device",
+        "--org",
+        "YES",
+        "--interaction",
+        PSIS,
+        env={"SDS_BASE_URL": sb.base_url, "SDS_API_KEY": "right"},
+    )
     assert ok.returncode == 0
 
 
@@ -131,7 +173,9 @@ def test_plugins_honours_disable() -> None:
 
 
 def test_route_unknown_adapter_is_exit_2(sandbox: Sandbox) -> None:
-    result = run("route", "nope", "--org", "YES", "--interaction", PSIS, "--base-url", sandbox.base_url)
+    result = run(
+        "route", "nope", "--org", "YES", "--interaction", PSIS, "--base-url", sandbox.base_url
+    )
     assert result.returncode == 2
     assert "no adapter named 'nope'" in result.stderr
 
@@ -154,7 +198,15 @@ def test_sandbox_command(tmp_path: Path) -> None:
         line = process.stdout.readline().strip()
         assert line.startswith("sandbox listening on http://127.0.0.1:")
         url = line.removeprefix("sandbox listening on ")
-        result = run("device", "--org", "YES", "--interaction", PSIS, "--base-url", f"{url}/spine-directory/FHIR/R4")
+        result = run(
+            "device",
+            "--org",
+            "YES",
+            "--interaction",
+            PSIS,
+            "--base-url",
+            f"{url}/spine-directory/FHIR/R4",
+        )
         assert result.returncode == 0, result.stderr
     finally:
         process.send_signal(signal.SIGINT)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import httpx
@@ -32,7 +32,9 @@ from ._reference import GPC_STRUCTURED, SDS_REFERENCE, load_json
 
 BASE = "https://int.api.service.nhs.uk/spine-directory/FHIR/R4"
 DEVICE_BODY = load_json(SDS_REFERENCE / "observed-responses" / "sds-server-single_device.json")
-GATEWAY_ERROR = load_json(SDS_REFERENCE / "observed-responses" / "gpc-consumer-sds_error_response.json")
+GATEWAY_ERROR = load_json(
+    SDS_REFERENCE / "observed-responses" / "gpc-consumer-sds_error_response.json"
+)
 FAST = RetryPolicy(attempts=4, backoff_s=0.001, max_backoff_s=0.002, budget_s=5)
 
 
@@ -53,7 +55,9 @@ def _outcome(code: str, diagnostics: str) -> dict[str, Any]:
 class Script:
     """Answers requests from a list of responses (or exceptions), recording what was asked."""
 
-    def __init__(self, *answers: httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]):
+    def __init__(
+        self, *answers: httpx.Response | Exception | Callable[[httpx.Request], httpx.Response]
+    ):
         self.answers = list(answers)
         self.requests: list[httpx.Request] = []
 
@@ -109,7 +113,9 @@ async def test_invalid_input_sends_nothing() -> None:
 
 @pytest.mark.parametrize("status", [429, 502, 503, 504])
 async def test_transient_statuses_are_retried(status: int) -> None:
-    script = Script(httpx.Response(status, json=_outcome("X", "busy")), httpx.Response(200, json=DEVICE_BODY))
+    script = Script(
+        httpx.Response(status, json=_outcome("X", "busy")), httpx.Response(200, json=DEVICE_BODY)
+    )
     result = await _devices(_client(script))
     assert result.attempts == 2
     assert len(result.records) == 1
@@ -136,7 +142,9 @@ async def test_transport_errors_are_retried() -> None:
     ],
 )
 async def test_other_errors_are_not_retried(status: int, error: type[Exception]) -> None:
-    script = Script(httpx.Response(status, json=_outcome("BAD_REQUEST", "Missing or invalid organization")))
+    script = Script(
+        httpx.Response(status, json=_outcome("BAD_REQUEST", "Missing or invalid organization"))
+    )
     with pytest.raises(error) as info:
         await _devices(_client(script))
     assert len(script.requests) == 1
@@ -146,7 +154,9 @@ async def test_other_errors_are_not_retried(status: int, error: type[Exception])
 
 async def test_operation_outcome_becomes_a_typed_error() -> None:
     correlation_id = str(uuid.uuid4())
-    script = Script(httpx.Response(400, json=_outcome("BAD_REQUEST", "Missing or invalid organization")))
+    script = Script(
+        httpx.Response(400, json=_outcome("BAD_REQUEST", "Missing or invalid organization"))
+    )
     with pytest.raises(RequestRejectedError) as info:
         await _devices(_client(script), correlation_id=correlation_id)
     error = info.value
@@ -166,7 +176,11 @@ async def test_gateway_error_body() -> None:
 
 
 async def test_429_exhausting_attempts_is_rate_limited_not_500() -> None:
-    script = Script(httpx.Response(429, headers={"Retry-After": "0"}, json=_outcome("TOO_MANY_REQUESTS", "slow down")))
+    script = Script(
+        httpx.Response(
+            429, headers={"Retry-After": "0"}, json=_outcome("TOO_MANY_REQUESTS", "slow down")
+        )
+    )
     with pytest.raises(RateLimitedError) as info:
         await _devices(_client(script))
     assert len(script.requests) == FAST.attempts
@@ -233,13 +247,18 @@ async def test_structurally_wrong_200_names_the_field_and_carries_the_correlatio
     assert info.value.correlation_id == "0f8fad5b-d9cb-469f-a165-70867728950e"
 
 
-def _paged(pages: int, origin: str = "https://int.api.service.nhs.uk") -> Callable[[httpx.Request], httpx.Response]:
+def _paged(
+    pages: int, origin: str = "https://int.api.service.nhs.uk"
+) -> Callable[[httpx.Request], httpx.Response]:
     def answer(request: httpx.Request) -> httpx.Response:
         page = int(request.url.params.get("page", "1"))
         body = {**DEVICE_BODY, "link": [{"relation": "self", "url": str(request.url)}]}
         if page < pages:
             body["link"].append(
-                {"relation": "next", "url": f"{origin}/spine-directory/FHIR/R4/Device?page={page + 1}"}
+                {
+                    "relation": "next",
+                    "url": f"{origin}/spine-directory/FHIR/R4/Device?page={page + 1}",
+                }
             )
         return httpx.Response(200, json=body)
 

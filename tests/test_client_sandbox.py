@@ -62,7 +62,9 @@ async def test_device_lookup(sandbox: Sandbox) -> None:
         ({"party_key": "YES-0000806", "manufacturer": "X09001"}, 1),
     ],
 )
-async def test_device_query_combinations(sandbox: Sandbox, filters: dict[str, str], expected: int) -> None:
+async def test_device_query_combinations(
+    sandbox: Sandbox, filters: dict[str, str], expected: int
+) -> None:
     async with _client(sandbox) as client:
         result = await client.devices(org="YES", interaction=PSIS, **filters)
     assert len(result.records) == expected
@@ -79,7 +81,9 @@ async def test_device_query_combinations(sandbox: Sandbox, filters: dict[str, st
         ({"org": "A99999", "interaction": GPC_STRUCTURED}, 0),
     ],
 )
-async def test_endpoint_query_combinations(sandbox: Sandbox, query: dict[str, str], addresses: int) -> None:
+async def test_endpoint_query_combinations(
+    sandbox: Sandbox, query: dict[str, str], addresses: int
+) -> None:
     async with _client(sandbox) as client:
         result = await client.endpoints(**query)
     assert len(result.records) == addresses
@@ -92,7 +96,9 @@ async def test_endpoint_address_is_exactly_as_sds_has_it(sandbox: Sandbox) -> No
     assert endpoint.party_key == "B82617-0000806"
 
 
-async def test_forward_reliable_and_express_are_rewritten_to_the_intermediary(sandbox: Sandbox) -> None:
+async def test_forward_reliable_and_express_are_rewritten_to_the_intermediary(
+    sandbox: Sandbox,
+) -> None:
     async with _client(sandbox) as client:
         reliable = (await client.endpoints(org="X26", interaction=GP2GP)).records
         [express] = (await client.endpoints(org="X26", interaction=EBS_EXPRESS)).records
@@ -108,7 +114,11 @@ async def test_reliability_values(sandbox: Sandbox) -> None:
         [endpoint] = (await client.endpoints(org="YES", interaction=PSIS)).records
     reliability = endpoint.reliability
     assert reliability is not None
-    assert (reliability.retries, reliability.retry_interval_s, reliability.persist_duration_s) == (2, 60, 300)
+    assert (reliability.retries, reliability.retry_interval_s, reliability.persist_duration_s) == (
+        2,
+        60,
+        300,
+    )
     assert reliability.actor == "urn:oasis:names:tc:ebxml-msg:actor:toPartyMSH"
 
 
@@ -136,7 +146,9 @@ async def test_page_bound_stops_a_long_answer(make_sandbox: Callable[..., Sandbo
 
 
 @pytest.mark.parametrize("status", [429, 503])
-async def test_transient_faults_are_retried(make_sandbox: Callable[..., Sandbox], status: int) -> None:
+async def test_transient_faults_are_retried(
+    make_sandbox: Callable[..., Sandbox], status: int
+) -> None:
     sb = make_sandbox()
     sb.set_faults(error_rate=1.0, error_status=status, retry_after=0)
     async with _client(sb, retry=RetryPolicy(attempts=3, backoff_s=0.01, budget_s=5)) as client:
@@ -152,8 +164,12 @@ async def test_transient_faults_are_retried(make_sandbox: Callable[..., Sandbox]
 async def test_intermittent_faults_are_ridden_out(make_sandbox: Callable[..., Sandbox]) -> None:
     sb = make_sandbox()
     sb.set_faults(error_rate=0.5, error_status=503)
-    async with _client(sb, retry=RetryPolicy(attempts=12, backoff_s=0.001, max_backoff_s=0.002, budget_s=10)) as client:
-        results = await asyncio.gather(*(client.devices(org="YES", interaction=PSIS) for _ in range(20)))
+    async with _client(
+        sb, retry=RetryPolicy(attempts=12, backoff_s=0.001, max_backoff_s=0.002, budget_s=10)
+    ) as client:
+        results = await asyncio.gather(
+            *(client.devices(org="YES", interaction=PSIS) for _ in range(20))
+        )
     assert all(len(r.records) == 1 for r in results)
     statuses = sb.stats()["statuses"]
     assert statuses["200"] == 20
@@ -163,7 +179,9 @@ async def test_intermittent_faults_are_ridden_out(make_sandbox: Callable[..., Sa
 async def test_rate_limit_429_with_retry_after(make_sandbox: Callable[..., Sandbox]) -> None:
     sb = make_sandbox(rate_limit=2)
     async with _client(sb, retry=RetryPolicy(attempts=5, budget_s=10)) as client:
-        results = await asyncio.gather(*(client.devices(org="YES", interaction=PSIS) for _ in range(4)))
+        results = await asyncio.gather(
+            *(client.devices(org="YES", interaction=PSIS) for _ in range(4))
+        )
     assert all(len(r.records) == 1 for r in results)
     statuses = sb.stats()["statuses"]
     assert statuses["429"] >= 1  # some were throttled...
@@ -183,14 +201,18 @@ async def test_server_errors_are_not_retried(make_sandbox: Callable[..., Sandbox
 
 async def test_timeouts_are_reported_as_timeouts(make_sandbox: Callable[..., Sandbox]) -> None:
     sb = make_sandbox(latency_ms=500)
-    async with _client(sb, read_timeout_s=0.1, retry=RetryPolicy(attempts=2, backoff_s=0.01, budget_s=5)) as client:
+    async with _client(
+        sb, read_timeout_s=0.1, retry=RetryPolicy(attempts=2, backoff_s=0.01, budget_s=5)
+    ) as client:
         with pytest.raises(DirectoryTimeoutError) as info:
             await client.devices(org="YES", interaction=PSIS)
     assert info.value.attempts == 2
 
 
 async def test_unreachable_directory(sandbox: Sandbox) -> None:
-    async with SdsClient("http://127.0.0.1:1/spine-directory/FHIR/R4", retry=RetryPolicy(attempts=2, backoff_s=0.01)) as client:
+    async with SdsClient(
+        "http://127.0.0.1:1/spine-directory/FHIR/R4", retry=RetryPolicy(attempts=2, backoff_s=0.01)
+    ) as client:
         with pytest.raises(DirectoryUnavailableError, match="unreachable") as info:
             await client.devices(org="YES", interaction=PSIS)
     assert info.value.attempts == 2
@@ -231,12 +253,18 @@ def _pem(key: rsa.RSAPrivateKey) -> bytes:
     )
 
 
-async def test_signed_jwt_auth_one_token_for_many_requests(make_sandbox: Callable[..., Sandbox]) -> None:
+async def test_signed_jwt_auth_one_token_for_many_requests(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     sb = make_sandbox(api_key="app-key", jwks=_jwks(key, "kid-1"))
-    auth = SignedJwtAuth(client_id="app-key", private_key=_pem(key), kid="kid-1", token_url=sb.token_url)
+    auth = SignedJwtAuth(
+        client_id="app-key", private_key=_pem(key), kid="kid-1", token_url=sb.token_url
+    )
     async with _client(sb, auth=auth) as client:
-        results = await asyncio.gather(*(client.devices(org="YES", interaction=PSIS) for _ in range(25)))
+        results = await asyncio.gather(
+            *(client.devices(org="YES", interaction=PSIS) for _ in range(25))
+        )
     assert all(r.records for r in results)
     assert sb.stats()["requests"]["/oauth2/token"] == 1
     assert auth.tokens_fetched == 1
@@ -251,12 +279,18 @@ class _WrongAudience(SignedJwtAuth):
 
     def _token_request(self) -> httpx.Request:
         request = super()._token_request()
-        return httpx.Request("POST", self.real_token_url, headers=request.headers, content=request.content)
+        return httpx.Request(
+            "POST", self.real_token_url, headers=request.headers, content=request.content
+        )
 
 
 @pytest.mark.parametrize(
     ("kid", "client_id", "wrong_audience"),
-    [("unknown-kid", "app-key", False), ("kid-1", "someone-else", False), ("kid-1", "app-key", True)],
+    [
+        ("unknown-kid", "app-key", False),
+        ("kid-1", "someone-else", False),
+        ("kid-1", "app-key", True),
+    ],
 )
 async def test_signed_jwt_refusals(
     make_sandbox: Callable[..., Sandbox], kid: str, client_id: str, wrong_audience: bool

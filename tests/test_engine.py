@@ -68,7 +68,10 @@ async def test_route_builds_an_envelope_from_the_matching_device(sandbox: Sandbo
         envelope = await router.route("join", org="yes", interaction=PSIS)
     assert envelope.target.party_key == "YES-0000806"
     assert envelope.target.asid == "928942012545"
-    assert envelope.target.address == "https://msg.opentest.hscic.gov.uk/reliablemessaging/reliablerequest"
+    assert (
+        envelope.target.address
+        == "https://msg.opentest.hscic.gov.uk/reliablemessaging/reliablerequest"
+    )
     assert envelope.provenance.cache == "miss"
     assert envelope.provenance.correlation_id == recorder.routes[0].correlation_id
     assert [type(r).__name__ for r in envelope.provenance.records] == [
@@ -221,7 +224,12 @@ async def test_lookup_events_describe_each_lookup(make_sandbox: Callable[..., Sa
     sb = make_sandbox()
     recorder = Recorder()
     async with _router(sb, recorder) as router:
-        await router.route("join", org="YES", interaction=PSIS, correlation_id="7f1d3e8a-6f5c-4c53-9a5b-2d0c1c9f0a11")
+        await router.route(
+            "join",
+            org="YES",
+            interaction=PSIS,
+            correlation_id="7f1d3e8a-6f5c-4c53-9a5b-2d0c1c9f0a11",
+        )
         await router.route("join", org="YES", interaction=PSIS)
     first, second, third, fourth = recorder.lookups
     assert {first.cache, second.cache} == {"miss"}
@@ -247,7 +255,7 @@ async def test_client_side_rate_limit_keeps_bulk_work_under_the_gateway_limit(
 
 async def test_unknown_adapter_lists_the_installed_ones(sandbox: Sandbox) -> None:
     async with _router(sandbox) as router:
-        with pytest.raises(InvalidInputError, match="installed: join"):
+        with pytest.raises(InvalidInputError, match=r"installed: .*\bjoin\b"):
             await router.route("nope", org="YES", interaction=PSIS)
 
 
@@ -267,10 +275,14 @@ async def test_invalid_input_sends_nothing(make_sandbox: Callable[..., Sandbox])
 
 class Decorate:
     @hookimpl(wrapper=True)
-    def sds_finalize_envelope(self, envelope: RoutingEnvelope, request: Any) -> Generator[None, RoutingEnvelope, RoutingEnvelope]:
+    def sds_finalize_envelope(
+        self, envelope: RoutingEnvelope, request: Any
+    ) -> Generator[None, RoutingEnvelope, RoutingEnvelope]:
         result = yield
         headers = {**result.request.headers, "X-Broker": "node-1"}
-        return result.model_copy(update={"request": result.request.model_copy(update={"headers": headers})})
+        return result.model_copy(
+            update={"request": result.request.model_copy(update={"headers": headers})}
+        )
 
 
 class Veto:
@@ -296,7 +308,7 @@ async def test_async_hook_implementations_are_refused() -> None:
         async def sds_select_candidate(self, candidates: Any, request: Any, role: str) -> Any:
             return candidates[0]
 
-    with pytest.raises(PluginError, match="async def.*always win"):
+    with pytest.raises(PluginError, match=r"async def.*always win"):
         Router(Settings(), plugins=[AsyncPolicy()])
 
 
@@ -317,7 +329,14 @@ async def test_audit_log(sandbox: Sandbox, tmp_path: Path) -> None:
         with pytest.raises(NotFoundError):
             await router.route("join", org="A99999", interaction=PSIS)
     lines = [json.loads(line) for line in log.read_text().splitlines()]
-    assert [line["event"] for line in lines] == ["lookup", "lookup", "route", "lookup", "lookup", "route"]
+    assert [line["event"] for line in lines] == [
+        "lookup",
+        "lookup",
+        "route",
+        "lookup",
+        "lookup",
+        "route",
+    ]
     route = lines[2]
     assert route["adapter"] == "join" and route["org"] == "YES" and route["outcome"] == "ok"
     assert route["interaction"] == PSIS and route["cache"] == "miss" and route["correlation_id"]

@@ -30,7 +30,9 @@ def test_ods_codes_are_stripped_and_upper_cased(raw: str, expected: str) -> None
     assert normalise_ods_code(raw) == expected
 
 
-@pytest.mark.parametrize("raw", ["", "  ", "AB", "B8261?", "B 82617", "ABCDEFGHIJK", "X26\n", "X\r26"])
+@pytest.mark.parametrize(
+    "raw", ["", "  ", "AB", "B8261?", "B 82617", "ABCDEFGHIJK", "X26\n", "X\r26"]
+)
 def test_bad_ods_codes_are_refused(raw: str) -> None:
     with pytest.raises(InvalidInputError) as info:
         normalise_ods_code(raw)
@@ -153,7 +155,11 @@ def test_other_endpoint_combinations_are_refused_listing_the_allowed_ones(
     with pytest.raises(InvalidInputError) as info:
         EndpointQuery.build(**fields)
     message = str(info.value)
-    for combination in ("org + interaction + party_key", "org + party_key", "interaction + party_key"):
+    for combination in (
+        "org + interaction + party_key",
+        "org + party_key",
+        "interaction + party_key",
+    ):
         assert combination in message
 
 

@@ -85,7 +85,9 @@ def test_device_fields() -> None:
 
 
 def test_endpoint_fields_and_reliability() -> None:
-    [endpoint] = parse_endpoints(load_json(OBSERVED / "integration-endpoint_forward_reliable.json")).records
+    [endpoint] = parse_endpoints(
+        load_json(OBSERVED / "integration-endpoint_forward_reliable.json")
+    ).records
     assert endpoint == MessageHandlingEndpoint(
         address="https://msg.int.spine2.ncrs.nhs.uk/reliablemessaging/intermediary",
         party_key="X26-820918",
@@ -153,9 +155,18 @@ def _broken(mutate: Any) -> dict[str, Any]:
     [
         (lambda b: b.update(entry="nope"), "entry"),
         (lambda b: b["entry"][1].pop("resource"), "entry[1].resource"),
-        (lambda b: b["entry"][2]["resource"].update(identifier={"a": 1}), "entry[2].resource.identifier"),
-        (lambda b: b["entry"][0]["resource"]["identifier"][1].update(value=42), "entry[0].resource.identifier[1].value"),
-        (lambda b: b["entry"][0]["resource"].update(resourceType="Device"), "entry[0].resource.resourceType"),
+        (
+            lambda b: b["entry"][2]["resource"].update(identifier={"a": 1}),
+            "entry[2].resource.identifier",
+        ),
+        (
+            lambda b: b["entry"][0]["resource"]["identifier"][1].update(value=42),
+            "entry[0].resource.identifier[1].value",
+        ),
+        (
+            lambda b: b["entry"][0]["resource"].update(resourceType="Device"),
+            "entry[0].resource.resourceType",
+        ),
         (lambda b: b.update(resourceType="Patient"), "resourceType"),
         (lambda b: b.update(total="many"), "total"),
     ],

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from sds_plugins import PluginError, PluginHost, hookimpl
-from sds_plugins import hookspecs
+from sds_plugins import PluginError, PluginHost, hookimpl, hookspecs
 
 
 class FakeDist:
@@ -56,8 +55,12 @@ def entry_points(monkeypatch: pytest.MonkeyPatch) -> list[FakeEntryPoint]:
     return points
 
 
-def test_entry_points_are_loaded_with_their_distribution(entry_points: list[FakeEntryPoint]) -> None:
-    entry_points.append(FakeEntryPoint("alpha", _plugin("alpha"), FakeDist("sds-plugins-alpha", "1.2.3")))
+def test_entry_points_are_loaded_with_their_distribution(
+    entry_points: list[FakeEntryPoint],
+) -> None:
+    entry_points.append(
+        FakeEntryPoint("alpha", _plugin("alpha"), FakeDist("sds-plugins-alpha", "1.2.3"))
+    )
     host = PluginHost(environ={})
     info = {p["name"]: p for p in host.plugins()}
     assert info["alpha"] == {
@@ -70,7 +73,9 @@ def test_entry_points_are_loaded_with_their_distribution(entry_points: list[Fake
 
 
 def test_load_restricts_to_named_distributions(entry_points: list[FakeEntryPoint]) -> None:
-    entry_points.append(FakeEntryPoint("alpha", _plugin("alpha"), FakeDist("sds-plugins-alpha", "1")))
+    entry_points.append(
+        FakeEntryPoint("alpha", _plugin("alpha"), FakeDist("sds-plugins-alpha", "1"))
+    )
     entry_points.append(FakeEntryPoint("beta", _plugin("beta"), FakeDist("sds_plugins_beta", "1")))
     host = PluginHost(environ={"SDS_PLUGINS_LOAD": "sds-plugins-beta"})
     names = {p["name"] for p in host.plugins()}
@@ -88,8 +93,12 @@ def test_disable_blocks_plugins_and_defaults(entry_points: list[FakeEntryPoint])
 
 
 def test_broken_entry_point_names_the_plugin(entry_points: list[FakeEntryPoint]) -> None:
-    entry_points.append(FakeEntryPoint("broken", ImportError("no module named x"), FakeDist("bad-dist", "0")))
-    with pytest.raises(PluginError, match="cannot load plugin 'broken'.*bad-dist.*no module named x") as info:
+    entry_points.append(
+        FakeEntryPoint("broken", ImportError("no module named x"), FakeDist("bad-dist", "0"))
+    )
+    with pytest.raises(
+        PluginError, match=r"cannot load plugin 'broken'.*bad-dist.*no module named x"
+    ) as info:
         PluginHost(environ={})
     assert info.value.plugin == "broken"
 
@@ -145,5 +154,7 @@ def test_importing_has_no_side_effects() -> None:
         "import sds_plugins, sds_plugins.hookspecs\n"
         "print(sorted(n for n in ('uvicorn', 'starlette', 'redis') if n in sys.modules))\n"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"

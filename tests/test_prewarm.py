@@ -27,7 +27,11 @@ async def test_prewarm_summary(make_sandbox: Callable[..., Sandbox]) -> None:
     assert summary["resolved"] == 2  # YES twice (the second is a cache hit or coalesced)
     assert summary["not_found"] == 2
     assert summary["invalid"] == 1
-    assert summary["failures"] == {"A99999": "NotFoundError", "A99998": "NotFoundError", "B8!": "InvalidInputError"}
+    assert summary["failures"] == {
+        "A99999": "NotFoundError",
+        "A99998": "NotFoundError",
+        "B8!": "InvalidInputError",
+    }
     assert summary["directory_requests"] == sum(sb.stats()["requests"].values()) == 6
     assert "429" not in sb.stats()["statuses"]
 

@@ -1,0 +1,681 @@
+"""Redis: a cache shared by every node of a fleet, fleet-wide single-flight, a shared rate limit.
+
+Keys (``prefix`` defaults to ``sds-plugins:``; ``key`` is the engine's cache key)::
+
+    {prefix}entry:{key}     the cached answer, expiring at the entry's ``stale_until``
+    {prefix}lock:{key}      held (SET NX PX) by the one process fetching ``key``; value = its token
+    {prefix}outcome:{key}   the last fetch's result for waiters: token + ok/error + payload
+    {prefix}done:{key}      pub/sub channel: "an outcome for ``key`` was written" (wake-up only)
+
+How waiting works (``coalesce``): a process that does not get the lock subscribes (one
+``PSUBSCRIBE`` per :class:`RedisCache`, shared by all its waits) and re-checks the outcome key
+whenever a message arrives, and at least every :data:`_POLL_INTERVAL_S` in any case. Pub/sub
+gives sub-millisecond hand-over and costs Redis nothing while nobody finishes (notifications are
+bounded by the directory's rate limit, ~40/s fleet-wide); the slow poll is only a safety net,
+for messages lost while the subscriber reconnects and for a leader that died (a lock expiry
+publishes nothing). Pure 10-20 ms polling would cost N waiters x 50-100 round trips per second.
+
+Whether a result is "new" is decided by the leader's random token, never by comparing clocks
+across machines: a waiter remembers the outcome present when it began waiting and accepts any
+other one. Writing the entry, the outcome, releasing the lock and publishing happen in one Lua
+script, so a waiter never sees the lock gone without the outcome.
+
+Redis failures never fail a route: the first error switches every operation to an in-process
+fallback (``MemoryCache``) for ``reconnect_after_s``, with one warning per outage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import secrets
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import redis.asyncio as aioredis
+from limits.aio.storage import RedisStorage, Storage
+from redis.asyncio.client import PubSub
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from . import _exceptions
+from ._cache import CacheBackend, CacheEntry, MemoryCache
+from ._exceptions import ConfigurationError, DirectoryTimeoutError, DirectoryUnavailableError
+
+__all__ = ["RedisCache", "redis_rate_limit_storage"]
+
+logger = logging.getLogger("sds_plugins.redis")
+
+_T = TypeVar("_T")
+
+#: Short timeouts: a cache that answers in more than half a second is worse than no cache.
+_SOCKET_TIMEOUT_S: Final = 0.5
+#: Safety-net poll while waiting for another process's fetch (pub/sub wakes us sooner).
+_POLL_INTERVAL_S: Final = 0.1
+#: What counts as "Redis is not working" (connection refused, timeouts, protocol errors).
+_REDIS_ERRORS: Final = (RedisError, OSError, TimeoutError)
+
+#: Entry format: version, stored_at, fresh_until, stale_until, negative, then the raw data.
+#: Binary rather than JSON so ``data`` needs no base64 (entries are a few kB of FHIR JSON).
+_ENTRY_HEADER: Final = struct.Struct(">BdddB")
+_ENTRY_VERSION: Final = 1
+
+_TOKEN_LEN: Final = 32  # secrets.token_hex(16)
+_OK: Final = b"o"
+_ERROR: Final = b"e"
+
+# KEYS: lock, outcome. ARGV: token, lock ttl (ms), seen.
+# ``seen`` is "*" on the first call (take the lock if free, else report the current outcome so
+# the caller can remember it), else the token of the outcome present when waiting began ("" if
+# none): an outcome with another token is a result produced since, and is returned (status 2)
+# *before* trying the lock, so a finished fetch is never repeated by a waiter.
+_CLAIM = """
+local outcome = redis.call('GET', KEYS[2])
+if outcome and ARGV[3] ~= '*' and string.sub(outcome, 1, 32) ~= ARGV[3] then
+  return {2, outcome}
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return {1, false}
+end
+return {0, outcome}
+"""
+
+# KEYS: entry, lock, outcome. ARGV: token, status, payload, entry ttl (ms), outcome ttl (ms),
+# channel. One script, so the outcome is visible before (never after) the lock disappears.
+_FINISH = """
+if ARGV[2] == 'o' then
+  if tonumber(ARGV[4]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
+  else
+    redis.call('DEL', KEYS[1])
+  end
+end
+redis.call('SET', KEYS[3], ARGV[1] .. ARGV[2] .. ARGV[3], 'PX', ARGV[5])
+if redis.call('GET', KEYS[2]) == ARGV[1] then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('PUBLISH', ARGV[6], ARGV[1])
+return 1
+"""
+
+# KEYS: lock. ARGV: token, ttl (ms). Extend our lock while the fetch is still running.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS: lock. ARGV: token, channel. Give the lock up (cancelled leader); waiters take over.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('PUBLISH', ARGV[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+
+def _describe_url(url: str) -> str:
+    """``host:port/db`` (or the socket path): never the user name or password."""
+    try:
+        parts = urlsplit(url)
+        if parts.scheme.endswith("unix"):
+            return unquote(parts.path) or "unix socket"
+        db = parts.path.strip("/") or "0"
+        return f"{parts.hostname or 'localhost'}:{parts.port or 6379}/{db}"
+    except ValueError:
+        return "<invalid Redis URL>"
+
+
+def _password(url: str) -> str | None:
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
+
+
+def _glob_escape(text: str) -> str:
+    """Escape ``text`` for a Redis MATCH / PSUBSCRIBE pattern."""
+    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def _encode_entry(entry: CacheEntry) -> bytes:
+    header = _ENTRY_HEADER.pack(
+        _ENTRY_VERSION, entry.stored_at, entry.fresh_until, entry.stale_until, entry.negative
+    )
+    return header + entry.data
+
+
+def _decode_entry(raw: bytes) -> CacheEntry | None:
+    """``None`` for anything unreadable (another version, corruption): treated as a miss."""
+    if len(raw) < _ENTRY_HEADER.size:
+        return None
+    version, stored_at, fresh_until, stale_until, negative = _ENTRY_HEADER.unpack_from(raw)
+    if version != _ENTRY_VERSION:
+        return None
+    return CacheEntry(
+        data=raw[_ENTRY_HEADER.size :],
+        stored_at=stored_at,
+        fresh_until=fresh_until,
+        stale_until=stale_until,
+        negative=bool(negative),
+    )
+
+
+def _error_payload(exc: Exception) -> bytes:
+    """What waiters need to raise an equivalent error (no headers, no secrets: see errors)."""
+    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
+    return json.dumps(
+        {
+            "error": type(exc).__name__,
+            "message": message,
+            "status_code": getattr(exc, "status_code", None),
+            "spine_code": getattr(exc, "spine_code", None),
+            "diagnostics": getattr(exc, "diagnostics", None),
+            "retry_after": getattr(exc, "retry_after", None),
+        },
+        separators=(",", ":"),
+    ).encode()
+
+
+def _waiter_error(payload: bytes, key: str) -> Exception:
+    """The leader's failure, as raised to a waiter.
+
+    Directory errors keep their class (a waiter sees the same ``RateLimitedError``,
+    ``AuthenticationError``... its own fetch would most likely have got); anything else (a bug,
+    an unexpected exception) becomes a :class:`DirectoryUnavailableError`. ``attempts`` is 0:
+    this process sent nothing.
+    """
+    try:
+        info: dict[str, Any] = json.loads(payload)
+    except ValueError:
+        info = {"error": "Exception", "message": "unreadable error"}
+    name = str(info.get("error"))
+    message = f"{info.get('message')} (lookup shared with another process)"
+    kwargs: dict[str, Any] = {
+        "status_code": info.get("status_code"),
+        "spine_code": info.get("spine_code"),
+        "diagnostics": info.get("diagnostics"),
+        "attempts": 0,
+    }
+    cls = getattr(_exceptions, name, None)
+    if isinstance(cls, type) and issubclass(cls, _exceptions.DirectoryError):
+        if issubclass(cls, DirectoryUnavailableError):
+            kwargs["retry_after"] = info.get("retry_after")
+        try:
+            error: Exception = cls(message, **kwargs)
+        except TypeError:  # a subclass with another constructor
+            error = DirectoryUnavailableError(message, **kwargs)
+        return error
+    return DirectoryUnavailableError(
+        f"another process's lookup of {key} failed: {name}: {info.get('message')}", **kwargs
+    )
+
+
+class _Down(Exception):
+    """Internal: Redis failed inside ``coalesce``; fall back to fetching here."""
+
+
+class RedisCache(CacheBackend):
+    """Entries in Redis, shared by every process that uses the same URL and ``prefix``.
+
+    ``coalesce`` makes concurrent fetches of one key *across processes* share one fetch (see
+    the module docstring). When Redis is unreachable, every operation uses ``fallback``
+    (default: a fresh :class:`MemoryCache`) and ``coalesce`` just fetches; Redis is tried again
+    after ``reconnect_after_s``. ``lock_ttl_s`` bounds how long a dead leader blocks others
+    (a live one keeps extending its lock); ``wait_timeout_s`` bounds how long a waiter waits.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "sds-plugins:",
+        lock_ttl_s: float = 10.0,
+        wait_timeout_s: float = 15.0,
+        fallback: CacheBackend | None = None,
+        reconnect_after_s: float = 5.0,
+    ) -> None:
+        if lock_ttl_s <= 0 or wait_timeout_s <= 0 or reconnect_after_s < 0:
+            raise ConfigurationError(
+                "RedisCache needs lock_ttl_s > 0, wait_timeout_s > 0, reconnect_after_s >= 0"
+            )
+        self._url = url
+        self.location = _describe_url(url)
+        self._secret = _password(url)
+        self.prefix = prefix
+        self.lock_ttl_s = lock_ttl_s
+        self.wait_timeout_s = wait_timeout_s
+        self.reconnect_after_s = reconnect_after_s
+        self.fallback: CacheBackend = fallback if fallback is not None else MemoryCache()
+        self._lock_ttl_ms = max(1, math.ceil(lock_ttl_s * 1000))
+        # Waiters only need an outcome until their next check; it must outlive their wait.
+        self._outcome_ttl_ms = max(1000, math.ceil(wait_timeout_s * 1000))
+        self._client: aioredis.Redis | None = self._new_client()  # parses the URL; no I/O
+        self._down_until = 0.0  # time.monotonic() before which Redis is not tried
+        self._down = False
+        self._listener: asyncio.Task[None] | None = None
+        self._listener_lock = asyncio.Lock()
+        self._wakeups: dict[str, set[asyncio.Event]] = {}
+
+    def __repr__(self) -> str:
+        return f"RedisCache({self.location!r}, prefix={self.prefix!r})"
+
+    # -- connection and fallback --------------------------------------------------------------
+
+    def _new_client(self) -> aioredis.Redis:
+        try:
+            return aioredis.from_url(
+                self._url,
+                socket_connect_timeout=_SOCKET_TIMEOUT_S,
+                socket_timeout=_SOCKET_TIMEOUT_S,
+                # One immediate retry survives a pooled connection the server closed; redis-py's
+                # default (10 retries with backoff) would hold every route for seconds when
+                # Redis is down, which is what the fallback is for.
+                retry=Retry(NoBackoff(), 1),
+                # Lets the pub/sub listener notice a half-open connection.
+                health_check_interval=30,
+            )
+        except ValueError:  # redis-py's message can contain the URL: do not chain it
+            raise ConfigurationError(
+                f"invalid Redis URL for {self.location}: expected redis://, rediss:// or unix://"
+            ) from None
+
+    def _redis(self) -> aioredis.Redis | None:
+        """The client, or ``None`` while Redis is considered down."""
+        if self._down and time.monotonic() < self._down_until:
+            return None
+        if self._client is None:
+            self._client = self._new_client()
+        return self._client
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def _failed(self, exc: BaseException) -> None:
+        """Switch to the fallback for ``reconnect_after_s``; warn once per outage."""
+        self._down_until = time.monotonic() + self.reconnect_after_s
+        if not self._down:
+            self._down = True
+            logger.warning(
+                "Redis cache at %s is unavailable (%s: %s); using the in-process cache and "
+                "trying Redis again every %gs",
+                self.location,
+                type(exc).__name__,
+                self._scrub(str(exc)),
+                self.reconnect_after_s,
+            )
+        else:
+            logger.debug("Redis cache at %s still unavailable", self.location)
+
+    def _succeeded(self) -> None:
+        if self._down:
+            self._down = False
+            logger.info("Redis cache at %s is reachable again", self.location)
+
+    async def _run(
+        self, op: Callable[[aioredis.Redis], Awaitable[_T]], fallback: Callable[[], Awaitable[_T]]
+    ) -> _T:
+        client = self._redis()
+        if client is None:
+            return await fallback()
+        try:
+            result = await op(client)
+        except _REDIS_ERRORS as exc:
+            self._failed(exc)
+            return await fallback()
+        self._succeeded()
+        return result
+
+    # -- keys ---------------------------------------------------------------------------------
+
+    def _entry_key(self, key: str) -> str:
+        return f"{self.prefix}entry:{key}"
+
+    def _lock_key(self, key: str) -> str:
+        return f"{self.prefix}lock:{key}"
+
+    def _outcome_key(self, key: str) -> str:
+        return f"{self.prefix}outcome:{key}"
+
+    def _channel(self, key: str) -> str:
+        return f"{self.prefix}done:{key}"
+
+    # -- CacheBackend -------------------------------------------------------------------------
+
+    async def get(self, key: str) -> CacheEntry | None:
+        async def from_redis(client: aioredis.Redis) -> CacheEntry | None:
+            raw = await client.get(self._entry_key(key))
+            entry = _decode_entry(raw) if isinstance(raw, bytes) else None
+            # Redis expires the key, but a writer's clock may differ from ours: be exact.
+            if entry is None or entry.stale_until <= time.time():
+                return None
+            return entry
+
+        return await self._run(from_redis, lambda: self.fallback.get(key))
+
+    async def set(self, key: str, entry: CacheEntry) -> None:
+        async def to_redis(client: aioredis.Redis) -> None:
+            # A relative TTL computed here, rather than PEXPIREAT, so that a skewed Redis
+            # server clock cannot expire entries early or late.
+            ttl_ms = self._ttl_ms(entry)
+            if ttl_ms > 0:
+                await client.set(self._entry_key(key), _encode_entry(entry), px=ttl_ms)
+            else:  # already past stale_until: storing it would mean a non-positive TTL
+                await client.delete(self._entry_key(key))
+
+        await self._run(to_redis, lambda: self.fallback.set(key, entry))
+
+    async def delete(self, key: str) -> None:
+        async def in_redis(client: aioredis.Redis) -> None:
+            await client.delete(self._entry_key(key))
+
+        # Also from the fallback, so a later outage cannot resurrect what was deleted.
+        await self.fallback.delete(key)
+        await self._run(in_redis, _nothing)
+
+    async def clear(self) -> None:
+        """Delete every key under ``prefix`` (entries, locks, outcomes)."""
+
+        async def in_redis(client: aioredis.Redis) -> None:
+            batch: list[bytes] = []
+            async for name in client.scan_iter(match=_glob_escape(self.prefix) + "*", count=500):
+                batch.append(name)
+                if len(batch) >= 500:
+                    await client.unlink(*batch)
+                    batch.clear()
+            if batch:
+                await client.unlink(*batch)
+
+        await self.fallback.clear()
+        await self._run(in_redis, _nothing)
+
+    async def aclose(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            await asyncio.wait([listener])  # not `await listener`: keep our own cancellation
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except _REDIS_ERRORS as exc:
+                logger.debug("closing Redis connections failed: %s", self._scrub(str(exc)))
+        await self.fallback.aclose()
+
+    @staticmethod
+    def _ttl_ms(entry: CacheEntry) -> int:
+        return math.ceil((entry.stale_until - time.time()) * 1000)
+
+    # -- fleet-wide single-flight -------------------------------------------------------------
+
+    async def coalesce(
+        self, key: str, fetch: Callable[[], Awaitable[CacheEntry]]
+    ) -> tuple[CacheEntry, bool]:
+        client = self._redis()
+        if client is None:
+            return await fetch(), True
+        try:
+            return await self._coalesce(client, key, fetch)
+        except _Down as down:
+            self._failed(down.__cause__ or down)
+            return await fetch(), True
+
+    async def _coalesce(
+        self, client: aioredis.Redis, key: str, fetch: Callable[[], Awaitable[CacheEntry]]
+    ) -> tuple[CacheEntry, bool]:
+        token = secrets.token_hex(_TOKEN_LEN // 2)
+        deadline = time.monotonic() + self.wait_timeout_s
+        seen = "*"  # see _CLAIM
+        wakeup: asyncio.Event | None = None
+        try:
+            while True:
+                status, outcome = await self._claim(client, key, token, seen)
+                self._succeeded()
+                if status == 1:
+                    return await self._lead(client, key, token, fetch)
+                if status == 2 and outcome is not None:
+                    if outcome[_TOKEN_LEN : _TOKEN_LEN + 1] == _OK:
+                        entry = _decode_entry(outcome[_TOKEN_LEN + 1 :])
+                        if entry is not None:
+                            return entry, False
+                        # unreadable (another version of this code): ignore it, wait on
+                    else:
+                        raise _waiter_error(outcome[_TOKEN_LEN + 1 :], key)
+                if seen == "*":
+                    seen = outcome[:_TOKEN_LEN].decode() if outcome else ""
+                elif status == 2 and outcome is not None:
+                    seen = outcome[:_TOKEN_LEN].decode()
+                if wakeup is None:
+                    # Subscribe before the next check, so no notification can slip between.
+                    await self._ensure_listener(client)
+                    wakeup = asyncio.Event()
+                    self._wakeups.setdefault(key, set()).add(wakeup)
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DirectoryTimeoutError(
+                        f"gave up after {self.wait_timeout_s:g}s waiting for another process "
+                        f"to fetch {key}",
+                        attempts=0,
+                    )
+                try:
+                    async with asyncio.timeout(min(_POLL_INTERVAL_S, remaining)):
+                        await wakeup.wait()
+                except TimeoutError:
+                    pass
+                wakeup.clear()
+        finally:
+            if wakeup is not None:
+                waiting = self._wakeups.get(key)
+                if waiting is not None:
+                    waiting.discard(wakeup)
+                    if not waiting:
+                        del self._wakeups[key]
+
+    async def _claim(
+        self, client: aioredis.Redis, key: str, token: str, seen: str
+    ) -> tuple[int, bytes | None]:
+        try:
+            status, outcome = await client.eval(
+                _CLAIM,
+                2,
+                self._lock_key(key),
+                self._outcome_key(key),
+                token,
+                self._lock_ttl_ms,
+                seen,
+            )
+        except _REDIS_ERRORS as exc:
+            raise _Down from exc
+        return int(status), outcome
+
+    async def _lead(
+        self,
+        client: aioredis.Redis,
+        key: str,
+        token: str,
+        fetch: Callable[[], Awaitable[CacheEntry]],
+    ) -> tuple[CacheEntry, bool]:
+        keeper = asyncio.create_task(self._keep_lock(client, key, token))
+        try:
+            entry = await fetch()
+        except Exception as exc:
+            await self._finish(client, key, token, _ERROR, _error_payload(exc), 0)
+            raise
+        except BaseException:  # cancelled: let a waiter take over now rather than at lock expiry
+            await self._release(client, key, token)
+            raise
+        finally:
+            keeper.cancel()
+        payload = _encode_entry(entry)
+        if not await self._finish(client, key, token, _OK, payload, self._ttl_ms(entry)):
+            await self.fallback.set(key, entry)
+        return entry, True
+
+    async def _keep_lock(self, client: aioredis.Redis, key: str, token: str) -> None:
+        """Extend the lock while the fetch runs, so only a dead leader's lock expires."""
+        try:
+            while True:
+                await asyncio.sleep(self.lock_ttl_s / 3)
+                renewed = await client.eval(
+                    _RENEW, 1, self._lock_key(key), token, self._lock_ttl_ms
+                )
+                if not renewed:  # expired anyway (a long pause): someone else may lead now
+                    return
+        except _REDIS_ERRORS:
+            return  # the leader finds out when it writes its result
+
+    async def _finish(
+        self,
+        client: aioredis.Redis,
+        key: str,
+        token: str,
+        status: bytes,
+        payload: bytes,
+        entry_ttl_ms: int,
+    ) -> bool:
+        """Publish the outcome (and store the entry); ``False`` if Redis failed."""
+        try:
+            await client.eval(
+                _FINISH,
+                3,
+                self._entry_key(key),
+                self._lock_key(key),
+                self._outcome_key(key),
+                token,
+                status,
+                payload,
+                entry_ttl_ms,
+                self._outcome_ttl_ms,
+                self._channel(key),
+            )
+        except _REDIS_ERRORS as exc:
+            self._failed(exc)
+            return False
+        return True
+
+    async def _release(self, client: aioredis.Redis, key: str, token: str) -> None:
+        try:
+            await client.eval(_RELEASE, 1, self._lock_key(key), token, self._channel(key))
+        except _REDIS_ERRORS as exc:  # the lock expires by itself
+            logger.debug("could not release Redis lock: %s", self._scrub(str(exc)))
+
+    # -- pub/sub ------------------------------------------------------------------------------
+
+    async def _ensure_listener(self, client: aioredis.Redis) -> None:
+        """Start the shared subscriber (once); returns when the subscription is confirmed."""
+        if self._listener is not None and not self._listener.done():
+            return
+        async with self._listener_lock:
+            if self._listener is not None and not self._listener.done():
+                return
+            pubsub = client.pubsub()
+            try:
+                await pubsub.psubscribe(_glob_escape(self._channel("")) + "*")
+                # Wait for Redis to confirm: only then is every later PUBLISH delivered to us.
+                confirm_by = time.monotonic() + 2 * _SOCKET_TIMEOUT_S
+                while True:
+                    message = await pubsub.get_message(timeout=_SOCKET_TIMEOUT_S)
+                    if message is not None and message["type"] == "psubscribe":
+                        break
+                    if time.monotonic() > confirm_by:
+                        raise TimeoutError("no confirmation of PSUBSCRIBE from Redis")
+            except _REDIS_ERRORS as exc:
+                await _close_quietly(pubsub)
+                raise _Down from exc
+            except BaseException:
+                await _close_quietly(pubsub)
+                raise
+            self._listener = asyncio.create_task(self._listen(pubsub))
+
+    async def _listen(self, pubsub: PubSub) -> None:
+        start = len(self._channel("").encode())
+        try:
+            while True:
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is None or message["type"] != "pmessage":
+                    continue
+                key = bytes(message["channel"])[start:].decode("utf-8", "replace")
+                for event in self._wakeups.get(key, ()):
+                    event.set()
+        except Exception as exc:  # a task must not die with an unretrieved exception
+            # Waiters keep polling; the next wait starts a new listener.
+            logger.debug("Redis pub/sub listener stopped: %s", self._scrub(str(exc)))
+        finally:
+            await _close_quietly(pubsub)
+
+
+async def _nothing() -> None:
+    return None
+
+
+async def _close_quietly(pubsub: PubSub) -> None:
+    with contextlib.suppress(*_REDIS_ERRORS):
+        await pubsub.aclose()  # type: ignore[no-untyped-call]
+
+
+# -- rate limiting ----------------------------------------------------------------------------
+
+_LIMITS_SCHEMES: Final = {
+    "redis": "async+redis",
+    "rediss": "async+rediss",
+    "unix": "async+redis+unix",
+}
+
+
+class _RedisRateLimitStorage(RedisStorage):
+    """``limits``' Redis storage, with a safe ``repr`` and an ``aclose`` for the connections.
+
+    (Subclassing does not re-register the URI schemes: ``limits`` only registers classes that
+    define ``STORAGE_SCHEME`` themselves.)
+    """
+
+    location = ""
+
+    def __repr__(self) -> str:
+        return f"RedisRateLimitStorage({self.location!r})"
+
+    async def aclose(self) -> None:
+        # redis-py client behind the bridge (``implementation="redispy"``); limits types it
+        # as a protocol without ``aclose``.
+        client: Any = self.bridge.storage  # type: ignore[attr-defined]
+        await client.aclose()
+
+
+def redis_rate_limit_storage(url: str, *, key_prefix: str = "sds-plugins-ratelimit") -> Storage:
+    """A ``limits`` storage in Redis (redis-py), so every process shares one request budget.
+
+    ``url`` is a redis-py URL (``redis://``, ``rediss://``, ``unix://``); ``limits`` 5 wants
+    the ``async+`` schemes, which this adds. No I/O happens here. When Redis fails,
+    :class:`WindowRateLimiter` lets requests through (with a warning), so the timeouts are
+    short and there are no retries with backoff: each acquire fails fast instead of stalling.
+    Counters live under ``key_prefix``, outside :class:`RedisCache`'s prefix, so clearing the
+    cache does not reset the budget.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or (scheme not in _LIMITS_SCHEMES and scheme not in _LIMITS_SCHEMES.values()):
+        raise ConfigurationError(
+            f"invalid Redis URL for {_describe_url(url)}: expected redis://, rediss:// or unix://"
+        )
+    storage = _RedisRateLimitStorage(
+        f"{_LIMITS_SCHEMES.get(scheme, scheme)}://{rest}",
+        implementation="redispy",
+        key_prefix=key_prefix,
+        socket_connect_timeout=_SOCKET_TIMEOUT_S,
+        socket_timeout=_SOCKET_TIMEOUT_S,
+        retry=Retry(NoBackoff(), 0),  # type: ignore[arg-type]
+    )
+    storage.location = _describe_url(url)
+    return storage

@@ -1,0 +1,495 @@
+"""The Redis backend over a real Redis: shared entries, fleet-wide single-flight, fallback.
+
+Needs ``SDS_TEST_REDIS_URL`` (e.g. ``redis://127.0.0.1:6379/15``); every test works under its
+own key prefix and deletes its keys before and after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+
+from sds_plugins import (
+    CacheEntry,
+    DirectoryTimeoutError,
+    DirectoryUnavailableError,
+    RateLimitedError,
+    Router,
+    Settings,
+    WindowRateLimiter,
+)
+from sds_plugins._redis import RedisCache, redis_rate_limit_storage
+from sds_plugins.sandbox import Sandbox
+
+from ._adapters import JoinPlugin
+from ._fleet_worker import PSIS, SharedRedis
+
+REDIS_URL = os.environ.get("SDS_TEST_REDIS_URL", "")
+UNREACHABLE = "redis://127.0.0.1:1/0"
+ROOT = Path(__file__).resolve().parents[1]
+DEVICE_PATH = "/spine-directory/FHIR/R4/Device"
+ENDPOINT_PATH = "/spine-directory/FHIR/R4/Endpoint"
+
+pytestmark = [
+    pytest.mark.redis,
+    pytest.mark.skipif(
+        not REDIS_URL,
+        reason="needs a real Redis: set SDS_TEST_REDIS_URL (e.g. redis://127.0.0.1:6379/15)",
+    ),
+]
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _delete_prefixed(prefix: str) -> None:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        names = list(client.scan_iter(match=prefix + "*", count=500))
+        if names:
+            client.delete(*names)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    """A key prefix of this test's own; its keys are deleted before and after."""
+    value = f"sds-test-{uuid.uuid4().hex[:12]}:"
+    _delete_prefixed(value)
+    yield value
+    _delete_prefixed(value)
+
+
+@pytest.fixture
+def raw() -> Iterator[redis.Redis]:
+    """A plain client, to look at what the backend wrote."""
+    client = redis.Redis.from_url(REDIS_URL)
+    yield client
+    client.close()
+
+
+def _entry(
+    data: bytes = b'{"records": []}', *, fresh_s: float = 60.0, stale_s: float = 120.0
+) -> CacheEntry:
+    now = time.time()
+    return CacheEntry(
+        data=data, stored_at=now, fresh_until=now + fresh_s, stale_until=now + stale_s
+    )
+
+
+class Fetcher:
+    """A fetch function that counts its calls and can be held until released."""
+
+    def __init__(self, result: CacheEntry | BaseException | None = None, delay_s: float = 0.0):
+        self.result = result if result is not None else _entry(b"fetched")
+        self.delay_s = delay_s
+        self.calls = 0
+        self.started = asyncio.Event()
+        self.release = asyncio.Event()
+        self.release.set()
+
+    def hold(self) -> Fetcher:
+        self.release.clear()
+        return self
+
+    async def __call__(self) -> CacheEntry:
+        self.calls += 1
+        self.started.set()
+        await self.release.wait()
+        await asyncio.sleep(self.delay_s)
+        if isinstance(self.result, BaseException):
+            raise self.result
+        return self.result
+
+
+async def _until_waiting(cache: RedisCache, key: str) -> None:
+    """Until ``cache`` is waiting for another process's fetch of ``key``."""
+    for _ in range(2500):  # up to ~5 s
+        if key in cache._wakeups:
+            return
+        await asyncio.sleep(0.002)
+    raise AssertionError(f"nobody is waiting for {key}")
+
+
+def _caches(
+    prefix: str, count: int, *, lock_ttl_s: float = 10.0, wait_timeout_s: float = 15.0
+) -> list[RedisCache]:
+    return [
+        RedisCache(REDIS_URL, prefix=prefix, lock_ttl_s=lock_ttl_s, wait_timeout_s=wait_timeout_s)
+        for _ in range(count)
+    ]
+
+
+async def _close(*caches: RedisCache) -> None:
+    for cache in caches:
+        await cache.aclose()
+
+
+def _redis_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r for r in caplog.records if r.name == "sds_plugins.redis" and r.levelno == logging.WARNING
+    ]
+
+
+# -- backend ----------------------------------------------------------------------------------
+
+
+async def test_entries_are_shared_between_instances(prefix: str) -> None:
+    a, b = _caches(prefix, 2)
+    try:
+        entry = _entry(b'{"records": ["\\u00e9", "\\n"]}\n\x00binary')
+        negative = _entry(b"[]").model_copy(update={"negative": True})
+        await a.set("k", entry)
+        await a.set("empty", negative)
+        assert await b.get("k") == entry
+        assert await b.get("empty") == negative
+        assert await b.get("missing") is None
+
+        await b.delete("k")
+        assert await a.get("k") is None
+        await a.clear()
+        assert await b.get("empty") is None
+    finally:
+        await _close(a, b)
+
+
+async def test_entries_expire_at_stale_until(prefix: str, raw: redis.Redis) -> None:
+    (cache,) = _caches(prefix, 1)
+    try:
+        await cache.set("soon", _entry(fresh_s=0.1, stale_s=0.4))
+        ttl_ms = raw.pttl(f"{prefix}entry:soon")
+        assert isinstance(ttl_ms, int)
+        assert 0 < ttl_ms <= 400
+        assert await cache.get("soon") is not None
+        await asyncio.sleep(0.5)
+        assert await cache.get("soon") is None
+        assert not raw.exists(f"{prefix}entry:soon")
+
+        # Already past stale_until: nothing is stored (never a non-positive TTL), and an older
+        # value under that key is removed rather than left behind.
+        await cache.set("gone", _entry())
+        await cache.set("gone", _entry(fresh_s=-2, stale_s=-1))
+        assert not raw.exists(f"{prefix}entry:gone")
+        assert await cache.get("gone") is None
+    finally:
+        await cache.aclose()
+
+
+async def test_coalesce_across_instances_fetches_once(prefix: str) -> None:
+    caches = _caches(prefix, 3)
+    fetch = Fetcher(delay_s=0.2)
+    try:
+        results = await asyncio.gather(*(cache.coalesce("cold", fetch) for cache in caches))
+        assert fetch.calls == 1
+        assert [entry for entry, _ in results] == [fetch.result] * 3
+        assert sorted(fetched_here for _, fetched_here in results) == [False, False, True]
+        # The leader stored the entry for everyone.
+        assert await caches[2].get("cold") == fetch.result
+    finally:
+        await _close(*caches)
+
+
+async def test_waiters_only_accept_a_result_stored_after_they_started(prefix: str) -> None:
+    a, b = _caches(prefix, 2)
+    try:
+        await a.coalesce("k", Fetcher(_entry(b"old")))  # a finished round leaves an outcome
+        leader = Fetcher(_entry(b"new")).hold()
+        first = asyncio.create_task(a.coalesce("k", leader))
+        await leader.started.wait()
+        waiter = Fetcher(_entry(b"wrong"))
+        second = asyncio.create_task(b.coalesce("k", waiter))
+        await _until_waiting(b, "k")
+        leader.release.set()
+        assert (await first)[0].data == b"new"
+        assert await second == (leader.result, False)
+        assert waiter.calls == 0
+    finally:
+        await _close(a, b)
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (DirectoryUnavailableError("says 503", status_code=503), DirectoryUnavailableError),
+        (RateLimitedError("still 429", status_code=429, retry_after=2.0), RateLimitedError),
+        (RuntimeError("a bug in a source"), DirectoryUnavailableError),
+    ],
+)
+async def test_leader_failure_reaches_waiters_at_once(
+    prefix: str, error: Exception, expected: type[Exception]
+) -> None:
+    a, b = _caches(prefix, 2, wait_timeout_s=15.0)
+    leader = Fetcher(error).hold()
+    waiter = Fetcher()
+    try:
+        first = asyncio.create_task(a.coalesce("k", leader))
+        await leader.started.wait()
+        second = asyncio.create_task(b.coalesce("k", waiter))
+        await _until_waiting(b, "k")
+        leader.release.set()
+        failed_at = time.monotonic()
+        with pytest.raises(type(error)):
+            await first
+        with pytest.raises(expected) as raised:
+            await second
+        # Told by the leader, not by the 15 s wait timeout, and without fetching itself.
+        assert time.monotonic() - failed_at < 5
+        assert waiter.calls == 0
+        assert isinstance(raised.value, DirectoryUnavailableError)
+        assert getattr(error, "message", str(error)) in str(raised.value)
+        assert raised.value.attempts == 0
+        if isinstance(error, RateLimitedError):
+            assert raised.value.retry_after == 2.0
+            assert raised.value.status_code == 429
+    finally:
+        await _close(a, b)
+
+
+async def test_a_dead_leader_is_taken_over(prefix: str, raw: redis.Redis) -> None:
+    (cache,) = _caches(prefix, 1)
+    # A leader that took the lock and died: nothing renews it, nothing is published.
+    raw.set(f"{prefix}lock:k", "f" * 32, px=300)
+    fetch = Fetcher()
+    try:
+        entry, fetched_here = await cache.coalesce("k", fetch)
+        assert (entry, fetched_here, fetch.calls) == (fetch.result, True, 1)
+    finally:
+        await cache.aclose()
+
+
+async def test_a_live_leader_keeps_its_lock(prefix: str) -> None:
+    a, b = _caches(prefix, 2, lock_ttl_s=0.15)
+    fetch = Fetcher(delay_s=0.6)
+    try:
+        results = await asyncio.gather(a.coalesce("k", fetch), b.coalesce("k", fetch))
+        # The fetch outlived the lock TTL several times over; the lock was extended, so the
+        # waiter never mistook the leader for dead.
+        assert fetch.calls == 1
+        assert sorted(fetched for _, fetched in results) == [False, True]
+    finally:
+        await _close(a, b)
+
+
+async def test_a_cancelled_leader_hands_over_at_once(prefix: str) -> None:
+    a, b = _caches(prefix, 2, lock_ttl_s=10.0)
+    leader = Fetcher().hold()
+    waiter = Fetcher()
+    try:
+        first = asyncio.create_task(a.coalesce("k", leader))
+        await leader.started.wait()
+        second = asyncio.create_task(b.coalesce("k", waiter))
+        await _until_waiting(b, "k")
+        first.cancel()
+        async with asyncio.timeout(5):  # well before the 10 s lock expiry
+            assert await second == (waiter.result, True)
+    finally:
+        await _close(a, b)
+
+
+async def test_waiting_is_bounded(prefix: str, raw: redis.Redis) -> None:
+    (cache,) = _caches(prefix, 1, wait_timeout_s=0.3)
+    raw.set(f"{prefix}lock:k", "f" * 32, px=10_000)  # a leader that is taking too long
+    fetch = Fetcher()
+    try:
+        with pytest.raises(DirectoryTimeoutError, match="waiting for another process"):
+            await cache.coalesce("k", fetch)
+        assert fetch.calls == 0
+    finally:
+        await cache.aclose()
+
+
+async def test_unreachable_redis_falls_back_to_memory(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    cache = RedisCache(UNREACHABLE, reconnect_after_s=0.05)
+    fetch = Fetcher()
+    try:
+        entry = _entry()
+        await cache.set("k", entry)
+        assert await cache.get("k") == entry
+        assert await cache.coalesce("c", fetch) == (fetch.result, True)
+        await asyncio.sleep(0.1)  # past reconnect_after_s: Redis is tried (and fails) again
+        assert await cache.get("k") == entry
+        await cache.delete("k")
+        assert await cache.get("k") is None
+        await cache.clear()
+    finally:
+        await cache.aclose()
+    assert fetch.calls == 1
+    warnings = _redis_warnings(caplog)
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "127.0.0.1:1/0" in warnings[0].getMessage()
+
+
+def _with_password(url: str, password: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in {"redis", "rediss"}:
+        pytest.skip("needs a redis:// URL to add a password to")
+    return urlunsplit(parts._replace(netloc=f":{password}@{parts.hostname}:{parts.port or 6379}"))
+
+
+async def test_the_password_is_never_shown(prefix: str, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    # Against the test Redis (which may or may not accept the password), and against nothing
+    # (every operation fails and is logged).
+    for url in (_with_password(REDIS_URL, "s3cret"), "redis://:s3cret@127.0.0.1:1/0"):
+        cache = RedisCache(url, prefix=prefix)
+        storage = redis_rate_limit_storage(url, key_prefix=prefix + "ratelimit")
+        try:
+            assert "s3cret" not in repr(cache)
+            assert "s3cret" not in repr(storage)
+            await cache.set("k", _entry())
+            assert await cache.get("k") is not None  # from Redis or the in-memory fallback
+            fetch = Fetcher()
+            assert await cache.coalesce("c", fetch) == (fetch.result, True)
+            limiter = WindowRateLimiter(per_second=5, storage=storage, key="secret-test")
+            await limiter.acquire()  # where Redis fails: warns, lets the request through
+        finally:
+            await cache.aclose()
+            await storage.aclose()  # type: ignore[attr-defined]
+    assert len(_redis_warnings(caplog)) == 1  # the unreachable one
+    assert "127.0.0.1:1/0" in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+# -- shared rate limit ------------------------------------------------------------------------
+
+
+async def test_two_limiters_on_one_redis_share_one_budget(prefix: str) -> None:
+    storages = [redis_rate_limit_storage(REDIS_URL, key_prefix=prefix + "ratelimit") for _ in "ab"]
+    limiters = [
+        WindowRateLimiter(per_second=5, per_minute=1000, storage=storage, key="shared")
+        for storage in storages
+    ]
+    admitted: list[tuple[int, float]] = []
+
+    async def acquire(which: int) -> None:
+        await limiters[which].acquire()
+        admitted.append((which, time.monotonic()))
+
+    try:
+        async with asyncio.timeout(10):
+            await asyncio.gather(*(acquire(i % 2) for i in range(10)))
+    finally:
+        for storage in storages:
+            await storage.aclose()  # type: ignore[attr-defined]
+    first = min(at for _, at in admitted)
+    in_first_window = [which for which, at in admitted if at - first < 0.9]
+    # Separate budgets would have let all 10 through at once; one shared budget admits 5 in
+    # any second, whichever limiter asks.
+    assert len(in_first_window) == 5
+    assert len(admitted) == 10
+
+
+# -- engine -----------------------------------------------------------------------------------
+
+
+def _router(sb: Sandbox, url: str, *plugins: object) -> Router:
+    settings = Settings(base_url=sb.base_url, redis_url=url, retry_attempts=2)
+    return Router(settings, plugins=[JoinPlugin(), *plugins])
+
+
+def _requests(sb: Sandbox) -> dict[str, int]:
+    return dict(sb.stats()["requests"])
+
+
+async def test_a_second_node_is_served_from_the_shared_cache(
+    make_sandbox: Callable[..., Sandbox], prefix: str
+) -> None:
+    sb = make_sandbox()
+    async with _router(sb, REDIS_URL, SharedRedis(REDIS_URL, prefix)) as first:
+        envelope = await first.route("join", org="YES", interaction=PSIS)
+    assert envelope.target.party_key == "YES-0000806"
+    assert _requests(sb) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
+
+    async with _router(sb, REDIS_URL, SharedRedis(REDIS_URL, prefix)) as second:
+        again = await second.route("join", org="YES", interaction=PSIS)
+    assert again.target == envelope.target
+    assert again.provenance.cache == "hit"
+    assert _requests(sb) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
+
+
+def test_a_fleet_of_processes_makes_one_request_per_lookup(
+    make_sandbox: Callable[..., Sandbox], prefix: str, raw: redis.Redis
+) -> None:
+    nodes = 4
+    sb = make_sandbox()
+    sb.set_faults(latency_ms=300)  # so the nodes' lookups overlap however they are scheduled
+    barrier = prefix + "barrier"
+    env = {**os.environ, "SDS_TEST_REDIS_URL": REDIS_URL}
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests._fleet_worker", sb.base_url, prefix, barrier],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(nodes)
+    ]
+    try:
+        deadline = time.monotonic() + 25
+        while int(raw.get(f"{barrier}:ready") or 0) < nodes:
+            failed = [w for w in workers if w.poll() is not None]
+            assert not failed, failed[0].communicate()[1]
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.01)
+        raw.rpush(f"{barrier}:go", *["go"] * nodes)  # all routers are started: go together
+        outputs = []
+        for worker in workers:
+            out, err = worker.communicate(timeout=25)
+            assert worker.returncode == 0, err
+            outputs.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait()
+
+    assert [output["party_key"] for output in outputs] == ["YES-0000806"] * nodes
+    assert _requests(sb) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
+    # Per lookup, exactly one node sent the request; the others waited for its answer.
+    lookups = [lookup for output in outputs for lookup in output["lookups"]]
+    for query in {lookup["query"] for lookup in lookups}:
+        senders = [lk for lk in lookups if lk["query"] == query and lk["attempts"] > 0]
+        assert len(senders) == 1, lookups
+
+
+async def test_routes_succeed_when_redis_is_unreachable(
+    make_sandbox: Callable[..., Sandbox], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    sb = make_sandbox()
+    # The default wiring: SDS_REDIS_URL set, so Redis for the cache and the rate limiter.
+    async with _router(sb, UNREACHABLE) as router:
+        envelope = await router.route("join", org="YES", interaction=PSIS)
+        again = await router.route("join", org="YES", interaction=PSIS)
+    assert envelope.target.party_key == again.target.party_key == "YES-0000806"
+    assert again.provenance.cache == "hit"  # from the in-memory fallback
+    assert _requests(sb) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
+    assert len(_redis_warnings(caplog)) == 1
+    assert any(r.name == "sds_plugins.ratelimit" for r in caplog.records)
+
+
+async def test_redis_urls_are_checked_without_showing_them() -> None:
+    from sds_plugins import ConfigurationError
+
+    with pytest.raises(ConfigurationError) as raised:
+        RedisCache("http://user:s3cret@example.invalid/0")
+    assert "s3cret" not in str(raised.value)
+    with pytest.raises(ConfigurationError) as raised:
+        redis_rate_limit_storage("http://user:s3cret@example.invalid/0")
+    assert "s3cret" not in str(raised.value)
