@@ -16,6 +16,7 @@ from ._adapter import (
 from ._auth import ApiKeyAuth, SignedJwtAuth
 from ._cache import CacheBackend, CacheEntry, MemoryCache
 from ._client import ENVIRONMENTS, LookupResult, RetryPolicy, SdsClient, resolve_base_url
+from ._defaults import LowestPartyKeyPolicy
 from ._engine import Router
 from ._envelope import (
     EnvelopeReliability,
@@ -82,6 +83,7 @@ __all__ = [
     "LookupEvent",
     "LookupOutcome",
     "LookupResult",
+    "LowestPartyKeyPolicy",
     "MalformedResponseError",
     "MemoryCache",
     "MessageHandlingEndpoint",

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ._envelope import RoutingEnvelope
     from ._settings import Settings
 
-__all__ = ["default_plugins"]
+__all__ = ["LowestPartyKeyPolicy", "default_plugins"]
 
 logger = logging.getLogger("sds_plugins.defaults")
 
@@ -111,6 +111,33 @@ class ExactlyOnePolicy:
             candidates=[candidate.describe() for candidate in pool],
             correlation_id=request.correlation_id,
         )
+
+
+class LowestPartyKeyPolicy:
+    """Opt-in policy: when several candidates remain, take the lowest party key, with a warning.
+
+    For operators who accept the risk during a known supplier migration; register it (e.g.
+    ``Router(settings, plugins=[LowestPartyKeyPolicy()])``) to replace the refusal. A
+    ``party_key`` option still wins, and zero candidates is still "not found".
+    """
+
+    @hookimpl
+    def sds_select_candidate(
+        self, candidates: Sequence[Candidate], request: RouteRequest, role: str
+    ) -> Candidate | None:
+        if request.option("party_key") is not None or len(candidates) < 2:
+            return None  # leave the usual rules to the default policy
+        chosen = min(candidates, key=lambda c: (c.party_key or "", c.address or ""))
+        logger.warning(
+            "%d %s records for %s and %s; chose party key %s by policy (correlation_id=%s)",
+            len(candidates),
+            role,
+            request.org,
+            request.interaction,
+            chosen.party_key,
+            request.correlation_id,
+        )
+        return chosen
 
 
 def _describe(candidates: Sequence[Candidate]) -> str:
