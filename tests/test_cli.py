@@ -219,3 +219,85 @@ def test_python_dash_m_and_help() -> None:
     assert result.returncode == 0
     for command in ("device", "endpoint", "route", "prewarm", "plugins", "sandbox", "demo"):
         assert command in result.stdout
+
+
+# The example third-party adapter is installed by `make` and found through its entry point.
+EXAMPLE = "example-ebxml"
+
+
+def test_route_prints_a_masked_envelope(sandbox: Sandbox, tmp_path: Path) -> None:
+    config = tmp_path / "sender.toml"
+    config.write_text(f'[{EXAMPLE}]\nfrom_asid = "200000000359"\n')
+    result = run(
+        "route",
+        EXAMPLE,
+        "--org",
+        "YES",
+        "--interaction",
+        PSIS,
+        "--config",
+        str(config),
+        "--base-url",
+        sandbox.base_url,
+    )
+    assert result.returncode == 0, result.stderr
+    envelope = json.loads(result.stdout)
+    assert envelope["adapter"] == EXAMPLE
+    assert envelope["target"]["asid"] == "928942012545"
+    assert envelope["source"]["asid"] == "200000000359"
+    assert envelope["provenance"]["cache"] == "miss"
+
+
+def test_route_option_overrides_config_and_bad_option_is_exit_2(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    config = tmp_path / "sender.toml"
+    config.write_text(f'[{EXAMPLE}]\nfrom_asid = "200000000359"\n')
+    result = run(
+        "route",
+        EXAMPLE,
+        "--org",
+        "YES",
+        "--interaction",
+        PSIS,
+        "--config",
+        str(config),
+        "-o",
+        "from_asid=12",
+        "--base-url",
+        sandbox.base_url,
+    )
+    assert result.returncode == 2
+    assert "from_asid" in result.stderr
+
+
+def test_route_ambiguous_is_exit_4(sandbox: Sandbox) -> None:
+    result = run(
+        "route", EXAMPLE, "--org", "X26", "--interaction", GP2GP, "--base-url", sandbox.base_url
+    )
+    assert result.returncode == 4
+    assert "X26-9199246" in result.stderr and "X26-820918" in result.stderr
+
+
+def test_prewarm_summary(make_sandbox: Callable[..., Sandbox], tmp_path: Path) -> None:
+    sb = make_sandbox()
+    orgs = tmp_path / "orgs.txt"
+    orgs.write_text("# practices\nYES\nA99999\n\nX26  # moving supplier\n")
+    result = run(
+        "prewarm",
+        "--adapter",
+        EXAMPLE,
+        "--interaction",
+        PSIS,
+        "--orgs",
+        str(orgs),
+        "--quiet",
+        "--base-url",
+        sb.base_url,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["organisations"] == 3
+    assert (summary["resolved"], summary["not_found"]) == (1, 2)
+    assert summary["directory_requests"] == sum(sb.stats()["requests"].values())
+    assert {"elapsed_s", "ambiguous", "failed"} <= set(summary)
