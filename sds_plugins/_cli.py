@@ -14,7 +14,7 @@ import sys
 import tomllib
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -29,7 +29,7 @@ EXIT_NOT_FOUND = 3
 _T = TypeVar("_T")
 
 
-def _fail(exc: SdsPluginsError) -> None:
+def _fail(exc: SdsPluginsError) -> NoReturn:
     """One clear line on stderr (with the correlation id), then the class's exit code."""
     if isinstance(exc, DirectoryError):
         line = f"error: {type(exc).__name__}: {exc}"
@@ -47,7 +47,6 @@ def _run(coro_factory: Callable[[], Awaitable[_T]]) -> _T:
         return asyncio.run(runner())
     except SdsPluginsError as exc:
         _fail(exc)
-        raise AssertionError("unreachable") from exc  # _fail exits
 
 
 def _settings(base_url: str | None, api_key: str | None) -> Settings:
@@ -63,7 +62,6 @@ def _settings(base_url: str | None, api_key: str | None) -> Settings:
     except ValueError as exc:  # pydantic's ValidationError
         click.echo(f"error: invalid configuration: {exc}", err=True)
         sys.exit(2)
-    raise AssertionError("unreachable")
 
 
 def _print_records(result: LookupResult[Any]) -> None:

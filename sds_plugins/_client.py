@@ -29,6 +29,7 @@ from tenacity import (
 
 from ._exceptions import (
     AuthenticationError,
+    ConfigurationError,
     DirectoryError,
     DirectoryTimeoutError,
     DirectoryUnavailableError,
@@ -73,8 +74,6 @@ _R = TypeVar("_R", AccreditedSystem, MessageHandlingEndpoint)
 
 def resolve_base_url(env_or_url: str) -> str:
     """``"int"`` → the INT base URL; an ``http(s)://`` URL is returned without a trailing slash."""
-    from ._exceptions import ConfigurationError
-
     value = env_or_url.strip()
     if value in ENVIRONMENTS:
         return ENVIRONMENTS[value]
