@@ -56,6 +56,7 @@ class Lookup(BaseModel):
         return cls(source="sds", query=EndpointQuery.build(**fields))
 
     def key(self) -> str:
+        """``<source>:<query key>``, as shown in provenance and events."""
         return f"{self.source}:{self.query.key()}"
 
 
@@ -73,6 +74,7 @@ class RouteRequest(BaseModel):
     bypass_cache: bool = False
 
     def option(self, name: str, default: Any = None) -> Any:
+        """The caller's option ``name`` (as given: strings from the CLI, typed from Python)."""
         return self.options.get(name, default)
 
 
@@ -99,7 +101,18 @@ class Candidate(BaseModel):
     records: tuple[Any, ...] = ()
 
     def describe(self) -> dict[str, Any]:
+        """Party key, address and ASID, for messages and ``AmbiguousError.candidates``."""
         return {"party_key": self.party_key, "address": self.address, "asid": self.asid}
+
+    @property
+    def endpoint(self) -> MessageHandlingEndpoint | None:
+        """The candidate's endpoint record, if it has one."""
+        return next((r for r in self.records if isinstance(r, MessageHandlingEndpoint)), None)
+
+    @property
+    def device(self) -> AccreditedSystem | None:
+        """The candidate's accredited-system record, if it has one."""
+        return next((r for r in self.records if isinstance(r, AccreditedSystem)), None)
 
 
 def join_on_party_key(
@@ -168,12 +181,26 @@ class Resolution:
         return "hit"
 
     def provenance(self, records: Iterable[Any] = ()) -> Provenance:
-        """Provenance for an envelope built from ``records``."""
+        """Provenance for an envelope built from ``records``.
+
+        An accredited system's interaction list (478 entries for some Spine systems) is cut to
+        the interaction being routed: the rest says nothing about this envelope.
+        """
+        interaction = self.request.interaction
+        kept = tuple(
+            record.model_copy(
+                update={"interactions": tuple(i for i in record.interactions if i == interaction)}
+            )
+            if isinstance(record, AccreditedSystem)
+            else record
+            for record in records
+            if record is not None
+        )
         return Provenance(
             correlation_id=self.request.correlation_id,
             resolved_at=self.now,
             cache=self.cache,
-            records=tuple(r for r in records if r is not None),
+            records=kept,
             lookups=tuple(outcome.lookup.key() for outcome in self.outcomes.values()),
         )
 
@@ -191,6 +218,8 @@ class Adapter:
     #: One line for ``sds-plugins plugins`` and docs.
     description: ClassVar[str] = ""
     #: Option names this adapter understands; others are refused. ``None`` accepts anything.
+    #: Include ``party_key`` if callers may choose among candidates: the default selection
+    #: policy reads that option.
     options: ClassVar[frozenset[str] | None] = None
     #: A sample ``route()`` call (``org``, ``interaction`` and options) that works against the
     #: sandbox's default data; ``sds-plugins demo`` shows the envelope it gives.

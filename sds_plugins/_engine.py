@@ -131,8 +131,16 @@ class Router:
         for result in results:
             if isinstance(result, Exception):
                 logger.warning("error while closing: %s", result)
+        # Forget everything start() asked the plugins for, so the router can start again.
         self.sources.clear()
+        self.adapters.clear()
+        self._cache = None
+        self.rate_limiter = None
         self._started = False
+
+    @property
+    def started(self) -> bool:
+        return self._started
 
     def _add_source(self, source: DirectorySource) -> None:
         if source.name in self.sources:

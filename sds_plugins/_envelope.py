@@ -139,6 +139,17 @@ class RoutingEnvelope(_Frozen):
     def expired(self) -> bool:
         return datetime.now(UTC) >= self.expires_at
 
+    def with_headers(self, **headers: str) -> RoutingEnvelope:
+        """A copy with ``headers`` added or replaced (validated: no CR/LF).
+
+        Use this rather than ``model_copy(update=...)``, which skips validation.
+        """
+        for name, value in headers.items():
+            check_header_value(value, f"header {name}")
+        merged = {**self.request.headers, **headers}
+        request = HttpRequestSpec(method=self.request.method, url=self.request.url, headers=merged)
+        return self.model_copy(update={"request": request})
+
     def to_message(self) -> dict[str, Any]:
         """The complete envelope, secrets included, as JSON-friendly data for the sender."""
         return self.model_dump(mode="json", context={"reveal_secrets": True})

@@ -100,7 +100,9 @@ class PluginHost:
         self._reject_async(plugin, name)
         try:
             registered = self.pm.register(plugin, name=name)
-        except ValueError as exc:
+        except pluggy.PluginValidationError as exc:  # e.g. a misspelt hook argument
+            raise PluginError(f"plugin {name or plugin!r}: {exc}", plugin=name) from exc
+        except ValueError as exc:  # name already registered or blocked
             raise PluginError(str(exc), plugin=name) from exc
         try:
             self.pm.check_pending()

@@ -135,7 +135,8 @@ def sds_finalize_envelope(
 
     Stops at first non-None result; the default returns the envelope unchanged. Decorate with
     ``@hookimpl(wrapper=True)``: ``envelope = yield`` then return
-    ``envelope.model_copy(update=...)``. Veto by raising :class:`sds_plugins.EnvelopeVetoedError`.
+    ``envelope.with_headers(...)`` (validated, unlike ``model_copy``). Veto by raising
+    :class:`sds_plugins.EnvelopeVetoedError`.
 
     .. versionadded:: 0.1
     """

@@ -348,3 +348,29 @@ def test_sync_router(sandbox: Sandbox) -> None:
     with SyncRouter(Settings(base_url=sandbox.base_url), plugins=[JoinPlugin()]) as router:
         envelope = router.route("join", org="YES", interaction=PSIS)
     assert envelope.target.asid == "928942012545"
+
+
+async def test_a_router_can_start_again(sandbox: Sandbox) -> None:
+    router = _router(sandbox)
+    for _ in range(2):
+        async with router:
+            assert router.started
+            assert await router.route("join", org="YES", interaction=PSIS)
+        assert not router.started
+
+
+async def test_provenance_keeps_only_the_routed_interaction(sandbox: Sandbox) -> None:
+    async with _router(sandbox) as router:
+        envelope = await router.route("join", org="YES", interaction=PSIS)
+    device = envelope.provenance.records[1]
+    assert device.kind == "device"
+    assert device.interactions == (PSIS,)
+    assert len(envelope.model_dump_json()) < 4000
+
+
+async def test_with_headers_is_validated(sandbox: Sandbox) -> None:
+    async with _router(sandbox) as router:
+        envelope = await router.route("join", org="YES", interaction=PSIS)
+    assert envelope.with_headers(**{"X-Broker": "1"}).request.headers["X-Broker"] == "1"
+    with pytest.raises(InvalidInputError):
+        envelope.with_headers(**{"X-Broker": "1\r\nX-Evil: 2"})

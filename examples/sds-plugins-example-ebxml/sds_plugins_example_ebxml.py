@@ -1,0 +1,140 @@
+"""sds-plugins-example-ebxml: route a Spine ebXML message to the recipient's MHS.
+
+A whole third-party adapter in one module. ``plan`` names the directory lookups it needs; the
+engine runs them concurrently, through its cache; ``build`` turns the answers into an envelope.
+Neither does I/O. The ``sds_plugins`` entry point in ``pyproject.toml`` points at this module,
+and its ``sds_register_adapters`` hook hands the adapter to each router that starts::
+
+    envelope = await router.route(
+        "example-ebxml", org="YES", interaction="urn:nhs:names:services:psis:REPC_IN150016UK05"
+    )
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import timedelta
+
+from sds_plugins import (
+    Adapter,
+    EnvelopeReliability,
+    HttpRequestSpec,
+    InvalidInputError,
+    Lookup,
+    MessageHandlingEndpoint,
+    NotFoundError,
+    Party,
+    Reliability,
+    Resolution,
+    RouteRequest,
+    RoutingEnvelope,
+    hookimpl,
+    join_on_party_key,
+)
+
+__all__ = ["ENVELOPE_TTL", "EbxmlExampleAdapter", "sds_register_adapters"]
+
+#: How long a sender may use an envelope before resolving the route again: long enough for one
+#: send with its retries, short enough that a practice changing supplier is noticed.
+ENVELOPE_TTL = timedelta(minutes=5)
+
+_ASID = re.compile(r"^[0-9]{12}$")
+
+
+class EbxmlExampleAdapter(Adapter):
+    """An ebXML message to the organisation's MHS: address, party key, CPA id, ASID, reliability.
+
+    Options: ``party_key`` (choose among several MHSs; read by the selection policy) and
+    ``from_asid`` (the sender's own 12-digit ASID, for the source party).
+    """
+
+    name = "example-ebxml"
+    description = "Example: a Spine ebXML message to the recipient organisation's MHS"
+    options = frozenset({"party_key", "from_asid"})
+
+    def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
+        # Options are checked here, before any lookup, so bad input costs no directory request.
+        _from_asid(request)
+        return {
+            "endpoints": Lookup.endpoints(org=request.org, interaction=request.interaction),
+            "devices": Lookup.devices(org=request.org, interaction=request.interaction),
+        }
+
+    def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
+        # Pair each endpoint with the device that has its party key (never "the first device"),
+        # then let the selection policy choose: it refuses zero or several candidates.
+        candidates = join_on_party_key(resolved.records("endpoints"), resolved.records("devices"))
+        chosen = resolved.select(candidates, role="recipient")
+        endpoint = chosen.records[0]  # join_on_party_key puts the endpoint first
+        assert isinstance(endpoint, MessageHandlingEndpoint)
+        if not chosen.address or not chosen.asid:
+            raise NotFoundError(
+                f"{request.org}'s MHS for {request.interaction} has no "
+                f"{'address' if not chosen.address else 'accredited system (ASID)'}",
+                correlation_id=request.correlation_id,
+            )
+        service, _, action = request.interaction.rpartition(":")
+        return RoutingEnvelope(
+            adapter=self.name,
+            interaction=request.interaction,
+            target=Party(
+                ods_code=request.org,
+                asid=chosen.asid,
+                party_key=chosen.party_key,
+                address=chosen.address,
+                cpa_id=endpoint.cpa_id,
+            ),
+            source=Party(asid=_from_asid(request)),
+            request=HttpRequestSpec(
+                method="POST",
+                url=chosen.address,  # exactly as SDS gave it: Spine refuses a rewritten address
+                headers={
+                    "SOAPAction": f"{service}/{action}",
+                    "X-Correlation-ID": request.correlation_id,
+                },
+            ),
+            reliability=_reliability(endpoint.reliability),
+            expires_at=resolved.now + ENVELOPE_TTL,
+            provenance=resolved.provenance(chosen.records),
+            extensions={"service": service, "action": action},
+        )
+
+
+def _from_asid(request: RouteRequest) -> str | None:
+    value = request.option("from_asid")
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _ASID.match(value):
+        raise InvalidInputError(
+            f"from_asid: {value!r} is not an ASID (12 digits)", field="from_asid"
+        )
+    return value
+
+
+def _reliability(settings: Reliability | None) -> EnvelopeReliability | None:
+    """SDS's ebXML reliability settings in the units a sender uses (seconds, booleans)."""
+    if settings is None:
+        return None
+    return EnvelopeReliability(
+        retries=settings.retries,
+        retry_interval_s=settings.retry_interval_s,
+        persist_duration_s=settings.persist_duration_s,
+        duplicate_elimination=_flag(settings.duplicate_elimination),
+        ack_requested=_flag(settings.ack_requested),
+        ack_actor=settings.actor,
+        sync_reply=(
+            None if settings.sync_reply_mode is None else settings.sync_reply_mode.lower() != "none"
+        ),
+    )
+
+
+def _flag(value: str | None) -> bool | None:
+    # SDS says "always" or "never"; anything else is unknown rather than a guess.
+    return {"always": True, "never": False}.get((value or "").lower())
+
+
+@hookimpl
+def sds_register_adapters(register: Callable[[Adapter], None]) -> None:
+    """Give each starting router this module's adapter."""
+    register(EbxmlExampleAdapter())

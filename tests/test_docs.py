@@ -1,0 +1,219 @@
+"""The documentation stays true: every hook documented, the public API listed, samples that run.
+
+Code blocks in ``docs/`` are checked one of two ways. A block preceded by
+``<!-- from: <path> -->`` must be a verbatim excerpt of that file (lines compared without
+indentation; a line ``...`` skips ahead), so the walkthrough cannot drift from the tested
+example. Any other ``python`` block must run on its own; in ``docs/hooks.md`` every hook
+implementation it defines must also register cleanly on a real ``PluginHost``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import types
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import sds_plugins
+from sds_plugins import PluginHost, hookspecs
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+HOOKS_DOC = DOCS / "hooks.md"
+ADAPTER_DOC = DOCS / "writing-an-adapter.md"
+EXAMPLE_README = ROOT / "examples" / "sds-plugins-example-ebxml" / "README.md"
+
+HOOK_NAMES = sorted(
+    name
+    for name, value in vars(hookspecs).items()
+    if name.startswith("sds_") and inspect.isfunction(value)
+)
+
+_FROM = re.compile(r"^<!--\s*from:\s*(\S+)\s*-->$")
+_FENCE = re.compile(r"^```(\w*)\s*$")
+
+
+@dataclass(frozen=True)
+class Block:
+    path: Path
+    line: int
+    language: str
+    source: str
+    origin: str | None  # the file this block claims to be an excerpt of
+
+    def __str__(self) -> str:
+        return f"{self.path.relative_to(ROOT)}:{self.line}"
+
+
+def code_blocks(path: Path) -> list[Block]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    blocks = []
+    index = 0
+    while index < len(lines):
+        opening = _FENCE.match(lines[index])
+        if opening is None:
+            index += 1
+            continue
+        end = index + 1
+        while end < len(lines) and lines[end].strip() != "```":
+            end += 1
+        marker = _FROM.match(lines[index - 1].strip()) if index else None
+        blocks.append(
+            Block(
+                path=path,
+                line=index + 1,
+                language=opening.group(1),
+                source="\n".join(lines[index + 1 : end]) + "\n",
+                origin=marker.group(1) if marker else None,
+            )
+        )
+        index = end + 1
+    return blocks
+
+
+def _code_lines(text: str) -> list[str]:
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _find_in_order(haystack: list[str], chunk: list[str], start: int) -> int:
+    """Index just past ``chunk`` found contiguously in ``haystack`` at or after ``start``."""
+    for at in range(start, len(haystack) - len(chunk) + 1):
+        if haystack[at : at + len(chunk)] == chunk:
+            return at + len(chunk)
+    return -1
+
+
+def _run(block: Block) -> dict[str, object]:
+    namespace: dict[str, object] = {"__name__": f"docs_block_{block.line}"}
+    exec(compile(block.source, str(block), "exec"), namespace)
+    return namespace
+
+
+def _hook_plugins(namespace: dict[str, object]) -> list[object]:
+    """The plugins a block defines: a module of its hook functions, and one per hook class."""
+    module_name = namespace["__name__"]
+    functions = types.ModuleType(str(module_name))
+    plugins: list[object] = []
+    for name, value in namespace.items():
+        if getattr(value, "__module__", None) != module_name:
+            continue  # imported, not defined here
+        if inspect.isfunction(value) and hasattr(value, f"{hookspecs.PROJECT}_impl"):
+            setattr(functions, name, value)
+        elif inspect.isclass(value) and any(
+            hasattr(member, f"{hookspecs.PROJECT}_impl") for member in vars(value).values()
+        ):
+            # Registration only inspects the hook methods, so __init__ arguments are not needed.
+            plugins.append(object.__new__(value))
+    if vars(functions).keys() - {"__name__", "__doc__", "__package__", "__loader__", "__spec__"}:
+        plugins.append(functions)
+    return plugins
+
+
+# --------------------------------------------------------------------------- hooks
+
+
+def test_every_hook_has_a_section_in_the_hooks_reference() -> None:
+    assert HOOK_NAMES, "no hooks found in sds_plugins.hookspecs"
+    headings = [
+        line for line in HOOKS_DOC.read_text(encoding="utf-8").splitlines() if line.startswith("#")
+    ]
+    missing = [
+        name
+        for name in HOOK_NAMES
+        if not any(re.search(rf"\b{name}\b", heading) for heading in headings)
+    ]
+    assert not missing, f"docs/hooks.md has no section heading for: {', '.join(missing)}"
+
+
+def test_every_hook_example_registers_and_every_hook_has_one() -> None:
+    implemented: set[str] = set()
+    for block in code_blocks(HOOKS_DOC):
+        if block.language != "python":
+            continue
+        plugins = _hook_plugins(_run(block))
+        assert plugins, f"{block}: defines no hook implementation"
+        host = PluginHost(load_entrypoints=False, environ={})
+        for plugin in plugins:
+            host.register(plugin)  # validates hook names and argument names against the specs
+            implemented.update(c.name for c in host.pm.get_hookcallers(plugin) or [])
+    assert sorted(implemented) == HOOK_NAMES
+
+
+def test_every_built_in_plugin_is_named_in_the_hooks_reference() -> None:
+    from sds_plugins._defaults import default_plugins
+
+    text = HOOKS_DOC.read_text(encoding="utf-8")
+    missing = [name for name, _ in default_plugins() if f"`{name}`" not in text]
+    assert not missing, f"docs/hooks.md does not list the built-in plugins {missing}"
+
+
+# --------------------------------------------------------------------------- code samples
+
+
+@pytest.mark.parametrize(
+    "block",
+    [block for path in (ADAPTER_DOC, HOOKS_DOC, EXAMPLE_README) for block in code_blocks(path)],
+    ids=str,
+)
+def test_code_samples_are_excerpts_of_tested_code_or_run(block: Block) -> None:
+    if block.origin is not None:
+        source = _code_lines((ROOT / block.origin).read_text(encoding="utf-8"))
+        position = 0
+        chunks: list[list[str]] = [[]]
+        for line in _code_lines(block.source):
+            if line == "...":
+                chunks.append([])
+            else:
+                chunks[-1].append(line)
+        for chunk in filter(None, chunks):
+            position = _find_in_order(source, chunk, position)
+            assert position >= 0, (
+                f"{block} is not an excerpt of {block.origin} (from line {chunk[0]!r}): "
+                "copy it again from the file"
+            )
+    elif block.language == "python":
+        if block.path == EXAMPLE_README:
+            compile(block.source, str(block), "exec")  # it starts a server: compiling is enough
+        else:
+            _run(block)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def _isort_style(name: str) -> tuple[int, list[int | str]]:
+    """The order ruff's RUF022 keeps ``__all__`` in (``make lint`` enforces it, so agree).
+
+    CONSTANTS, then CamelCase, then everything else; numbers in names compare as numbers.
+    """
+    group = 0 if len(name) > 1 and name.isupper() else 1 if name[:1].isupper() else 2
+    return group, [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def test_all_is_sorted_unique_and_names_things_that_exist() -> None:
+    names = list(sds_plugins.__all__)
+    assert names == sorted(names, key=_isort_style), (
+        "sds_plugins.__all__ is not sorted (ruff check --select RUF022 --fix sorts it)"
+    )
+    assert len(names) == len(set(names)), "sds_plugins.__all__ has duplicates"
+    missing = [name for name in names if not hasattr(sds_plugins, name)]
+    assert not missing, f"sds_plugins.__all__ names missing attributes: {missing}"
+
+
+def _own_docstring(obj: object) -> str:
+    # A class's own docstring: inspect.getdoc would fall back to its base class's.
+    doc = vars(obj).get("__doc__") if inspect.isclass(obj) else getattr(obj, "__doc__", None)
+    return (doc or "").strip()
+
+
+def test_public_classes_and_functions_have_docstrings() -> None:
+    undocumented = [
+        name
+        for name in sds_plugins.__all__
+        if (inspect.isclass(obj := getattr(sds_plugins, name, None)) or inspect.isfunction(obj))
+        and not _own_docstring(obj)
+    ]
+    assert not undocumented, f"public names without a docstring: {', '.join(undocumented)}"

@@ -1,0 +1,227 @@
+"""The example third-party adapter (examples/sds-plugins-example-ebxml), installed as users would.
+
+Discovery goes through the real ``sds_plugins`` entry point of the installed distribution
+(``make install`` installs every ``examples/*/`` in editable mode).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sds_plugins import (
+    AmbiguousError,
+    InvalidInputError,
+    NotFoundError,
+    PluginHost,
+    RoutingEnvelope,
+)
+from sds_plugins.sandbox import Sandbox
+from sds_plugins.testing import (
+    RegisterPlugin,
+    RouterFactory,
+    SandboxFactory,
+    accredited_system_record,
+    mhs_record,
+)
+
+try:
+    import sds_plugins_example_ebxml as example
+except ImportError:  # pragma: no cover - a setup problem, reported as such
+    pytest.fail(
+        "the example adapter is not installed: pip install -e examples/sds-plugins-example-ebxml "
+        "(make install does it)",
+        pytrace=False,
+    )
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE_DIR = ROOT / "examples" / "sds-plugins-example-ebxml"
+DIST = "sds-plugins-example-ebxml"
+ENTRY_POINT = "example_ebxml"
+ADAPTER = "example-ebxml"
+PSIS = "urn:nhs:names:services:psis:REPC_IN150016UK05"
+ORG = "A12345"
+INTERACTION = "urn:nhs:names:services:example:EXAMPLE_IN000001UK01"
+
+
+def _plugins(host: PluginHost) -> dict[str, dict[str, object]]:
+    return {info["name"]: info for info in host.plugins()}
+
+
+# --------------------------------------------------------------------------- discovery
+
+
+def test_installed_example_is_loaded_from_its_entry_point() -> None:
+    host = PluginHost(environ={})
+    assert host.pm.get_plugin(ENTRY_POINT) is example
+    assert _plugins(host)[ENTRY_POINT] == {
+        "name": ENTRY_POINT,
+        "distribution": DIST,
+        "version": importlib.metadata.version(DIST),
+        "hooks": ["sds_register_adapters"],
+    }
+
+
+@pytest.mark.parametrize("wanted", [DIST, "SDS_Plugins_Example_Ebxml", ENTRY_POINT])
+def test_sds_plugins_load_selects_it_by_distribution_or_entry_point_name(wanted: str) -> None:
+    host = PluginHost(environ={"SDS_PLUGINS_LOAD": wanted})
+    loaded = {name for name in _plugins(host) if not name.startswith("sds_plugins.")}
+    assert loaded == {ENTRY_POINT}
+
+
+def test_sds_plugins_load_naming_something_else_leaves_it_out() -> None:
+    host = PluginHost(environ={"SDS_PLUGINS_LOAD": "some-other-adapter"})
+    assert ENTRY_POINT not in _plugins(host)
+    assert not host.pm.has_plugin(ENTRY_POINT)
+
+
+async def test_sds_plugins_disable_blocks_it(sds_router_factory: RouterFactory) -> None:
+    host = PluginHost(environ={"SDS_PLUGINS_LOAD": DIST, "SDS_PLUGINS_DISABLE": ENTRY_POINT})
+    assert host.pm.is_blocked(ENTRY_POINT)
+    assert ENTRY_POINT not in _plugins(host)
+    router = await sds_router_factory(host=host)
+    with pytest.raises(InvalidInputError, match="no adapter named 'example-ebxml'"):
+        await router.route(ADAPTER, org="YES", interaction=PSIS)
+
+
+# --------------------------------------------------------------------------- routing
+
+
+async def test_routes_against_the_sandbox_when_loaded_from_its_entry_point(
+    sds_router_factory: RouterFactory, sds_sandbox: Sandbox
+) -> None:
+    router = await sds_router_factory(host=PluginHost(environ={"SDS_PLUGINS_LOAD": DIST}))
+    envelope = await router.route(ADAPTER, org="yes", interaction=PSIS, from_asid="200000000123")
+
+    address = "https://msg.opentest.hscic.gov.uk/reliablemessaging/reliablerequest"
+    assert envelope.adapter == ADAPTER
+    assert envelope.target.model_dump(exclude_none=True) == {
+        "ods_code": "YES",
+        "asid": "928942012545",
+        "party_key": "YES-0000806",
+        "address": address,
+        "cpa_id": "S20001A000182",
+    }
+    assert envelope.source.asid == "200000000123"
+    assert envelope.request.method == "POST"
+    assert envelope.request.url == address
+    assert envelope.request.headers == {
+        "SOAPAction": "urn:nhs:names:services:psis/REPC_IN150016UK05",
+        "X-Correlation-ID": envelope.provenance.correlation_id,
+    }
+    assert envelope.reliability is not None
+    assert envelope.reliability.model_dump() == {
+        "retries": 2,
+        "retry_interval_s": 60.0,
+        "persist_duration_s": 300.0,
+        "duplicate_elimination": True,
+        "ack_requested": True,
+        "ack_actor": "urn:oasis:names:tc:ebxml-msg:actor:toPartyMSH",
+        "sync_reply": True,
+    }
+    assert envelope.expires_at - envelope.provenance.resolved_at == example.ENVELOPE_TTL
+    assert [record.kind for record in envelope.provenance.records] == ["endpoint", "device"]
+    assert len(envelope.provenance.lookups) == 2
+    assert envelope.extensions == {
+        "service": "urn:nhs:names:services:psis",
+        "action": "REPC_IN150016UK05",
+    }
+    # An envelope is queued as JSON and rebuilt by the sender.
+    assert RoutingEnvelope.model_validate(envelope.to_message()) == envelope
+    assert sum(sds_sandbox.stats()["requests"].values()) == 2
+
+
+@pytest.fixture
+def _example(sds_register_plugin: RegisterPlugin) -> None:
+    # The same module the entry point loads, registered directly: how an author tests an
+    # adapter before (or without) installing it.
+    sds_register_plugin(example, name=ENTRY_POINT)
+
+
+@pytest.fixture
+def two_suppliers(sds_sandbox_factory: SandboxFactory) -> Sandbox:
+    """An organisation moving between suppliers: two MHSs and two systems, joined on party key."""
+    return sds_sandbox_factory(
+        [
+            mhs_record(ORG, INTERACTION, party_key=f"{ORG}-1", address="https://old.example.com/"),
+            mhs_record(ORG, INTERACTION, party_key=f"{ORG}-2", address="https://new.example.com/"),
+        ],
+        [
+            accredited_system_record(ORG, INTERACTION, party_key=f"{ORG}-1", asid="100000000001"),
+            accredited_system_record(ORG, INTERACTION, party_key=f"{ORG}-2", asid="100000000002"),
+        ],
+    )
+
+
+@pytest.mark.usefixtures("_example")
+async def test_two_candidates_are_refused_until_a_party_key_chooses(
+    two_suppliers: Sandbox, sds_router_factory: RouterFactory
+) -> None:
+    router = await sds_router_factory(two_suppliers)
+    with pytest.raises(AmbiguousError) as info:
+        await router.route(ADAPTER, org=ORG, interaction=INTERACTION)
+    assert {c["party_key"] for c in info.value.candidates} == {f"{ORG}-1", f"{ORG}-2"}
+
+    envelope = await router.route(ADAPTER, org=ORG, interaction=INTERACTION, party_key=f"{ORG}-2")
+    assert (envelope.target.address, envelope.target.asid) == (
+        "https://new.example.com/",
+        "100000000002",
+    )
+    assert envelope.reliability is None  # the records carry no ebXML reliability settings
+
+
+@pytest.mark.usefixtures("_example")
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [({"from_asid": "12345"}, "from_asid"), ({"colour": "blue"}, "colour")],
+)
+async def test_bad_options_are_refused_before_any_lookup(
+    options: dict[str, Any], field: str, sds_router_factory: RouterFactory, sds_sandbox: Sandbox
+) -> None:
+    router = await sds_router_factory()
+    with pytest.raises(InvalidInputError) as info:
+        await router.route(ADAPTER, org="YES", interaction=PSIS, **options)
+    assert info.value.field == field
+    assert sds_sandbox.stats()["requests"] == {}
+
+
+@pytest.mark.usefixtures("_example")
+async def test_an_endpoint_without_an_accredited_system_is_not_routable(
+    sds_sandbox_factory: SandboxFactory, sds_router_factory: RouterFactory
+) -> None:
+    sandbox = sds_sandbox_factory([mhs_record(ORG, INTERACTION)], [])
+    router = await sds_router_factory(sandbox)
+    with pytest.raises(NotFoundError, match="no accredited system"):
+        await router.route(ADAPTER, org=ORG, interaction=INTERACTION)
+
+
+# --------------------------------------------------------------------------- types
+
+
+@pytest.mark.slow
+def test_the_example_is_mypy_strict_clean() -> None:
+    # A subprocess, so mypy's global state stays out of the test process; the project's cache
+    # makes this quick after `make typecheck` (a cold run takes ~15 s).
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "--cache-dir",
+            str(ROOT / ".mypy_cache"),
+            str(EXAMPLE_DIR),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
