@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml $(wildcard adapters/*/pyproject.toml) $(wildcard exampl
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' \
-		$(foreach adapter,$(ADAPTERS) $(EXAMPLES),-e $(adapter))
+		$(foreach adapter,$(ADAPTERS),-e '$(adapter)[test]') $(foreach example,$(EXAMPLES),-e $(example))
 	@touch $(STAMP)
 
 install: $(STAMP)
