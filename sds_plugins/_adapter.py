@@ -70,6 +70,9 @@ class RouteRequest(BaseModel):
     interaction: str
     options: Mapping[str, Any] = Field(default_factory=dict)
     correlation_id: str
+    #: Whether the caller chose ``correlation_id`` (``False``: the engine generated it, so an
+    #: adapter may reuse it as its own per-message id, as GP Connect does for ``Ssp-TraceID``).
+    correlation_id_given: bool = False
     encounter: str | None = None
     bypass_cache: bool = False
 

@@ -307,6 +307,7 @@ class Router:
                 interaction=chosen.normalise_interaction(interaction),
                 options=options,
                 correlation_id=normalise_correlation_id(correlation_id),
+                correlation_id_given=correlation_id is not None,
                 encounter=encounter,
                 bypass_cache=bypass_cache,
             )

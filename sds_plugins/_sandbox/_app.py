@@ -42,6 +42,19 @@ TOKEN_PATH = "/oauth2/token"  # noqa: S105 - a URL path, not a secret
 CONTROL_PREFIX = "/_sandbox/"
 ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
+
+class _AnyMethodRoute(Route):
+    """A route for every HTTP method, TRACE and QUERY included.
+
+    Starlette answers methods outside a route's list with its own plain-text 405; the real API
+    answers an OperationOutcome with ``Allow: GET``, which the handlers produce themselves.
+    """
+
+    def __init__(self, path: str, endpoint: Any) -> None:
+        super().__init__(path, endpoint)
+        # No method list: Starlette then neither filters in matches() nor in handle().
+        self.methods = None
+
 FHIR_JSON = "application/fhir+json"
 PLAIN_JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
@@ -942,13 +955,13 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     """
     sandbox = _Sandbox(config or SandboxConfig())
     routes = [
-        Route(f"{FHIR_BASE}/Device", sandbox.device, methods=ALL_METHODS),
-        Route(f"{FHIR_BASE}/Endpoint", sandbox.endpoint, methods=ALL_METHODS),
-        Route(TOKEN_PATH, sandbox.token, methods=ALL_METHODS),
-        Route(f"{CONTROL_PREFIX}stats", sandbox.stats, methods=ALL_METHODS),
-        Route(f"{CONTROL_PREFIX}faults", sandbox.faults, methods=ALL_METHODS),
-        Route(f"{CONTROL_PREFIX}reset", sandbox.reset, methods=ALL_METHODS),
-        Route("/{path:path}", sandbox.not_found, methods=ALL_METHODS),
+        _AnyMethodRoute(f"{FHIR_BASE}/Device", sandbox.device),
+        _AnyMethodRoute(f"{FHIR_BASE}/Endpoint", sandbox.endpoint),
+        _AnyMethodRoute(TOKEN_PATH, sandbox.token),
+        _AnyMethodRoute(f"{CONTROL_PREFIX}stats", sandbox.stats),
+        _AnyMethodRoute(f"{CONTROL_PREFIX}faults", sandbox.faults),
+        _AnyMethodRoute(f"{CONTROL_PREFIX}reset", sandbox.reset),
+        _AnyMethodRoute("/{path:path}", sandbox.not_found),
     ]
     app = Starlette(
         routes=routes,
