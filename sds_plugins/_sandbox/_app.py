@@ -55,6 +55,7 @@ class _AnyMethodRoute(Route):
         # No method list: Starlette then neither filters in matches() nor in handle().
         self.methods = None
 
+
 FHIR_JSON = "application/fhir+json"
 PLAIN_JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
