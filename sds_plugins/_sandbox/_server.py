@@ -37,10 +37,10 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _server(config: SandboxConfig, access_log: bool) -> uvicorn.Server:
+def _server(app: Any, access_log: bool) -> uvicorn.Server:
     return uvicorn.Server(
         uvicorn.Config(
-            create_app(config),
+            app,
             lifespan="off",
             # None leaves the host application's logging configuration alone.
             log_config=None,
@@ -57,22 +57,18 @@ def _url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-class Sandbox:
-    """The sandbox served over real sockets from a background thread.
+class AppServer:
+    """Any ASGI application served over real sockets from a background thread.
 
-    ``with Sandbox(SandboxConfig(...)) as sb: httpx.get(sb.base_url + "/Device", ...)``; or call
-    :meth:`start` and :meth:`stop` yourself. Starting blocks until connections are accepted.
+    ``with AppServer(app) as server: httpx.get(server.url)``. Starting blocks until connections
+    are accepted; the port is free-chosen unless given. The sandbox runs on it, and so can a
+    test's stub services (an SSP, a provider, NHS's mesh-sandbox).
     """
 
     def __init__(
-        self,
-        config: SandboxConfig | None = None,
-        *,
-        host: str = "127.0.0.1",
-        port: int = 0,
-        access_log: bool = False,
+        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, access_log: bool = False
     ) -> None:
-        self.config = config or SandboxConfig()
+        self.app = app
         self._host = host
         self._port = port
         self._access_log = access_log
@@ -81,35 +77,24 @@ class Sandbox:
         self._socket: socket.socket | None = None
         self._failure: BaseException | None = None
         self._url: str | None = None
-        self._http: httpx.Client | None = None
 
     @property
     def url(self) -> str:
         """Root URL, e.g. ``http://127.0.0.1:54321``."""
         if self._url is None:
-            raise RuntimeError("sandbox is not running")
+            raise RuntimeError("server is not running")
         return self._url
-
-    @property
-    def base_url(self) -> str:
-        """The FHIR base: ``url + "/spine-directory/FHIR/R4"``."""
-        return self.url + FHIR_BASE
-
-    @property
-    def token_url(self) -> str:
-        """The OAuth token endpoint: ``url + "/oauth2/token"``."""
-        return self.url + TOKEN_PATH
 
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> Sandbox:
+    def start(self) -> AppServer:
         if self._thread is not None:
-            raise RuntimeError("sandbox already started")
+            raise RuntimeError("server already started")
         sock = _bind(self._host, self._port)
         try:
-            server = _server(self.config, self._access_log)
+            server = _server(self.app, self._access_log)
         except BaseException:
             sock.close()
             raise
@@ -117,7 +102,7 @@ class Sandbox:
         self._socket, self._server = sock, server
         self._failure = None
         thread = threading.Thread(
-            target=self._run, args=(server, sock), name=f"sds-sandbox-{port}", daemon=True
+            target=self._run, args=(server, sock), name=f"asgi-server-{port}", daemon=True
         )
         self._thread = thread
         thread.start()
@@ -125,7 +110,7 @@ class Sandbox:
         while not server.started:
             if not thread.is_alive() or time.monotonic() > deadline:
                 self._cleanup()
-                raise RuntimeError("sandbox failed to start") from self._failure
+                raise RuntimeError("server failed to start") from self._failure
             time.sleep(0.005)
         self._url = _url(self._host, port)
         return self
@@ -148,15 +133,92 @@ class Sandbox:
         self._cleanup()
 
     def _cleanup(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
         if self._socket is not None:
             self._socket.close()
         self._socket = None
         self._server = None
         self._thread = None
         self._url = None
+
+    def __enter__(self) -> AppServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class Sandbox:
+    """The sandbox served over real sockets from a background thread.
+
+    ``with Sandbox(SandboxConfig(...)) as sb: httpx.get(sb.base_url + "/Device", ...)``; or call
+    :meth:`start` and :meth:`stop` yourself. Starting blocks until connections are accepted.
+    """
+
+    def __init__(
+        self,
+        config: SandboxConfig | None = None,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        access_log: bool = False,
+    ) -> None:
+        self.config = config or SandboxConfig()
+        self._host = host
+        self._port = port
+        self._access_log = access_log
+        self._app_server: AppServer | None = None
+        self._http: httpx.Client | None = None
+
+    @property
+    def url(self) -> str:
+        """Root URL, e.g. ``http://127.0.0.1:54321``."""
+        if self._app_server is None or not self._app_server.running:
+            raise RuntimeError("sandbox is not running")
+        return self._app_server.url
+
+    @property
+    def base_url(self) -> str:
+        """The FHIR base: ``url + "/spine-directory/FHIR/R4"``."""
+        return self.url + FHIR_BASE
+
+    @property
+    def token_url(self) -> str:
+        """The OAuth token endpoint: ``url + "/oauth2/token"``."""
+        return self.url + TOKEN_PATH
+
+    @property
+    def running(self) -> bool:
+        return self._app_server is not None and self._app_server.running
+
+    def start(self) -> Sandbox:
+        if self._app_server is not None:
+            raise RuntimeError("sandbox already started")
+        server = AppServer(
+            create_app(self.config),
+            host=self._host,
+            port=self._port,
+            access_log=self._access_log,
+        )
+        try:
+            server.start()
+        except RuntimeError as error:
+            raise RuntimeError("sandbox failed to start") from error.__cause__
+        self._app_server = server
+        return self
+
+    def stop(self) -> None:
+        """Stop serving and wait for the thread; safe to call twice."""
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        if self._app_server is not None:
+            self._app_server.stop()
+            self._app_server = None
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -200,7 +262,7 @@ def serve(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: in
     picks a free port and prints it).
     """
     sock = _bind(host, port)
-    server = _server(config or SandboxConfig(), access_log=False)
+    server = _server(create_app(config or SandboxConfig()), access_log=False)
     actual_port = sock.getsockname()[1]
 
     async def main() -> None:

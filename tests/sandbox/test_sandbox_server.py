@@ -21,7 +21,7 @@ from .conftest import GP2GP, interaction, org
 
 def test_public_surface() -> None:
     assert public.__all__ == sorted(public.__all__)
-    assert set(public.__all__) == {"Sandbox", "SandboxConfig", "create_app", "serve"}
+    assert set(public.__all__) == {"AppServer", "Sandbox", "SandboxConfig", "create_app", "serve"}
     assert public.__doc__
 
 
@@ -131,3 +131,19 @@ def test_serve_prints_once_listening_and_stops_on_signal(signum: int) -> None:
     assert returncode == 0, err
     assert out == ""  # only the listening line, and no access log
     assert "Traceback" not in err
+
+
+def test_app_server_serves_any_asgi_app() -> None:
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from sds_plugins.sandbox import AppServer
+
+    async def hello(request: object) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    with AppServer(Starlette(routes=[Route("/", hello)])) as server:
+        assert server.running
+        assert httpx.get(server.url).text == "hello"
+    assert not server.running
