@@ -239,11 +239,10 @@ class LookupCache:
                 await self._set(key, fresh)
             return fresh, attempts
 
-        inflight_key = key if store else f"{key}#nostore#{id(fetch)}"
+        # Unstored lookups coalesce too: whoever joins an in-flight request still gets an answer
+        # fetched after it asked, which is all "do not reuse" (GP Connect's rule) requires.
         try:
-            (fresh, attempts), fetched_here = await self._single_flight(
-                inflight_key, fetch_entry, store
-            )
+            (fresh, attempts), fetched_here = await self._single_flight(key, fetch_entry, store)
         except DirectoryUnavailableError as exc:
             breaker.trip(exc, self._clock())
             if entry is not None and entry.is_usable_stale(self._clock()):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -23,16 +27,49 @@ GPC = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1
 GP2GP = "urn:nhs:names:services:gp2gp:COPC_IN000001UK01"
 
 
+# The reference records hold B82617's GP Connect endpoint (party key B82617-0000806) but not
+# its accredited system; the demo adds one so a GP Connect route can resolve the provider ASID.
+DEMO_ACCREDITED_SYSTEMS = [
+    {
+        "nhsIDCode": "B82617",
+        "nhsAsClient": ["B82617"],
+        "nhsMHSPartyKey": "B82617-0000806",
+        "uniqueIdentifier": ["918999198993"],
+        "nhsMhsManufacturerOrg": "YGM24",
+        "nhsAsSvcIA": [
+            "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1",
+            "urn:nhs:names:services:gpconnect:documents:fhir:rest:read:binary-1",
+            "urn:nhs:names:services:gpconnect:documents:fhir:rest:search:patient-1",
+            "urn:nhs:names:services:gpconnect:documents:fhir:rest:search:documentreference-1",
+        ],
+    }
+]
+
+
+def _demo_data(folder: Path) -> Path:
+    packaged = Path(__file__).parent / "_sandbox" / "data"
+    shutil.copy(packaged / "mhs-records.json", folder / "mhs-records.json")
+    systems = json.loads((packaged / "accredited-system-records.json").read_text())
+    (folder / "accredited-system-records.json").write_text(
+        json.dumps(systems + DEMO_ACCREDITED_SYSTEMS)
+    )
+    return folder
+
+
 def run_demo(console: Console | None = None) -> None:
     from .sandbox import Sandbox, SandboxConfig
 
     console = console or Console()
-    with Sandbox(SandboxConfig(synthetic=200)) as sandbox:
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        Sandbox(SandboxConfig(data_dir=_demo_data(Path(folder)), synthetic=200)) as sandbox,
+    ):
         console.print(
             Panel.fit(
                 f"Embedded SDS sandbox listening on [bold]{sandbox.url}[/]\n"
                 f"FHIR base: {sandbox.base_url}\n"
-                "Data: NHS England's reference directory records + 200 synthetic GP practices",
+                "Data: NHS England's reference directory records, B82617's accredited system\n"
+                "and 200 synthetic GP practices",
                 title="sds-plugins demo",
             )
         )
@@ -113,46 +150,63 @@ async def _resilience(console: Console, sandbox: Any) -> None:
     )
 
 
+def _printable(envelope: Any) -> dict[str, Any]:
+    """The envelope as a sender sees it, minus the bulky provenance records."""
+    data: dict[str, Any] = envelope.model_dump(mode="json")
+    provenance = data.pop("provenance")
+    data["provenance"] = {
+        "correlation_id": provenance["correlation_id"],
+        "cache": provenance["cache"],
+        "records": f"{len(provenance['records'])} directory records",
+    }
+    return data
+
+
 async def _engine(console: Console, sandbox: Any) -> None:
     settings = Settings(base_url=sandbox.base_url, cache_ttl_s=0.5, stale_if_error_s=600)
     async with Router(settings) as router:
-        if not router.adapters:
-            console.print("No adapters installed yet (see docs/writing-an-adapter.md).")
-            return
-        for name, adapter in sorted(router.adapters.items()):
-            example = dict(adapter.example or {})
-            if not example:
-                console.print(f"adapter [bold]{name}[/]: no example route declared")
-                continue
-            sandbox.reset()
+        adapters = sorted(router.adapters.items())
+    if not adapters:
+        console.print("No adapters installed yet (see docs/writing-an-adapter.md).")
+        return
+    # Serving stale during the staged outage logs a warning; the demo says so itself.
+    logging.getLogger("sds_plugins.cache").setLevel(logging.ERROR)
+    for name, adapter in adapters:
+        example = dict(adapter.example or {})
+        if not example:
+            console.print(f"adapter [bold]{name}[/]: no example route declared\n")
+            continue
+        sandbox.reset()
+        # A router per adapter, so one adapter's staged outage does not colour the next.
+        async with Router(settings) as router:
             started = time.perf_counter()
             try:
                 envelopes = await asyncio.gather(
                     *(router.route(name, **example) for _ in range(100))
                 )
             except SdsPluginsError as exc:
-                console.print(f"[red]adapter {name} failed:[/] {exc}")
+                console.print(f"[red]adapter {name} failed:[/] {exc}\n")
                 continue
             elapsed = time.perf_counter() - started
             requests = sum(sandbox.stats()["requests"].values())
             console.print(
                 Panel(
-                    json.dumps(envelopes[0].model_dump(mode="json"), indent=2),
+                    json.dumps(_printable(envelopes[0]), indent=2),
                     title=f"envelope from adapter '{name}' (credentials masked)",
                 )
             )
             console.print(
                 f"  100 concurrent routes in {elapsed * 1000:.0f} ms made {requests} directory "
-                "request(s): identical lookups share one request.\n"
+                "request(s): identical lookups share one request."
             )
-            await asyncio.sleep(0.6)  # let the cache go stale...
+            await asyncio.sleep(0.6)  # let the cache entries go stale...
             sandbox.set_faults(outage=True)
             try:
                 stale = await router.route(name, **example)
                 console.print(
-                    f"  directory outage: still routed, provenance.cache = "
+                    "  ...then a directory outage: still routed, provenance.cache = "
                     f"[bold]{stale.provenance.cache}[/]\n"
                 )
             except SdsPluginsError as exc:
-                console.print(f"  directory outage: {exc}\n")
+                console.print(f"  ...then a directory outage: {exc}\n")
             sandbox.reset()

@@ -374,3 +374,18 @@ async def test_with_headers_is_validated(sandbox: Sandbox) -> None:
     assert envelope.with_headers(**{"X-Broker": "1"}).request.headers["X-Broker"] == "1"
     with pytest.raises(InvalidInputError):
         envelope.with_headers(**{"X-Broker": "1\r\nX-Evil: 2"})
+
+
+async def test_unscoped_concurrent_lookups_share_one_request_but_nothing_is_stored(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
+    sb = make_sandbox(latency_ms=100)
+    router = Router(Settings(base_url=sb.base_url), plugins=[JoinPlugin(scope="encounter")])
+    async with router:
+        await asyncio.gather(
+            *(router.route("join", org="YES", interaction=PSIS) for _ in range(50))
+        )
+        assert _requests(sb) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
+        later = await router.route("join", org="YES", interaction=PSIS)
+    assert later.provenance.cache == "bypass"
+    assert _requests(sb) == {DEVICE_PATH: 2, ENDPOINT_PATH: 2}

@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
+from typing import Any, ClassVar
 
 from sds_plugins import (
     Adapter,
@@ -52,6 +53,12 @@ class EbxmlExampleAdapter(Adapter):
     name = "example-ebxml"
     description = "Example: a Spine ebXML message to the recipient organisation's MHS"
     options = frozenset({"party_key", "from_asid"})
+    #: Shown by ``sds-plugins demo`` (Spine's own PSIS system in the sandbox's reference data).
+    example: ClassVar[Mapping[str, Any] | None] = {
+        "org": "YES",
+        "interaction": "urn:nhs:names:services:psis:REPC_IN150016UK05",
+        "from_asid": "200000000359",
+    }
 
     def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
         # Options are checked here, before any lookup, so bad input costs no directory request.

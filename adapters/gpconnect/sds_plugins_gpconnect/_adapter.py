@@ -1,0 +1,228 @@
+"""The GP Connect adapter: provider and consumer from SDS, an SSP-ready request."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from sds_plugins import (
+    AccreditedSystem,
+    Adapter,
+    AmbiguousError,
+    HttpRequestSpec,
+    InvalidInputError,
+    Lookup,
+    NotFoundError,
+    Party,
+    Resolution,
+    RouteRequest,
+    RoutingEnvelope,
+    join_on_party_key,
+)
+
+from ._interactions import Interaction, interaction
+from ._jwt import JWT_LIFETIME_S, access_token, claims
+from ._options import GpConnectOptions, parse_options
+
+__all__ = ["GpConnectAdapter"]
+
+_FHIR_JSON = "application/fhir+json"
+
+
+class GpConnectAdapter(Adapter):
+    """``router.route("gpconnect", org=<provider ODS>, interaction=<GP Connect id>, **options)``.
+
+    One SDS round trip: the provider's ``/Endpoint`` and ``/Device`` (joined on party key) and,
+    when no ``consumer_asid`` is given, the consumer's ``/Device`` are looked up together.
+
+    Caching follows the specification: SDS answers are reused only within the caller's
+    ``encounter`` (a patient encounter or session id). Without one, every envelope is built
+    from fresh lookups, unless the operator chose ``shared_cache=True`` (environment
+    ``SDS_GPCONNECT_SHARED_CACHE=1``): faster and kinder to SDS, at the cost of up to
+    ``SDS_CACHE_TTL_S`` of staleness when a practice changes supplier.
+    """
+
+    name = "gpconnect"
+    description = "GP Connect: Spine Secure Proxy requests with SDS-resolved provider and consumer"
+    options: ClassVar[frozenset[str] | None] = frozenset(GpConnectOptions.model_fields)
+    example: ClassVar[Mapping[str, Any] | None] = {
+        "org": "B82617",
+        "interaction": "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1",
+        "encounter": "demo-encounter-1",
+        "consumer_asid": "200000000359",
+        "ssp_url": "https://proxy.intspineservices.nhs.uk",
+        "system_url": "https://consumer.example.org",
+        "system_name": "Example Consumer",
+        "system_version": "1.0",
+        "organization_ods": "A11111",
+        "organization_name": "Example Surgery",
+        "practitioner_id": "1",
+        "practitioner_family_name": "Jones",
+        "practitioner_given_name": "Ann",
+    }
+
+    def __init__(self, *, shared_cache: bool = False) -> None:
+        self.shared_cache = shared_cache
+
+    def normalise_interaction(self, interaction_id: str) -> str:
+        checked = super().normalise_interaction(interaction_id)
+        return interaction(checked).id
+
+    def cache_scope(self, request: RouteRequest) -> str | None:
+        encounter = request.encounter or request.option("encounter")
+        if encounter:
+            return f"encounter:{encounter}"
+        return "" if self.shared_cache else None
+
+    def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
+        options = parse_options(dict(request.options))
+        self._check_path(interaction(request.interaction), options)
+        lookups = {
+            "provider_endpoints": Lookup.endpoints(
+                org=request.org, interaction=request.interaction
+            ),
+            "provider_devices": Lookup.devices(org=request.org, interaction=request.interaction),
+        }
+        if options.consumer_ods is not None:
+            lookups["consumer_devices"] = Lookup.devices(
+                org=options.consumer_ods,
+                interaction=request.interaction,
+                manufacturer=options.consumer_supplier_ods,
+            )
+        return lookups
+
+    @staticmethod
+    def _check_path(spec: Interaction, options: GpConnectOptions) -> None:
+        if spec.path is None and options.fhir_path is None:
+            raise InvalidInputError(
+                f"gpconnect: fhir_path is required for {spec.id} (it names a resource, "
+                "e.g. Patient/123)",
+                field="fhir_path",
+            )
+
+    def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
+        options = parse_options(dict(request.options))
+        spec = interaction(request.interaction)
+        candidates = join_on_party_key(
+            resolved.records("provider_endpoints"), resolved.records("provider_devices")
+        )
+        provider = resolved.select(candidates, role="provider")
+        if not provider.address:
+            raise NotFoundError(
+                f"{request.org}: the provider's MHS record (party key {provider.party_key}) has "
+                f"no usable endpoint address for {request.interaction}",
+                correlation_id=request.correlation_id,
+            )
+        if not provider.asid:
+            raise NotFoundError(
+                f"{request.org}: no accredited system (ASID) has the provider's party key "
+                f"{provider.party_key} for {request.interaction}",
+                correlation_id=request.correlation_id,
+            )
+        consumer = self._consumer(request, options, resolved)
+        consumer_asid = options.consumer_asid or (consumer.asid if consumer else None)
+        assert consumer_asid is not None  # _consumer raised otherwise
+
+        # One id per request: the SSP trace id, and the SDS correlation id unless the caller
+        # chose one (then both are still logged together in the provenance).
+        trace_id = str(uuid.uuid4()) if request.correlation_id_given else request.correlation_id
+        issued_at = resolved.now
+        token = access_token(
+            claims(
+                options,
+                audience=provider.address,
+                scope=options.requested_scope or spec.scope,
+                reason=options.reason_for_request or spec.reason,
+                issued_at=issued_at,
+            )
+        )
+        method = options.method or spec.method
+        headers = {
+            "Ssp-TraceID": trace_id,
+            "Ssp-From": consumer_asid,
+            "Ssp-To": provider.asid,
+            "Ssp-InteractionID": request.interaction,
+            "Authorization": f"Bearer {token}",
+            "Accept": _FHIR_JSON,
+        }
+        if method in ("POST", "PUT", "PATCH"):
+            headers["Content-Type"] = _FHIR_JSON
+        return RoutingEnvelope(
+            adapter=self.name,
+            interaction=request.interaction,
+            target=Party(
+                ods_code=request.org,
+                asid=provider.asid,
+                party_key=provider.party_key,
+                address=provider.address,
+            ),
+            source=Party(
+                ods_code=options.consumer_ods or options.organization_ods,
+                asid=consumer_asid,
+                party_key=consumer.party_key if consumer else None,
+            ),
+            request=HttpRequestSpec(
+                method=method,
+                url=ssp_url(options.ssp_url, provider.address, options.fhir_path or spec.path),
+                headers=headers,
+            ),
+            # The token is the envelope's life: the provider refuses it after exp.
+            expires_at=issued_at.replace(microsecond=0) + timedelta(seconds=JWT_LIFETIME_S),
+            provenance=resolved.provenance(
+                (*provider.records, consumer) if consumer else provider.records
+            ),
+            extensions={"ssp_trace_id": trace_id},
+        )
+
+    @staticmethod
+    def _consumer(
+        request: RouteRequest, options: GpConnectOptions, resolved: Resolution
+    ) -> AccreditedSystem | None:
+        if options.consumer_asid is not None:
+            return None
+        systems = [
+            device
+            for device in resolved.records("consumer_devices")
+            if isinstance(device, AccreditedSystem) and device.asid
+        ]
+        if not systems:
+            raise NotFoundError(
+                f"no consumer system (ASID) at {options.consumer_ods} for {request.interaction}"
+                + (
+                    f" made by {options.consumer_supplier_ods}"
+                    if options.consumer_supplier_ods
+                    else ""
+                ),
+                correlation_id=request.correlation_id,
+            )
+        if len(systems) > 1:
+            raise AmbiguousError(
+                f"{len(systems)} consumer systems at {options.consumer_ods} for "
+                f"{request.interaction}; pass consumer_supplier_ods (the system's supplier ODS "
+                "code) or consumer_asid to choose: "
+                + "; ".join(f"asid={s.asid} supplier={s.manufacturer_ods}" for s in systems),
+                candidates=[
+                    {
+                        "asid": s.asid,
+                        "party_key": s.party_key,
+                        "manufacturer_ods": s.manufacturer_ods,
+                    }
+                    for s in systems
+                ],
+                correlation_id=request.correlation_id,
+            )
+        return systems[0]
+
+
+def ssp_url(proxy: str, service_root: str, fhir_path: str | None) -> str:
+    """``<proxy>/<service root exactly as SDS has it><fhir path>``.
+
+    The SSP compares the embedded address with SDS's character for character (case, port,
+    trailing slash), so the service root is never normalised; only the joins get a ``/``.
+    """
+    url = f"{proxy.rstrip('/')}/{service_root}"
+    if fhir_path:
+        url += fhir_path if url.endswith("/") or fhir_path.startswith("/") else f"/{fhir_path}"
+    return url

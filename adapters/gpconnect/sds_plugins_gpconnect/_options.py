@@ -1,0 +1,143 @@
+"""The adapter's options, validated before any lookup: a bad option costs no request."""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from sds_plugins import InvalidInputError
+from sds_plugins._validation import check_header_value, normalise_ods_code, normalise_party_key
+
+__all__ = ["GpConnectOptions", "parse_options"]
+
+_ASID = re.compile(r"^[0-9]{12}$")
+_SCOPE = re.compile(r"^(patient|organization)/\*\.(read|write)( conf/[NR])?$")
+_PATH = re.compile(r"^[A-Za-z0-9$._~\-/?&=%:+,;*@!']*$")
+
+
+class GpConnectOptions(BaseModel):
+    """Everything a consumer supplies. Names are the portable option names of the README."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+    # The consumer system: its ASID directly, or looked up in SDS.
+    consumer_asid: str | None = None
+    consumer_ods: str | None = None
+    consumer_supplier_ods: str | None = None
+    # Where and what.
+    ssp_url: str
+    fhir_path: str | None = None
+    method: Literal["GET", "POST", "PUT", "DELETE", "PATCH"] | None = None
+    party_key: str | None = None
+    encounter: str | None = None
+    # JWT claims.
+    system_url: str
+    system_name: str
+    system_version: str
+    device_identifier: str | None = None
+    organization_ods: str
+    organization_name: str
+    practitioner_id: str
+    practitioner_sds_user_id: str = "UNK"
+    practitioner_sds_role_profile_id: str = "UNK"
+    practitioner_family_name: str
+    practitioner_given_name: str | None = None
+    reason_for_request: Literal["directcare", "migration"] | None = None
+    requested_scope: str | None = None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_control_characters(cls, value: Any, info: Any) -> Any:
+        if isinstance(value, str):
+            check_header_value(value, info.field_name)
+        return value
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("consumer_asid")
+    @classmethod
+    def _asid(cls, value: str | None) -> str | None:
+        if value is not None and not _ASID.match(value):
+            raise ValueError(f"{value!r} is not an ASID (12 digits)")
+        return value
+
+    @field_validator("consumer_ods", "consumer_supplier_ods", "organization_ods")
+    @classmethod
+    def _ods(cls, value: str | None, info: Any) -> str | None:
+        return None if value is None else normalise_ods_code(value, info.field_name)
+
+    @field_validator("party_key")
+    @classmethod
+    def _party_key(cls, value: str | None) -> str | None:
+        return None if value is None else normalise_party_key(value)
+
+    @field_validator("ssp_url", "system_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if (
+            parts.scheme not in ("http", "https")
+            or not parts.netloc
+            or parts.query
+            or parts.fragment
+        ):
+            raise ValueError(f"{value!r} is not an http(s) URL without query or fragment")
+        return value
+
+    @field_validator("fhir_path")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value or "://" in value or ".." in value.split("/") or not _PATH.match(value):
+            raise ValueError(f"{value!r} is not a FHIR path relative to the service root")
+        return value
+
+    @field_validator("requested_scope")
+    @classmethod
+    def _scope(cls, value: str | None) -> str | None:
+        if value is not None and not _SCOPE.match(value):
+            raise ValueError(
+                f"{value!r} is not a GP Connect scope "
+                "((patient|organization)/*.(read|write), optionally ' conf/N' or ' conf/R')"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _consumer(self) -> GpConnectOptions:
+        if (self.consumer_asid is None) == (self.consumer_ods is None):
+            raise InvalidInputError(
+                "consumer: give consumer_asid, or consumer_ods (with consumer_supplier_ods when "
+                "the organisation runs several consumer systems) - exactly one of the two",
+                field="consumer_asid",
+            )
+        if self.consumer_supplier_ods is not None and self.consumer_ods is None:
+            raise InvalidInputError(
+                "consumer_supplier_ods only narrows a consumer_ods lookup",
+                field="consumer_supplier_ods",
+            )
+        return self
+
+
+def parse_options(options: dict[str, Any]) -> GpConnectOptions:
+    """Validate options; the error names the option (``practitioner_id: field required``)."""
+    try:
+        return GpConnectOptions(**options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, InvalidInputError):
+            raise cause from None
+        field = ".".join(str(part) for part in error["loc"]) or None
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "missing":
+            message = "is required (see the GP Connect adapter's README for every option)"
+        elif error["type"] == "extra_forbidden":
+            message = "is not a GP Connect option"
+        raise InvalidInputError(f"gpconnect: {field}: {message}", field=field) from None

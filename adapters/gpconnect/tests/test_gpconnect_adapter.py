@@ -1,0 +1,302 @@
+"""The GP Connect adapter against the sandbox: provider/consumer resolution, JWT, caching."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import jwt
+import pytest
+from gpconnect_cases import (
+    ALL,
+    CONSUMER,
+    CONSUMER_OPTIONS,
+    GPC,
+    META,
+    MIGRATE,
+    NO_ADDRESS,
+    READ_PATIENT,
+    SINGLE,
+    SINGLE_ADDRESS,
+    SINGLE_ASID,
+    TWO_ADDRESSES,
+    TWO_RECORDS,
+    UNKNOWN,
+)
+from sds_plugins_gpconnect import INTERACTIONS, GpConnectAdapter, ssp_url
+
+from sds_plugins import (
+    AmbiguousError,
+    InvalidInputError,
+    NotFoundError,
+    PluginHost,
+    Router,
+    RoutingEnvelope,
+    Settings,
+)
+from sds_plugins.sandbox import Sandbox
+
+DEVICE = "/spine-directory/FHIR/R4/Device"
+ENDPOINT = "/spine-directory/FHIR/R4/Endpoint"
+
+
+async def _route(
+    router: Router, org: str = SINGLE, interaction: str = GPC, **options: Any
+) -> RoutingEnvelope:
+    return await router.route(
+        "gpconnect", org=org, interaction=interaction, **{**CONSUMER_OPTIONS, **options}
+    )
+
+
+def _claims(envelope: RoutingEnvelope) -> dict[str, Any]:
+    token = envelope.request.headers["Authorization"].removeprefix("Bearer ")
+    assert token.endswith(".")  # unsigned: empty signature
+    assert jwt.get_unverified_header(token) == {"alg": "none", "typ": "JWT"}
+    claims: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return claims
+
+
+async def test_single_provider_envelope(router: Router, gpc_sandbox: Sandbox) -> None:
+    envelope = await _route(router)
+    assert envelope.request.method == "POST"
+    assert envelope.request.url == (
+        "https://proxy.intspineservices.nhs.uk/"
+        + SINGLE_ADDRESS
+        + "Patient/$gpc.getstructuredrecord"
+    )
+    headers = envelope.request.headers
+    assert headers["Ssp-To"] == SINGLE_ASID  # the device whose party key matches, not the first
+    assert headers["Ssp-From"] == "200000000359"
+    assert headers["Ssp-InteractionID"] == GPC
+    assert headers["Accept"] == headers["Content-Type"] == "application/fhir+json"
+    assert uuid.UUID(headers["Ssp-TraceID"])
+    assert envelope.target.party_key == "A11111-100001"
+    assert envelope.target.address == SINGLE_ADDRESS
+    assert envelope.source.asid == "200000000359"
+    assert envelope.reliability is None
+    # One SDS round trip: the Endpoint and Device lookups, once each.
+    assert gpc_sandbox.stats()["requests"] == {DEVICE: 1, ENDPOINT: 1}
+
+
+async def test_every_jwt_claim(router: Router) -> None:
+    envelope = await _route(router, requested_scope="patient/*.read conf/N")
+    claims = _claims(envelope)
+    assert claims["iss"] == "https://consumer.example.org"
+    assert claims["sub"] == "10019"
+    assert claims["aud"] == SINGLE_ADDRESS
+    assert claims["exp"] - claims["iat"] == 300
+    assert envelope.expires_at.timestamp() == claims["exp"]
+    assert claims["reason_for_request"] == "directcare"
+    assert claims["requested_scope"] == "patient/*.read conf/N"
+    assert claims["requesting_device"] == {
+        "resourceType": "Device",
+        "identifier": [
+            {
+                "system": "https://consumer.example.org/Id/device-identifier",
+                "value": "Example Consumer",
+            }
+        ],
+        "model": "Example Consumer",
+        "version": "2.1",
+    }
+    assert claims["requesting_organization"] == {
+        "resourceType": "Organization",
+        "identifier": [
+            {"system": "https://fhir.nhs.uk/Id/ods-organization-code", "value": "Y12345"}
+        ],
+        "name": "Example Surgery",
+    }
+    assert claims["requesting_practitioner"] == {
+        "resourceType": "Practitioner",
+        "id": "10019",
+        "identifier": [
+            {"system": "https://fhir.nhs.uk/Id/sds-user-id", "value": "111222333444"},
+            {"system": "https://fhir.nhs.uk/Id/sds-role-profile-id", "value": "UNK"},
+        ],
+        "name": [{"family": "Jones", "given": ["Ann"]}],
+    }
+
+
+async def test_a_new_token_and_trace_id_per_envelope(router: Router) -> None:
+    first, second = await _route(router), await _route(router)
+    assert first.request.headers["Ssp-TraceID"] != second.request.headers["Ssp-TraceID"]
+    assert _claims(first)["aud"] == _claims(second)["aud"]
+
+
+async def test_trace_id_is_the_correlation_id_unless_the_caller_gives_one(router: Router) -> None:
+    envelope = await _route(router)
+    assert envelope.request.headers["Ssp-TraceID"] == envelope.provenance.correlation_id
+    given = str(uuid.uuid4())
+    chosen = await _route(router, correlation_id=given)
+    assert chosen.provenance.correlation_id == given
+    assert chosen.request.headers["Ssp-TraceID"] != given
+
+
+async def test_scopes_methods_and_paths_follow_the_interaction(router: Router) -> None:
+    metadata = await _route(router, interaction=META)
+    assert metadata.request.method == "GET"
+    assert "Content-Type" not in metadata.request.headers
+    assert metadata.request.url.endswith(SINGLE_ADDRESS + "metadata")
+    assert _claims(metadata)["requested_scope"] == "organization/*.read"
+    patient = await _route(router, interaction=READ_PATIENT, fhir_path="Patient/42")
+    assert patient.request.url.endswith("GPConnect/Patient/42")
+    assert _claims(patient)["requested_scope"] == "patient/*.read"
+    migrate = await _route(router, interaction=MIGRATE)
+    assert _claims(migrate)["reason_for_request"] == "migration"
+    overridden = await _route(router, interaction=META, method="post")
+    assert overridden.request.method == "POST"
+
+
+async def test_two_provider_records_are_ambiguous_until_a_party_key_chooses(router: Router) -> None:
+    with pytest.raises(AmbiguousError) as info:
+        await _route(router, org=TWO_RECORDS)
+    assert {(c["party_key"], c["asid"]) for c in info.value.candidates} == {
+        ("B22222-200001", "918999200001"),
+        ("B22222-200002", "918999200002"),
+    }
+    assert "party_key" in str(info.value)
+    chosen = await _route(router, org=TWO_RECORDS, party_key="B22222-200002")
+    assert chosen.request.headers["Ssp-To"] == "918999200002"
+    assert chosen.target.address == "https://new.example/B22222/"
+
+
+async def test_one_record_with_two_addresses_is_ambiguous(router: Router) -> None:
+    with pytest.raises(AmbiguousError) as info:
+        await _route(router, org=TWO_ADDRESSES)
+    assert {c["address"] for c in info.value.candidates} == {
+        "https://a.example/C33333/",
+        "https://b.example/C33333/",
+    }
+
+
+async def test_a_record_without_address_is_not_found(router: Router) -> None:
+    with pytest.raises(NotFoundError, match="no usable endpoint address"):
+        await _route(router, org=NO_ADDRESS)
+
+
+async def test_unknown_organisation(router: Router) -> None:
+    with pytest.raises(NotFoundError):
+        await _route(router, org=UNKNOWN)
+
+
+async def test_consumer_lookup(router: Router, gpc_sandbox: Sandbox) -> None:
+    options = {"consumer_asid": None, "consumer_ods": CONSUMER}
+    with pytest.raises(AmbiguousError, match="consumer_supplier_ods") as info:
+        await _route(router, **options)
+    assert {c["asid"] for c in info.value.candidates} == {"200000000501", "200000000502"}
+    gpc_sandbox.reset()
+    envelope = await _route(router, **options, consumer_supplier_ods="ygm24", encounter="e1")
+    assert envelope.request.headers["Ssp-From"] == "200000000502"
+    assert envelope.source.ods_code == CONSUMER
+    # Provider Endpoint, provider Device and consumer Device: issued together, once each.
+    assert gpc_sandbox.stats()["requests"] == {DEVICE: 2, ENDPOINT: 1}
+    with pytest.raises(NotFoundError, match="made by X26"):
+        await _route(router, **options, consumer_supplier_ods="X26")
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"practitioner_id": None}, "practitioner_id"),
+        ({"system_url": "not a url"}, "system_url"),
+        ({"reason_for_request": "curiosity"}, "reason_for_request"),
+        ({"requested_scope": "patient/*.everything"}, "requested_scope"),
+        ({"consumer_asid": "12"}, "consumer_asid"),
+        ({"consumer_ods": CONSUMER}, "consumer_asid"),
+        ({"consumer_supplier_ods": "YGA"}, "consumer_supplier_ods"),
+        ({"fhir_path": "https://elsewhere/"}, "fhir_path"),
+        ({"organization_name": "Surgery\r\nX-Evil: 1"}, "organization_name"),
+        ({"colour": "red"}, "colour"),
+    ],
+)
+async def test_bad_options_are_refused_before_any_lookup(
+    router: Router, gpc_sandbox: Sandbox, options: dict[str, Any], field: str
+) -> None:
+    merged = {**CONSUMER_OPTIONS, **options}
+    merged = {k: v for k, v in merged.items() if v is not None}
+    with pytest.raises(InvalidInputError) as info:
+        await router.route("gpconnect", org=SINGLE, interaction=GPC, **merged)
+    assert info.value.field == field
+    assert field in str(info.value)
+    assert gpc_sandbox.stats()["requests"] == {}
+
+
+async def test_reads_by_id_need_a_path(router: Router) -> None:
+    with pytest.raises(InvalidInputError, match="fhir_path is required"):
+        await _route(router, interaction=READ_PATIENT)
+
+
+async def test_unknown_interactions_are_refused_with_close_matches(router: Router) -> None:
+    with pytest.raises(InvalidInputError, match=r"did you mean .*gpc.getstructuredrecord-1"):
+        await _route(router, interaction=GPC.replace("structured", "structure"))
+    with pytest.raises(InvalidInputError, match="not a GP Connect interaction"):
+        await _route(router, interaction="urn:nhs:names:services:psis:REPC_IN150016UK05")
+
+
+async def test_results_are_reused_only_within_an_encounter(
+    router: Router, gpc_sandbox: Sandbox
+) -> None:
+    for _ in range(2):
+        await _route(router)  # no encounter: fresh lookups each time
+    assert gpc_sandbox.stats()["requests"] == {DEVICE: 2, ENDPOINT: 2}
+    first = await _route(router, encounter="visit-1")
+    again = await router.route(
+        "gpconnect", org=SINGLE, interaction=GPC, encounter="visit-1", **CONSUMER_OPTIONS
+    )
+    other = await _route(router, encounter="visit-2")
+    assert (first.provenance.cache, again.provenance.cache, other.provenance.cache) == (
+        "miss",
+        "hit",
+        "miss",
+    )
+    assert gpc_sandbox.stats()["requests"] == {DEVICE: 4, ENDPOINT: 4}
+
+
+async def test_operators_can_opt_into_shared_caching(
+    gpc_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gpc_sandbox.reset()
+    monkeypatch.setenv("SDS_GPCONNECT_SHARED_CACHE", "1")
+    host = PluginHost(environ={"SDS_PLUGINS_LOAD": "sds-plugins-gpconnect"})
+    async with Router(Settings(base_url=gpc_sandbox.base_url), host=host) as router:
+        assert isinstance(router.adapters["gpconnect"], GpConnectAdapter)
+        assert router.adapters["gpconnect"].shared_cache
+        envelopes = await asyncio.gather(*(_route(router) for _ in range(20)))
+    assert {e.request.headers["Ssp-To"] for e in envelopes} == {SINGLE_ASID}
+    assert gpc_sandbox.stats()["requests"] == {DEVICE: 1, ENDPOINT: 1}
+
+
+async def test_token_is_masked_when_printed(router: Router) -> None:
+    envelope = await _route(router)
+    token = envelope.request.headers["Authorization"]
+    assert token not in str(envelope)
+    assert token not in repr(envelope)
+    assert envelope.to_message()["request"]["headers"]["Authorization"] == token
+
+
+def test_the_catalogue_knows_every_interaction_in_the_notes() -> None:
+    assert len(INTERACTIONS) == 23
+    assert set(ALL) <= set(INTERACTIONS)
+    assert INTERACTIONS[GPC].method == "POST"
+    assert all(spec.method in ("GET", "POST", "PUT") for spec in INTERACTIONS.values())
+
+
+@pytest.mark.parametrize(
+    ("root", "path", "url"),
+    [
+        (
+            "https://p.example/A1/STU3/1/gpconnect/",
+            "metadata",
+            "https://ssp/https://p.example/A1/STU3/1/gpconnect/metadata",
+        ),
+        (
+            "https://p.example:443/A1/GPConnect",
+            "metadata",
+            "https://ssp/https://p.example:443/A1/GPConnect/metadata",
+        ),
+        ("HTTPS://P.example/a1/", "/Patient", "https://ssp/HTTPS://P.example/a1//Patient"),
+    ],
+)
+def test_the_service_root_is_never_normalised(root: str, path: str, url: str) -> None:
+    assert ssp_url("https://ssp/", root, path) == url
