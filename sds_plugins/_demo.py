@@ -11,20 +11,57 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
+from jwt.algorithms import RSAAlgorithm
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from ._auth import SignedJwtAuth
 from ._client import RetryPolicy, SdsClient
 from ._engine import Router
 from ._exceptions import InvalidInputError, SdsPluginsError
 from ._settings import Settings
+from .hookspecs import hookimpl
 
 __all__ = ["run_demo"]
 
 PSIS = "urn:nhs:names:services:psis:REPC_IN150016UK05"
 GPC = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1"
 GP2GP = "urn:nhs:names:services:gp2gp:COPC_IN000001UK01"
+
+
+DEMO_CLIENT_ID = "sds-plugins-demo"
+DEMO_KID = "sds-plugins-demo-1"
+#: Directory sources that get the demo's signed-JWT credentials (e-RS's bearer-token source).
+DEMO_JWT_SOURCES = frozenset({"ers"})
+
+
+class _DemoCredentials:
+    """Signed-JWT auth against the embedded sandbox, for adapters whose requests need a token.
+
+    The sandbox's ``/oauth2/token`` trusts the demo's throwaway key (``jwks=``), so envelopes
+    carry real tokens without any configuration.
+    """
+
+    def __init__(self, key: rsa.RSAPrivateKey, token_url: str) -> None:
+        self._key = key
+        self._token_url = token_url
+
+    @hookimpl
+    def sds_provide_auth(self, source: str, settings: Settings) -> httpx.Auth | None:
+        if source not in DEMO_JWT_SOURCES:
+            return None
+        return SignedJwtAuth(
+            client_id=DEMO_CLIENT_ID, private_key=self._key, kid=DEMO_KID, token_url=self._token_url
+        )
+
+
+def _demo_jwks(key: rsa.RSAPrivateKey) -> dict[str, Any]:
+    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update({"kid": DEMO_KID, "use": "sig", "alg": "RS512"})
+    return {"keys": [jwk]}
 
 
 # The reference records hold B82617's GP Connect endpoint (party key B82617-0000806) but not
@@ -60,9 +97,12 @@ def run_demo(console: Console | None = None) -> None:
     from .sandbox import Sandbox, SandboxConfig
 
     console = console or Console()
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     with (
         tempfile.TemporaryDirectory() as folder,
-        Sandbox(SandboxConfig(data_dir=_demo_data(Path(folder)), synthetic=200)) as sandbox,
+        Sandbox(
+            SandboxConfig(data_dir=_demo_data(Path(folder)), synthetic=200, jwks=_demo_jwks(key))
+        ) as sandbox,
     ):
         console.print(
             Panel.fit(
@@ -75,7 +115,7 @@ def run_demo(console: Console | None = None) -> None:
         )
         asyncio.run(_lookups(console, sandbox.base_url))
         asyncio.run(_resilience(console, sandbox))
-        asyncio.run(_engine(console, sandbox))
+        asyncio.run(_engine(console, sandbox, _DemoCredentials(key, sandbox.token_url)))
 
 
 async def _lookups(console: Console, base_url: str) -> None:
@@ -162,9 +202,9 @@ def _printable(envelope: Any) -> dict[str, Any]:
     return data
 
 
-async def _engine(console: Console, sandbox: Any) -> None:
+async def _engine(console: Console, sandbox: Any, credentials: _DemoCredentials) -> None:
     settings = Settings(base_url=sandbox.base_url, cache_ttl_s=0.5, stale_if_error_s=600)
-    async with Router(settings) as router:
+    async with Router(settings, plugins=[credentials]) as router:
         adapters = sorted(router.adapters.items())
     if not adapters:
         console.print("No adapters installed yet (see docs/writing-an-adapter.md).")
@@ -178,7 +218,7 @@ async def _engine(console: Console, sandbox: Any) -> None:
             continue
         sandbox.reset()
         # A router per adapter, so one adapter's staged outage does not colour the next.
-        async with Router(settings) as router:
+        async with Router(settings, plugins=[credentials]) as router:
             started = time.perf_counter()
             try:
                 envelopes = await asyncio.gather(

@@ -1,0 +1,163 @@
+"""The ``ers`` adapter: e-RS HL7 V3 messages (service ``ebs``) routed through Spine ebXML."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from sds_plugins import (
+    Adapter,
+    HttpRequestSpec,
+    InvalidInputError,
+    Lookup,
+    MessageHandlingEndpoint,
+    NotFoundError,
+    Party,
+    Resolution,
+    RouteRequest,
+    RoutingEnvelope,
+    join_on_party_key,
+)
+from sds_plugins.ebxml import MessagingPattern, ebxml_routing, pattern_for
+
+from ._settings import ErsSettings
+
+__all__ = ["EBS_INTERACTIONS", "EBS_SERVICE", "ENVELOPE_TTL", "ErsEbxmlAdapter"]
+
+EBS_SERVICE = "urn:nhs:names:services:ebs"
+#: The ebs interactions this adapter documents, with their messaging pattern. Other well-formed
+#: ebs actions are accepted, with the pattern SDS's reliability data gives (see the README).
+EBS_INTERACTIONS: Mapping[str, MessagingPattern] = {
+    f"{EBS_SERVICE}:PRSC_IN040000UK08": MessagingPattern.FORWARD_RELIABLE,
+    f"{EBS_SERVICE}:PRSC_IN080000UK07": MessagingPattern.FORWARD_RELIABLE,
+    f"{EBS_SERVICE}:PRPA_IN010000UK07": MessagingPattern.FORWARD_RELIABLE,
+    f"{EBS_SERVICE}:PRSC_IN080000UK03": MessagingPattern.FORWARD_EXPRESS,
+    f"{EBS_SERVICE}:PRSC_IN040000UK03": MessagingPattern.FORWARD_EXPRESS,
+}
+#: How long a sender may use an envelope: one send with its retries, not a supplier change.
+ENVELOPE_TTL = timedelta(minutes=5)
+
+_HL7_ACTION = re.compile(r"^[A-Z]{4}_IN[0-9]{6}[A-Z]{2}[0-9]{2}$")
+_ASID = re.compile(r"^[0-9]{12}$")
+_PARTY_KEY = re.compile(r"^[A-Z0-9]{3,10}-[0-9]{1,12}$")
+
+
+class ErsEbxmlAdapter(Adapter):
+    """An e-RS ``ebs`` HL7 V3 message to the recipient organisation, as Spine ebXML routing.
+
+    One round trip: ``/Endpoint`` and ``/Device`` for (org, interaction), joined on party key.
+    Options: ``from_party_key`` and ``from_asid`` (the sender; default from configuration),
+    ``party_key`` (choose the recipient MHS among several).
+    """
+
+    name = "ers"
+    description = "e-RS HL7 V3 (ebs) over Spine ebXML: address, party key, CPA id, ASID, flags"
+    options = frozenset({"party_key", "from_party_key", "from_asid"})
+    example: ClassVar[Mapping[str, Any] | None] = {
+        "org": "X26",
+        "interaction": f"{EBS_SERVICE}:PRSC_IN080000UK03",
+        "from_party_key": "R69-0000001",
+        "from_asid": "200000000001",
+    }
+
+    def __init__(self, settings: ErsSettings | None = None) -> None:
+        self.settings = settings or ErsSettings()
+
+    def normalise_interaction(self, interaction: str) -> str:
+        value = super().normalise_interaction(interaction)
+        service, _, action = value.rpartition(":")
+        known = ", ".join(sorted(name.rpartition(":")[2] for name in EBS_INTERACTIONS))
+        if service != EBS_SERVICE:
+            raise InvalidInputError(
+                f"the ers adapter routes e-RS HL7 V3 interactions ({EBS_SERVICE}:<action>, "
+                f"e.g. {known}), not {value}",
+                field="interaction",
+            )
+        if not _HL7_ACTION.match(action):
+            raise InvalidInputError(
+                f"interaction {value}: {action!r} is not an HL7 V3 interaction id "
+                f"(known ebs actions: {known})",
+                field="interaction",
+            )
+        return value
+
+    def _sender(self, request: RouteRequest) -> tuple[str, str]:
+        party_key = request.option("from_party_key") or self.settings.from_party_key
+        asid = request.option("from_asid") or self.settings.from_asid
+        if party_key is None:
+            raise InvalidInputError(
+                "from_party_key is required (the sender's MHS party key): pass the option "
+                "or set ERS_FROM_PARTY_KEY",
+                field="from_party_key",
+            )
+        if asid is None:
+            raise InvalidInputError(
+                "from_asid is required (the sender's ASID): pass the option or set ERS_FROM_ASID",
+                field="from_asid",
+            )
+        if not isinstance(party_key, str) or not _PARTY_KEY.match(party_key.strip().upper()):
+            raise InvalidInputError(
+                f"from_party_key: {party_key!r} is not a party key (<ODS code>-<digits>)",
+                field="from_party_key",
+            )
+        if not isinstance(asid, str) or not _ASID.match(asid.strip()):
+            raise InvalidInputError(
+                f"from_asid: {asid!r} is not an ASID (12 digits)", field="from_asid"
+            )
+        return party_key.strip().upper(), asid.strip()
+
+    def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
+        self._sender(request)  # bad options cost no directory request
+        return {
+            "endpoints": Lookup.endpoints(org=request.org, interaction=request.interaction),
+            "devices": Lookup.devices(org=request.org, interaction=request.interaction),
+        }
+
+    def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
+        from_party_key, from_asid = self._sender(request)
+        # The ASID that goes with an address is the one whose party key matches, never "the
+        # first device"; the selection policy refuses zero or several candidates.
+        candidates = join_on_party_key(resolved.records("endpoints"), resolved.records("devices"))
+        chosen = resolved.select(candidates, role="recipient")
+        endpoint = chosen.endpoint
+        if endpoint is None or not chosen.address:
+            raise NotFoundError(
+                f"{request.org}'s MHS for {request.interaction} has no address",
+                correlation_id=request.correlation_id,
+            )
+        routing = ebxml_routing(
+            endpoint,
+            interaction=request.interaction,
+            from_party_key=from_party_key,
+            from_asid=from_asid,
+            # None when SDS lists no accredited system with the MHS's party key for this
+            # interaction: the routing (party key, CPA id) does not need it, the HL7 wrapper does.
+            to_asid=chosen.asid,
+            correlation_id=request.correlation_id,
+            pattern=_pattern(request.interaction, endpoint),
+        )
+        return RoutingEnvelope(
+            adapter=self.name,
+            interaction=request.interaction,
+            target=Party(
+                ods_code=request.org,
+                asid=chosen.asid,
+                party_key=routing.to_party_key,
+                address=routing.url,
+                cpa_id=routing.cpa_id,
+            ),
+            source=Party(asid=from_asid, party_key=from_party_key),
+            # Exactly the address SDS gave: for forwarded interactions, Spine's intermediary.
+            request=HttpRequestSpec(method="POST", url=routing.url, headers=routing.http_headers),
+            reliability=routing.reliability(),
+            expires_at=resolved.now + ENVELOPE_TTL,
+            provenance=resolved.provenance(chosen.records),
+            extensions={"ebxml": routing.model_dump(mode="json")},
+        )
+
+
+def _pattern(interaction: str, endpoint: MessageHandlingEndpoint) -> MessagingPattern:
+    known = EBS_INTERACTIONS.get(interaction)
+    return known if known is not None else pattern_for(interaction, endpoint)

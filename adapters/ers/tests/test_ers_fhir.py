@@ -1,0 +1,280 @@
+"""The ``ers-fhir`` adapter: catalogue, e-RS headers, and the bearer token from the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import httpx
+import pytest
+from sds_plugins_ers import (
+    FHIR_INTERACTION_PREFIX,
+    USER_CONTEXT_HEADERS,
+    ErsFhirAdapter,
+    ErsSettings,
+)
+
+from sds_plugins import (
+    Adapter,
+    AuthenticationError,
+    ConfigurationError,
+    InvalidInputError,
+    Lookup,
+    LookupEvent,
+    Resolution,
+    Router,
+    RouteRequest,
+    RoutingEnvelope,
+    hookimpl,
+)
+from sds_plugins.sandbox import Sandbox
+from sds_plugins.testing import RegisterPlugin, RouterFactory
+
+# The ers_router fixture (conftest.py): ``await ers_router(settings=None, sandbox=None)``.
+ErsRouterFactory = Callable[..., Awaitable[Router]]
+Settings = Callable[..., ErsSettings]
+
+A005 = f"{FHIR_INTERACTION_PREFIX}a005-retrieve-referral-request"
+A008 = f"{FHIR_INTERACTION_PREFIX}a008-retrieve-worklist"
+A030 = f"{FHIR_INTERACTION_PREFIX}a030-retrieve-business-functions"
+A042 = f"{FHIR_INTERACTION_PREFIX}a042-retrieve-attachment"
+UBRN = "000000070000"
+CLINICIAN: dict[str, Any] = {"business_function": "SERVICE_PROVIDER_CLINICIAN"}
+
+
+def _token_requests(sandbox: Sandbox) -> int:
+    return int(sandbox.stats()["requests"].get("/oauth2/token", 0))
+
+
+async def test_many_envelopes_share_one_token_from_the_signed_jwt_exchange(
+    oauth_sandbox: Sandbox, ers_settings: Settings, ers_router: ErsRouterFactory
+) -> None:
+    router = await ers_router(ers_settings(), sandbox=oauth_sandbox)
+    concurrent = await asyncio.gather(
+        *(router.route("ers-fhir", org="R69", interaction=A005, ubrn=UBRN, **CLINICIAN)
+          for _ in range(20))
+    )  # fmt: skip
+    later = [
+        await router.route("ers-fhir", org="R69", interaction=A008, **CLINICIAN) for _ in range(5)
+    ]
+    envelopes = [*concurrent, *later]
+
+    assert _token_requests(oauth_sandbox) == 1
+    assert router.sources["ers"].auth.tokens_fetched == 1  # type: ignore[attr-defined]
+    authorizations = {e.to_message()["request"]["headers"]["Authorization"] for e in envelopes}
+    assert len(authorizations) == 1
+    [authorization] = authorizations
+    assert authorization.startswith("Bearer ")
+    # The platform (here the sandbox) accepts the token it issued.
+    async with httpx.AsyncClient() as client:
+        response = await client.get(
+            f"{oauth_sandbox.base_url}/Device",
+            params={
+                "organization": "https://fhir.nhs.uk/Id/ods-organization-code|YES",
+                "identifier": "https://fhir.nhs.uk/Id/nhsServiceInteractionId|"
+                "urn:nhs:names:services:psis:REPC_IN150016UK05",
+            },
+            headers={"Authorization": authorization},
+        )
+    assert response.status_code == 200
+
+
+async def test_the_envelope_carries_the_e_rs_headers(
+    oauth_sandbox: Sandbox, ers_settings: Settings, ers_router: ErsRouterFactory
+) -> None:
+    router = await ers_router(ers_settings(), sandbox=oauth_sandbox)
+    envelope = await router.route(
+        "ers-fhir",
+        org="r69",
+        interaction=A005,
+        ubrn=UBRN,
+        on_behalf_of="000000000101",
+        **CLINICIAN,
+    )
+    request = envelope.request
+    assert (request.method, request.url) == (
+        "GET",
+        f"https://sandbox.api.service.nhs.uk/referrals/FHIR/STU3/ReferralRequest/{UBRN}",
+    )
+    headers = envelope.to_message()["request"]["headers"]
+    assert headers["NHSD-eRS-Business-Function"] == "SERVICE_PROVIDER_CLINICIAN"
+    assert headers["NHSD-End-User-Organisation-ODS"] == "R69"
+    assert headers["NHSD-eRS-On-Behalf-Of-User-ID"] == "000000000101"
+    assert headers["X-Correlation-ID"] == envelope.provenance.correlation_id
+    assert headers["Accept"] == "application/fhir+json"
+    assert envelope.extensions["ers"]["operation"] == "A005"
+    assert envelope.expires_at > envelope.provenance.resolved_at
+
+
+async def test_the_token_is_never_printed(
+    oauth_sandbox: Sandbox,
+    ers_settings: Settings,
+    sds_register_plugin: RegisterPlugin,
+    sds_router_factory: RouterFactory,
+) -> None:
+    from sds_plugins_ers import ErsPlugin
+
+    events: list[LookupEvent] = []
+
+    class Listener:
+        @hookimpl
+        def sds_lookup_completed(self, event: LookupEvent) -> None:
+            events.append(event)
+
+    sds_register_plugin(ErsPlugin(ers_settings()), name="ers")
+    sds_register_plugin(Listener())
+    router = await sds_router_factory(oauth_sandbox)
+    envelope = await router.route("ers-fhir", org="R69", interaction=A005, ubrn=UBRN, **CLINICIAN)
+    token = envelope.to_message()["request"]["headers"]["Authorization"].split()[1]
+
+    printed = [str(envelope), repr(envelope), envelope.model_dump_json(), *map(repr, events)]
+    assert events
+    assert all(token not in text for text in printed)
+
+
+async def test_application_restricted_mode_sends_no_user_context(
+    oauth_sandbox: Sandbox, ers_settings: Settings, ers_router: ErsRouterFactory
+) -> None:
+    settings = ers_settings(access_mode="application-restricted", business_function="COMMISSIONER")
+    router = await ers_router(settings, sandbox=oauth_sandbox)
+    envelope = await router.route("ers-fhir", org="R69", interaction=A042, attachment_id="c5d2-1")
+
+    assert USER_CONTEXT_HEADERS.isdisjoint(envelope.request.headers)
+    assert envelope.request.url.endswith("/R4/Binary/c5d2-1")
+    assert "Authorization" in envelope.request.headers
+    assert envelope.extensions["ers"]["access_mode"] == "application-restricted"
+
+    with pytest.raises(InvalidInputError, match="not allowed in application-restricted"):
+        await router.route("ers-fhir", org="R69", interaction=A005, ubrn=UBRN, **CLINICIAN)
+    with pytest.raises(InvalidInputError, match="user-restricted access only"):
+        await router.route("ers-fhir", org="R69", interaction=A030)
+
+
+async def test_practitioner_roles_take_no_user_context(
+    oauth_sandbox: Sandbox, ers_settings: Settings, ers_router: ErsRouterFactory
+) -> None:
+    router = await ers_router(ers_settings(business_function="REFERRING_ADMIN"), oauth_sandbox)
+    envelope = await router.route("ers-fhir", org="R69", interaction=A030)
+    assert envelope.request.url.endswith("/R4/PractitionerRole")
+    assert USER_CONTEXT_HEADERS.isdisjoint(envelope.request.headers)
+    with pytest.raises(InvalidInputError, match="takes no business_function"):
+        await router.route("ers-fhir", org="R69", interaction=A030, **CLINICIAN)
+
+
+@pytest.mark.parametrize(
+    ("org", "interaction", "options", "field"),
+    [
+        ("R69", A005, {"ubrn": UBRN, "business_function": "SURGEON"}, "business_function"),
+        ("R69", A005, {"ubrn": UBRN, "business_function": "COMMISSIONER"}, "business_function"),
+        ("R69", A005, {"ubrn": UBRN}, "business_function"),
+        ("R69\r\nX-Evil: 1", A005, {"ubrn": UBRN, **CLINICIAN}, "org"),
+        ("R6", A005, {"ubrn": UBRN, **CLINICIAN}, "org"),
+        ("R69", A005, CLINICIAN, "ubrn"),
+        ("R69", A005, {"ubrn": "12/../34", **CLINICIAN}, "ubrn"),
+        ("R69", A008, {"ubrn": UBRN, **CLINICIAN}, "ubrn"),
+        ("R69", A005, {"ubrn": UBRN, "on_behalf_of": "bob", **CLINICIAN}, "on_behalf_of"),
+        ("R69", f"{FHIR_INTERACTION_PREFIX}a999-nothing", CLINICIAN, "interaction"),
+        ("R69", A005, {"ubrn": UBRN, "colour": "red", **CLINICIAN}, "colour"),
+    ],
+)
+async def test_invalid_input_is_refused_and_nothing_is_sent(
+    oauth_sandbox: Sandbox,
+    ers_settings: Settings,
+    ers_router: ErsRouterFactory,
+    org: str,
+    interaction: str,
+    options: dict[str, Any],
+    field: str,
+) -> None:
+    router = await ers_router(ers_settings(), sandbox=oauth_sandbox)
+    with pytest.raises(InvalidInputError) as info:
+        await router.route("ers-fhir", org=org, interaction=interaction, **options)
+    assert info.value.field == field
+    assert oauth_sandbox.stats()["requests"] == {}
+
+
+async def test_unknown_interactions_list_the_catalogue(ers_router: ErsRouterFactory) -> None:
+    router = await ers_router()
+    with pytest.raises(InvalidInputError) as info:
+        await router.route("ers-fhir", org="R69", interaction="urn:nhs:names:services:ers:x")
+    assert A005 in str(info.value)
+    assert A042 in str(info.value)
+
+
+async def test_without_credentials_nothing_is_sent(
+    oauth_sandbox: Sandbox, ers_router: ErsRouterFactory
+) -> None:
+    router = await ers_router(ErsSettings(), sandbox=oauth_sandbox)
+    with pytest.raises(ConfigurationError, match="ERS_CLIENT_ID"):
+        await router.route("ers-fhir", org="R69", interaction=A005, ubrn=UBRN, **CLINICIAN)
+    assert oauth_sandbox.stats()["requests"] == {}
+
+
+async def test_a_refused_assertion_is_an_authentication_error(
+    oauth_sandbox: Sandbox, ers_settings: Settings, ers_router: ErsRouterFactory
+) -> None:
+    router = await ers_router(ers_settings(kid="unknown-kid"), sandbox=oauth_sandbox)
+    with pytest.raises(AuthenticationError):
+        await router.route("ers-fhir", org="R69", interaction=A005, ubrn=UBRN, **CLINICIAN)
+
+
+def test_incomplete_credentials_are_a_configuration_error() -> None:
+    with pytest.raises(ConfigurationError, match="ERS_KID"):
+        ErsSettings(client_id="key", private_key="-----BEGIN...").build_auth()
+
+
+def test_environment_and_token_url() -> None:
+    settings = ErsSettings(env="int")
+    assert settings.resolved_base_url() == "https://int.api.service.nhs.uk/referrals/FHIR"
+    assert settings.resolved_token_url() == "https://int.api.service.nhs.uk/oauth2/token"
+    assert ErsFhirAdapter.example is not None
+
+
+class _NoLookups(Adapter):
+    """An adapter whose plan is empty: the engine must still build its envelope."""
+
+    name = "no-lookups"
+
+    def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
+        return {}
+
+    def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
+        from sds_plugins import HttpRequestSpec, Party
+
+        return RoutingEnvelope(
+            adapter=self.name,
+            interaction=request.interaction,
+            target=Party(),
+            request=HttpRequestSpec(method="GET", url="https://example.invalid/"),
+            expires_at=resolved.now,
+            provenance=resolved.provenance(),
+        )
+
+
+async def test_the_engine_handles_an_empty_plan(
+    sds_sandbox: Sandbox, sds_register_plugin: RegisterPlugin, sds_router_factory: RouterFactory
+) -> None:
+    class Plugin:
+        @hookimpl
+        def sds_register_adapters(self, register: Callable[[Any], None]) -> None:
+            register(_NoLookups())
+
+    sds_register_plugin(Plugin())
+    router = await sds_router_factory()
+    envelope = await router.route(
+        "no-lookups", org="R69", interaction=f"{FHIR_INTERACTION_PREFIX}anything"
+    )
+    assert envelope.provenance.lookups == ()
+    assert envelope.provenance.cache == "hit"
+    assert sds_sandbox.stats()["requests"] == {}
+
+
+async def test_broken_credentials_fail_e_rs_routes_not_the_router(
+    sds_sandbox: Sandbox, ers_router: ErsRouterFactory
+) -> None:
+    router = await ers_router(ErsSettings(client_id="key-without-kid-or-private-key"))
+    assert "ers-fhir" in router.adapters  # the router started
+    with pytest.raises(ConfigurationError, match="ERS_KID"):
+        await router.route("ers-fhir", org="R69", interaction=A005, ubrn=UBRN, **CLINICIAN)
+    assert sds_sandbox.stats()["requests"] == {}

@@ -1,0 +1,640 @@
+"""Spine ebXML (HL7 V3 over Spine's message handling system): routing data and the MIME message.
+
+Two steps, kept apart so an adapter never does I/O and a sender never needs SDS:
+
+- :func:`ebxml_routing` turns one SDS ``/Endpoint`` record (plus the sender's party key and ASID
+  and the correlation id) into an :class:`EbxmlRouting`: URL, ``eb:To/PartyId``, ``eb:CPAId``,
+  Service, Action, ConversationId, MessageId, Timestamp, the flags of the messaging pattern and
+  the retry settings, and the HTTP headers (``SOAPAction``, ``Content-Type``).
+- :func:`render_multipart` renders an :class:`EbxmlRouting`, an HL7 payload and attachments into
+  the ``multipart/related`` body Spine expects: the SOAP envelope with ``eb:MessageHeader`` and
+  ``eb:Manifest`` first, then the payload, then the attachments.
+
+XML is built with :mod:`xml.etree.ElementTree` and MIME with :mod:`email`, so every value is
+escaped by the library; values with control characters are refused before anything is built.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import uuid
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from email import policy as email_policy
+from email.generator import BytesGenerator
+from email.message import EmailMessage, MIMEPart
+from enum import StrEnum
+from io import BytesIO
+from typing import Any
+from xml.etree import ElementTree
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ._envelope import EnvelopeReliability
+from ._exceptions import InvalidInputError
+from ._models import MessageHandlingEndpoint
+from ._validation import check_header_value, normalise_interaction
+
+__all__ = [
+    "ACK_ACTOR_NEXT_MSH",
+    "ACK_ACTOR_TO_PARTY_MSH",
+    "EBXML_HEADER_CONTENT_ID",
+    "EB_NS",
+    "FORWARDED_SERVICES",
+    "FORWARD_EXPRESS_ACTIONS",
+    "FORWARD_RELIABLE_ACTIONS",
+    "HL7EBXML_NS",
+    "SOAP_NS",
+    "XLINK_NS",
+    "Attachment",
+    "EbxmlRouting",
+    "MessagingPattern",
+    "ebxml_routing",
+    "pattern_for",
+    "render_multipart",
+]
+
+SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+EB_NS = "http://www.oasis-open.org/committees/ebxml-msg/schema/msg-header-2_0.xsd"
+# Spine's own messages spell it "ebXML" (the HL7 transport spec has "ebxml"); follow Spine, the
+# party that reads what we send.
+HL7EBXML_NS = "urn:hl7-org:transport/ebXML/DSTUv1.0"
+XLINK_NS = "http://www.w3.org/1999/xlink"
+XML_NS = "http://www.w3.org/XML/1998/namespace"
+
+PARTY_ID_TYPE = "urn:nhs:names:partyType:ocs+serviceInstance"
+ACK_ACTOR_TO_PARTY_MSH = "urn:oasis:names:tc:ebxml-msg:actor:toPartyMSH"
+ACK_ACTOR_NEXT_MSH = "urn:oasis:names:tc:ebxml-msg:actor:nextMSH"
+SYNC_REPLY_ACTOR = "http://schemas.xmlsoap.org/soap/actor/next"
+HL7_SCHEMA_LOCATION = "http://www.nhsia.nhs.uk/schemas/HL7-Message.xsd"
+#: The Content-Id of the SOAP part; the ``start`` parameter of the multipart Content-Type.
+EBXML_HEADER_CONTENT_ID = "ebXMLHeader@spine.nhs.uk"
+_CONTENT_ID_DOMAIN = "spine.nhs.uk"
+
+#: Services whose forward-reliable/express interactions Spine relays through its intermediary
+#: (SDS then answers with the intermediary's address).
+FORWARDED_SERVICES = frozenset(
+    {"cc", "ebs", "ebsepr", "ebsnpr", "gp2gp", "pat", "itk", "dis", "ed", "op", "caf", "adm"}
+    | {"ooh", "am", "mh", "nd", "dir"}
+)
+FORWARD_RELIABLE_ACTIONS = frozenset(
+    {
+        "COPC_IN000001UK01", "PRSC_IN040000UK08", "PRSC_IN080000UK07", "PRPA_IN010000UK07",
+        "PRPA_IN020000UK06", "PRSC_IN050000UK06", "PRSC_IN090000UK09", "PRPA_IN030000UK08",
+        "PRSC_IN100000UK06", "PRSC_IN070000UK08", "PRSC_IN140000UK06", "RCMR_IN010000UK05",
+        "RCMR_IN030000UK06", "PRSC_IN130000UK07", "PRSC_IN110000UK08", "PRSC_IN060000UK06",
+        "PRSC_IN150000UK06", "POLB_IN020006UK01", "POLB_IN020005UK01", "COMT_IN000004GB01",
+        "MCCI_IN010000UK13",
+    }
+)  # fmt: skip
+FORWARD_EXPRESS_ACTIONS = frozenset({"PRSC_IN080000UK03", "PRSC_IN040000UK03"})
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# Message and content ids become part of Content-Id headers and cid: URLs: keep them plain.
+_MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_CONTENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._%+@-]{0,199}$")
+_MIME_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
+# CRLF line ends (MIME's canonical form); 76-character lines only matter for base64 parts
+# (8bit text is never re-wrapped).
+_POLICY = email_policy.default.clone(linesep="\r\n", max_line_length=76)
+_BOUNDARY_PREFIX = "--=_MIME-Boundary_"
+
+
+class MessagingPattern(StrEnum):
+    """How a Spine message travels, which decides the ebXML reliability elements it carries."""
+
+    #: Straight to the recipient, no acknowledgement or duplicate elimination, sync reply.
+    ASYNC_EXPRESS = "async-express"
+    #: Straight to the recipient, duplicate elimination, ack from the recipient, sync reply.
+    ASYNC_RELIABLE = "async-reliable"
+    #: Through Spine's reliable intermediary: duplicate elimination, ack from the next MSH.
+    FORWARD_RELIABLE = "forward-reliable"
+    #: Through Spine's express intermediary: no acknowledgement, no sync reply.
+    FORWARD_EXPRESS = "forward-express"
+    #: Synchronous SOAP request/response: not an ebXML message at all.
+    SYNCHRONOUS = "synchronous"
+
+
+class _Flags(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    duplicate_elimination: bool
+    ack_requested: bool
+    ack_actor: str | None
+    sync_reply: bool
+
+
+_PATTERN_FLAGS: Mapping[MessagingPattern, _Flags] = {
+    MessagingPattern.ASYNC_EXPRESS: _Flags(
+        duplicate_elimination=False, ack_requested=False, ack_actor=None, sync_reply=True
+    ),
+    MessagingPattern.ASYNC_RELIABLE: _Flags(
+        duplicate_elimination=True,
+        ack_requested=True,
+        ack_actor=ACK_ACTOR_TO_PARTY_MSH,
+        sync_reply=True,
+    ),
+    # The intermediary, not the recipient, acknowledges (nextMSH), and it cannot hand back the
+    # recipient's reply on our connection, so no SyncReply.
+    MessagingPattern.FORWARD_RELIABLE: _Flags(
+        duplicate_elimination=True,
+        ack_requested=True,
+        ack_actor=ACK_ACTOR_NEXT_MSH,
+        sync_reply=False,
+    ),
+    # "Express" drops what "reliable" adds (as async-express does: no duplicate elimination, no
+    # acknowledgement) and "forward" drops SyncReply (as forward-reliable does: the intermediary
+    # relays, the recipient answers asynchronously). SDS agrees: Spine's ExpressIntermediary
+    # record says ackRequested "never", duplicateElimination "never", syncReplyMode "None".
+    MessagingPattern.FORWARD_EXPRESS: _Flags(
+        duplicate_elimination=False, ack_requested=False, ack_actor=None, sync_reply=False
+    ),
+}
+
+
+def _split(interaction: str) -> tuple[str, str]:
+    service, _, action = interaction.rpartition(":")
+    return service, action
+
+
+def pattern_for(
+    interaction: str, endpoint: MessageHandlingEndpoint | None = None
+) -> MessagingPattern:
+    """The messaging pattern of ``interaction``, from Spine's forwarding lists or SDS's data.
+
+    Interactions Spine forwards through its intermediary (the lists SDS itself uses to rewrite
+    the address) are forward-reliable or forward-express whatever else the record says. For any
+    other interaction the endpoint's reliability settings decide: acknowledgements requested
+    means reliable; a ``MSHSignalsOnly`` sync reply mode means asynchronous with a sync reply,
+    ``None`` means forwarded (reliable) or synchronous (express).
+
+    Raises :class:`InvalidInputError` when SDS gives no reliability settings to decide from.
+    """
+    service, action = _split(normalise_interaction(interaction))
+    if service.rpartition(":")[2] in FORWARDED_SERVICES:
+        if action in FORWARD_RELIABLE_ACTIONS:
+            return MessagingPattern.FORWARD_RELIABLE
+        if action in FORWARD_EXPRESS_ACTIONS:
+            return MessagingPattern.FORWARD_EXPRESS
+    reliability = endpoint.reliability if endpoint is not None else None
+    ack = (reliability.ack_requested or "").lower() if reliability else ""
+    sync_mode = (reliability.sync_reply_mode or "").lower() if reliability else ""
+    if ack not in ("always", "never") or sync_mode not in ("mshsignalsonly", "none"):
+        raise InvalidInputError(
+            f"interaction {interaction}: cannot tell its ebXML messaging pattern, SDS gives "
+            f"ackRequested={ack or 'nothing'} and syncReplyMode={sync_mode or 'nothing'}",
+            field="interaction",
+        )
+    if ack == "always":
+        if sync_mode == "none" or (reliability and reliability.actor == ACK_ACTOR_NEXT_MSH):
+            return MessagingPattern.FORWARD_RELIABLE
+        return MessagingPattern.ASYNC_RELIABLE
+    if sync_mode == "mshsignalsonly":
+        return MessagingPattern.ASYNC_EXPRESS
+    return MessagingPattern.SYNCHRONOUS
+
+
+def _clean_text(value: str, field: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError(f"{field} contains a control character (CR, LF, NUL...)")
+    return value
+
+
+def _new_message_id() -> str:
+    # Spine writes message ids as upper-case UUIDs and echoes them back in acknowledgements.
+    return str(uuid.uuid4()).upper()
+
+
+def _utc_seconds(moment: datetime) -> datetime:
+    if moment.tzinfo is None:
+        raise ValueError("timestamp must be timezone-aware")
+    # ebXML timestamps carry whole seconds; truncating here keeps the model equal to what a
+    # receiver reads back.
+    return moment.astimezone(UTC).replace(microsecond=0)
+
+
+class EbxmlRouting(BaseModel):
+    """Everything an MHS needs to send one ebXML message, and nothing it has to look up.
+
+    JSON-friendly and frozen, so it travels in :attr:`RoutingEnvelope.extensions` and comes back
+    with ``EbxmlRouting.model_validate(envelope.extensions["ebxml"])``. One instance is one
+    message: resending it (ebXML retries) must reuse its ``message_id``, which is what duplicate
+    elimination keys on.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Where to POST: the address SDS gave (for forwarded patterns, Spine's intermediary).
+    url: str
+    interaction: str
+    service: str
+    action: str
+    pattern: MessagingPattern
+    from_party_key: str
+    to_party_key: str
+    cpa_id: str
+    #: The HL7 wrapper's sender and receiver (``communicationFunctionSnd/Rcv``); not part of the
+    #: ebXML header.
+    from_asid: str | None = None
+    to_asid: str | None = None
+    #: The correlation id: Spine keeps it across the request, acknowledgements and responses.
+    conversation_id: str
+    message_id: str = Field(default_factory=_new_message_id)
+    timestamp: datetime = Field(default_factory=lambda: _utc_seconds(datetime.now(UTC)))
+    duplicate_elimination: bool
+    ack_requested: bool
+    ack_actor: str | None = None
+    sync_reply: bool
+    retries: int | None = None
+    retry_interval_s: float | None = None
+    persist_duration_s: float | None = None
+
+    @field_validator(
+        "url",
+        "interaction",
+        "service",
+        "action",
+        "from_party_key",
+        "to_party_key",
+        "cpa_id",
+        "from_asid",
+        "to_asid",
+        "conversation_id",
+        "message_id",
+        "ack_actor",
+    )
+    @classmethod
+    def _no_control_characters(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError(f"{info.field_name} is empty")
+        return _clean_text(value, info.field_name)
+
+    @field_validator("message_id")
+    @classmethod
+    def _message_id(cls, value: str) -> str:
+        if not _MESSAGE_ID.match(value):
+            raise ValueError(f"message_id {value!r}: use letters, digits, '.', '_' and '-' only")
+        return value
+
+    @field_validator("timestamp")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return _utc_seconds(value)
+
+    @property
+    def boundary(self) -> str:
+        """The MIME boundary of the rendered body (also in the Content-Type header).
+
+        Derived from the message id: unique per message, and the same when a message is
+        rendered again for a retry.
+        """
+        token = re.sub(r"[^0-9A-Za-z]", "", self.message_id)[:40]
+        return f"{_BOUNDARY_PREFIX}{token}"
+
+    @property
+    def soap_action(self) -> str:
+        """``<service>/<action>``, the ``SOAPAction`` header Spine routes on."""
+        return f"{self.service}/{self.action}"
+
+    @property
+    def content_type(self) -> str:
+        """The ``multipart/related`` Content-Type of the rendered body."""
+        return (
+            f'multipart/related; boundary="{self.boundary}"; type="text/xml"; '
+            f'start="<{EBXML_HEADER_CONTENT_ID}>"'
+        )
+
+    @property
+    def http_headers(self) -> dict[str, str]:
+        """The HTTP headers to POST the rendered body with."""
+        return {"SOAPAction": self.soap_action, "Content-Type": self.content_type}
+
+    @property
+    def payload_content_id(self) -> str:
+        """The Content-Id of the HL7 payload part (the manifest's first reference)."""
+        return f"{self.message_id}@{_CONTENT_ID_DOMAIN}"
+
+    def reliability(self) -> EnvelopeReliability:
+        """The delivery settings as an :class:`EnvelopeReliability` (seconds and booleans)."""
+        return EnvelopeReliability(
+            retries=self.retries,
+            retry_interval_s=self.retry_interval_s,
+            persist_duration_s=self.persist_duration_s,
+            duplicate_elimination=self.duplicate_elimination,
+            ack_requested=self.ack_requested,
+            ack_actor=self.ack_actor,
+            sync_reply=self.sync_reply,
+        )
+
+    def ebxml_timestamp(self) -> str:
+        """The ``eb:Timestamp`` text: ISO 8601, UTC, whole seconds, ``Z``."""
+        return self.timestamp.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# EbxmlRouting fields filled from something other than an argument of the same name.
+_ARGUMENT_OF = {
+    "conversation_id": "correlation_id",
+    "url": "endpoint",
+    "to_party_key": "endpoint",
+    "cpa_id": "endpoint",
+    "service": "interaction",
+    "action": "interaction",
+}
+
+
+def ebxml_routing(
+    endpoint: MessageHandlingEndpoint,
+    *,
+    interaction: str,
+    from_party_key: str,
+    from_asid: str | None,
+    to_asid: str | None,
+    correlation_id: str,
+    message_id: str | None = None,
+    timestamp: datetime | None = None,
+    pattern: MessagingPattern | None = None,
+) -> EbxmlRouting:
+    """The routing of one ebXML message to the MHS ``endpoint`` (an SDS ``/Endpoint`` record).
+
+    ``pattern`` defaults to :func:`pattern_for`. The address is used exactly as SDS gave it:
+    for forwarded interactions SDS has already replaced it with Spine's intermediary, while the
+    party key and CPA id stay the recipient's. Retries, retry interval and persist duration come
+    from the record's reliability settings (durations in seconds).
+
+    Raises :class:`InvalidInputError` for a synchronous interaction, an endpoint without address,
+    party key or CPA id, or values that cannot go into a header or an XML document.
+    """
+    interaction = normalise_interaction(interaction)
+    pattern = pattern or pattern_for(interaction, endpoint)
+    if pattern is MessagingPattern.SYNCHRONOUS:
+        raise InvalidInputError(
+            f"interaction {interaction} is synchronous (SDS: no acknowledgements, no sync reply "
+            "mode); it is sent as a plain SOAP request, not as ebXML",
+            field="interaction",
+        )
+    missing = [
+        name
+        for name, value in (
+            ("address", endpoint.address),
+            ("party key", endpoint.party_key),
+            ("CPA id", endpoint.cpa_id),
+        )
+        if not value
+    ]
+    if missing:
+        raise InvalidInputError(
+            f"the MHS record for {interaction} at {endpoint.ods_code or 'this organisation'} "
+            f"has no {' or '.join(missing)}",
+            field="endpoint",
+        )
+    flags = _PATTERN_FLAGS[pattern]
+    reliability = endpoint.reliability
+    service, action = _split(interaction)
+    fields: dict[str, Any] = {
+        "url": endpoint.address,
+        "interaction": interaction,
+        "service": service,
+        "action": action,
+        "pattern": pattern,
+        "from_party_key": from_party_key,
+        "to_party_key": endpoint.party_key,
+        "cpa_id": endpoint.cpa_id,
+        "from_asid": from_asid,
+        "to_asid": to_asid,
+        "conversation_id": correlation_id,
+        **flags.model_dump(),
+        "retries": reliability.retries if reliability else None,
+        "retry_interval_s": reliability.retry_interval_s if reliability else None,
+        "persist_duration_s": reliability.persist_duration_s if reliability else None,
+    }
+    if message_id is not None:
+        fields["message_id"] = message_id
+    if timestamp is not None:
+        fields["timestamp"] = timestamp
+    try:
+        routing = EbxmlRouting(**fields)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        name = str(error["loc"][0]) if error["loc"] else "endpoint"
+        # Name the argument the caller passed, not the model field it became.
+        field = _ARGUMENT_OF.get(name, name)
+        message = str(error["msg"]).removeprefix("Value error, ")
+        raise InvalidInputError(f"{field}: {message}", field=field) from None
+    for name, value in routing.http_headers.items():
+        check_header_value(value, f"header {name}")
+    return routing
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+class Attachment(BaseModel):
+    """One extra MIME part after the HL7 payload, listed in the ebXML manifest.
+
+    ``bytes`` content is sent base64-encoded; ``str`` content as UTF-8 text (8bit).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    content: bytes | str
+    content_type: str = "text/plain"
+    description: str = "Attachment"
+    #: Defaults to a stable id derived from the message id and the attachment's position.
+    content_id: str | None = None
+
+    @field_validator("content_type")
+    @classmethod
+    def _mime_type(cls, value: str) -> str:
+        if not _MIME_TYPE.match(value):
+            raise ValueError(f"content_type {value!r} is not a MIME type (type/subtype)")
+        return value
+
+    @field_validator("description")
+    @classmethod
+    def _text(cls, value: str) -> str:
+        return _clean_text(value, "description")
+
+    @field_validator("content_id")
+    @classmethod
+    def _content_id(cls, value: str | None) -> str | None:
+        if value is not None and not _CONTENT_ID.match(value):
+            raise ValueError(f"content_id {value!r} is not a plain Content-Id (e.g. id@host)")
+        return value
+
+
+@functools.cache
+def _register_prefixes() -> None:
+    # ElementTree keeps prefixes in one process-wide table; registering once, on first render
+    # (not on import), gives Spine the conventional SOAP/eb/hl7ebxml/xlink prefixes.
+    for prefix, uri in (
+        ("SOAP", SOAP_NS),
+        ("eb", EB_NS),
+        ("hl7ebxml", HL7EBXML_NS),
+        ("xlink", XLINK_NS),
+    ):
+        ElementTree.register_namespace(prefix, uri)
+
+
+def _q(namespace: str, name: str) -> str:
+    return f"{{{namespace}}}{name}"
+
+
+def _sub(
+    parent: ElementTree.Element,
+    namespace: str,
+    name: str,
+    text: str | None = None,
+    **attributes: str,
+) -> ElementTree.Element:
+    element = ElementTree.SubElement(parent, _q(namespace, name), attributes)
+    if text is not None:
+        element.text = text
+    return element
+
+
+def _soap_envelope(routing: EbxmlRouting, attachments: list[tuple[str, Attachment]]) -> bytes:
+    _register_prefixes()
+    must_understand = _q(SOAP_NS, "mustUnderstand")
+    version = _q(EB_NS, "version")
+    envelope = ElementTree.Element(_q(SOAP_NS, "Envelope"))
+    header = _sub(envelope, SOAP_NS, "Header")
+    message_header = _sub(header, EB_NS, "MessageHeader", **{must_understand: "1", version: "2.0"})
+    for role, party in (("From", routing.from_party_key), ("To", routing.to_party_key)):
+        side = _sub(message_header, EB_NS, role)
+        _sub(side, EB_NS, "PartyId", party, **{_q(EB_NS, "type"): PARTY_ID_TYPE})
+    _sub(message_header, EB_NS, "CPAId", routing.cpa_id)
+    _sub(message_header, EB_NS, "ConversationId", routing.conversation_id)
+    _sub(message_header, EB_NS, "Service", routing.service)
+    _sub(message_header, EB_NS, "Action", routing.action)
+    message_data = _sub(message_header, EB_NS, "MessageData")
+    _sub(message_data, EB_NS, "MessageId", routing.message_id)
+    _sub(message_data, EB_NS, "Timestamp", routing.ebxml_timestamp())
+    if routing.duplicate_elimination:
+        _sub(message_header, EB_NS, "DuplicateElimination")
+    if routing.ack_requested:
+        _sub(
+            header,
+            EB_NS,
+            "AckRequested",
+            **{
+                must_understand: "1",
+                version: "2.0",
+                _q(EB_NS, "signed"): "false",
+                _q(SOAP_NS, "actor"): routing.ack_actor or ACK_ACTOR_TO_PARTY_MSH,
+            },
+        )
+    if routing.sync_reply:
+        _sub(
+            header,
+            EB_NS,
+            "SyncReply",
+            **{must_understand: "1", version: "2.0", _q(SOAP_NS, "actor"): SYNC_REPLY_ACTOR},
+        )
+    body = _sub(envelope, SOAP_NS, "Body")
+    manifest = _sub(body, EB_NS, "Manifest", **{must_understand: "1", version: "2.0"})
+    href = _q(XLINK_NS, "href")
+    lang = _q(XML_NS, "lang")
+    payload_reference = _sub(
+        manifest, EB_NS, "Reference", **{href: f"cid:{routing.payload_content_id}"}
+    )
+    _sub(
+        payload_reference,
+        EB_NS,
+        "Schema",
+        **{_q(EB_NS, "location"): HL7_SCHEMA_LOCATION, version: "1.0"},
+    )
+    _sub(payload_reference, EB_NS, "Description", "HL7 payload", **{lang: "en"})
+    _sub(payload_reference, HL7EBXML_NS, "Payload", style="HL7", encoding="XML", version="3.0")
+    for content_id, attachment in attachments:
+        reference = _sub(manifest, EB_NS, "Reference", **{href: f"cid:{content_id}"})
+        _sub(reference, EB_NS, "Description", attachment.description, **{lang: "en"})
+    document: bytes = ElementTree.tostring(envelope, encoding="utf-8", xml_declaration=True)
+    return document
+
+
+def _text_part(text: str, content_id: str, subtype: str = "xml") -> MIMEPart:
+    part = MIMEPart(policy=_POLICY)
+    part.set_content(text, subtype=subtype, charset="utf-8", cte="8bit")
+    part["Content-Id"] = f"<{content_id}>"
+    return part
+
+
+def _attachment_part(attachment: Attachment, content_id: str) -> MIMEPart:
+    part = MIMEPart(policy=_POLICY)
+    maintype, _, subtype = attachment.content_type.partition("/")
+    if isinstance(attachment.content, bytes):
+        part.set_content(attachment.content, maintype=maintype, subtype=subtype, cte="base64")
+    elif maintype == "text":
+        part.set_content(attachment.content, subtype=subtype, charset="utf-8", cte="8bit")
+    else:
+        part.set_content(
+            attachment.content.encode("utf-8"), maintype=maintype, subtype=subtype, cte="base64"
+        )
+    part["Content-Id"] = f"<{content_id}>"
+    return part
+
+
+def _attachment_content_id(routing: EbxmlRouting, index: int) -> str:
+    # Stable, so rendering the same message twice gives the same bytes (a retry is the same
+    # message to the receiver's duplicate elimination).
+    derived = uuid.uuid5(uuid.NAMESPACE_URL, f"ebxml:{routing.message_id}:{index}")
+    return f"{str(derived).upper()}@{_CONTENT_ID_DOMAIN}"
+
+
+def render_multipart(
+    routing: EbxmlRouting,
+    payload: str | bytes,
+    attachments: Iterable[Attachment] = (),
+) -> tuple[dict[str, str], bytes]:
+    """The HTTP headers and ``multipart/related`` body of one ebXML message.
+
+    Parts, in the order Spine requires: the SOAP envelope (``eb:MessageHeader`` and the
+    ``eb:Manifest`` that references every other part), the HL7 ``payload`` (UTF-8 XML), then
+    each attachment. Text parts are sent with CRLF line ends and a final line end (MIME's
+    canonical text form); bytes attachments travel base64-encoded and come back unchanged.
+    Raises :class:`InvalidInputError` for a payload that is not UTF-8 text or contains control
+    characters, or a text part that contains the boundary.
+    """
+    try:
+        text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError("payload is not UTF-8 text", field="payload") from exc
+    _clean_payload(text, "payload")
+    numbered = [
+        (attachment.content_id or _attachment_content_id(routing, index), attachment)
+        for index, attachment in enumerate(attachments, start=1)
+    ]
+    for content_id, attachment in numbered:
+        if isinstance(attachment.content, str):
+            _clean_payload(attachment.content, f"attachment {content_id}")
+    soap = _soap_envelope(routing, numbered).decode("utf-8")
+    parts = [
+        _text_part(soap, EBXML_HEADER_CONTENT_ID),
+        _text_part(text, routing.payload_content_id),
+        *(_attachment_part(attachment, content_id) for content_id, attachment in numbered),
+    ]
+    delimiter = f"--{routing.boundary}"
+    for part in parts:
+        if part.get_content_maintype() == "text" and delimiter in part.get_content():
+            raise InvalidInputError(
+                f"a part of the message contains the MIME boundary {routing.boundary!r}",
+                field="payload",
+            )
+    root = EmailMessage(policy=_POLICY)
+    root["Content-Type"] = routing.content_type
+    root.set_payload(list(parts))
+    buffer = BytesIO()
+    BytesGenerator(buffer, policy=_POLICY).flatten(root)
+    # The generator writes the root's headers first; they travel as HTTP headers instead.
+    _, _, body = buffer.getvalue().partition(b"\r\n\r\n")
+    return routing.http_headers, body
+
+
+def _clean_payload(text: str, field: str) -> None:
+    # Tabs and line ends are fine in a document; other control characters are not legal XML 1.0
+    # and most are a sign of binary data sent as text.
+    if re.search(r"[\x00-\x08\x0b\x0c\x0e-\x1f]", text):
+        raise InvalidInputError(f"{field} contains control characters", field=field)
