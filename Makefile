@@ -27,7 +27,7 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy sds_plugins $(ADAPTERS) $(EXAMPLES)
+	$(BIN)/mypy sds_plugins $(wildcard adapters/*/sds_plugins_*) $(EXAMPLES)
 
 pytest: install
 	$(BIN)/python -m pytest

@@ -20,6 +20,7 @@ from ._defaults import LowestPartyKeyPolicy
 from ._engine import Router
 from ._envelope import (
     EnvelopeReliability,
+    ForeignRecord,
     HttpRequestSpec,
     Party,
     Provenance,
@@ -77,6 +78,7 @@ __all__ = [
     "EnvelopeReliability",
     "EnvelopeVetoedError",
     "FetchResult",
+    "ForeignRecord",
     "HttpRequestSpec",
     "InvalidInputError",
     "Lookup",

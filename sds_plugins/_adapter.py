@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._envelope import CacheStatus, Provenance, RoutingEnvelope
+from ._envelope import CacheStatus, ForeignRecord, Provenance, RoutingEnvelope
 from ._exceptions import InvalidInputError
 from ._models import AccreditedSystem, MessageHandlingEndpoint
 from ._query import DeviceQuery, EndpointQuery
@@ -60,10 +60,23 @@ class Lookup(BaseModel):
         return f"{self.source}:{self.query.key()}"
 
 
+#: Option names whose values are credentials: masked wherever a request is printed.
+SECRET_OPTIONS = frozenset({"password", "shared_key", "api_key", "client_secret", "token"})
+
+
 class RouteRequest(BaseModel):
     """One call of ``Router.route``: validated organisation and interaction, raw options."""
 
     model_config = ConfigDict(frozen=True)
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name == "options":
+                value = {
+                    key: ("**********" if key in SECRET_OPTIONS else option)
+                    for key, option in self.options.items()
+                }
+            yield name, value
 
     adapter: str
     org: str
@@ -196,6 +209,8 @@ class Resolution:
             )
             if isinstance(record, AccreditedSystem)
             else record
+            if isinstance(record, MessageHandlingEndpoint)
+            else ForeignRecord(**record.model_dump(mode="json"))
             for record in records
             if record is not None
         )

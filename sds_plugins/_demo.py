@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import json
 import logging
 import shutil
@@ -116,6 +117,20 @@ def run_demo(console: Console | None = None) -> None:
         asyncio.run(_lookups(console, sandbox.base_url))
         asyncio.run(_resilience(console, sandbox))
         asyncio.run(_engine(console, sandbox, _DemoCredentials(key, sandbox.token_url)))
+    _adapter_demos(console)
+
+
+def _adapter_demos(console: Console) -> None:
+    """Demos of adapters that need more than the SDS sandbox (MESH needs a mesh-sandbox).
+
+    An adapter distribution offers one under the ``sds_plugins_demo`` entry-point group: a
+    callable taking the rich ``Console``. It is demo tooling, not routing, so it is not a hook.
+    """
+    for entry in importlib.metadata.entry_points(group="sds_plugins_demo"):
+        try:
+            entry.load()(console)
+        except Exception as exc:  # one adapter's demo must not end the others'
+            console.print(f"[red]demo {entry.name} failed:[/] {type(exc).__name__}: {exc}")
 
 
 async def _lookups(console: Console, base_url: str) -> None:
@@ -214,8 +229,7 @@ async def _engine(console: Console, sandbox: Any, credentials: _DemoCredentials)
     for name, adapter in adapters:
         example = dict(adapter.example or {})
         if not example:
-            console.print(f"adapter [bold]{name}[/]: no example route declared\n")
-            continue
+            continue  # no sample route (an adapter may demo itself; see _adapter_demos)
         sandbox.reset()
         # A router per adapter, so one adapter's staged outage does not colour the next.
         async with Router(settings, plugins=[credentials]) as router:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 from pydantic import (
@@ -28,6 +28,7 @@ from ._validation import check_header_value
 __all__ = [
     "SENSITIVE_HEADERS",
     "EnvelopeReliability",
+    "ForeignRecord",
     "HttpRequestSpec",
     "Party",
     "Provenance",
@@ -108,13 +109,25 @@ class EnvelopeReliability(_Frozen):
     sync_reply: bool | None = None
 
 
+class ForeignRecord(BaseModel):
+    """A record from a directory source other than SDS (a MESH mailbox...), kept as its fields."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    kind: str
+
+
+#: SDS records parse as their own types first; anything else keeps its fields.
+ProvenanceRecord = Annotated[DirectoryRecord | ForeignRecord, Field(union_mode="left_to_right")]
+
+
 class Provenance(_Frozen):
     """Where an envelope's routing came from."""
 
     correlation_id: str
     resolved_at: datetime
     cache: CacheStatus
-    records: tuple[DirectoryRecord, ...] = ()
+    records: tuple[ProvenanceRecord, ...] = ()
     lookups: tuple[str, ...] = ()
 
 

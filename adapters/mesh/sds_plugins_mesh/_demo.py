@@ -1,0 +1,144 @@
+"""The MESH part of ``sds-plugins demo``: a real mesh-sandbox, a routed envelope, a real send."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import json
+from typing import TYPE_CHECKING
+
+import httpx
+from sds_plugins import (
+    AmbiguousError,
+    AuthenticationError,
+    LookupEvent,
+    PluginHost,
+    Router,
+    Settings,
+    hookimpl,
+)
+
+from ._chunks import ChunkedSend, send_chunked
+from ._errors import parse_send_response
+from .plugin import MeshPlugin
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .sandbox import MeshSandbox
+
+__all__ = ["demo"]
+
+SENDER = "X26ABC1"
+WORKFLOW = "TEST_WORKFLOW"
+
+
+class _Lookups:
+    def __init__(self) -> None:
+        self.events: list[LookupEvent] = []
+
+    @hookimpl
+    def sds_lookup_completed(self, event: LookupEvent) -> None:
+        self.events.append(event)
+
+
+def demo(console: Console | None = None, *, sandbox: MeshSandbox | None = None) -> None:
+    """Start mesh-sandbox on a free port, route a MESH envelope, send it and receive it.
+
+    ``sds-plugins demo`` calls this through the ``sds_plugins_demo`` entry point. Pass a
+    running ``sandbox`` to reuse it (one process runs one mesh-sandbox at a time).
+    """
+    from rich.console import Console
+
+    from .sandbox import MeshSandbox
+
+    console = console or Console()
+    if importlib.util.find_spec("mesh_sandbox") is None:  # pragma: no cover - extra missing
+        console.print("MESH demo skipped: pip install 'sds-plugins-mesh[sandbox]'")
+        return
+    if sandbox is not None:
+        asyncio.run(_demo(console, sandbox))
+        return
+    with MeshSandbox() as running:
+        asyncio.run(_demo(console, running))
+
+
+async def _demo(console: Console, sandbox: MeshSandbox) -> None:
+    from rich.panel import Panel
+
+    settings = sandbox.settings(mailbox=SENDER)
+    credentials = settings.credentials()
+    assert credentials is not None
+    lookups = _Lookups()
+    host = PluginHost(load_entrypoints=False)
+    host.register(MeshPlugin(settings), name="mesh")
+    host.register(lookups, name="demo.lookups")
+    console.print(
+        Panel.fit(
+            f"NHS England's mesh-sandbox listening on [bold]{sandbox.url}[/]\n"
+            "Mailboxes X26ABC1, X26ABC2 (ODS X26) and X26ABC3 (X27); sender X26ABC1",
+            title="MESH adapter",
+        )
+    )
+    async with Router(Settings(), host=host) as router, httpx.AsyncClient() as client:
+        envelope = await router.route(
+            "mesh", org="X26", interaction=WORKFLOW, subject="Discharge summary"
+        )
+        await router.route("mesh", org="X26", interaction=WORKFLOW)
+        console.print(
+            Panel(
+                json.dumps(envelope.model_dump(mode="json"), indent=2),
+                title="MESH envelope for X26 / TEST_WORKFLOW (credentials masked)",
+            )
+        )
+        console.print(
+            "  lookups: "
+            + ", ".join(f"{event.query} cache={event.cache}" for event in lookups.events)
+        )
+
+        request = envelope.build_request(b"Patient discharged 09:30.")
+        message_id = parse_send_response(await client.send(request))
+        console.print(f"  POSTed with the envelope's own headers: message_id {message_id}")
+        try:
+            parse_send_response(await client.send(request))
+        except AuthenticationError as exc:
+            console.print(f"  the same request again: [yellow]refused[/] ({exc.diagnostics})")
+
+        message = await asyncio.to_thread(_receive, sandbox, "X26ABC2", message_id)
+        console.print(f"  X26ABC2 received it with mesh-client: {message}\n")
+
+        try:
+            await router.route("mesh", org="X26", interaction="TEST_WORKFLOW2")
+        except AmbiguousError as exc:
+            console.print(f"[yellow]ambiguous:[/] {exc.message}")
+        chosen = await router.route(
+            "mesh", org="X26", interaction="TEST_WORKFLOW2", mailbox_id="X26ABC2"
+        )
+        console.print(f"  with mailbox_id=X26ABC2: to {chosen.target.mailbox_id}\n")
+
+        # A new message needs a new envelope (its own mex-localid, its own routing freshness).
+        large = await router.route("mesh", org="X26", interaction=WORKFLOW, subject="Imaging")
+        payload = bytes(range(256)) * 4096  # 1 MiB
+        chunked = ChunkedSend(large, payload, credentials=credentials, chunk_size=300_000)
+        chunked_id = await send_chunked(client, chunked)
+        received = await asyncio.to_thread(_receive, sandbox, "X26ABC2", chunked_id, body=False)
+        console.print(
+            f"  1 MiB in {chunked.total_chunks} gzipped chunks: message {chunked_id}, {received}"
+        )
+        try:
+            chunked.first_request()
+        except Exception as exc:
+            console.print(f"  first POST asked for twice: [yellow]{type(exc).__name__}[/]\n")
+
+
+def _receive(sandbox: MeshSandbox, mailbox: str, message_id: str, *, body: bool = True) -> str:
+    from mesh_client import MeshClient
+
+    with MeshClient(
+        sandbox.url, mailbox, "password", shared_key=sandbox.shared_key.encode(), max_retries=0
+    ) as mesh:
+        message = mesh.retrieve_message(message_id)
+        data = message.read()
+        message.acknowledge()
+    shown = repr(data.decode()) if body else f"{len(data)} bytes, whole"
+    return f"workflow {message.workflow_id}, subject {message.subject!r}, body {shown}"
