@@ -15,7 +15,14 @@ from ._adapter import (
 )
 from ._auth import ApiKeyAuth, SignedJwtAuth
 from ._cache import CacheBackend, CacheEntry, MemoryCache
-from ._client import ENVIRONMENTS, LookupResult, RetryPolicy, SdsClient, resolve_base_url
+from ._client import (
+    ENVIRONMENTS,
+    LookupResult,
+    RetryPolicy,
+    SdsClient,
+    get_with_retries,
+    resolve_base_url,
+)
 from ._defaults import LowestPartyKeyPolicy
 from ._engine import Router
 from ._envelope import (
@@ -113,6 +120,7 @@ __all__ = [
     "SyncRouter",
     "SyncSdsClient",
     "WindowRateLimiter",
+    "get_with_retries",
     "hookimpl",
     "join_on_party_key",
     "parse_devices",

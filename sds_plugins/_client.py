@@ -11,7 +11,7 @@ import email.utils
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -53,6 +53,7 @@ __all__ = [
     "LookupResult",
     "RetryPolicy",
     "SdsClient",
+    "get_with_retries",
     "resolve_base_url",
 ]
 
@@ -320,56 +321,93 @@ class SdsClient:
         correlation_id: str,
     ) -> tuple[bytes, int]:
         """GET with retries; returns the body and the number of attempts."""
-        attempts = 0
 
-        async def attempt() -> bytes:
-            nonlocal attempts
+        async def before_attempt() -> None:
             if self.rate_limiter is not None:
                 await self.rate_limiter.acquire()
-            attempts += 1
             self.requests_sent += 1
-            try:
-                response = await self._http.get(url, params=params, headers=headers)
-            except httpx.TimeoutException as exc:
-                raise DirectoryTimeoutError(
-                    f"SDS did not answer in time ({type(exc).__name__})",
-                    correlation_id=correlation_id,
-                    method="GET",
-                    url=url,
-                ) from exc
-            except httpx.TransportError as exc:
-                raise DirectoryUnavailableError(
-                    f"SDS is unreachable ({type(exc).__name__}: {exc})",
-                    correlation_id=correlation_id,
-                    method="GET",
-                    url=url,
-                ) from exc
-            logger.debug(
-                "GET %s -> %s (correlation_id=%s, attempt=%d)",
-                response.request.url,
-                response.status_code,
-                correlation_id,
-                attempts,
-            )
-            if response.status_code != 200:
-                raise _error_from_response(response, correlation_id)
-            # Parsed by the caller straight from bytes (faster than decoding to dicts first).
-            return response.content
 
-        policy = self.retry
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.attempts) | stop_before_delay(policy.budget_s),
-            wait=lambda state: policy.wait(state.attempt_number, _retry_after(state)),
-            retry=retry_if_exception(_is_retryable),
-            before_sleep=_log_retry,
-            reraise=True,
+        return await get_with_retries(
+            self._http,
+            url,
+            params=params,
+            headers=headers,
+            policy=self.retry,
+            correlation_id=correlation_id,
+            error_for=_error_from_response,
+            before_attempt=before_attempt,
         )
+
+
+async def get_with_retries(
+    http: httpx.AsyncClient,
+    url: str,
+    *,
+    policy: RetryPolicy,
+    correlation_id: str,
+    error_for: Callable[[httpx.Response, str], DirectoryError],
+    params: httpx.QueryParams | None = None,
+    headers: dict[str, str] | None = None,
+    before_attempt: Callable[[], Awaitable[None]] | None = None,
+    service: str = "SDS",
+) -> tuple[bytes, int]:
+    """An idempotent GET with the project's retry rules; ``(body, attempts)`` on a 200.
+
+    For directory sources (SDS, MESH lookup, yours): transport errors and timeouts become
+    :class:`DirectoryUnavailableError`/:class:`DirectoryTimeoutError`; any other status becomes
+    ``error_for(response, correlation_id)``. Errors that are :func:`retryable <_is_retryable>`
+    (429, 502, 503, 504, timeouts, transport) are retried per ``policy``, honouring
+    ``Retry-After``. ``before_attempt`` runs before every attempt (rate limiting, counting).
+    Never use it for a request that is not idempotent.
+    """
+    attempts = 0
+
+    async def attempt() -> bytes:
+        nonlocal attempts
+        if before_attempt is not None:
+            await before_attempt()
+        attempts += 1
         try:
-            body: bytes = await retrying(attempt)
-        except DirectoryError as exc:
-            exc.attempts = attempts
-            raise
-        return body, attempts
+            response = await http.get(url, params=params, headers=headers)
+        except httpx.TimeoutException as exc:
+            raise DirectoryTimeoutError(
+                f"{service} did not answer in time ({type(exc).__name__})",
+                correlation_id=correlation_id,
+                method="GET",
+                url=url,
+            ) from exc
+        except httpx.TransportError as exc:
+            raise DirectoryUnavailableError(
+                f"{service} is unreachable ({type(exc).__name__}: {exc})",
+                correlation_id=correlation_id,
+                method="GET",
+                url=url,
+            ) from exc
+        logger.debug(
+            "GET %s -> %s (correlation_id=%s, attempt=%d)",
+            response.request.url,
+            response.status_code,
+            correlation_id,
+            attempts,
+        )
+        if response.status_code != 200:
+            raise error_for(response, correlation_id)
+        # Parsed by the caller straight from bytes (faster than decoding to dicts first).
+        return response.content
+
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(policy.attempts) | stop_before_delay(policy.budget_s),
+        wait=lambda state: policy.wait(state.attempt_number, _retry_after(state)),
+        retry=retry_if_exception(_is_retryable),
+        before_sleep=_log_retry,
+        reraise=True,
+    )
+    try:
+        body: bytes = await retrying(attempt)
+    except DirectoryError as exc:
+        exc.attempts = attempts
+        raise
+    return body, attempts
 
 
 def _is_retryable(exc: BaseException) -> bool:

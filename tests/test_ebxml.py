@@ -332,12 +332,3 @@ def test_attachment_values_are_checked() -> None:
         Attachment(content="x", content_type="text")
     with pytest.raises(ValueError, match="Content-Id"):
         Attachment(content="x", content_id="<bad id>")
-
-
-def test_forwarding_lists_agree_with_the_sandboxs_rewrite() -> None:
-    # Both come from domain notes section 1; the sandbox is what tests the rewrite end to end.
-    from sds_plugins._sandbox import _app
-
-    assert public.FORWARDED_SERVICES == _app.FORWARD_SERVICES
-    assert public.FORWARD_RELIABLE_ACTIONS == _app.FORWARD_RELIABLE_INTERACTIONS
-    assert public.FORWARD_EXPRESS_ACTIONS == _app.FORWARD_EXPRESS_INTERACTIONS

@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .._ebxml import FORWARD_EXPRESS_ACTIONS, FORWARD_RELIABLE_ACTIONS, FORWARDED_SERVICES
 from ._mapping import (
     INTERACTION_SYSTEM,
     ODS_SYSTEM,
@@ -73,22 +74,11 @@ IDENTIFIER_PARAM = "identifier"
 MANUFACTURER_PARAM = "manufacturing-organization"
 PAGE_PARAM = "page"
 
-# Services whose forward-reliable/express interactions go through Spine's intermediary.
-FORWARD_SERVICES = frozenset(
-    {"cc", "ebs", "ebsepr", "ebsnpr", "gp2gp", "pat", "itk", "dis", "ed", "op", "caf", "adm"}
-    | {"ooh", "am", "mh", "nd", "dir"}
-)
-FORWARD_RELIABLE_INTERACTIONS = frozenset(
-    {
-        "COPC_IN000001UK01", "PRSC_IN040000UK08", "PRSC_IN080000UK07", "PRPA_IN010000UK07",
-        "PRPA_IN020000UK06", "PRSC_IN050000UK06", "PRSC_IN090000UK09", "PRPA_IN030000UK08",
-        "PRSC_IN100000UK06", "PRSC_IN070000UK08", "PRSC_IN140000UK06", "RCMR_IN010000UK05",
-        "RCMR_IN030000UK06", "PRSC_IN130000UK07", "PRSC_IN110000UK08", "PRSC_IN060000UK06",
-        "PRSC_IN150000UK06", "POLB_IN020006UK01", "POLB_IN020005UK01", "COMT_IN000004GB01",
-        "MCCI_IN010000UK13",
-    }
-)  # fmt: skip
-FORWARD_EXPRESS_INTERACTIONS = frozenset({"PRSC_IN080000UK03", "PRSC_IN040000UK03"})
+# One list, shared with the ebXML builder: the interactions SDS answers with Spine's intermediary
+# address are exactly those the builder routes as forward-reliable/express.
+FORWARD_SERVICES = FORWARDED_SERVICES
+FORWARD_RELIABLE_INTERACTIONS = FORWARD_RELIABLE_ACTIONS
+FORWARD_EXPRESS_INTERACTIONS = FORWARD_EXPRESS_ACTIONS
 RELIABLE_INTERMEDIARY = "urn:nhs:names:services:tms:ReliableIntermediary"
 EXPRESS_INTERMEDIARY = "urn:nhs:names:services:tms:ExpressIntermediary"
 

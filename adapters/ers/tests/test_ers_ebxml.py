@@ -282,17 +282,14 @@ async def test_the_demo_example_routes_on_the_default_data(
 
 
 def test_documented_interactions_match_spines_forwarding_lists() -> None:
-    from sds_plugins._sandbox._app import (
-        FORWARD_EXPRESS_INTERACTIONS,
-        FORWARD_RELIABLE_INTERACTIONS,
-    )
+    from sds_plugins.ebxml import FORWARD_EXPRESS_ACTIONS, FORWARD_RELIABLE_ACTIONS
 
     for interaction, pattern in EBS_INTERACTIONS.items():
         action = interaction.rpartition(":")[2]
         expected = (
-            FORWARD_RELIABLE_INTERACTIONS
+            FORWARD_RELIABLE_ACTIONS
             if pattern is MessagingPattern.FORWARD_RELIABLE
-            else FORWARD_EXPRESS_INTERACTIONS
+            else FORWARD_EXPRESS_ACTIONS
         )
         assert action in expected
 

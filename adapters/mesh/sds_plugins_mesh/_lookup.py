@@ -22,20 +22,13 @@ from sds_plugins import (
     ConfigurationError,
     DirectoryError,
     DirectorySource,
-    DirectoryTimeoutError,
     DirectoryUnavailableError,
     FetchResult,
     MalformedResponseError,
     RateLimitedError,
     RequestRejectedError,
     RetryPolicy,
-)
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
+    get_with_retries,
 )
 
 from ._config import MeshSettings, MeshTls
@@ -203,49 +196,21 @@ class MeshLookupSource(DirectorySource):
             raise TypeError(f"the mesh source takes a MailboxQuery, not {query!r}")
         client = self._client(query.mesh_url)
         url = query.mesh_url + query.path
-        attempts = 0
 
-        async def attempt() -> bytes:
-            nonlocal attempts
-            attempts += 1
+        async def count() -> None:
             self.requests_sent += 1
-            try:
-                response = await client.get(query.path)
-            except httpx.TimeoutException as exc:
-                raise DirectoryTimeoutError(
-                    f"MESH lookup did not answer in time ({type(exc).__name__})",
-                    correlation_id=correlation_id,
-                    method="GET",
-                    url=url,
-                ) from exc
-            except httpx.TransportError as exc:
-                raise DirectoryUnavailableError(
-                    f"MESH is unreachable ({type(exc).__name__})",
-                    correlation_id=correlation_id,
-                    method="GET",
-                    url=url,
-                ) from exc
-            logger.debug(
-                "GET %s -> %s (correlation_id=%s, attempt=%d)",
-                url,
-                response.status_code,
-                correlation_id,
-                attempts,
-            )
-            if response.status_code != 200:
-                raise lookup_error(response, correlation_id=correlation_id)
-            return response.content
 
-        policy = self.retry
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(policy.attempts) | stop_before_delay(policy.budget_s),
-            wait=lambda state: policy.wait(state.attempt_number, _retry_after(state)),
-            retry=retry_if_exception(_is_retryable),
-            before_sleep=_log_retry,
-            reraise=True,
-        )
+        attempts = 0
         try:
-            content: bytes = await retrying(attempt)
+            content, attempts = await get_with_retries(
+                client,
+                url,
+                policy=self.retry,
+                correlation_id=correlation_id,
+                error_for=lambda response, cid: lookup_error(response, correlation_id=cid),
+                before_attempt=count,
+                service="MESH lookup",
+            )
             try:
                 body = json.loads(content)
             except ValueError as exc:
@@ -256,7 +221,8 @@ class MeshLookupSource(DirectorySource):
         except DirectoryError as exc:
             if isinstance(exc, MalformedResponseError) and exc.status_code is None:
                 exc.status_code = 200  # the body of a successful answer was the problem
-            exc.attempts = attempts
+            if attempts:  # raised while parsing a 200: get_with_retries set nothing
+                exc.attempts = attempts
             exc.correlation_id = exc.correlation_id or correlation_id
             exc.method, exc.url = "GET", url
             raise
@@ -312,26 +278,3 @@ def _diagnostics(response: httpx.Response) -> str | None:
 def _seconds(response: httpx.Response) -> float | None:
     value = response.headers.get("Retry-After", "")
     return float(value) if value.isdigit() else None
-
-
-def _is_retryable(exc: BaseException) -> bool:
-    if isinstance(exc, DirectoryTimeoutError):
-        return True
-    if isinstance(exc, MalformedResponseError):
-        return False
-    if isinstance(exc, DirectoryUnavailableError):
-        return exc.status_code is None or exc.status_code in _RETRY_STATUSES
-    return False
-
-
-def _retry_after(state: RetryCallState) -> float | None:
-    exc = state.outcome.exception() if state.outcome else None
-    return exc.retry_after if isinstance(exc, DirectoryUnavailableError) else None
-
-
-def _log_retry(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome else None
-    wait = state.next_action.sleep if state.next_action else 0.0
-    logger.info(
-        "retrying MESH lookup in %.2fs after attempt %d: %s", wait, state.attempt_number, exc
-    )

@@ -24,9 +24,7 @@ mesh-sandbox's app and its dependency functions are module globals, so one proce
 from __future__ import annotations
 
 import logging
-import socket
 import threading
-import time
 import warnings
 from datetime import UTC, datetime, timedelta
 from importlib import resources
@@ -38,6 +36,7 @@ from typing import Any
 # FastAPI resolves the override's (string) annotations, ``Request`` included, in module globals.
 from fastapi import Depends, Header, HTTPException, Request
 from pydantic import SecretStr
+from sds_plugins.sandbox import AppServer
 
 from ._config import MeshSettings
 
@@ -49,7 +48,6 @@ REFERENCE_DATA = Path(str(resources.files("sds_plugins_mesh") / "data"))
 #: MESH accepts a token stamped up to this far from its own clock.
 TOKEN_WINDOW = timedelta(hours=2)
 
-_STARTUP_TIMEOUT_S = 30.0
 _lock = threading.Lock()
 _running: MeshSandbox | None = None
 
@@ -71,9 +69,7 @@ class MeshSandbox:
         self._host = host
         self._port = port
         self._log_level = log_level
-        self._server: Any = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
+        self._server: AppServer | None = None
         self._url: str | None = None
         self._store: Any = None
         self._app: Any = None
@@ -131,52 +127,21 @@ class MeshSandbox:
         return self
 
     def _start(self) -> None:
-        import uvicorn
-
-        app = self._configure_app()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self._host, self._port))
-        sock.listen(128)
-        sock.setblocking(False)
-        self._socket = sock
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app,
-                lifespan="off",
-                log_config=None,  # leave the host application's logging alone
-                log_level="warning",
-                access_log=False,
-                timeout_graceful_shutdown=1,
-            )
-        )
+        server = AppServer(self._configure_app(), host=self._host, port=self._port)
+        try:
+            server.start()
+        except RuntimeError as error:
+            raise RuntimeError("mesh-sandbox failed to start") from error.__cause__
         self._server = server
-        thread = threading.Thread(
-            target=server.run,
-            kwargs={"sockets": [sock]},
-            name=f"mesh-sandbox-{sock.getsockname()[1]}",
-            daemon=True,
-        )
-        self._thread = thread
-        thread.start()
-        deadline = time.monotonic() + _STARTUP_TIMEOUT_S
-        while not server.started:
-            if not thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("mesh-sandbox failed to start")
-            time.sleep(0.005)
-        self._url = f"http://{self._host}:{sock.getsockname()[1]}"
+        self._url = server.url
 
     def stop(self) -> None:
         """Stop serving and undo the app's configuration; safe to call twice."""
         global _running
         if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(10)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = self._url = None
+            self._server.stop()
+        self._server = None
+        self._url = None
         if _running is self:
             if self._app is not None:
                 self._app.dependency_overrides.clear()
