@@ -2,68 +2,165 @@
 
 Spine Directory Service lookups (``/Device``, ``/Endpoint``) with retries, typed errors and
 correlation ids; the public names are re-exported here and the work lives in private modules.
+
+Names load on first use (PEP 562), so importing the package (as pytest does for the
+``sds_plugins.testing`` plugin, and the CLI on every call) costs almost nothing.
 """
 
-from ._adapter import (
-    Adapter,
-    Candidate,
-    Lookup,
-    LookupOutcome,
-    Resolution,
-    RouteRequest,
-    join_on_party_key,
-)
-from ._auth import ApiKeyAuth, SignedJwtAuth
-from ._cache import CacheBackend, CacheEntry, MemoryCache
-from ._client import (
-    ENVIRONMENTS,
-    LookupResult,
-    RetryPolicy,
-    SdsClient,
-    get_with_retries,
-    resolve_base_url,
-)
-from ._defaults import LowestPartyKeyPolicy
-from ._engine import Router
-from ._envelope import (
-    EnvelopeReliability,
-    ForeignRecord,
-    HttpRequestSpec,
-    Party,
-    Provenance,
-    RoutingEnvelope,
-)
-from ._events import LookupEvent, RouteEvent
-from ._exceptions import (
-    AmbiguousError,
-    AuthenticationError,
-    ConfigurationError,
-    DirectoryError,
-    DirectoryTimeoutError,
-    DirectoryUnavailableError,
-    EnvelopeVetoedError,
-    InvalidInputError,
-    MalformedResponseError,
-    NotFoundError,
-    PluginError,
-    RateLimitedError,
-    RequestRejectedError,
-    SdsPluginsError,
-)
-from ._models import (
-    AccreditedSystem,
-    MessageHandlingEndpoint,
-    Reliability,
-    parse_devices,
-    parse_endpoints,
-)
-from ._plugins import PluginHost
-from ._query import DeviceQuery, EndpointQuery
-from ._ratelimit import RateLimiter, WindowRateLimiter
-from ._settings import Settings
-from ._sources import DirectorySource, FetchResult, SdsSource, SourceContext
-from ._sync import SyncRouter, SyncSdsClient
-from .hookspecs import hookimpl
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._adapter import (
+        Adapter,
+        Candidate,
+        Lookup,
+        LookupOutcome,
+        Resolution,
+        RouteRequest,
+        join_on_party_key,
+    )
+    from ._auth import (
+        ApiKeyAuth,
+        SignedJwtAuth,
+    )
+    from ._cache import (
+        CacheBackend,
+        CacheEntry,
+        MemoryCache,
+    )
+    from ._client import (
+        ENVIRONMENTS,
+        LookupResult,
+        RetryPolicy,
+        SdsClient,
+        get_with_retries,
+        resolve_base_url,
+    )
+    from ._defaults import LowestPartyKeyPolicy
+    from ._engine import Router
+    from ._envelope import (
+        EnvelopeReliability,
+        ForeignRecord,
+        HttpRequestSpec,
+        Party,
+        Provenance,
+        RoutingEnvelope,
+    )
+    from ._events import (
+        LookupEvent,
+        RouteEvent,
+    )
+    from ._exceptions import (
+        AmbiguousError,
+        AuthenticationError,
+        ConfigurationError,
+        DirectoryError,
+        DirectoryTimeoutError,
+        DirectoryUnavailableError,
+        EnvelopeVetoedError,
+        InvalidInputError,
+        MalformedResponseError,
+        NotFoundError,
+        PluginError,
+        RateLimitedError,
+        RequestRejectedError,
+        SdsPluginsError,
+    )
+    from ._models import (
+        AccreditedSystem,
+        MessageHandlingEndpoint,
+        Reliability,
+        parse_devices,
+        parse_endpoints,
+    )
+    from ._plugins import PluginHost
+    from ._query import (
+        DeviceQuery,
+        EndpointQuery,
+    )
+    from ._ratelimit import (
+        RateLimiter,
+        WindowRateLimiter,
+    )
+    from ._settings import Settings
+    from ._sources import (
+        DirectorySource,
+        FetchResult,
+        SdsSource,
+        SourceContext,
+    )
+    from ._sync import (
+        SyncRouter,
+        SyncSdsClient,
+    )
+    from .hookspecs import hookimpl
+
+# Where each public name lives (the static imports above say the same to type checkers).
+_EXPORTS: dict[str, str] = {
+    "Adapter": "._adapter",
+    "Candidate": "._adapter",
+    "Lookup": "._adapter",
+    "LookupOutcome": "._adapter",
+    "Resolution": "._adapter",
+    "RouteRequest": "._adapter",
+    "join_on_party_key": "._adapter",
+    "ApiKeyAuth": "._auth",
+    "SignedJwtAuth": "._auth",
+    "CacheBackend": "._cache",
+    "CacheEntry": "._cache",
+    "MemoryCache": "._cache",
+    "ENVIRONMENTS": "._client",
+    "LookupResult": "._client",
+    "RetryPolicy": "._client",
+    "SdsClient": "._client",
+    "get_with_retries": "._client",
+    "resolve_base_url": "._client",
+    "LowestPartyKeyPolicy": "._defaults",
+    "Router": "._engine",
+    "EnvelopeReliability": "._envelope",
+    "ForeignRecord": "._envelope",
+    "HttpRequestSpec": "._envelope",
+    "Party": "._envelope",
+    "Provenance": "._envelope",
+    "RoutingEnvelope": "._envelope",
+    "LookupEvent": "._events",
+    "RouteEvent": "._events",
+    "AmbiguousError": "._exceptions",
+    "AuthenticationError": "._exceptions",
+    "ConfigurationError": "._exceptions",
+    "DirectoryError": "._exceptions",
+    "DirectoryTimeoutError": "._exceptions",
+    "DirectoryUnavailableError": "._exceptions",
+    "EnvelopeVetoedError": "._exceptions",
+    "InvalidInputError": "._exceptions",
+    "MalformedResponseError": "._exceptions",
+    "NotFoundError": "._exceptions",
+    "PluginError": "._exceptions",
+    "RateLimitedError": "._exceptions",
+    "RequestRejectedError": "._exceptions",
+    "SdsPluginsError": "._exceptions",
+    "AccreditedSystem": "._models",
+    "MessageHandlingEndpoint": "._models",
+    "Reliability": "._models",
+    "parse_devices": "._models",
+    "parse_endpoints": "._models",
+    "PluginHost": "._plugins",
+    "DeviceQuery": "._query",
+    "EndpointQuery": "._query",
+    "RateLimiter": "._ratelimit",
+    "WindowRateLimiter": "._ratelimit",
+    "Settings": "._settings",
+    "DirectorySource": "._sources",
+    "FetchResult": "._sources",
+    "SdsSource": "._sources",
+    "SourceContext": "._sources",
+    "SyncRouter": "._sync",
+    "SyncSdsClient": "._sync",
+    "hookimpl": ".hookspecs",
+}
 
 __all__ = [
     "ENVIRONMENTS",
@@ -127,3 +224,16 @@ __all__ = [
     "parse_endpoints",
     "resolve_base_url",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

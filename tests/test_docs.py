@@ -217,3 +217,12 @@ def test_public_classes_and_functions_have_docstrings() -> None:
         and not _own_docstring(obj)
     ]
     assert not undocumented, f"public names without a docstring: {', '.join(undocumented)}"
+
+
+def test_lazy_exports_match_all() -> None:
+    """Every name in ``__all__`` is lazily importable, and nothing else is exported that way."""
+    import sds_plugins
+
+    assert set(sds_plugins._EXPORTS) == set(sds_plugins.__all__)
+    for name in sds_plugins.__all__:
+        assert getattr(sds_plugins, name) is not None
