@@ -133,6 +133,12 @@ class _Breaker:
         self._last_error = None
 
 
+# (entry, the records it holds, HTTP attempts): what one fetch produced.
+_Fetched = tuple[CacheEntry, tuple[Any, ...], int]
+# The same as seen by a caller; records are None when another node fetched them.
+_Shared = tuple[CacheEntry, tuple[Any, ...] | None, int]
+
+
 class Cached(BaseModel):
     """What :meth:`LookupCache.get_or_fetch` returns."""
 
@@ -162,7 +168,9 @@ class LookupCache:
         self.stale_if_error_s = stale_if_error_s
         self.breaker_cooldown_s = breaker_cooldown_s
         self._clock = clock
-        self._inflight: dict[str, asyncio.Future[tuple[CacheEntry, int, bool]]] = {}
+        self._inflight: dict[
+            str, asyncio.Future[tuple[CacheEntry, tuple[Any, ...] | None, int, bool]]
+        ] = {}
         self._breakers: dict[str, _Breaker] = {}
         # Decoding is the dearest part of a hit; keep the last decoding of each entry (matched
         # by its stored_at, so a newer entry from another node is decoded afresh).
@@ -232,17 +240,21 @@ class LookupCache:
                 attempts=0,
             )
 
-        async def fetch_entry() -> tuple[CacheEntry, int]:
+        async def fetch_entry() -> _Fetched:
             records, attempts = await fetch()
-            fresh = self._entry(encode(records), empty=not records)
+            # An unstored answer is never read back, so it is not serialised either.
+            fresh = self._entry(encode(records) if store else b"", empty=not records)
             if store:
                 await self._set(key, fresh)
-            return fresh, attempts
+                self._decoded[key] = (fresh.stored_at, records)  # the next hit skips decoding
+            return fresh, records, attempts
 
         # Unstored lookups coalesce too: whoever joins an in-flight request still gets an answer
         # fetched after it asked, which is all "do not reuse" (GP Connect's rule) requires.
         try:
-            (fresh, attempts), fetched_here = await self._single_flight(key, fetch_entry, store)
+            (fresh, records, attempts), fetched_here = await self._single_flight(
+                key, fetch_entry, store
+            )
         except DirectoryUnavailableError as exc:
             breaker.trip(exc, self._clock())
             if entry is not None and entry.is_usable_stale(self._clock()):
@@ -258,42 +270,47 @@ class LookupCache:
             status = "bypass"
         else:
             status = "miss"
-        records = self._records(key, fresh, decode) if store else decode(fresh.data)
+        if records is None:  # fetched by another node: only its serialised entry came back
+            records = self._records(key, fresh, decode)
         return Cached(records=records, cache=status, attempts=attempts if fetched_here else 0)
 
     async def _single_flight(
-        self,
-        key: str,
-        fetch_entry: Callable[[], Awaitable[tuple[CacheEntry, int]]],
-        shared: bool,
-    ) -> tuple[tuple[CacheEntry, int], bool]:
-        """Returns the result and whether this process fetched it (not a waiter, here or on
-        another node)."""
+        self, key: str, fetch_entry: Callable[[], Awaitable[_Fetched]], shared: bool
+    ) -> tuple[_Shared, bool]:
+        """The shared result, and whether this process fetched it (rather than waiting for
+        another task here, or another node).
+
+        The result carries the fetched records themselves, so in-process callers never decode;
+        it has ``None`` records when another node fetched and only the stored entry is known.
+        """
         waiting = self._inflight.get(key)
         if waiting is not None:
-            entry, attempts, _fetched_here = await asyncio.shield(waiting)
-            return (entry, attempts), False
+            entry, records, attempts, _fetched_here = await asyncio.shield(waiting)
+            return (entry, records, attempts), False
 
-        async def lead() -> tuple[CacheEntry, int, bool]:
+        async def lead() -> tuple[CacheEntry, tuple[Any, ...] | None, int, bool]:
             if not shared:
-                entry, attempts = await fetch_entry()
-                return entry, attempts, True
+                entry, records, attempts = await fetch_entry()
+                return entry, records, attempts, True
             # Fleet-wide coalescing: the backend may find another node already fetched it.
-            attempts_box: list[int] = [0]
+            fetched: list[_Fetched] = []
 
             async def fetch_for_backend() -> CacheEntry:
-                entry, attempts = await fetch_entry()
-                attempts_box[0] = attempts
-                return entry
+                fetched.append(await fetch_entry())
+                return fetched[0][0]
 
             entry, fetched_here = await self.backend.coalesce(key, fetch_for_backend)
-            return entry, attempts_box[0] if fetched_here else 0, fetched_here
+            if fetched_here and fetched:
+                return entry, fetched[0][1], fetched[0][2], True
+            return entry, None, 0, fetched_here
 
-        task: asyncio.Future[tuple[CacheEntry, int, bool]] = asyncio.ensure_future(lead())
+        task: asyncio.Future[tuple[CacheEntry, tuple[Any, ...] | None, int, bool]] = (
+            asyncio.ensure_future(lead())
+        )
         self._inflight[key] = task
         try:
-            entry, attempts, fetched_here = await asyncio.shield(task)
-            return (entry, attempts), fetched_here
+            entry, records, attempts, fetched_here = await asyncio.shield(task)
+            return (entry, records, attempts), fetched_here
         finally:
             if task.done():
                 self._inflight.pop(key, None)
