@@ -64,18 +64,15 @@ class WindowRateLimiter(RateLimiter):
             return  # the storage failed recently: do not pay its timeout on every request
         try:
             while True:
-                wait = 0.0
+                # hit() records only when the window has room, so one call per window decides;
+                # the per-second window goes first so its refusals never spend minute quota.
                 for item in self._items:
-                    if not await self._strategy.test(item, self._key):
+                    if not await self._strategy.hit(item, self._key):
                         stats = await self._strategy.get_window_stats(item, self._key)
-                        wait = max(wait, stats.reset_time - time.time())
-                if wait <= 0:
-                    # Hit both; if another task took the last slot in between, go round again.
-                    taken = [await self._strategy.hit(item, self._key) for item in self._items]
-                    if all(taken):
-                        return
-                    wait = 0.005
-                await asyncio.sleep(min(max(wait, 0.001), 1.0))
+                        await asyncio.sleep(min(max(stats.reset_time - time.time(), 0.001), 1.0))
+                        break
+                else:
+                    return
         except Exception as exc:
             self._skip_until = time.monotonic() + 5.0
             if not self._warned:
