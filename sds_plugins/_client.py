@@ -95,10 +95,11 @@ def default_token_url(base_url: str) -> str:
 class RetryPolicy(BaseModel):
     """How idempotent GETs are retried on 429, 502, 503, 504 and transport errors.
 
-    Waits grow exponentially from ``backoff_s`` up to ``max_backoff_s``, with full jitter so a
-    fleet does not retry in step; a ``Retry-After`` from the server replaces the computed wait.
-    Nothing sleeps past ``budget_s`` from the first attempt: when the next wait would cross it,
-    the last error is raised instead.
+    Waits grow exponentially from ``backoff_s`` up to ``max_backoff_s``, each drawn from the
+    upper half of that ceiling ("equal jitter") so a fleet does not retry in step; a
+    ``Retry-After`` from the server replaces the computed wait. Nothing sleeps past
+    ``budget_s`` from the first attempt: when the next wait would cross it, the last error is
+    raised instead.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -399,7 +400,7 @@ async def get_with_retries(
         stop=stop_after_attempt(policy.attempts) | stop_before_delay(policy.budget_s),
         wait=lambda state: policy.wait(state.attempt_number, _retry_after(state)),
         retry=retry_if_exception(_is_retryable),
-        before_sleep=_log_retry,
+        before_sleep=lambda state: _log_retry(service, state),
         reraise=True,
     )
     try:
@@ -426,11 +427,11 @@ def _retry_after(state: RetryCallState) -> float | None:
     return exc.retry_after if isinstance(exc, DirectoryUnavailableError) else None
 
 
-def _log_retry(state: RetryCallState) -> None:
+def _log_retry(service: str, state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome else None
     wait = state.next_action.sleep if state.next_action else 0.0
     logger.info(
-        "retrying SDS lookup in %.2fs after attempt %d: %s", wait, state.attempt_number, exc
+        "retrying %s lookup in %.2fs after attempt %d: %s", service, wait, state.attempt_number, exc
     )
 
 
