@@ -96,6 +96,14 @@ if TYPE_CHECKING:
         SyncRouter,
         SyncSdsClient,
     )
+    from ._validation import (
+        check_header_value,
+        invalid_input,
+        normalise_correlation_id,
+        normalise_interaction,
+        normalise_ods_code,
+        normalise_party_key,
+    )
     from .hookspecs import hookimpl
 
 # Where each public name lives (the static imports above say the same to type checkers).
@@ -159,6 +167,12 @@ _EXPORTS: dict[str, str] = {
     "SourceContext": "._sources",
     "SyncRouter": "._sync",
     "SyncSdsClient": "._sync",
+    "check_header_value": "._validation",
+    "invalid_input": "._validation",
+    "normalise_correlation_id": "._validation",
+    "normalise_interaction": "._validation",
+    "normalise_ods_code": "._validation",
+    "normalise_party_key": "._validation",
     "hookimpl": ".hookspecs",
 }
 
@@ -217,9 +231,15 @@ __all__ = [
     "SyncRouter",
     "SyncSdsClient",
     "WindowRateLimiter",
+    "check_header_value",
     "get_with_retries",
     "hookimpl",
+    "invalid_input",
     "join_on_party_key",
+    "normalise_correlation_id",
+    "normalise_interaction",
+    "normalise_ods_code",
+    "normalise_party_key",
     "parse_devices",
     "parse_endpoints",
     "resolve_base_url",

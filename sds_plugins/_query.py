@@ -14,7 +14,12 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 
 from ._exceptions import InvalidInputError
 from ._models import INTERACTION_SYSTEM, ODS_SYSTEM, PARTY_KEY_SYSTEM
-from ._validation import normalise_interaction, normalise_ods_code, normalise_party_key
+from ._validation import (
+    invalid_input,
+    normalise_interaction,
+    normalise_ods_code,
+    normalise_party_key,
+)
 
 __all__ = ["DeviceQuery", "EndpointQuery", "SdsQuery"]
 
@@ -32,18 +37,10 @@ class _Query(BaseModel):
         try:
             return cls(**fields)
         except ValidationError as exc:
-            error = exc.errors()[0]
-            cause = error.get("ctx", {}).get("error")
-            if isinstance(cause, InvalidInputError):
-                raise cause from None
-            field = ".".join(str(part) for part in error["loc"]) or None
-            message = error["msg"].removeprefix("Value error, ")
-            if error["type"] == "missing":
-                message = f"is required: a {cls.resource} query needs {cls.ALLOWED}"
-            elif error["type"] == "extra_forbidden":
-                message = f"is not a {cls.resource} query parameter; it takes {cls.ALLOWED}"
-            raise InvalidInputError(
-                f"{field}: {message}" if field else message, field=field
+            raise invalid_input(
+                exc,
+                missing=f"is required: a {cls.resource} query needs {cls.ALLOWED}",
+                unknown=f"is not a {cls.resource} query parameter; it takes {cls.ALLOWED}",
             ) from None
 
     def params(self) -> list[tuple[str, str]]:

@@ -10,10 +10,13 @@ from __future__ import annotations
 import re
 import uuid
 
+from pydantic import ValidationError
+
 from ._exceptions import InvalidInputError
 
 __all__ = [
     "check_header_value",
+    "invalid_input",
     "normalise_correlation_id",
     "normalise_interaction",
     "normalise_ods_code",
@@ -108,3 +111,26 @@ def check_header_value(value: str, field: str) -> str:
             f"{field} contains a control character (CR, LF, NUL...)", field=field
         )
     return value
+
+
+def invalid_input(
+    error: ValidationError, *, missing: str, unknown: str, prefix: str = ""
+) -> InvalidInputError:
+    """The :class:`InvalidInputError` for a pydantic model of inputs that failed to validate.
+
+    It names the first offending field; a validator's own :class:`InvalidInputError` (which may
+    name another field) is returned as it is. ``missing`` and ``unknown`` complete the message
+    for absent and unexpected fields. Raise it ``from None``: the pydantic error adds nothing.
+    """
+    first = error.errors()[0]
+    cause = first.get("ctx", {}).get("error")
+    if isinstance(cause, InvalidInputError):
+        return cause
+    field = ".".join(str(part) for part in first["loc"]) or None
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "missing":
+        message = missing
+    elif first["type"] == "extra_forbidden":
+        message = unknown
+    text = f"{field}: {message}" if field else message
+    return InvalidInputError(f"{prefix}{text}", field=field)

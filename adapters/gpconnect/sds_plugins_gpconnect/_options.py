@@ -8,8 +8,13 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
-from sds_plugins import InvalidInputError
-from sds_plugins._validation import check_header_value, normalise_ods_code, normalise_party_key
+from sds_plugins import (
+    InvalidInputError,
+    check_header_value,
+    invalid_input,
+    normalise_ods_code,
+    normalise_party_key,
+)
 
 __all__ = ["GpConnectOptions", "parse_options"]
 
@@ -130,14 +135,9 @@ def parse_options(options: dict[str, Any]) -> GpConnectOptions:
     try:
         return GpConnectOptions(**options)
     except ValidationError as exc:
-        error = exc.errors()[0]
-        cause = error.get("ctx", {}).get("error")
-        if isinstance(cause, InvalidInputError):
-            raise cause from None
-        field = ".".join(str(part) for part in error["loc"]) or None
-        message = error["msg"].removeprefix("Value error, ")
-        if error["type"] == "missing":
-            message = "is required (see the GP Connect adapter's README for every option)"
-        elif error["type"] == "extra_forbidden":
-            message = "is not a GP Connect option"
-        raise InvalidInputError(f"gpconnect: {field}: {message}", field=field) from None
+        raise invalid_input(
+            exc,
+            missing="is required (see the GP Connect adapter's README for every option)",
+            unknown="is not a GP Connect option",
+            prefix="gpconnect: ",
+        ) from None
