@@ -4,25 +4,30 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sds_plugins import (
+    Adapter,
     AmbiguousError,
     CacheBackend,
     DirectoryUnavailableError,
     EnvelopeVetoedError,
+    HttpRequestSpec,
     InvalidInputError,
     Lookup,
     LookupEvent,
     MemoryCache,
     NotFoundError,
+    Party,
     PluginError,
+    Resolution,
     RouteEvent,
     Router,
+    RouteRequest,
     RoutingEnvelope,
     Settings,
     SyncRouter,
@@ -389,3 +394,36 @@ async def test_unscoped_concurrent_lookups_share_one_request_but_nothing_is_stor
         later = await router.route("join", org="YES", interaction=PSIS)
     assert later.provenance.cache == "bypass"
     assert _requests(sb) == {DEVICE_PATH: 2, ENDPOINT_PATH: 2}
+
+
+class _NoLookups(Adapter):
+    """An adapter that needs no directory (e-RS FHIR requests): its plan is empty."""
+
+    name = "no-lookups"
+
+    def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
+        return {}
+
+    def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
+        return RoutingEnvelope(
+            adapter=self.name,
+            interaction=request.interaction,
+            target=Party(),
+            request=HttpRequestSpec(method="GET", url="https://example.invalid/"),
+            expires_at=resolved.now,
+            provenance=resolved.provenance(),
+        )
+
+
+async def test_an_empty_plan_builds_without_lookups(make_sandbox: Callable[..., Sandbox]) -> None:
+    class Plugin:
+        @hookimpl
+        def sds_register_adapters(self, register: Callable[[Adapter], None]) -> None:
+            register(_NoLookups())
+
+    sb = make_sandbox()
+    async with _router(sb, Plugin()) as router:
+        envelope = await router.route("no-lookups", org="R69", interaction=PSIS)
+    assert envelope.provenance.lookups == ()
+    assert envelope.provenance.cache == "hit"
+    assert _requests(sb) == {}

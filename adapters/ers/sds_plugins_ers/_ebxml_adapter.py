@@ -12,15 +12,15 @@ from sds_plugins import (
     HttpRequestSpec,
     InvalidInputError,
     Lookup,
-    MessageHandlingEndpoint,
     NotFoundError,
     Party,
     Resolution,
     RouteRequest,
     RoutingEnvelope,
     join_on_party_key,
+    normalise_party_key,
 )
-from sds_plugins.ebxml import MessagingPattern, ebxml_routing, pattern_for
+from sds_plugins.ebxml import MessagingPattern, ebxml_routing
 
 from ._settings import ErsSettings
 
@@ -41,7 +41,6 @@ ENVELOPE_TTL = timedelta(minutes=5)
 
 _HL7_ACTION = re.compile(r"^[A-Z]{4}_IN[0-9]{6}[A-Z]{2}[0-9]{2}$")
 _ASID = re.compile(r"^[0-9]{12}$")
-_PARTY_KEY = re.compile(r"^[A-Z0-9]{3,10}-[0-9]{1,12}$")
 
 
 class ErsEbxmlAdapter(Adapter):
@@ -97,16 +96,12 @@ class ErsEbxmlAdapter(Adapter):
                 "from_asid is required (the sender's ASID): pass the option or set ERS_FROM_ASID",
                 field="from_asid",
             )
-        if not isinstance(party_key, str) or not _PARTY_KEY.match(party_key.strip().upper()):
-            raise InvalidInputError(
-                f"from_party_key: {party_key!r} is not a party key (<ODS code>-<digits>)",
-                field="from_party_key",
-            )
+        party_key = normalise_party_key(party_key, "from_party_key")
         if not isinstance(asid, str) or not _ASID.match(asid.strip()):
             raise InvalidInputError(
                 f"from_asid: {asid!r} is not an ASID (12 digits)", field="from_asid"
             )
-        return party_key.strip().upper(), asid.strip()
+        return party_key, asid.strip()
 
     def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
         self._sender(request)  # bad options cost no directory request
@@ -136,7 +131,6 @@ class ErsEbxmlAdapter(Adapter):
             # interaction: the routing (party key, CPA id) does not need it, the HL7 wrapper does.
             to_asid=chosen.asid,
             correlation_id=request.correlation_id,
-            pattern=_pattern(request.interaction, endpoint),
         )
         return RoutingEnvelope(
             adapter=self.name,
@@ -156,8 +150,3 @@ class ErsEbxmlAdapter(Adapter):
             provenance=resolved.provenance(chosen.records),
             extensions={"ebxml": routing.model_dump(mode="json")},
         )
-
-
-def _pattern(interaction: str, endpoint: MessageHandlingEndpoint) -> MessagingPattern:
-    known = EBS_INTERACTIONS.get(interaction)
-    return known if known is not None else pattern_for(interaction, endpoint)

@@ -13,7 +13,6 @@ The token is a secret: the adapter's ``cache_scope`` is ``None``, so the engine 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -181,22 +180,6 @@ class BearerTokenSource(DirectorySource):
         )
         record = AccessToken(value=SecretStr(token), expires_at=self._expires_at.get(token))
         return FetchResult(records=(record,), attempts=1 if response is not None else 0)
-
-    # The engine round-trips records through encode/decode even when it does not store them
-    # (cache_scope None), so the secret must survive it: it is revealed here, in memory only.
-    def encode(self, records: tuple[Any, ...]) -> bytes:
-        return json.dumps(
-            [
-                {
-                    "value": record.value.get_secret_value(),
-                    "expires_at": record.expires_at.isoformat() if record.expires_at else None,
-                }
-                for record in records
-            ]
-        ).encode()
-
-    def decode(self, data: bytes) -> tuple[Any, ...]:
-        return tuple(AccessToken.model_validate(item) for item in json.loads(data))
 
     async def aclose(self) -> None:
         if self._client is not None:

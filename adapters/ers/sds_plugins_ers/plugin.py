@@ -44,7 +44,12 @@ class ErsPlugin:
         try:
             return ErsSettings()
         except ValidationError as exc:
-            raise ConfigurationError(f"invalid ERS_* settings: {exc}") from None
+            # Name the variables, never their values: ERS_* holds keys and client ids.
+            where = ", ".join(
+                "ERS_" + "__".join(str(part) for part in error["loc"]).upper()
+                for error in exc.errors()
+            )
+            raise ConfigurationError(f"invalid e-RS settings: {where}") from None
 
     @hookimpl
     def sds_register_adapters(self, register: Callable[[Adapter], None]) -> None:

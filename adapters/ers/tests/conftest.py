@@ -15,7 +15,7 @@ from sds_plugins_ers import ErsPlugin, ErsSettings
 
 from sds_plugins import Router
 from sds_plugins.sandbox import Sandbox
-from sds_plugins.testing import RegisterPlugin, RouterFactory, SandboxFactory
+from sds_plugins.testing import RouterFactory, SandboxFactory
 
 API_KEY = "ers-test-app-key"
 KID = "ers-test-kid"
@@ -82,7 +82,7 @@ def ers_settings(oauth_sandbox: Sandbox, private_key_file: Path) -> Callable[...
 
 
 @pytest.fixture
-def ers_router(sds_plugin_host: Any, sds_router_factory: RouterFactory) -> ErsRouterFactory:
+def ers_router(sds_router_factory: RouterFactory) -> ErsRouterFactory:
     """``await factory(settings=None, sandbox=None) -> Router`` with an :class:`ErsPlugin`.
 
     Each router gets its own plugin host, so routers with different e-RS settings can live in
@@ -96,9 +96,3 @@ def ers_router(sds_plugin_host: Any, sds_router_factory: RouterFactory) -> ErsRo
         return await sds_router_factory(sandbox, host=host)
 
     return make
-
-
-@pytest.fixture
-def _ers_plugin(sds_register_plugin: RegisterPlugin) -> None:
-    """The e-RS plugin (default settings) on ``sds_plugin_host``, for ``sds_router``."""
-    sds_register_plugin(ErsPlugin(ErsSettings()), name="ers")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -11,21 +11,15 @@ import pytest
 from sds_plugins_ers import (
     FHIR_INTERACTION_PREFIX,
     USER_CONTEXT_HEADERS,
-    ErsFhirAdapter,
     ErsSettings,
 )
 
 from sds_plugins import (
-    Adapter,
     AuthenticationError,
     ConfigurationError,
     InvalidInputError,
-    Lookup,
     LookupEvent,
-    Resolution,
     Router,
-    RouteRequest,
-    RoutingEnvelope,
     hookimpl,
 )
 from sds_plugins.sandbox import Sandbox
@@ -228,46 +222,6 @@ def test_environment_and_token_url() -> None:
     settings = ErsSettings(env="int")
     assert settings.resolved_base_url() == "https://int.api.service.nhs.uk/referrals/FHIR"
     assert settings.resolved_token_url() == "https://int.api.service.nhs.uk/oauth2/token"
-    assert ErsFhirAdapter.example is not None
-
-
-class _NoLookups(Adapter):
-    """An adapter whose plan is empty: the engine must still build its envelope."""
-
-    name = "no-lookups"
-
-    def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
-        return {}
-
-    def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
-        from sds_plugins import HttpRequestSpec, Party
-
-        return RoutingEnvelope(
-            adapter=self.name,
-            interaction=request.interaction,
-            target=Party(),
-            request=HttpRequestSpec(method="GET", url="https://example.invalid/"),
-            expires_at=resolved.now,
-            provenance=resolved.provenance(),
-        )
-
-
-async def test_the_engine_handles_an_empty_plan(
-    sds_sandbox: Sandbox, sds_register_plugin: RegisterPlugin, sds_router_factory: RouterFactory
-) -> None:
-    class Plugin:
-        @hookimpl
-        def sds_register_adapters(self, register: Callable[[Any], None]) -> None:
-            register(_NoLookups())
-
-    sds_register_plugin(Plugin())
-    router = await sds_router_factory()
-    envelope = await router.route(
-        "no-lookups", org="R69", interaction=f"{FHIR_INTERACTION_PREFIX}anything"
-    )
-    assert envelope.provenance.lookups == ()
-    assert envelope.provenance.cache == "hit"
-    assert sds_sandbox.stats()["requests"] == {}
 
 
 async def test_broken_credentials_fail_e_rs_routes_not_the_router(
@@ -278,3 +232,15 @@ async def test_broken_credentials_fail_e_rs_routes_not_the_router(
     with pytest.raises(ConfigurationError, match="ERS_KID"):
         await router.route("ers-fhir", org="R69", interaction=A005, ubrn=UBRN, **CLINICIAN)
     assert sds_sandbox.stats()["requests"] == {}
+
+
+def test_invalid_settings_name_the_variable_not_its_value(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sds_plugins_ers.plugin import ErsPlugin
+
+    monkeypatch.setenv("ERS_TOKEN_TIMEOUT_S", "secret-looking-value")
+    with pytest.raises(ConfigurationError) as info:
+        ErsPlugin().settings()
+    assert "ERS_TOKEN_TIMEOUT_S" in str(info.value)
+    assert "secret-looking-value" not in str(info.value)
