@@ -37,6 +37,7 @@ if TYPE_CHECKING:
         RetryPolicy,
         SdsClient,
         get_with_retries,
+        parse_retry_after,
         resolve_base_url,
     )
     from ._defaults import LowestPartyKeyPolicy
@@ -125,6 +126,7 @@ _EXPORTS: dict[str, str] = {
     "RetryPolicy": "._client",
     "SdsClient": "._client",
     "get_with_retries": "._client",
+    "parse_retry_after": "._client",
     "resolve_base_url": "._client",
     "LowestPartyKeyPolicy": "._defaults",
     "Router": "._engine",
@@ -242,6 +244,7 @@ __all__ = [
     "normalise_party_key",
     "parse_devices",
     "parse_endpoints",
+    "parse_retry_after",
     "resolve_base_url",
 ]
 

@@ -54,6 +54,7 @@ __all__ = [
     "RetryPolicy",
     "SdsClient",
     "get_with_retries",
+    "parse_retry_after",
     "resolve_base_url",
 ]
 

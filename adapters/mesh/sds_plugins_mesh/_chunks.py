@@ -48,7 +48,6 @@ __all__ = ["DEFAULT_CHUNK_SIZE", "ChunkedSend", "chunk_requests", "send_chunked"
 DEFAULT_CHUNK_SIZE = 75 * 1024 * 1024
 
 # Headers that belong to the first request only (they describe the message, not a chunk).
-_FIRST_ONLY = ("mex-to", "mex-workflowid", "mex-subject", "mex-localid", "mex-filename")
 
 
 class ChunkedSend:

@@ -29,6 +29,7 @@ from sds_plugins import (
     RequestRejectedError,
     RetryPolicy,
     get_with_retries,
+    parse_retry_after,
 )
 
 from ._config import MeshSettings, MeshTls
@@ -48,7 +49,6 @@ logger = logging.getLogger("sds_plugins_mesh.lookup")
 MESH_V1_JSON = "application/json"
 MESH_V2_JSON = "application/vnd.mesh.v2+json"
 
-_RETRY_STATUSES = frozenset({429, 502, 503, 504})
 _USER_AGENT = "sds-plugins-mesh/0.1"
 
 
@@ -261,11 +261,15 @@ def lookup_error(response: httpx.Response, *, correlation_id: str | None = None)
         )
     if status == 429:
         return RateLimitedError(
-            "MESH is throttling lookups", retry_after=_seconds(response), **context
+            "MESH is throttling lookups",
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            **context,
         )
     if status >= 500:
         return DirectoryUnavailableError(
-            "MESH lookup failed on the server side", retry_after=_seconds(response), **context
+            "MESH lookup failed on the server side",
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            **context,
         )
     return RequestRejectedError("MESH refused the mailbox lookup", **context)
 
@@ -273,8 +277,3 @@ def lookup_error(response: httpx.Response, *, correlation_id: str | None = None)
 def _diagnostics(response: httpx.Response) -> str | None:
     text = response.text[:500].strip()
     return text or None
-
-
-def _seconds(response: httpx.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    return float(value) if value.isdigit() else None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -22,6 +23,7 @@ from sds_plugins import (
 from sds_plugins.testing import RegisterPlugin, RouterFactory
 
 from sds_plugins_mesh import (
+    ENVELOPE_TTL,
     MESH_ENVIRONMENTS,
     MailboxQuery,
     MeshCredentials,
@@ -97,8 +99,8 @@ async def test_envelope_headers_are_the_mesh_send_headers(router: Router) -> Non
     assert envelope.reliability is not None and envelope.reliability.retries == 0
     assert envelope.extensions["mesh"]["retry_first_post"] is False
     # Valid for minutes, far inside MESH's two-hour token window.
-    lifetime = envelope.expires_at - envelope.provenance.resolved_at
-    assert 60 <= lifetime.total_seconds() <= 15 * 60
+    assert envelope.expires_at - envelope.provenance.resolved_at == ENVELOPE_TTL
+    assert timedelta(hours=2) > ENVELOPE_TTL
 
 
 async def test_every_envelope_has_a_fresh_token(router: Router) -> None:

@@ -19,6 +19,7 @@ from sds_plugins import (
     AmbiguousError,
     AuthenticationError,
     InvalidInputError,
+    NotFoundError,
     RetryPolicy,
     Router,
     RoutingEnvelope,
@@ -133,8 +134,8 @@ async def test_a_chunked_message_arrives_whole(
     async with httpx.AsyncClient() as client:
         message_id = chunked.accept(await client.send(first))
         tokens = {first.headers["Authorization"]}
-        for request in chunked.chunk_requests():
-            assert request.url.path.endswith(f"/outbox/{message_id}/{request.url.path[-1]}")
+        for number, request in enumerate(chunked.chunk_requests(), start=2):
+            assert request.url.path.endswith(f"/outbox/{message_id}/{number}")
             tokens.add(request.headers["Authorization"])
             response = await client.send(request)
             assert response.status_code == 202, response.text
@@ -266,13 +267,14 @@ async def test_secrets_never_appear_in_envelopes_logs_or_errors(
     assert '"password"' not in message
 
     errors: list[Exception] = []
-    for options in (
-        {"org": "X26", "interaction": "TEST_WORKFLOW2"},  # ambiguous
-        {"org": "X26", "interaction": "NOPE"},  # not found
-        {"org": "X26", "password": 123},  # wrong type
-        {"org": "X26", "password": "pässword"},  # not ASCII
-    ):
-        with pytest.raises((AmbiguousError, InvalidInputError, Exception)) as caught:
+    cases: list[tuple[dict[str, Any], type[Exception]]] = [
+        ({"org": "X26", "interaction": "TEST_WORKFLOW2"}, AmbiguousError),
+        ({"org": "X26", "interaction": "NOPE"}, NotFoundError),
+        ({"org": "X26", "password": 123}, InvalidInputError),  # wrong type
+        ({"org": "X26", "password": "pässword"}, InvalidInputError),  # not ASCII
+    ]
+    for options, expected in cases:
+        with pytest.raises(expected) as caught:
             await _route(router, shared_key=SecretStr(shared_key), **options)
         errors.append(caught.value)
     async with httpx.AsyncClient() as client:
