@@ -26,22 +26,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+# One list, shared with the ebXML builder: the interactions SDS answers with Spine's intermediary
+# address are exactly those the builder routes as forward-reliable/express.
 from .._ebxml import FORWARD_EXPRESS_ACTIONS, FORWARD_RELIABLE_ACTIONS, FORWARDED_SERVICES
-from ._mapping import (
-    INTERACTION_SYSTEM,
-    ODS_SYSTEM,
-    PARTY_KEY_SYSTEM,
-    device_resource,
-    endpoint_resources,
-    new_id,
-)
+from .._models import INTERACTION_SYSTEM, ODS_SYSTEM, PARTY_KEY_SYSTEM
+from ._mapping import device_resource, endpoint_resources, new_id
 from ._records import Directory, Record, load_directory
 
 FHIR_PREFIX = "/spine-directory/"
 FHIR_BASE = "/spine-directory/FHIR/R4"
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 - a URL path, not a secret
 CONTROL_PREFIX = "/_sandbox/"
-ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
 class _AnyMethodRoute(Route):
@@ -74,11 +69,6 @@ IDENTIFIER_PARAM = "identifier"
 MANUFACTURER_PARAM = "manufacturing-organization"
 PAGE_PARAM = "page"
 
-# One list, shared with the ebXML builder: the interactions SDS answers with Spine's intermediary
-# address are exactly those the builder routes as forward-reliable/express.
-FORWARD_SERVICES = FORWARDED_SERVICES
-FORWARD_RELIABLE_INTERACTIONS = FORWARD_RELIABLE_ACTIONS
-FORWARD_EXPRESS_INTERACTIONS = FORWARD_EXPRESS_ACTIONS
 RELIABLE_INTERMEDIARY = "urn:nhs:names:services:tms:ReliableIntermediary"
 EXPRESS_INTERMEDIARY = "urn:nhs:names:services:tms:ExpressIntermediary"
 
@@ -415,7 +405,6 @@ class _Query:
     """A search's query string, validated the way NHS's server validates it."""
 
     def __init__(self, items: Sequence[tuple[str, str]], allowed: Sequence[str]) -> None:
-        self.items = items
         grouped: dict[str, list[str]] = {}
         for key, value in items:
             grouped.setdefault(key, []).append(value)
@@ -592,11 +581,11 @@ class _Sandbox:
         if chosen is None:
             return None
         parts = chosen.split(":")
-        if len(parts) < 2 or parts[-2] not in FORWARD_SERVICES:
+        if len(parts) < 2 or parts[-2] not in FORWARDED_SERVICES:
             return None
-        if parts[-1] in FORWARD_RELIABLE_INTERACTIONS:
+        if parts[-1] in FORWARD_RELIABLE_ACTIONS:
             urn = RELIABLE_INTERMEDIARY
-        elif parts[-1] in FORWARD_EXPRESS_INTERACTIONS:
+        elif parts[-1] in FORWARD_EXPRESS_ACTIONS:
             urn = EXPRESS_INTERMEDIARY
         else:
             return None

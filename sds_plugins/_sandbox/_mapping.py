@@ -7,25 +7,22 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from .._models import (
+    ASID_SYSTEM,
+    CPA_ID_SYSTEM,
+    FQDN_SYSTEM,
+    INTERACTION_SYSTEM,
+    MHS_ID_SYSTEM,
+    ODS_SYSTEM,
+    PARTY_KEY_SYSTEM,
+)
+from .._models import INTERACTION_EXT as INTERACTION_EXTENSION
+from .._models import MANUFACTURER_EXT as MANUFACTURER_EXTENSION
+from .._models import RELIABILITY_EXT as RELIABILITY_EXTENSION
 from ._records import Record
 
-ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
-INTERACTION_SYSTEM = "https://fhir.nhs.uk/Id/nhsServiceInteractionId"
-PARTY_KEY_SYSTEM = "https://fhir.nhs.uk/Id/nhsMhsPartyKey"
-ASID_SYSTEM = "https://fhir.nhs.uk/Id/nhsSpineASID"
-FQDN_SYSTEM = "https://fhir.nhs.uk/Id/nhsMhsFQDN"
-CPA_ID_SYSTEM = "https://fhir.nhs.uk/Id/nhsMhsCPAId"
-MHS_ID_SYSTEM = "https://fhir.nhs.uk/Id/nhsMHSId"
-
-MANUFACTURER_EXTENSION = (
-    "https://fhir.nhs.uk/StructureDefinition/Extension-SDS-ManufacturingOrganisation"
-)
-INTERACTION_EXTENSION = (
-    "https://fhir.nhs.uk/StructureDefinition/Extension-SDS-NhsServiceInteractionId"
-)
-RELIABILITY_EXTENSION = (
-    "https://fhir.nhs.uk/StructureDefinition/Extension-SDS-ReliabilityConfiguration"
-)
+# The identifier systems and extension URLs are the API's, shared with the client's parser, so
+# the NHS mapping vectors check the very constants the client reads.
 CONNECTION_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/endpoint-connection-type"
 PAYLOAD_TYPE_SYSTEM = "http://terminology.hl7.org/CodeSystem/endpoint-payload-type"
 

@@ -152,7 +152,7 @@ class AppServer:
         self.stop()
 
 
-class Sandbox:
+class Sandbox(AppServer):
     """The sandbox served over real sockets from a background thread.
 
     ``with Sandbox(SandboxConfig(...)) as sb: httpx.get(sb.base_url + "/Device", ...)``; or call
@@ -168,18 +168,9 @@ class Sandbox:
         access_log: bool = False,
     ) -> None:
         self.config = config or SandboxConfig()
-        self._host = host
-        self._port = port
-        self._access_log = access_log
-        self._app_server: AppServer | None = None
+        # The app is built at start(): a Sandbox that never starts loads no data.
+        super().__init__(None, host=host, port=port, access_log=access_log)
         self._http: httpx.Client | None = None
-
-    @property
-    def url(self) -> str:
-        """Root URL, e.g. ``http://127.0.0.1:54321``."""
-        if self._app_server is None or not self._app_server.running:
-            raise RuntimeError("sandbox is not running")
-        return self._app_server.url
 
     @property
     def base_url(self) -> str:
@@ -191,24 +182,11 @@ class Sandbox:
         """The OAuth token endpoint: ``url + "/oauth2/token"``."""
         return self.url + TOKEN_PATH
 
-    @property
-    def running(self) -> bool:
-        return self._app_server is not None and self._app_server.running
-
     def start(self) -> Sandbox:
-        if self._app_server is not None:
+        if self.running:
             raise RuntimeError("sandbox already started")
-        server = AppServer(
-            create_app(self.config),
-            host=self._host,
-            port=self._port,
-            access_log=self._access_log,
-        )
-        try:
-            server.start()
-        except RuntimeError as error:
-            raise RuntimeError("sandbox failed to start") from error.__cause__
-        self._app_server = server
+        self.app = create_app(self.config)
+        super().start()
         return self
 
     def stop(self) -> None:
@@ -216,20 +194,10 @@ class Sandbox:
         if self._http is not None:
             self._http.close()
             self._http = None
-        if self._app_server is not None:
-            self._app_server.stop()
-            self._app_server = None
+        super().stop()
 
     def __enter__(self) -> Sandbox:
         return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # ----------------------------------------------------------------- controls over HTTP
 

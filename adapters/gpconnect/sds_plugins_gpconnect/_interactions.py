@@ -26,10 +26,6 @@ class Interaction:
     path: str | None
     reason: str = "directcare"
 
-    @property
-    def has_body(self) -> bool:
-        return self.method in ("POST", "PUT")
-
 
 def _catalogue(*entries: tuple[str, str, str, str | None]) -> dict[str, Interaction]:
     found = {}
