@@ -1,38 +1,27 @@
-"""Shared fixtures: running sandboxes over real sockets."""
+"""Fixture names the project's tests use, as aliases of the shipped ``sds_plugins.testing`` ones.
+
+The project dogfoods the pytest plugin it offers adapter authors: one implementation of the
+sandbox fixtures, shared by every test.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 if TYPE_CHECKING:
     from sds_plugins.sandbox import Sandbox
-
-
-@pytest.fixture(scope="session")
-def sandbox() -> Iterator[Sandbox]:
-    """The default sandbox (reference data), shared by the session. Do not set faults on it."""
-    from sds_plugins.sandbox import Sandbox, SandboxConfig
-
-    with Sandbox(SandboxConfig()) as running:
-        yield running
+    from sds_plugins.testing import SandboxFactory
 
 
 @pytest.fixture
-def make_sandbox() -> Iterator[Callable[..., Sandbox]]:
+def sandbox(sds_sandbox: Sandbox) -> Sandbox:
+    """The reference-data sandbox, shared by the session and reset before each test."""
+    return sds_sandbox
+
+
+@pytest.fixture
+def make_sandbox(sds_sandbox_factory: SandboxFactory) -> SandboxFactory:
     """Start sandboxes with a custom configuration for one test; all stop afterwards."""
-    from sds_plugins.sandbox import Sandbox, SandboxConfig
-
-    started: list[Sandbox] = []
-
-    def factory(**config: Any) -> Sandbox:
-        running = Sandbox(SandboxConfig(**config))
-        running.start()
-        started.append(running)
-        return running
-
-    yield factory
-    for running in started:
-        running.stop()
+    return sds_sandbox_factory

@@ -131,11 +131,17 @@ def test_the_previous_tests_registration_did_not_leak(sds_plugin_host: PluginHos
     assert not sds_plugin_host.pm.has_plugin("visible-here-only")
 
 
+_outage_sandboxes: list[Sandbox] = []
+
+
 def test_faults_set_in_one_test(sds_sandbox: Sandbox) -> None:
-    sds_sandbox.set_faults(outage=True)
+    assert sds_sandbox.set_faults(outage=True)["outage"] is True
+    _outage_sandboxes.append(sds_sandbox)
 
 
 async def test_are_gone_in_the_next(sds_sandbox: Sandbox, sds_router: Router) -> None:
+    # Runs after the test above (file order) on the same shared sandbox it broke.
+    assert _outage_sandboxes == [sds_sandbox], "run together with test_faults_set_in_one_test"
     envelope = await sds_router.route("tiny", org="YES", interaction=PSIS)
     assert envelope.target.party_key is None  # TinyAdapter does not copy it
     assert sds_sandbox.stats()["statuses"] == {"200": 2}
@@ -169,7 +175,8 @@ async def test_registering_a_start_time_plugin_after_the_router_started_is_refus
         def sds_route_completed(self, event: Any) -> None:
             pass
 
-    assert sds_register_plugin(Observer()) is not None
+    name = sds_register_plugin(Observer())
+    assert sds_plugin_host.pm.has_plugin(name)
 
 
 # --------------------------------------------------------------------------- builders

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from sds_plugins.sandbox import Sandbox, SandboxConfig
+from sds_plugins.sandbox import Sandbox
+from sds_plugins.testing import SandboxFactory
 
 # Unchanged copies of NHS England's published SDS data, kept with the tests.
 REFERENCE = Path(__file__).resolve().parents[1] / "reference" / "sds"
@@ -78,11 +79,10 @@ def spine_code(response: httpx.Response) -> str:
     return code
 
 
-@pytest.fixture(scope="module")
-def default_sandbox() -> Iterator[Sandbox]:
-    """The reference data with default settings, shared by a module. Never set faults on it."""
-    with Sandbox(SandboxConfig()) as running:
-        yield running
+@pytest.fixture
+def default_sandbox(sds_sandbox: Sandbox) -> Sandbox:
+    """The reference data with default settings (the shared, per-test reset ``sds_sandbox``)."""
+    return sds_sandbox
 
 
 @pytest.fixture
@@ -99,15 +99,6 @@ def http() -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def start_sandbox() -> Iterator[Callable[..., Sandbox]]:
+def start_sandbox(sds_sandbox_factory: SandboxFactory) -> SandboxFactory:
     """Start sandboxes with custom settings for one test; all are stopped afterwards."""
-    started: list[Sandbox] = []
-
-    def factory(**settings: Any) -> Sandbox:
-        running = Sandbox(SandboxConfig(**settings)).start()
-        started.append(running)
-        return running
-
-    yield factory
-    for running in started:
-        running.stop()
+    return sds_sandbox_factory
