@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from ._exceptions import (
         AmbiguousError,
         AuthenticationError,
+        BreakerOpenError,
         ConfigurationError,
         DirectoryError,
         DirectoryTimeoutError,
@@ -140,6 +141,7 @@ _EXPORTS: dict[str, str] = {
     "RouteEvent": "._events",
     "AmbiguousError": "._exceptions",
     "AuthenticationError": "._exceptions",
+    "BreakerOpenError": "._exceptions",
     "ConfigurationError": "._exceptions",
     "DirectoryError": "._exceptions",
     "DirectoryTimeoutError": "._exceptions",
@@ -185,6 +187,7 @@ __all__ = [
     "AmbiguousError",
     "ApiKeyAuth",
     "AuthenticationError",
+    "BreakerOpenError",
     "CacheBackend",
     "CacheEntry",
     "Candidate",

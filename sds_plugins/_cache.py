@@ -23,7 +23,7 @@ from typing import Any
 from cachetools import LRUCache, TLRUCache
 from pydantic import BaseModel, ConfigDict
 
-from ._exceptions import DirectoryUnavailableError
+from ._exceptions import BreakerOpenError, DirectoryUnavailableError
 
 __all__ = ["CacheBackend", "CacheEntry", "LookupCache", "MemoryCache"]
 
@@ -123,6 +123,9 @@ class _Breaker:
         if now < self._open_until and self._last_error is not None:
             return self._last_error
         return None
+
+    def remaining(self, now: float) -> float:
+        return max(self._open_until - now, 0.0)
 
     def trip(self, error: DirectoryUnavailableError, now: float) -> None:
         self._last_error = error
@@ -231,13 +234,12 @@ class LookupCache:
         if open_error is not None:
             if entry is not None and entry.is_usable_stale(now):
                 return Cached(records=self._records(key, entry, decode), cache="stale")
-            raise DirectoryUnavailableError(
-                f"directory is failing; not asking again for {self.breaker_cooldown_s:g}s "
-                f"(last error: {open_error.message})",
-                status_code=open_error.status_code,
-                spine_code=open_error.spine_code,
-                diagnostics=open_error.diagnostics,
-                attempts=0,
+            wait = breaker.remaining(now)
+            raise BreakerOpenError(
+                f"directory is failing; not asking again for {wait:.3g}s "
+                f"(last error: {type(open_error).__name__}: {open_error.message})",
+                cause=f"{type(open_error).__name__}: {open_error}",
+                retry_after_s=wait,
             )
 
         async def fetch_entry() -> _Fetched:

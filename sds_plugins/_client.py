@@ -425,7 +425,7 @@ def _is_retryable(exc: BaseException) -> bool:
 
 def _retry_after(state: RetryCallState) -> float | None:
     exc = state.outcome.exception() if state.outcome else None
-    return exc.retry_after if isinstance(exc, DirectoryUnavailableError) else None
+    return exc.retry_after_s if isinstance(exc, DirectoryUnavailableError) else None
 
 
 def _log_retry(service: str, state: RetryCallState) -> None:
@@ -491,7 +491,7 @@ def _error_from_response(response: httpx.Response, correlation_id: str) -> Direc
     if status < 500 and status != 429:
         return RequestRejectedError(f"SDS rejected the request with {status}", **kwargs)
     # 429, 503 and friends may say when to come back; the retry policy honours it.
-    kwargs["retry_after"] = parse_retry_after(response.headers.get("Retry-After"))
+    kwargs["retry_after_s"] = parse_retry_after(response.headers.get("Retry-After"))
     if status == 429:
         return RateLimitedError("SDS is rate limiting this application", **kwargs)
     if status == 504:

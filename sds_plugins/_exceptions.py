@@ -12,11 +12,17 @@
         ├── RequestRejectedError     the directory refused the request itself (400, 404, 405, 406)
         └── DirectoryUnavailableError  the directory is failing or out of reach (retried first)
             ├── RateLimitedError     429 after the retry budget
-            ├── DirectoryTimeoutError  connect/read timeout after the retry budget
-            └── MalformedResponseError  a body that is not what the API promises
+            ├── DirectoryTimeoutError  no whole answer in time, after the retry budget
+            ├── MalformedResponseError  a body that is not what the API promises (or too big)
+            └── BreakerOpenError     not asked at all: the directory failed moments ago
 
 A timeout is a :class:`DirectoryUnavailableError`, never a :class:`NotFoundError`: callers that
 treat "not found" as final must not do so for an outage.
+
+Every error says whether trying again later can help: ``retryable`` (``True`` exactly for
+:class:`DirectoryUnavailableError` and its subclasses) and ``retry_after_s`` (seconds to wait
+before trying again, when the directory or the breaker said so; otherwise ``None``). Brokers
+and HTTP callers use them to choose between "retry later" and "fail now".
 
 Messages and attributes never contain API keys, tokens or private keys: errors carry the request
 method and URL (query strings are not secret) but never its headers.
@@ -29,6 +35,7 @@ from typing import Any
 __all__ = [
     "AmbiguousError",
     "AuthenticationError",
+    "BreakerOpenError",
     "ConfigurationError",
     "DirectoryError",
     "DirectoryTimeoutError",
@@ -49,6 +56,11 @@ class SdsPluginsError(Exception):
 
     #: The exit status the CLI uses for this class of error.
     exit_code: int = 1
+    #: Whether the same request may succeed later (an outage, a rate limit), as opposed to a
+    #: final answer (bad input, not found, refused). Brokers retry only these.
+    retryable: bool = False
+    #: Seconds to wait before trying again, when known (``Retry-After``, a breaker's cooldown).
+    retry_after_s: float | None = None
 
 
 class InvalidInputError(SdsPluginsError, ValueError):
@@ -138,6 +150,8 @@ class DirectoryError(SdsPluginsError):
             "diagnostics": self.diagnostics,
             "correlation_id": self.correlation_id,
             "attempts": self.attempts,
+            "retryable": self.retryable,
+            "retry_after_s": self.retry_after_s,
         }
 
 
@@ -178,12 +192,15 @@ class RequestRejectedError(DirectoryError):
 class DirectoryUnavailableError(DirectoryError):
     """The directory is failing or out of reach (5xx, 429, timeouts, connection errors).
 
-    ``retry_after`` is the server's ``Retry-After`` in seconds, when it sent one.
+    ``retry_after_s`` is when to try again, in seconds: the server's ``Retry-After``, the next
+    calendar minute for a spent quota, a breaker's remaining cooldown; ``None`` when unknown.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after_s: float | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
-        self.retry_after = retry_after
+        self.retry_after_s = retry_after_s
 
 
 class RateLimitedError(DirectoryUnavailableError):
@@ -195,8 +212,27 @@ class DirectoryTimeoutError(DirectoryUnavailableError):
 
 
 class MalformedResponseError(DirectoryUnavailableError):
-    """The body is not what the API promises. ``field`` is the path of the offending element."""
+    """The body is not what the API promises (or bigger than allowed).
+
+    ``field`` is the path of the offending element (``body`` for the whole body). Retryable: a
+    misbehaving proxy or a half-deployed upstream is usually mended, but the client does not
+    repeat the request at once (the same bytes would most likely come back).
+    """
 
     def __init__(self, message: str, *, field: str | None = None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.field = field
+
+
+class BreakerOpenError(DirectoryUnavailableError):
+    """Nothing was sent: the directory failed moments ago and the breaker is open.
+
+    ``retry_after_s`` is the time left until the breaker lets a probe through; ``attempts`` is
+    0 and ``status_code`` is ``None`` (this is not an upstream answer). ``cause`` describes the
+    failure that opened it.
+    """
+
+    def __init__(self, message: str, *, cause: str | None = None, **kwargs: Any) -> None:
+        kwargs.setdefault("attempts", 0)
+        super().__init__(message, **kwargs)
+        self.cause = cause

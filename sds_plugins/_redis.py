@@ -181,7 +181,7 @@ def _error_payload(exc: Exception) -> bytes:
             "status_code": getattr(exc, "status_code", None),
             "spine_code": getattr(exc, "spine_code", None),
             "diagnostics": getattr(exc, "diagnostics", None),
-            "retry_after": getattr(exc, "retry_after", None),
+            "retry_after_s": getattr(exc, "retry_after_s", None),
         },
         separators=(",", ":"),
     ).encode()
@@ -210,7 +210,7 @@ def _waiter_error(payload: bytes, key: str) -> Exception:
     cls = getattr(_exceptions, name, None)
     if isinstance(cls, type) and issubclass(cls, _exceptions.DirectoryError):
         if issubclass(cls, DirectoryUnavailableError):
-            kwargs["retry_after"] = info.get("retry_after")
+            kwargs["retry_after_s"] = info.get("retry_after_s")
         try:
             error: Exception = cls(message, **kwargs)
         except TypeError:  # a subclass with another constructor

@@ -193,7 +193,7 @@ async def test_retry_after_beyond_the_budget_fails_at_once() -> None:
     with pytest.raises(RateLimitedError) as info:
         await _devices(_client(script, retry=RetryPolicy(attempts=5, budget_s=2)))
     assert len(script.requests) == 1
-    assert info.value.retry_after == 120
+    assert info.value.retry_after_s == 120
 
 
 async def test_retry_after_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -224,7 +224,7 @@ async def test_waiters_only_accept_a_result_stored_after_they_started(prefix: st
     ("error", "expected"),
     [
         (DirectoryUnavailableError("says 503", status_code=503), DirectoryUnavailableError),
-        (RateLimitedError("still 429", status_code=429, retry_after=2.0), RateLimitedError),
+        (RateLimitedError("still 429", status_code=429, retry_after_s=2.0), RateLimitedError),
         (RuntimeError("a bug in a source"), DirectoryUnavailableError),
     ],
 )
@@ -249,7 +249,7 @@ async def test_leader_failure_reaches_waiters_at_once(
         assert getattr(error, "message", str(error)) in str(raised.value)
         assert raised.value.attempts == 0
         if isinstance(error, RateLimitedError):
-            assert raised.value.retry_after == 2.0
+            assert raised.value.retry_after_s == 2.0
             assert raised.value.status_code == 429
     finally:
         await _close(a, b)

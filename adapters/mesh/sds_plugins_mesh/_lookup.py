@@ -262,13 +262,13 @@ def lookup_error(response: httpx.Response, *, correlation_id: str | None = None)
     if status == 429:
         return RateLimitedError(
             "MESH is throttling lookups",
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            retry_after_s=parse_retry_after(response.headers.get("Retry-After")),
             **context,
         )
     if status >= 500:
         return DirectoryUnavailableError(
             "MESH lookup failed on the server side",
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            retry_after_s=parse_retry_after(response.headers.get("Retry-After")),
             **context,
         )
     return RequestRejectedError("MESH refused the mailbox lookup", **context)
