@@ -84,8 +84,8 @@ if TYPE_CHECKING:
         EndpointQuery,
     )
     from ._ratelimit import (
+        Pacer,
         RateLimiter,
-        WindowRateLimiter,
     )
     from ._settings import Settings
     from ._sources import (
@@ -162,8 +162,8 @@ _EXPORTS: dict[str, str] = {
     "PluginHost": "._plugins",
     "DeviceQuery": "._query",
     "EndpointQuery": "._query",
+    "Pacer": "._ratelimit",
     "RateLimiter": "._ratelimit",
-    "WindowRateLimiter": "._ratelimit",
     "Settings": "._settings",
     "DirectorySource": "._sources",
     "FetchResult": "._sources",
@@ -213,6 +213,7 @@ __all__ = [
     "MemoryCache",
     "MessageHandlingEndpoint",
     "NotFoundError",
+    "Pacer",
     "Party",
     "PluginError",
     "PluginHost",
@@ -235,7 +236,6 @@ __all__ = [
     "SourceContext",
     "SyncRouter",
     "SyncSdsClient",
-    "WindowRateLimiter",
     "check_header_value",
     "get_with_retries",
     "hookimpl",

@@ -23,7 +23,12 @@ from typing import Any
 from cachetools import LRUCache, TLRUCache
 from pydantic import BaseModel, ConfigDict
 
-from ._exceptions import BreakerOpenError, DirectoryUnavailableError
+from ._exceptions import (
+    BreakerOpenError,
+    DirectoryUnavailableError,
+    MalformedResponseError,
+    RateLimitedError,
+)
 
 __all__ = ["CacheBackend", "CacheEntry", "LookupCache", "MemoryCache"]
 
@@ -57,6 +62,10 @@ class CacheBackend:
 
     #: Shown by ``sds-plugins plugins`` and in events.
     name = "cache"
+    #: Whether entries outlive this process and are seen by other processes (Redis: yes;
+    #: memory: no). Prewarming refuses a cache that is not shared; reads of a shared backend
+    #: are coalesced per key, so a burst of identical lookups costs it one read.
+    shared = False
 
     async def get(self, key: str) -> CacheEntry | None:
         raise NotImplementedError
@@ -105,6 +114,15 @@ class MemoryCache(CacheBackend):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def _trips_breaker(error: DirectoryUnavailableError) -> bool:
+    """Whether ``error`` says the directory is down (so other keys would fail too).
+
+    A 429 is the pace, which the rate limiter already holds to (a spent quota closes it until
+    the next minute, for every key); a malformed answer belongs to the key that got it.
+    """
+    return not isinstance(error, RateLimitedError | MalformedResponseError | BreakerOpenError)
 
 
 class _Breaker:
@@ -175,6 +193,7 @@ class LookupCache:
             str, asyncio.Future[tuple[CacheEntry, tuple[Any, ...] | None, int, bool]]
         ] = {}
         self._breakers: dict[str, _Breaker] = {}
+        self._reads: dict[str, asyncio.Future[CacheEntry | None]] = {}
         # Decoding is the dearest part of a hit; keep the last decoding of each entry (matched
         # by its stored_at, so a newer entry from another node is decoded afresh).
         self._decoded: LRUCache[str, tuple[float, tuple[Any, ...]]] = LRUCache(maxsize=10_000)
@@ -258,7 +277,8 @@ class LookupCache:
                 key, fetch_entry, store
             )
         except DirectoryUnavailableError as exc:
-            breaker.trip(exc, self._clock())
+            if _trips_breaker(exc):
+                breaker.trip(exc, self._clock())
             if entry is not None and entry.is_usable_stale(self._clock()):
                 logger.warning("serving stale answer for %s: %s", key, exc.message)
                 return Cached(
@@ -321,6 +341,17 @@ class LookupCache:
                 task.add_done_callback(lambda _t: self._inflight.pop(key, None))
 
     async def _get(self, key: str) -> CacheEntry | None:
+        if not self.backend.shared:
+            return await self._read(key)
+        # A burst of identical lookups reads a shared store once (one connection, one round
+        # trip), not once per caller: 1,000 waiting routes must not empty a connection pool.
+        reading = self._reads.get(key)
+        if reading is None:
+            reading = self._reads[key] = asyncio.ensure_future(self._read(key))
+            reading.add_done_callback(lambda _t: self._reads.pop(key, None))
+        return await asyncio.shield(reading)
+
+    async def _read(self, key: str) -> CacheEntry | None:
         try:
             return await self.backend.get(key)
         except Exception as exc:  # a broken cache must never fail a route

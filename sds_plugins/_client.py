@@ -19,13 +19,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception,
-    stop_after_attempt,
-    stop_before_delay,
-)
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
 from ._exceptions import (
     AuthenticationError,
@@ -45,7 +39,7 @@ from ._models import (
     parse_endpoints,
 )
 from ._query import DeviceQuery, EndpointQuery, SdsQuery
-from ._ratelimit import RateLimiter
+from ._ratelimit import RateLimiter, SendTicket, Throttle
 from ._validation import normalise_correlation_id
 
 __all__ = [
@@ -324,9 +318,7 @@ class SdsClient:
     ) -> tuple[bytes, int]:
         """GET with retries; returns the body and the number of attempts."""
 
-        async def before_attempt() -> None:
-            if self.rate_limiter is not None:
-                await self.rate_limiter.acquire()
+        async def count() -> None:
             self.requests_sent += 1
 
         return await get_with_retries(
@@ -337,8 +329,15 @@ class SdsClient:
             policy=self.retry,
             correlation_id=correlation_id,
             error_for=_error_from_response,
-            before_attempt=before_attempt,
+            before_attempt=count,
+            rate_limiter=self.rate_limiter,
         )
+
+
+#: Spike-arrest refusals retried on the next slot without counting as attempts, at most (then
+#: they count). A refusal says "come back in 25 ms", not "the directory is failing"; the time
+#: budget still bounds them all.
+_FREE_SPIKE_RETRIES = 10
 
 
 async def get_with_retries(
@@ -351,6 +350,7 @@ async def get_with_retries(
     params: httpx.QueryParams | None = None,
     headers: dict[str, str] | None = None,
     before_attempt: Callable[[], Awaitable[None]] | None = None,
+    rate_limiter: RateLimiter | None = None,
     service: str = "SDS",
 ) -> tuple[bytes, int]:
     """An idempotent GET with the project's retry rules; ``(body, attempts)`` on a 200.
@@ -359,18 +359,33 @@ async def get_with_retries(
     :class:`DirectoryUnavailableError`/:class:`DirectoryTimeoutError`; any other status becomes
     ``error_for(response, correlation_id)``. Errors that are :func:`retryable <_is_retryable>`
     (429, 502, 503, 504, timeouts, transport) are retried per ``policy``, honouring
-    ``Retry-After``. ``before_attempt`` runs before every attempt (rate limiting, counting).
-    Never use it for a request that is not idempotent.
+    ``Retry-After``, and nothing waits beyond ``policy.budget_s`` from the first attempt.
+
+    Every attempt first waits for ``rate_limiter`` (which refuses at once, with
+    :class:`RateLimitedError`, a wait beyond the budget). A 429 from the API gateway's spike
+    arrest is retried on the pacer's next slot without back-off and without counting as an
+    attempt (up to a few times); a spent quota is waited out until the gateway's next calendar
+    minute when that fits the budget. ``before_attempt`` runs just before each request is sent
+    (counting). Never use this for a request that is not idempotent.
     """
-    attempts = 0
+    deadline = time.monotonic() + policy.budget_s
+    sent = spikes = 0
 
     async def attempt() -> bytes:
-        nonlocal attempts
+        nonlocal sent, spikes
+        ticket = None
+        if rate_limiter is not None:
+            ticket = await rate_limiter.acquire(deadline=deadline)
         if before_attempt is not None:
             await before_attempt()
-        attempts += 1
+        sent += 1
         try:
-            response = await http.get(url, params=params, headers=headers)
+            response = await http.get(
+                url,
+                params=params,
+                headers=headers,
+                extensions={"trace": _sent_tracer(ticket)} if ticket is not None else None,
+            )
         except httpx.TimeoutException as exc:
             raise DirectoryTimeoutError(
                 f"{service} did not answer in time ({type(exc).__name__})",
@@ -385,21 +400,47 @@ async def get_with_retries(
                 method="GET",
                 url=url,
             ) from exc
+        finally:
+            if ticket is not None:
+                ticket.finished()  # at the latest now (for a transport that does not trace)
         logger.debug(
             "GET %s -> %s (correlation_id=%s, attempt=%d)",
             response.request.url,
             response.status_code,
             correlation_id,
-            attempts,
+            sent,
         )
         if response.status_code != 200:
-            raise error_for(response, correlation_id)
+            error = error_for(response, correlation_id)
+            if isinstance(error, RateLimitedError) and error.limit in ("spike_arrest", "quota"):
+                spikes += error.limit == "spike_arrest"
+                if rate_limiter is not None:
+                    await rate_limiter.throttled(
+                        error.limit,  # type: ignore[arg-type]
+                        retry_after_s=error.retry_after_s,
+                    )
+            raise error
         # Parsed by the caller straight from bytes (faster than decoding to dicts first).
         return response.content
 
+    def counted() -> int:
+        return sent - min(spikes, _FREE_SPIKE_RETRIES)
+
+    def wait(state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RateLimitedError) and exc.limit == "spike_arrest":
+            if rate_limiter is not None:
+                return 0.0  # the pacer's next slot is the wait
+            return policy.wait(1, None)  # unpaced: at least spread the retries apart
+        retry_after = exc.retry_after_s if isinstance(exc, DirectoryUnavailableError) else None
+        return policy.wait(max(counted(), 1), retry_after)
+
+    def stop(state: RetryCallState) -> bool:
+        return counted() >= policy.attempts or time.monotonic() + state.upcoming_sleep > deadline
+
     retrying = AsyncRetrying(
-        stop=stop_after_attempt(policy.attempts) | stop_before_delay(policy.budget_s),
-        wait=lambda state: policy.wait(state.attempt_number, _retry_after(state)),
+        stop=stop,
+        wait=wait,
         retry=retry_if_exception(_is_retryable),
         before_sleep=lambda state: _log_retry(service, state),
         reraise=True,
@@ -407,25 +448,37 @@ async def get_with_retries(
     try:
         body: bytes = await retrying(attempt)
     except DirectoryError as exc:
-        exc.attempts = attempts
+        exc.attempts = sent
         raise
-    return body, attempts
+    return body, sent
+
+
+def _sent_tracer(ticket: SendTicket) -> Callable[[str, Any], Awaitable[None]]:
+    """An httpcore ``trace`` extension holding the request at the pacer's gate right before its
+    headers are written: the moment it leaves for the gateway, which is what pacing spaces."""
+
+    async def trace(event: str, info: Any) -> None:
+        if event.endswith(".send_request_headers.started"):
+            await ticket.at_wire()
+        elif event.endswith(".send_request_headers.complete"):
+            ticket.written()
+
+    return trace
 
 
 def _is_retryable(exc: BaseException) -> bool:
+    """Whether to repeat the request now (within the budget); see ``DirectoryError.retryable``
+    for whether to repeat it *later*."""
     if isinstance(exc, DirectoryTimeoutError):
         return True
     if isinstance(exc, MalformedResponseError | AuthenticationError | RequestRejectedError):
         return False
+    if isinstance(exc, RateLimitedError) and exc.limit == "pace":
+        return False  # nothing was sent, and the wait is already known to exceed the budget
     if isinstance(exc, DirectoryUnavailableError):
         # Transport errors have no status; 500 and other 5xx are not retried (not transient).
         return exc.status_code is None or exc.status_code in _RETRY_STATUSES
     return False
-
-
-def _retry_after(state: RetryCallState) -> float | None:
-    exc = state.outcome.exception() if state.outcome else None
-    return exc.retry_after_s if isinstance(exc, DirectoryUnavailableError) else None
 
 
 def _log_retry(service: str, state: RetryCallState) -> None:
@@ -471,6 +524,45 @@ def operation_outcome(body: object) -> tuple[str | None, str | None]:
     return (str(code) if code else None), (str(diagnostics) if diagnostics else None)
 
 
+def gateway_throttle(body: object) -> Throttle | None:
+    """Which API-gateway limit an Apigee fault body names, if it is one.
+
+    NHS's API platform answers its own 429s with Apigee's JSON, not an OperationOutcome:
+    ``{"fault": {"faultstring": "Spike arrest violation. ...", "detail": {"errorcode":
+    "policies.ratelimit.SpikeArrestViolation"}}}`` (or ``...QuotaViolation``), without
+    ``Retry-After``.
+    """
+    if not isinstance(body, dict):
+        return None
+    fault = body.get("fault")
+    detail = fault.get("detail") if isinstance(fault, dict) else None
+    code = detail.get("errorcode") if isinstance(detail, dict) else None
+    if code == "policies.ratelimit.SpikeArrestViolation":
+        return "spike_arrest"
+    if code == "policies.ratelimit.QuotaViolation":
+        return "quota"
+    return None
+
+
+def seconds_to_next_minute(date_header: str | None, now: float | None = None) -> float:
+    """Seconds until the next calendar minute by the server's ``Date`` (else our clock).
+
+    ``Date`` has whole seconds; assuming the start of that second waits at most one second
+    too long and never returns before the server's minute has turned.
+    """
+    when: float | None = None
+    if date_header:
+        try:
+            parsed = email.utils.parsedate_to_datetime(date_header)
+        except (TypeError, ValueError):
+            parsed = None
+        if parsed is not None:
+            when = (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+    if when is None:
+        when = time.time() if now is None else now
+    return 60.0 - (when % 60.0)
+
+
 def _error_from_response(response: httpx.Response, correlation_id: str) -> DirectoryError:
     status = response.status_code
     try:
@@ -493,6 +585,20 @@ def _error_from_response(response: httpx.Response, correlation_id: str) -> Direc
     # 429, 503 and friends may say when to come back; the retry policy honours it.
     kwargs["retry_after_s"] = parse_retry_after(response.headers.get("Retry-After"))
     if status == 429:
+        throttle = gateway_throttle(body)
+        if throttle == "spike_arrest":
+            kwargs["spine_code"] = "SpikeArrestViolation"
+            return RateLimitedError(
+                "the API gateway's spike arrest refused the request (requests too close together)",
+                limit=throttle,
+                **kwargs,
+            )
+        if throttle == "quota":
+            kwargs["spine_code"] = "QuotaViolation"
+            kwargs["retry_after_s"] = seconds_to_next_minute(response.headers.get("Date"))
+            return RateLimitedError(
+                "the API gateway's quota for this minute is spent", limit=throttle, **kwargs
+            )
         return RateLimitedError("SDS is rate limiting this application", **kwargs)
     if status == 504:
         return DirectoryTimeoutError("SDS timed out upstream", **kwargs)

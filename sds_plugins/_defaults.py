@@ -15,7 +15,7 @@ import httpx
 from ._cache import CacheBackend, MemoryCache
 from ._client import SdsClient
 from ._exceptions import AmbiguousError, NotFoundError
-from ._ratelimit import RateLimiter, WindowRateLimiter
+from ._ratelimit import Pacer, RateLimiter
 from ._sources import DirectorySource, SdsSource, SourceContext
 from ._validation import normalise_party_key
 from .hookspecs import hookimpl
@@ -58,25 +58,31 @@ class DefaultCache:
             # Waiters must outlast a leader that is legitimately retrying.
             return RedisCache(
                 settings.redis_url.get_secret_value(),
+                prefix=settings.redis_prefix,
                 wait_timeout_s=settings.retry_budget_s + settings.read_timeout_s,
             )
         return MemoryCache()
 
 
 class DefaultRateLimiter:
-    """40 requests/s and 2,400/min (the gateway's limits), shared through Redis when configured."""
+    """Pacing below the gateway's spike arrest (40/s → one request per 25 ms) and per-minute
+    quota (2,400), fleet-wide through Redis when configured."""
 
     @hookimpl(trylast=True)
     def sds_provide_rate_limiter(self, settings: Settings) -> RateLimiter:
-        storage = None
         if settings.redis_url is not None:
-            from ._redis import redis_rate_limit_storage
+            from ._redis_pacer import RedisPacer
 
-            storage = redis_rate_limit_storage(settings.redis_url.get_secret_value())
-        return WindowRateLimiter(
-            per_second=settings.rate_limit_per_s,
-            per_minute=settings.rate_limit_per_min,
-            storage=storage,
+            return RedisPacer(
+                settings.redis_url.get_secret_value(),
+                per_second=settings.rate_limit_per_s,
+                per_minute=settings.rate_limit_per_min,
+                fleet_size=settings.fleet_size,
+                prefix=settings.redis_prefix,
+            )
+        return Pacer(
+            per_second=settings.rate_limit_per_s / settings.fleet_size,
+            per_minute=max(1, settings.rate_limit_per_min // settings.fleet_size),
         )
 
 

@@ -204,7 +204,17 @@ class DirectoryUnavailableError(DirectoryError):
 
 
 class RateLimitedError(DirectoryUnavailableError):
-    """Still throttled (429) when the retry budget ran out."""
+    """Still throttled (429) when the retry budget ran out, or the pace would wait too long.
+
+    ``limit`` says which limit, when known: ``"spike_arrest"`` or ``"quota"`` (the API
+    gateway's fault code), ``"pace"`` (the client's own pacer: nothing was sent because the
+    next free slot lies beyond the request's deadline). ``retry_after_s`` says when to come
+    back (for a spent quota: the gateway's next calendar minute).
+    """
+
+    def __init__(self, message: str, *, limit: str | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.limit = limit
 
 
 class DirectoryTimeoutError(DirectoryUnavailableError):

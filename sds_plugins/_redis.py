@@ -39,17 +39,18 @@ from typing import Any, Final, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
-from limits.aio.storage import RedisStorage, Storage
 from redis.asyncio.client import PubSub
+from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from . import _exceptions
 from ._cache import CacheBackend, CacheEntry, MemoryCache
 from ._exceptions import ConfigurationError, DirectoryTimeoutError, DirectoryUnavailableError
 
-__all__ = ["RedisCache", "redis_rate_limit_storage"]
+__all__ = ["RedisCache", "RedisLink"]
 
 logger = logging.getLogger("sds_plugins.redis")
 
@@ -61,6 +62,12 @@ _SOCKET_TIMEOUT_S: Final = 0.5
 _POLL_INTERVAL_S: Final = 0.1
 #: What counts as "Redis is not working" (connection refused, timeouts, protocol errors).
 _REDIS_ERRORS: Final = (RedisError, OSError, TimeoutError)
+#: Connections per process and how long a command may wait for a free one. Waiting is
+#: back-pressure: with hundreds of lookups in flight the pool is briefly full, which says
+#: nothing about Redis's health (redis-py's default pool raises instead, which used to switch
+#: the whole process to its fallback).
+DEFAULT_MAX_CONNECTIONS: Final = 64
+_POOL_WAIT_S: Final = 5.0
 
 #: Entry format: version, stored_at, fresh_until, stale_until, negative, then the raw data.
 #: Binary rather than JSON so ``data`` needs no base64 (entries are a few kB of FHIR JSON).
@@ -221,6 +228,119 @@ def _waiter_error(payload: bytes, key: str) -> Exception:
     )
 
 
+class PoolBusy(Exception):
+    """No pooled Redis connection became free within the wait: load here, not a Redis outage."""
+
+
+class _Pool(BlockingConnectionPool):
+    """Waits for a free connection (bounded) and says so distinctly when the wait runs out."""
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().get_connection(*args, **kwargs)  # type: ignore[no-untyped-call]
+        except RedisConnectionError as exc:
+            # The pool's own wait timed out (its message, a TimeoutError cause); a refused or
+            # broken connection has another cause and is a real failure.
+            if isinstance(exc.__cause__, TimeoutError) and "No connection available" in str(exc):
+                raise PoolBusy(f"no Redis connection free within {self.timeout}s") from None
+            raise
+
+
+class RedisLink:
+    """One Redis client (a bounded, blocking connection pool) and whether Redis is up.
+
+    Shared by :class:`RedisCache` and :class:`~sds_plugins._redis_pacer.RedisPacer`: short
+    socket timeouts, no retries with backoff, and after a failure a pause of
+    ``reconnect_after_s`` during which callers use their fallback, with one warning per outage
+    and an info line when Redis is back. The password never appears in its repr or logs.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        role: str,
+        reconnect_after_s: float = 5.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> None:
+        if reconnect_after_s < 0 or max_connections < 1:
+            raise ConfigurationError("Redis needs reconnect_after_s >= 0 and max_connections >= 1")
+        self._url = url
+        self.role = role
+        self.location = _describe_url(url)
+        self._secret = _password(url)
+        self.reconnect_after_s = reconnect_after_s
+        self.max_connections = max_connections
+        self._client: aioredis.Redis | None = self._new_client()  # parses the URL; no I/O
+        self._down_until = 0.0  # time.monotonic() before which Redis is not tried
+        self.down = False
+
+    def __repr__(self) -> str:
+        return f"RedisLink({self.location!r})"
+
+    def _new_client(self) -> aioredis.Redis:
+        try:
+            pool = _Pool.from_url(
+                self._url,
+                max_connections=self.max_connections,
+                timeout=_POOL_WAIT_S,
+                socket_connect_timeout=_SOCKET_TIMEOUT_S,
+                socket_timeout=_SOCKET_TIMEOUT_S,
+                # One immediate retry survives a pooled connection the server closed; redis-py's
+                # default (10 retries with backoff) would hold every route for seconds when
+                # Redis is down, which is what the fallback is for.
+                retry=Retry(NoBackoff(), 1),
+                # Lets the pub/sub listener notice a half-open connection.
+                health_check_interval=30,
+            )
+        except ValueError:  # redis-py's message can contain the URL: do not chain it
+            raise ConfigurationError(
+                f"invalid Redis URL for {self.location}: expected redis://, rediss:// or unix://"
+            ) from None
+        return aioredis.Redis(connection_pool=pool)
+
+    def client(self) -> aioredis.Redis | None:
+        """The client, or ``None`` while Redis is considered down."""
+        if self.down and time.monotonic() < self._down_until:
+            return None
+        if self._client is None:
+            self._client = self._new_client()
+        return self._client
+
+    def scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret else text
+
+    def failed(self, exc: BaseException, fallback: str) -> None:
+        """Redis failed: stop trying for ``reconnect_after_s``; warn once per outage."""
+        self._down_until = time.monotonic() + self.reconnect_after_s
+        if not self.down:
+            self.down = True
+            logger.warning(
+                "Redis %s at %s is unavailable (%s: %s); %s and trying Redis again every %gs",
+                self.role,
+                self.location,
+                type(exc).__name__,
+                self.scrub(str(exc)),
+                fallback,
+                self.reconnect_after_s,
+            )
+        else:
+            logger.debug("Redis %s at %s still unavailable", self.role, self.location)
+
+    def succeeded(self) -> None:
+        if self.down:
+            self.down = False
+            logger.info("Redis %s at %s is reachable again", self.role, self.location)
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.aclose()
+            except _REDIS_ERRORS as exc:
+                logger.debug("closing Redis connections failed: %s", self.scrub(str(exc)))
+
+
 class _Down(Exception):
     """Internal: Redis failed inside ``coalesce``; fall back to fetching here."""
 
@@ -236,6 +356,7 @@ class RedisCache(CacheBackend):
     """
 
     name = "redis"
+    shared = True
 
     def __init__(
         self,
@@ -246,14 +367,17 @@ class RedisCache(CacheBackend):
         wait_timeout_s: float = 15.0,
         fallback: CacheBackend | None = None,
         reconnect_after_s: float = 5.0,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
-        if lock_ttl_s <= 0 or wait_timeout_s <= 0 or reconnect_after_s < 0:
-            raise ConfigurationError(
-                "RedisCache needs lock_ttl_s > 0, wait_timeout_s > 0, reconnect_after_s >= 0"
-            )
-        self._url = url
-        self.location = _describe_url(url)
-        self._secret = _password(url)
+        if lock_ttl_s <= 0 or wait_timeout_s <= 0:
+            raise ConfigurationError("RedisCache needs lock_ttl_s > 0 and wait_timeout_s > 0")
+        self.link = RedisLink(
+            url,
+            role="cache",
+            reconnect_after_s=reconnect_after_s,
+            max_connections=max_connections,
+        )
+        self.location = self.link.location
         self.prefix = prefix
         self.lock_ttl_s = lock_ttl_s
         self.wait_timeout_s = wait_timeout_s
@@ -262,9 +386,6 @@ class RedisCache(CacheBackend):
         self._lock_ttl_ms = max(1, math.ceil(lock_ttl_s * 1000))
         # Waiters only need an outcome until their next check; it must outlive their wait.
         self._outcome_ttl_ms = max(1000, math.ceil(wait_timeout_s * 1000))
-        self._client: aioredis.Redis | None = self._new_client()  # parses the URL; no I/O
-        self._down_until = 0.0  # time.monotonic() before which Redis is not tried
-        self._down = False
         self._listener: asyncio.Task[None] | None = None
         self._listener_lock = asyncio.Lock()
         self._wakeups: dict[str, set[asyncio.Event]] = {}
@@ -274,55 +395,17 @@ class RedisCache(CacheBackend):
 
     # -- connection and fallback --------------------------------------------------------------
 
-    def _new_client(self) -> aioredis.Redis:
-        try:
-            return aioredis.from_url(
-                self._url,
-                socket_connect_timeout=_SOCKET_TIMEOUT_S,
-                socket_timeout=_SOCKET_TIMEOUT_S,
-                # One immediate retry survives a pooled connection the server closed; redis-py's
-                # default (10 retries with backoff) would hold every route for seconds when
-                # Redis is down, which is what the fallback is for.
-                retry=Retry(NoBackoff(), 1),
-                # Lets the pub/sub listener notice a half-open connection.
-                health_check_interval=30,
-            )
-        except ValueError:  # redis-py's message can contain the URL: do not chain it
-            raise ConfigurationError(
-                f"invalid Redis URL for {self.location}: expected redis://, rediss:// or unix://"
-            ) from None
-
     def _redis(self) -> aioredis.Redis | None:
-        """The client, or ``None`` while Redis is considered down."""
-        if self._down and time.monotonic() < self._down_until:
-            return None
-        if self._client is None:
-            self._client = self._new_client()
-        return self._client
+        return self.link.client()
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        return self.link.scrub(text)
 
     def _failed(self, exc: BaseException) -> None:
-        """Switch to the fallback for ``reconnect_after_s``; warn once per outage."""
-        self._down_until = time.monotonic() + self.reconnect_after_s
-        if not self._down:
-            self._down = True
-            logger.warning(
-                "Redis cache at %s is unavailable (%s: %s); using the in-process cache and "
-                "trying Redis again every %gs",
-                self.location,
-                type(exc).__name__,
-                self._scrub(str(exc)),
-                self.reconnect_after_s,
-            )
-        else:
-            logger.debug("Redis cache at %s still unavailable", self.location)
+        self.link.failed(exc, "using the in-process cache")
 
     def _succeeded(self) -> None:
-        if self._down:
-            self._down = False
-            logger.info("Redis cache at %s is reachable again", self.location)
+        self.link.succeeded()
 
     async def _run(
         self, op: Callable[[aioredis.Redis], Awaitable[_T]], fallback: Callable[[], Awaitable[_T]]
@@ -332,6 +415,10 @@ class RedisCache(CacheBackend):
             return await fallback()
         try:
             result = await op(client)
+        except PoolBusy as exc:
+            # Busy, not broken: this one operation uses the fallback; Redis stays in use.
+            logger.debug("Redis cache busy: %s", exc)
+            return await fallback()
         except _REDIS_ERRORS as exc:
             self._failed(exc)
             return await fallback()
@@ -406,12 +493,7 @@ class RedisCache(CacheBackend):
         if listener is not None:
             listener.cancel()
             await asyncio.wait([listener])  # not `await listener`: keep our own cancellation
-        client, self._client = self._client, None
-        if client is not None:
-            try:
-                await client.aclose()
-            except _REDIS_ERRORS as exc:
-                logger.debug("closing Redis connections failed: %s", self._scrub(str(exc)))
+        await self.link.aclose()
         await self.fallback.aclose()
 
     @staticmethod
@@ -430,6 +512,9 @@ class RedisCache(CacheBackend):
             return await self._coalesce(client, key, fetch)
         except _Down as down:
             self._failed(down.__cause__ or down)
+            return await fetch(), True
+        except PoolBusy as exc:  # load, not an outage: fetch here without declaring Redis down
+            logger.debug("Redis cache busy while coalescing %s: %s", key, exc)
             return await fetch(), True
 
     async def _coalesce(
@@ -534,7 +619,7 @@ class RedisCache(CacheBackend):
                 )
                 if not renewed:  # expired anyway (a long pause): someone else may lead now
                     return
-        except _REDIS_ERRORS:
+        except (*_REDIS_ERRORS, PoolBusy):
             return  # the leader finds out when it writes its result
 
     async def _finish(
@@ -561,6 +646,8 @@ class RedisCache(CacheBackend):
                 self._outcome_ttl_ms,
                 self._channel(key),
             )
+        except PoolBusy:
+            return False
         except _REDIS_ERRORS as exc:
             self._failed(exc)
             return False
@@ -569,7 +656,7 @@ class RedisCache(CacheBackend):
     async def _release(self, client: aioredis.Redis, key: str, token: str) -> None:
         try:
             await client.eval(_RELEASE, 1, self._lock_key(key), token, self._channel(key))
-        except _REDIS_ERRORS as exc:  # the lock expires by itself
+        except (*_REDIS_ERRORS, PoolBusy) as exc:  # the lock expires by itself
             logger.debug("could not release Redis lock: %s", self._scrub(str(exc)))
 
     # -- pub/sub ------------------------------------------------------------------------------
@@ -624,58 +711,3 @@ async def _nothing() -> None:
 async def _close_quietly(pubsub: PubSub) -> None:
     with contextlib.suppress(*_REDIS_ERRORS):
         await pubsub.aclose()  # type: ignore[no-untyped-call]
-
-
-# -- rate limiting ----------------------------------------------------------------------------
-
-_LIMITS_SCHEMES: Final = {
-    "redis": "async+redis",
-    "rediss": "async+rediss",
-    "unix": "async+redis+unix",
-}
-
-
-class _RedisRateLimitStorage(RedisStorage):
-    """``limits``' Redis storage, with a safe ``repr`` and an ``aclose`` for the connections.
-
-    (Subclassing does not re-register the URI schemes: ``limits`` only registers classes that
-    define ``STORAGE_SCHEME`` themselves.)
-    """
-
-    location = ""
-
-    def __repr__(self) -> str:
-        return f"RedisRateLimitStorage({self.location!r})"
-
-    async def aclose(self) -> None:
-        # redis-py client behind the bridge (``implementation="redispy"``); limits types it
-        # as a protocol without ``aclose``.
-        client: Any = self.bridge.storage  # type: ignore[attr-defined]
-        await client.aclose()
-
-
-def redis_rate_limit_storage(url: str, *, key_prefix: str = "sds-plugins-ratelimit") -> Storage:
-    """A ``limits`` storage in Redis (redis-py), so every process shares one request budget.
-
-    ``url`` is a redis-py URL (``redis://``, ``rediss://``, ``unix://``); ``limits`` 5 wants
-    the ``async+`` schemes, which this adds. No I/O happens here. When Redis fails,
-    :class:`WindowRateLimiter` lets requests through (with a warning), so the timeouts are
-    short and there are no retries with backoff: each acquire fails fast instead of stalling.
-    Counters live under ``key_prefix``, outside :class:`RedisCache`'s prefix, so clearing the
-    cache does not reset the budget.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep or (scheme not in _LIMITS_SCHEMES and scheme not in _LIMITS_SCHEMES.values()):
-        raise ConfigurationError(
-            f"invalid Redis URL for {_describe_url(url)}: expected redis://, rediss:// or unix://"
-        )
-    storage = _RedisRateLimitStorage(
-        f"{_LIMITS_SCHEMES.get(scheme, scheme)}://{rest}",
-        implementation="redispy",
-        key_prefix=key_prefix,
-        socket_connect_timeout=_SOCKET_TIMEOUT_S,
-        socket_timeout=_SOCKET_TIMEOUT_S,
-        retry=Retry(NoBackoff(), 0),  # type: ignore[arg-type]
-    )
-    storage.location = _describe_url(url)
-    return storage

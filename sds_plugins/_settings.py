@@ -44,12 +44,19 @@ class Settings(BaseSettings):
 
     # Routing engine (see docs/architecture.md).
     redis_url: SecretStr | None = None
+    #: Key prefix in Redis: fleets (or environments) sharing one Redis use different ones.
+    redis_prefix: str = Field(default="sds-plugins:", min_length=1, max_length=100)
     cache_ttl_s: float = Field(default=300.0, ge=0)
     negative_ttl_s: float = Field(default=60.0, ge=0)
     stale_if_error_s: float = Field(default=3600.0, ge=0)
     breaker_cooldown_s: float = Field(default=5.0, ge=0)
-    rate_limit_per_s: int = Field(default=40, ge=1)
+    # The API gateway's limits for this application (see _ratelimit.py): requests are spaced
+    # 1/rate_limit_per_s apart and no calendar minute exceeds rate_limit_per_min, fleet-wide
+    # when redis_url is set. Without Redis (or while it is unreachable) each process paces
+    # itself at rate / fleet_size.
+    rate_limit_per_s: float = Field(default=40, gt=0, le=10_000)
     rate_limit_per_min: int = Field(default=2400, ge=1)
+    fleet_size: int = Field(default=1, ge=1, le=10_000)
     audit_log: Path | None = None
 
     @model_validator(mode="after")

@@ -1,70 +1,41 @@
 """One node of a test fleet: a process with its own Router, sharing Redis with the others.
 
-Run as ``python -m tests._fleet_worker BASE_URL PREFIX BARRIER`` from the repository root, with
-``SDS_TEST_REDIS_URL`` in the environment (kept out of argv, where a password would show in
-``ps``). It starts its router, reports ready (``INCR BARRIER:ready``), waits for the go signal
-(``BLPOP BARRIER:go``) so that every node routes the same cold key at the same moment, routes
-once and prints one JSON line: the envelope's party key and each lookup's cache status and
-attempts.
+Run as ``python -m tests._fleet_worker CONFIG`` from the repository root, ``CONFIG`` being a
+JSON object::
 
-:class:`SharedRedis` (the cache and rate limiter on one Redis, under a test's own key prefix)
-is also used in-process by ``tests/test_redis.py``.
+    {"base_url": ..., "prefix": ..., "barrier": ..., "orgs": [...], "copies": 1,
+     "interaction": ..., "fleet_size": 1, "redis": "test" | "unreachable"}
+
+The Redis URL comes from ``SDS_TEST_REDIS_URL`` in the environment (kept out of argv, where a
+password would show in ``ps``); ``"redis": "unreachable"`` points the node at a port where
+nothing listens instead. The node starts its router, reports ready (``INCR BARRIER:ready``),
+waits for the go signal (``BLPOP BARRIER:go``) so that every node starts at the same moment,
+routes ``copies`` concurrent routes for each organisation, and prints one JSON line: outcomes,
+party keys, what each lookup cost, and the warnings it logged.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
+import logging
 import os
 import sys
+from typing import Any
 
 import redis.asyncio as aioredis
 
-from sds_plugins import (
-    CacheBackend,
-    LookupEvent,
-    RateLimiter,
-    Router,
-    Settings,
-    WindowRateLimiter,
-    hookimpl,
-)
-from sds_plugins._redis import RedisCache, redis_rate_limit_storage
+from sds_plugins import LookupEvent, Router, SdsPluginsError, Settings, hookimpl
 from tests._adapters import JoinPlugin
 
 PSIS = "urn:nhs:names:services:psis:REPC_IN150016UK05"
+UNREACHABLE = "redis://127.0.0.1:1/0"
 
 
-class _ClosingRateLimiter(WindowRateLimiter):
-    """Closes its Redis connections (``WindowRateLimiter.aclose`` does not close its storage)."""
+class Lookups:
+    """Every lookup event (query, cache status, HTTP attempts)."""
 
-    async def aclose(self) -> None:
-        close = getattr(self._storage, "aclose", None)
-        if close is not None:
-            await close()
-
-
-class SharedRedis:
-    """Cache and rate limiter in Redis under ``prefix``, so a test's keys are its own."""
-
-    def __init__(self, url: str, prefix: str) -> None:
-        self.url = url
-        self.prefix = prefix
-
-    @hookimpl
-    def sds_provide_cache(self, settings: Settings) -> CacheBackend:
-        return RedisCache(self.url, prefix=self.prefix)
-
-    @hookimpl
-    def sds_provide_rate_limiter(self, settings: Settings) -> RateLimiter:
-        return _ClosingRateLimiter(
-            per_second=settings.rate_limit_per_s,
-            per_minute=settings.rate_limit_per_min,
-            storage=redis_rate_limit_storage(self.url, key_prefix=self.prefix + "ratelimit"),
-        )
-
-
-class _Lookups:
     def __init__(self) -> None:
         self.events: list[LookupEvent] = []
 
@@ -73,30 +44,67 @@ class _Lookups:
         self.events.append(event)
 
 
-async def main(base_url: str, prefix: str, barrier: str) -> dict[str, object]:
-    url = os.environ["SDS_TEST_REDIS_URL"]
-    lookups = _Lookups()
-    settings = Settings(base_url=base_url, redis_url=url, retry_attempts=2)
-    control = aioredis.from_url(url)
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(f"{record.name}: {record.getMessage()}")
+
+
+async def main(config: dict[str, Any]) -> dict[str, Any]:
+    test_url = os.environ["SDS_TEST_REDIS_URL"]
+    redis_url = UNREACHABLE if config.get("redis") == "unreachable" else test_url
+    warnings = _Warnings()
+    logging.getLogger("sds_plugins").addHandler(warnings)
+    lookups = Lookups()
+    settings = Settings(
+        base_url=config["base_url"],
+        redis_url=redis_url,
+        redis_prefix=config["prefix"],
+        fleet_size=config.get("fleet_size", 1),
+    )
+    interaction = config.get("interaction", PSIS)
+    outcomes: collections.Counter[str] = collections.Counter()
+    party_keys: set[str] = set()
+    errors: dict[str, str] = {}
+    control = aioredis.from_url(test_url)
+    barrier = config["barrier"]
     try:
-        async with Router(
-            settings, plugins=[JoinPlugin(), SharedRedis(url, prefix), lookups]
-        ) as router:
+        async with Router(settings, plugins=[JoinPlugin(), lookups]) as router:
             await control.incr(f"{barrier}:ready")
-            if await control.blpop([f"{barrier}:go"], timeout=20) is None:
+            if await control.blpop([f"{barrier}:go"], timeout=60) is None:
                 raise TimeoutError("no go signal")
-            envelope = await router.route("join", org="YES", interaction=PSIS)
+
+            async def one(org: str) -> None:
+                try:
+                    envelope = await router.route("join", org=org, interaction=interaction)
+                except SdsPluginsError as exc:
+                    outcomes[type(exc).__name__] += 1
+                    errors.setdefault(type(exc).__name__, str(exc))
+                else:
+                    outcomes["ok"] += 1
+                    party_keys.add(str(envelope.target.party_key))
+
+            await asyncio.gather(
+                *(one(org) for org in config["orgs"] for _ in range(config.get("copies", 1)))
+            )
     finally:
         await control.aclose()
     return {
-        "party_key": envelope.target.party_key,
+        "outcomes": dict(outcomes),
+        "party_keys": sorted(party_keys),
         "lookups": [
             {"query": event.query, "cache": event.cache, "attempts": event.attempts}
             for event in lookups.events
+            if event.attempts or event.cache != "hit"
         ],
+        "warnings": warnings.messages,
+        "errors": errors,
     }
 
 
 if __name__ == "__main__":
-    result = asyncio.run(asyncio.wait_for(main(*sys.argv[1:4]), timeout=30))
+    result = asyncio.run(asyncio.wait_for(main(json.loads(sys.argv[1])), timeout=120))
     print(json.dumps(result), flush=True)

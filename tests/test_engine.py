@@ -22,6 +22,7 @@ from sds_plugins import (
     LookupEvent,
     MemoryCache,
     NotFoundError,
+    Pacer,
     Party,
     PluginError,
     Resolution,
@@ -246,16 +247,17 @@ async def test_lookup_events_describe_each_lookup(make_sandbox: Callable[..., Sa
     assert {first.query.split("?")[0], second.query.split("?")[0]} == {"Device", "Endpoint"}
 
 
-async def test_client_side_rate_limit_keeps_bulk_work_under_the_gateway_limit(
-    make_sandbox: Callable[..., Sandbox],
-) -> None:
-    # Half the server's limit: connection set-up can shift when the server sees a client's
-    # window, so two client windows may land in one server window.
-    sb = make_sandbox(rate_limit=6)
-    async with _router(sb, rate_limit_per_s=3, retry_attempts=1) as router:
-        lookups = [Lookup.devices(org=f"A{n:05d}", interaction=PSIS) for n in range(10)]
+async def test_lookups_wait_for_the_pacer(make_sandbox: Callable[..., Sandbox]) -> None:
+    sb = make_sandbox()
+    async with _router(sb, rate_limit_per_s=20, retry_attempts=1) as router:
+        lookups = [Lookup.devices(org=f"A{n:05d}", interaction=PSIS) for n in range(6)]
         await asyncio.gather(*(router.lookup(lookup) for lookup in lookups))
-    assert sb.stats()["statuses"] == {"200": 10}  # never a 429
+        pacer = router.rate_limiter
+        assert isinstance(pacer, Pacer)
+        # Six requests, one slot each, 50 ms apart: the pacer held them, not the gateway.
+        assert pacer.spacer.released == 6
+        assert pacer.waited_s >= 5 * 0.05
+    assert sb.stats()["statuses"] == {"200": 6}
 
 
 async def test_unknown_adapter_lists_the_installed_ones(sandbox: Sandbox) -> None:

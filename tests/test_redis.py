@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -28,13 +29,13 @@ from sds_plugins import (
     RateLimitedError,
     Router,
     Settings,
-    WindowRateLimiter,
 )
-from sds_plugins._redis import RedisCache, redis_rate_limit_storage
+from sds_plugins._redis import RedisCache
+from sds_plugins._redis_pacer import RedisPacer
 from sds_plugins.sandbox import Sandbox
 
 from ._adapters import JoinPlugin
-from ._fleet_worker import PSIS, SharedRedis
+from ._fleet_worker import PSIS
 
 REDIS_URL = os.environ.get("SDS_TEST_REDIS_URL", "")
 UNREACHABLE = "redis://127.0.0.1:1/0"
@@ -343,59 +344,93 @@ async def test_the_password_is_never_shown(prefix: str, caplog: pytest.LogCaptur
     # (every operation fails and is logged).
     for url in (_with_password(REDIS_URL, "s3cret"), "redis://:s3cret@127.0.0.1:1/0"):
         cache = RedisCache(url, prefix=prefix)
-        storage = redis_rate_limit_storage(url, key_prefix=prefix + "ratelimit")
+        pacer = RedisPacer(url, prefix=prefix)
         try:
             assert "s3cret" not in repr(cache)
-            assert "s3cret" not in repr(storage)
+            assert "s3cret" not in repr(pacer)
             await cache.set("k", _entry())
             assert await cache.get("k") is not None  # from Redis or the in-memory fallback
             fetch = Fetcher()
             assert await cache.coalesce("c", fetch) == (fetch.result, True)
-            limiter = WindowRateLimiter(per_second=5, storage=storage, key="secret-test")
-            await limiter.acquire()  # where Redis fails: warns, lets the request through
+            ticket = await pacer.acquire()  # where Redis fails: paces this process alone
+            ticket.finished()
         finally:
             await cache.aclose()
-            await storage.aclose()  # type: ignore[attr-defined]
-    assert len(_redis_warnings(caplog)) == 1  # the unreachable one
+            await pacer.aclose()
+    # The unreachable one, once for the cache and once for the pacer.
+    assert len(_redis_warnings(caplog)) == 2
     assert "127.0.0.1:1/0" in caplog.text
     assert "s3cret" not in caplog.text
 
 
-# -- shared rate limit ------------------------------------------------------------------------
+# -- shared pacing ----------------------------------------------------------------------------
 
 
-async def test_two_limiters_on_one_redis_share_one_budget(prefix: str) -> None:
-    storages = [redis_rate_limit_storage(REDIS_URL, key_prefix=prefix + "ratelimit") for _ in "ab"]
-    limiters = [
-        WindowRateLimiter(per_second=5, per_minute=1000, storage=storage, key="shared")
-        for storage in storages
-    ]
-    admitted: list[tuple[int, float]] = []
+async def test_two_pacers_on_one_redis_share_one_timeline(prefix: str, raw: redis.Redis) -> None:
+    pacers = [RedisPacer(REDIS_URL, per_second=50, prefix=prefix) for _ in "ab"]
 
     async def acquire(which: int) -> None:
-        await limiters[which].acquire()
-        admitted.append((which, time.monotonic()))
+        ticket = await pacers[which].acquire()
+        ticket.finished()
 
     try:
+        before = raw.time()
         async with asyncio.timeout(10):
             await asyncio.gather(*(acquire(i % 2) for i in range(10)))
     finally:
-        for storage in storages:
-            await storage.aclose()  # type: ignore[attr-defined]
-    first = min(at for _, at in admitted)
-    in_first_window = [which for which, at in admitted if at - first < 0.9]
-    # Separate budgets would have let all 10 through at once; one shared budget admits 5 in
-    # any second, whichever limiter asks.
-    assert len(in_first_window) == 5
-    assert len(admitted) == 10
+        for pacer in pacers:
+            await pacer.aclose()
+    # Ten slots were reserved on one timeline, one interval apart, whichever pacer asked:
+    # the next free slot is ten intervals after the first (separate timelines: two).
+    interval_us = pacers[0]._interval_us
+    next_slot = int(raw.get(f"{prefix}pace:next") or 0)
+    start_us = before[0] * 1_000_000 + before[1]
+    assert start_us + 10 * interval_us <= next_slot < start_us + 10 * interval_us + 1_000_000
+    counts = [int(raw.get(key) or 0) for key in raw.scan_iter(match=f"{prefix}pace:quota:*")]
+    assert sum(counts) == 10
+
+
+async def test_a_pacer_refuses_at_once_a_wait_beyond_the_deadline(
+    prefix: str, raw: redis.Redis
+) -> None:
+    pacer = RedisPacer(REDIS_URL, per_second=1, prefix=prefix)
+    try:
+        ticket = await pacer.acquire()
+        ticket.finished()
+        # The next slot is a second away: a caller with 0.1 s left is told so, not kept.
+        with pytest.raises(RateLimitedError) as raised:
+            await pacer.acquire(deadline=time.monotonic() + 0.1)
+        assert raised.value.limit == "pace"
+        assert raised.value.retry_after_s is not None and 0.5 < raised.value.retry_after_s <= 1.1
+        assert raised.value.attempts == 0
+        counts = [int(raw.get(key) or 0) for key in raw.scan_iter(match=f"{prefix}pace:quota:*")]
+        assert sum(counts) == 1  # the refused request reserved nothing
+    finally:
+        await pacer.aclose()
+
+
+async def test_a_spent_quota_closes_the_timeline_for_the_whole_fleet(
+    prefix: str, raw: redis.Redis
+) -> None:
+    pacers = [RedisPacer(REDIS_URL, prefix=prefix) for _ in "ab"]
+    try:
+        # One node met the gateway's quota fault: every node waits for the next minute.
+        await pacers[0].throttled("quota", retry_after_s=30)
+        with pytest.raises(RateLimitedError) as raised:
+            await pacers[1].acquire(deadline=time.monotonic() + 1)
+        assert raised.value.retry_after_s is not None and 28 < raised.value.retry_after_s <= 30
+    finally:
+        for pacer in pacers:
+            await pacer.aclose()
 
 
 # -- engine -----------------------------------------------------------------------------------
 
 
-def _router(sb: Sandbox, url: str, *plugins: object) -> Router:
-    settings = Settings(base_url=sb.base_url, redis_url=url, retry_attempts=2)
-    return Router(settings, plugins=[JoinPlugin(), *plugins])
+def _router(sb: Sandbox, url: str, prefix: str = "sds-plugins:", **settings: Any) -> Router:
+    options: dict[str, Any] = {"retry_attempts": 2, **settings}
+    config = Settings(base_url=sb.base_url, redis_url=url, redis_prefix=prefix, **options)
+    return Router(config, plugins=[JoinPlugin()])
 
 
 def _requests(sb: Sandbox) -> dict[str, int]:
@@ -406,57 +441,104 @@ async def test_a_second_node_is_served_from_the_shared_cache(
     make_sandbox: Callable[..., Sandbox], prefix: str
 ) -> None:
     sb = make_sandbox()
-    async with _router(sb, REDIS_URL, SharedRedis(REDIS_URL, prefix)) as first:
+    async with _router(sb, REDIS_URL, prefix) as first:
         envelope = await first.route("join", org="YES", interaction=PSIS)
     assert envelope.target.party_key == "YES-0000806"
     assert _requests(sb) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
 
-    async with _router(sb, REDIS_URL, SharedRedis(REDIS_URL, prefix)) as second:
+    async with _router(sb, REDIS_URL, prefix) as second:
         again = await second.route("join", org="YES", interaction=PSIS)
     assert again.target == envelope.target
     assert again.provenance.cache == "hit"
     assert _requests(sb) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
 
 
+async def test_a_burst_of_identical_routes_reads_redis_once_per_lookup(
+    make_sandbox: Callable[..., Sandbox], prefix: str
+) -> None:
+    sb = make_sandbox()
+    async with _router(sb, REDIS_URL, prefix) as router:
+        await router.route("join", org="YES", interaction=PSIS)
+        cache = router.cache
+        reads = 0
+        get = cache.backend.get
+
+        async def counting_get(key: str) -> Any:
+            nonlocal reads
+            reads += 1
+            return await get(key)
+
+        cache.backend.get = counting_get  # type: ignore[method-assign]
+        # Far more routes than the connection pool has connections.
+        envelopes = await asyncio.gather(
+            *(router.route("join", org="YES", interaction=PSIS) for _ in range(1000))
+        )
+    assert {e.provenance.cache for e in envelopes} == {"hit"}
+    assert reads == 2  # one per lookup, not one per route
+    assert _requests(sb) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
+
+
+class Fleet:
+    """Worker processes (``tests/_fleet_worker.py``) started together through a Redis barrier."""
+
+    def __init__(self, raw: redis.Redis, prefix: str) -> None:
+        self.raw = raw
+        self.prefix = prefix
+        self.barrier = prefix + "barrier"
+
+    def run(self, configs: list[dict[str, Any]], timeout_s: float = 90) -> list[dict[str, Any]]:
+        env = {**os.environ, "SDS_TEST_REDIS_URL": REDIS_URL}
+        workers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests._fleet_worker",
+                    json.dumps({"prefix": self.prefix, "barrier": self.barrier, **config}),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for config in configs
+        ]
+        try:
+            deadline = time.monotonic() + 60
+            while int(self.raw.get(f"{self.barrier}:ready") or 0) < len(workers):
+                failed = [w for w in workers if w.poll() is not None]
+                assert not failed, failed[0].communicate()[1]
+                assert time.monotonic() < deadline, "the workers did not start"
+                time.sleep(0.01)
+            self.raw.rpush(f"{self.barrier}:go", *["go"] * len(workers))  # go together
+            outputs = []
+            for worker in workers:
+                out, err = worker.communicate(timeout=timeout_s)
+                assert worker.returncode == 0, err
+                outputs.append(json.loads(out.strip().splitlines()[-1]))
+        finally:
+            for worker in workers:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait()
+        return outputs
+
+
 def test_a_fleet_of_processes_makes_one_request_per_lookup(
     make_sandbox: Callable[..., Sandbox], prefix: str, raw: redis.Redis
 ) -> None:
-    nodes = 4
     sb = make_sandbox()
     sb.set_faults(latency_ms=300)  # so the nodes' lookups overlap however they are scheduled
-    barrier = prefix + "barrier"
-    env = {**os.environ, "SDS_TEST_REDIS_URL": REDIS_URL}
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-m", "tests._fleet_worker", sb.base_url, prefix, barrier],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(nodes)
-    ]
-    try:
-        deadline = time.monotonic() + 25
-        while int(raw.get(f"{barrier}:ready") or 0) < nodes:
-            failed = [w for w in workers if w.poll() is not None]
-            assert not failed, failed[0].communicate()[1]
-            assert time.monotonic() < deadline, "the workers did not start"
-            time.sleep(0.01)
-        raw.rpush(f"{barrier}:go", *["go"] * nodes)  # all routers are started: go together
-        outputs = []
-        for worker in workers:
-            out, err = worker.communicate(timeout=25)
-            assert worker.returncode == 0, err
-            outputs.append(json.loads(out.strip().splitlines()[-1]))
-    finally:
-        for worker in workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait()
+    # Four processes, each with 500 concurrent identical routes: far more than a process's
+    # Redis connection pool holds, so the pool waits rather than giving up.
+    config = {"base_url": sb.base_url, "orgs": ["YES"], "copies": 500}
+    outputs = Fleet(raw, prefix).run([config] * 4)
 
-    assert [output["party_key"] for output in outputs] == ["YES-0000806"] * nodes
+    for output in outputs:
+        assert output["outcomes"] == {"ok": 500}
+        assert output["party_keys"] == ["YES-0000806"]
+        assert output["warnings"] == []  # Redis was never given up on
     assert _requests(sb) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
     # Per lookup, exactly one node sent the request; the others waited for its answer.
     lookups = [lookup for output in outputs for lookup in output["lookups"]]
@@ -465,28 +547,78 @@ def test_a_fleet_of_processes_makes_one_request_per_lookup(
         assert len(senders) == 1, lookups
 
 
+def _practices(count: int, seed: int = 0) -> list[str]:
+    """ODS codes of the sandbox's synthetic practices (``SandboxConfig(synthetic=...)``)."""
+    from sds_plugins._sandbox._records import AS_FILE, MHS_FILE, iter_synthetic, packaged_raw
+
+    existing = {str(r.get("nhsIDCode")) for name in (MHS_FILE, AS_FILE) for r in packaged_raw(name)}
+    return [mhs["nhsIDCode"] for mhs, _ in iter_synthetic(count, seed, exclude=existing)]
+
+
+GPC = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1"
+
+
+def test_two_processes_routing_different_practices_share_one_pace(
+    make_sandbox: Callable[..., Sandbox], prefix: str, raw: redis.Redis
+) -> None:
+    practices = _practices(120)
+    sb = make_sandbox(synthetic=120, spike_arrest_per_s=40, quota_per_min=2400)
+    base = {"base_url": sb.base_url, "interaction": GPC, "fleet_size": 2}
+    outputs = Fleet(raw, prefix).run(
+        [{**base, "orgs": practices[:60]}, {**base, "orgs": practices[60:]}]
+    )
+    assert [output["outcomes"] for output in outputs] == [{"ok": 60}, {"ok": 60}]
+    gateway = sb.stats()["gateway"]
+    assert gateway["spike_arrest_refused"] == 0  # 240 requests, none closer than 25 ms
+    assert gateway["quota_refused"] == 0
+    assert sum(_requests(sb).values()) == 240
+
+
+def test_without_redis_each_process_paces_itself_at_its_share(
+    make_sandbox: Callable[..., Sandbox], prefix: str, raw: redis.Redis
+) -> None:
+    practices = _practices(80)
+    sb = make_sandbox(synthetic=80, spike_arrest_per_s=40)
+    base = {"base_url": sb.base_url, "interaction": GPC, "redis": "unreachable", "fleet_size": 2}
+    outputs = Fleet(raw, prefix).run(
+        [{**base, "orgs": practices[:40]}, {**base, "orgs": practices[40:]}]
+    )
+    assert [output["outcomes"] for output in outputs] == [{"ok": 40}, {"ok": 40}], [
+        output["errors"] for output in outputs
+    ]
+    for output in outputs:
+        assert any("pacing this process alone at 20/s" in w for w in output["warnings"])
+    # Two processes at half the rate each. Uncoordinated, their requests often fall within
+    # 25 ms of each other and are refused (then retried on the next slot: at 20/s each, about
+    # every other request), but the pace holds: unpaced, all 160 would go within a fraction of
+    # a second, be refused over and over and run out of attempts.
+    statuses = sb.stats()["statuses"]
+    assert statuses["200"] == 160
+    assert statuses.get("429", 0) < 2 * statuses["200"]
+
+
 async def test_routes_succeed_when_redis_is_unreachable(
     make_sandbox: Callable[..., Sandbox], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
     sb = make_sandbox()
-    # The default wiring: SDS_REDIS_URL set, so Redis for the cache and the rate limiter.
+    # The default wiring: SDS_REDIS_URL set, so Redis for the cache and the pacer.
     async with _router(sb, UNREACHABLE) as router:
         envelope = await router.route("join", org="YES", interaction=PSIS)
         again = await router.route("join", org="YES", interaction=PSIS)
     assert envelope.target.party_key == again.target.party_key == "YES-0000806"
     assert again.provenance.cache == "hit"  # from the in-memory fallback
     assert _requests(sb) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
-    assert len(_redis_warnings(caplog)) == 1
-    assert any(r.name == "sds_plugins.ratelimit" for r in caplog.records)
+    messages = [r.getMessage() for r in _redis_warnings(caplog)]
+    assert len(messages) == 2, messages  # one per outage: the cache's and the pacer's
+    assert any("in-process cache" in m for m in messages)
+    assert any("pacing this process alone at 40/s" in m for m in messages)
 
 
 async def test_redis_urls_are_checked_without_showing_them() -> None:
     from sds_plugins import ConfigurationError
 
-    with pytest.raises(ConfigurationError) as raised:
-        RedisCache("http://user:s3cret@example.invalid/0")
-    assert "s3cret" not in str(raised.value)
-    with pytest.raises(ConfigurationError) as raised:
-        redis_rate_limit_storage("http://user:s3cret@example.invalid/0")
-    assert "s3cret" not in str(raised.value)
+    for make in (RedisCache, RedisPacer):
+        with pytest.raises(ConfigurationError) as raised:
+            make("http://user:s3cret@example.invalid/0")
+        assert "s3cret" not in str(raised.value)
