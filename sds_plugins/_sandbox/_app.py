@@ -11,7 +11,7 @@ import secrets
 import string
 import time
 import uuid
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 # address are exactly those the builder routes as forward-reliable/express.
 from .._ebxml import FORWARD_EXPRESS_ACTIONS, FORWARD_RELIABLE_ACTIONS, FORWARDED_SERVICES
 from .._models import INTERACTION_SYSTEM, ODS_SYSTEM, PARTY_KEY_SYSTEM
+from ._gateway import Gateway, GatewayConfig
 from ._mapping import device_resource, endpoint_resources, new_id
 from ._records import Directory, Record, load_directory
 
@@ -145,6 +146,12 @@ _OUTCOMES: dict[int, tuple[str, str, str, str, bool]] = {
 }
 
 
+#: NHS's live gateway values (``proxies/live/apiproxy/policies``).
+LIVE_SPIKE_ARREST_PER_S = 40.0
+LIVE_QUOTA_PER_MIN = 2400
+LIVE_RESPONSE_CACHE_S = 1800.0
+
+
 @dataclass(frozen=True)
 class SandboxConfig:
     """How a sandbox behaves. Every field has a default matching NHS's public sandbox."""
@@ -154,7 +161,11 @@ class SandboxConfig:
     latency_ms: float = 0
     error_rate: float = 0
     error_status: int = 503
-    rate_limit: int | None = None
+    #: The API gateway's policies (see ``_gateway.py``); ``None`` turns one off.
+    #: ``SandboxConfig.gateway()`` gives NHS's live values (40/s, 2,400/min, 1,800 s).
+    spike_arrest_per_s: float | None = None
+    quota_per_min: int | None = None
+    response_cache_s: float | None = None
     page_size: int | None = None
     api_key: str | None = None
     jwks: dict[str, Any] | None = None
@@ -169,14 +180,27 @@ class SandboxConfig:
             raise ValueError("error_rate must be between 0 and 1")
         if not 400 <= self.error_status <= 599:
             raise ValueError("error_status must be an HTTP error status (400-599)")
-        if self.rate_limit is not None and self.rate_limit < 1:
-            raise ValueError("rate_limit must be at least 1")
+        self.gateway_config()  # validates the gateway's values
         if self.page_size is not None and self.page_size < 1:
             raise ValueError("page_size must be at least 1")
         if self.synthetic < 0:
             raise ValueError("synthetic must not be negative")
         if self.token_ttl_s < 1:
             raise ValueError("token_ttl_s must be at least 1")
+
+    def gateway_config(self) -> GatewayConfig:
+        return GatewayConfig(self.spike_arrest_per_s, self.quota_per_min, self.response_cache_s)
+
+    @classmethod
+    def gateway(cls, **fields: Any) -> SandboxConfig:
+        """A sandbox behind a gateway like NHS's live one: spike arrest at 40/s (one request
+        per 25 ms), 2,400 requests per calendar minute, a 1,800 s response cache."""
+        defaults: dict[str, Any] = {
+            "spike_arrest_per_s": LIVE_SPIKE_ARREST_PER_S,
+            "quota_per_min": LIVE_QUOTA_PER_MIN,
+            "response_cache_s": LIVE_RESPONSE_CACHE_S,
+        }
+        return cls(**{**defaults, **fields})
 
 
 @dataclass
@@ -223,9 +247,9 @@ class _State:
     intermediaries: dict[str, tuple[str | None, str | None]]
     faults: _Faults
     rng: random.Random
+    gateway: Gateway
     requests: Counter[str] = field(default_factory=Counter)
     statuses: Counter[str] = field(default_factory=Counter)
-    window: deque[float] = field(default_factory=deque)
     tokens: dict[str, float] = field(default_factory=dict)
     seen_jti: dict[str, float] = field(default_factory=dict)
     message_counter: int = 0
@@ -235,7 +259,7 @@ class _State:
         self.rng = random.Random(self.config.seed)  # noqa: S311 - repeatable faults, not crypto
         self.requests.clear()
         self.statuses.clear()
-        self.window.clear()
+        self.gateway.reset()
 
 
 # --------------------------------------------------------------------------- responses
@@ -460,39 +484,38 @@ class _Sandbox:
             },
             faults=_Faults.from_config(config),
             rng=random.Random(config.seed),  # noqa: S311 - repeatable faults, not crypto
+            gateway=Gateway(config.gateway_config()),
         )
 
     # ----------------------------------------------------------------- API gateway
 
     async def _gateway(self, request: Request, correlation_id: str) -> Response | None:
-        """What the API platform does before a request reaches SDS; a response ends it there."""
+        """What the API platform does before a request reaches SDS; a response ends it there.
+
+        In the live proxy's order: key check, quota, spike arrest (see ``_gateway.py``); the
+        response cache and injected faults come after (``_search``). Limits are judged at
+        arrival, before the injected latency, which stands for the network round trip.
+        """
         state = self.state
+        arrival = time.monotonic()
+        blocked: Response | None = None
+        if not self._authorised(request):
+            blocked = _error_response(request, 401, _auth_diagnostics(request), correlation_id)
+        else:
+            fault = state.gateway.limit(arrival, time.time())
+            if fault is not None:
+                blocked = Response(_json_bytes(fault), status_code=429, media_type=PLAIN_JSON)
         if state.faults.latency_ms > 0:
             await asyncio.sleep(state.faults.latency_ms / 1000)
-        limited = self._rate_limited(request, correlation_id)
-        if limited is not None:
-            return limited
-        if not self._authorised(request):
-            return _error_response(request, 401, _auth_diagnostics(request), correlation_id)
-        faults = state.faults
-        if faults.outage or (faults.error_rate > 0 and state.rng.random() < faults.error_rate):
+        return blocked
+
+    def _injected_fault(self, request: Request, correlation_id: str) -> Response | None:
+        faults = self.state.faults
+        if faults.outage or (faults.error_rate > 0 and self.state.rng.random() < faults.error_rate):
             extra = {}
             if faults.retry_after is not None:
                 extra["Retry-After"] = str(faults.retry_after)
             return _error_response(request, faults.error_status, None, correlation_id, extra)
-        return None
-
-    def _rate_limited(self, request: Request, correlation_id: str) -> Response | None:
-        limit = self.state.config.rate_limit
-        if limit is None:
-            return None
-        now = time.monotonic()
-        window = self.state.window
-        while window and window[0] <= now - 1:
-            window.popleft()
-        if len(window) >= limit:
-            return _error_response(request, 429, None, correlation_id, {"Retry-After": "1"})
-        window.append(now)
         return None
 
     def _authorised(self, request: Request) -> bool:
@@ -527,6 +550,22 @@ class _Sandbox:
         blocked = await self._gateway(request, correlation_id)
         if blocked is not None:
             return blocked
+        gateway = self.state.gateway
+        no_cache = request.headers.get("cache-control") == "no-cache"
+        cache_key = gateway.cache_key(
+            request.method, request.url.path, request.url.query, request.headers.get("accept")
+        )
+        cached = gateway.lookup(cache_key, no_cache, time.monotonic())
+        if cached is not None:
+            return Response(
+                cached.body,
+                status_code=cached.status,
+                headers=_tracking_headers(request, correlation_id),
+                media_type=cached.media_type,
+            )
+        fault = self._injected_fault(request, correlation_id)
+        if fault is not None:
+            return fault
         try:
             if request.method != "GET":
                 raise _HttpError(405)
@@ -547,11 +586,10 @@ class _Sandbox:
             resources = self._devices(criteria) if kind == "Device" else self._endpoints(criteria)
         except _HttpError as error:
             return _error_response(request, error.status, error.diagnostics, correlation_id)
-        bundle = self._bundle(request, resources, page)
+        body = _json_bytes(self._bundle(request, resources, page))
+        gateway.populate(cache_key, no_cache, 200, body, media_type, time.monotonic())
         return Response(
-            _json_bytes(bundle),
-            headers=_tracking_headers(request, correlation_id),
-            media_type=media_type,
+            body, headers=_tracking_headers(request, correlation_id), media_type=media_type
         )
 
     def _devices(self, criteria: _Criteria) -> list[dict[str, Any]]:
@@ -626,7 +664,9 @@ class _Sandbox:
         sent_id = request.headers.get("x-correlation-id") or ""
         correlation_id = sent_id if _UUID_RE.fullmatch(sent_id) else str(uuid.uuid4())
         if request.url.path.startswith(FHIR_PREFIX):
-            blocked = await self._gateway(request, correlation_id)
+            blocked = await self._gateway(request, correlation_id) or self._injected_fault(
+                request, correlation_id
+            )
             if blocked is not None:
                 return blocked
         return _error_response(request, 404, None, correlation_id)
@@ -634,10 +674,6 @@ class _Sandbox:
     # ----------------------------------------------------------------- OAuth
 
     async def token(self, request: Request) -> Response:
-        correlation_id = str(uuid.uuid4())
-        limited = self._rate_limited(request, correlation_id)
-        if limited is not None:
-            return limited
         try:
             if request.method != "POST":
                 raise _TokenError(405, "invalid_request", "Method not allowed - use POST")
@@ -782,7 +818,13 @@ class _Sandbox:
         if request.method != "GET":
             return _control_json({"error": "use GET"}, 405)
         state = self.state
-        return _control_json({"requests": dict(state.requests), "statuses": dict(state.statuses)})
+        return _control_json(
+            {
+                "requests": dict(state.requests),
+                "statuses": dict(state.statuses),
+                "gateway": state.gateway.stats(),
+            }
+        )
 
     async def faults(self, request: Request) -> Response:
         if request.method == "GET":

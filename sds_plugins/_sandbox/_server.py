@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from types import TracebackType
@@ -14,6 +16,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from .._models import INTERACTION_SYSTEM, ODS_SYSTEM
 from ._app import FHIR_BASE, TOKEN_PATH, SandboxConfig, create_app
 
 _STARTUP_TIMEOUT_S = 30.0
@@ -220,6 +223,110 @@ class Sandbox(AppServer):
 
     def reset(self) -> None:
         """Clear stats and rate-limit counters; restore the configured faults."""
+        self._control("POST", "reset")
+
+
+class SandboxProcess:
+    """``sds-plugins sandbox`` in a process of its own, with the same controls as :class:`Sandbox`.
+
+    For measurements and timing-sensitive tests: an in-thread sandbox shares the test's
+    interpreter (and its GIL), so its answers, and the arrival times its gateway judges, wait
+    whenever the test's own code runs. ``SandboxProcess(synthetic=1000, gateway=True)``.
+    Options: ``synthetic``, ``latency_ms``, ``spike_arrest_per_s``, ``quota_per_min``,
+    ``response_cache_s``, ``gateway`` (NHS's live values), ``api_key``, ``page_size``,
+    ``data_dir``.
+    """
+
+    _FLAGS = {
+        "synthetic": "--synthetic",
+        "latency_ms": "--latency-ms",
+        "spike_arrest_per_s": "--spike-arrest",
+        "quota_per_min": "--quota",
+        "response_cache_s": "--response-cache",
+        "api_key": "--api-key",
+        "page_size": "--page-size",
+        "data_dir": "--data",
+    }
+
+    def __init__(self, *, gateway: bool = False, **options: Any) -> None:
+        unknown = sorted(set(options) - set(self._FLAGS))
+        if unknown:
+            raise TypeError(f"SandboxProcess does not take {', '.join(unknown)}")
+        self._args = ["--gateway"] if gateway else []
+        self._api_key = options.get("api_key")
+        for name, value in options.items():
+            if value is not None:
+                self._args += [self._FLAGS[name], str(value)]
+        self._process: subprocess.Popen[str] | None = None
+        self._http: httpx.Client | None = None
+        self.url = ""
+
+    @property
+    def base_url(self) -> str:
+        return self.url + FHIR_BASE
+
+    def start(self) -> SandboxProcess:
+        process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
+            [sys.executable, "-m", "sds_plugins", "sandbox", "--port", "0", *self._args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        if not line.startswith("sandbox listening on "):
+            process.kill()
+            _, err = process.communicate(timeout=10)
+            raise RuntimeError(f"sandbox did not start: {line or err.strip()}")
+        self._process = process
+        self.url = line.removeprefix("sandbox listening on ")
+        self._http = httpx.Client(base_url=f"{self.url}/_sandbox/", timeout=10)
+        # A first request costs a fresh interpreter some lazy imports and first-time work:
+        # spend that now, so no measured request (or gateway arrival time) pays for it.
+        httpx.get(
+            self.base_url + "/Device",
+            params={"organization": f"{ODS_SYSTEM}|YES", "identifier": f"{INTERACTION_SYSTEM}|x"},
+            headers={"apikey": self._api_key or ""},
+            timeout=10,
+        )
+        self.reset()
+        return self
+
+    def stop(self) -> None:
+        if self._http is not None:
+            self._http.close()
+            self._http = None
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=_SHUTDOWN_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+    def __enter__(self) -> SandboxProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _control(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        if self._http is None:
+            raise RuntimeError("sandbox process is not running")
+        response = self._http.request(method, path, json=body)
+        response.raise_for_status()
+        return response.json()
+
+    def stats(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._control("GET", "stats")
+        return result
+
+    def set_faults(self, **fields: Any) -> dict[str, Any]:
+        result: dict[str, Any] = self._control("POST", "faults", fields)
+        return result
+
+    def reset(self) -> None:
         self._control("POST", "reset")
 
 

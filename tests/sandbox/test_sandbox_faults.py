@@ -21,23 +21,89 @@ def _get(http: httpx.Client, sandbox: Sandbox) -> httpx.Response:
     return http.get(sandbox.base_url + "/Device", params=PARAMS)
 
 
-def test_rate_limit(start_sandbox: Any, http: httpx.Client) -> None:
-    sandbox = start_sandbox(rate_limit=5)
-    statuses = [http.get(sandbox.base_url + "/Device", params=PARAMS) for _ in range(8)]
-    token = http.post(sandbox.token_url, data={"grant_type": "client_credentials"})
-    assert [r.status_code for r in statuses[:5]] == [200] * 5
-    limited = statuses[5:]
-    assert all(r.status_code == 429 for r in limited)
-    assert token.status_code == 429
-    for response in limited:
-        assert response.headers["retry-after"] == "1"
-        [coding] = issue(response)["details"]["coding"]
-        assert coding["system"] == GATEWAY_SYSTEM
-        assert coding["code"] == "TOO_MANY_REQUESTS"
-    time.sleep(1.05)
+def _fault(response: httpx.Response) -> dict[str, Any]:
+    assert response.status_code == 429
+    assert response.headers["content-type"] == "application/json"
+    assert "retry-after" not in response.headers  # Apigee's faults say nothing of when
+    fault: dict[str, Any] = response.json()["fault"]
+    return fault
+
+
+def test_spike_arrest_refuses_a_request_sooner_than_the_smoothed_interval(
+    start_sandbox: Any, http: httpx.Client
+) -> None:
+    # 1 per second smoothed: one request per 1,000 ms, however few came that second.
+    sandbox = start_sandbox(spike_arrest_per_s=1)
+    first, second = _get(http, sandbox), _get(http, sandbox)
+    assert first.status_code == 200
+    fault = _fault(second)
+    assert fault == {
+        "faultstring": "Spike arrest violation. Allowed rate : 1ps",
+        "detail": {"errorcode": "policies.ratelimit.SpikeArrestViolation"},
+    }
+    # The token endpoint is another proxy, and the control endpoints are never limited.
+    assert http.post(sandbox.token_url, data={"grant_type": "x"}).status_code == 400
+    gateway = sandbox.stats()["gateway"]
+    assert gateway["spike_arrest_per_s"] == 1
+    assert gateway["spike_arrest_refused"] == 1
+
+
+def test_quota_counts_every_request_per_calendar_minute(
+    start_sandbox: Any, http: httpx.Client
+) -> None:
+    sandbox = start_sandbox(quota_per_min=3, spike_arrest_per_s=1)
+    statuses = [_get(http, sandbox).status_code for _ in range(4)]
+    # The first passes; the next two are spiked but still counted by the quota (it runs
+    # first in the live proxy's PreFlow); the fourth is over the quota.
+    assert statuses == [200, 429, 429, 429]
+    last = _get(http, sandbox)
+    assert _fault(last)["detail"]["errorcode"] == "policies.ratelimit.QuotaViolation"
+    gateway = sandbox.stats()["gateway"]
+    assert (gateway["spike_arrest_refused"], gateway["quota_refused"]) == (2, 2)
+
+
+def test_a_missing_key_is_refused_before_the_limits(start_sandbox: Any, http: httpx.Client) -> None:
+    sandbox = start_sandbox(api_key="k", quota_per_min=1)
+    assert [_get(http, sandbox).status_code for _ in range(3)] == [401, 401, 401]
+    assert sandbox.stats()["gateway"]["quota_refused"] == 0
+
+
+def test_response_cache_serves_repeats_until_no_cache(
+    start_sandbox: Any, http: httpx.Client
+) -> None:
+    sandbox = start_sandbox(response_cache_s=1800)
+    first = _get(http, sandbox)
+    sandbox.set_faults(outage=True)  # SDS itself is down: the gateway still answers
+    cached = _get(http, sandbox)
+    assert cached.status_code == 200
+    assert cached.json() == first.json()  # the same bundle, ids and all
+    bypass = http.get(
+        sandbox.base_url + "/Device", params=PARAMS, headers={"Cache-Control": "no-cache"}
+    )
+    assert bypass.status_code == 503  # past the cache, to the failing SDS
+    # Accept is part of the key (UseAcceptHeader): another media type is another entry.
+    other = http.get(
+        sandbox.base_url + "/Device", params=PARAMS, headers={"Accept": "application/json"}
+    )
+    assert other.status_code == 503
+    sandbox.set_faults(outage=False)
+    gateway = sandbox.stats()["gateway"]
+    assert gateway["cache_hits"] == 1
+    assert gateway["cache_misses"] == 2
+    assert gateway["cache_bypassed"] == 1
+
+
+def test_error_responses_are_not_cached(start_sandbox: Any, http: httpx.Client) -> None:
+    sandbox = start_sandbox(response_cache_s=1800)
+    sandbox.set_faults(outage=True)
+    assert _get(http, sandbox).status_code == 503
+    sandbox.set_faults(outage=False)
     assert _get(http, sandbox).status_code == 200
-    # Control endpoints are never limited.
-    assert http.get(sandbox.url + "/_sandbox/stats").status_code == 200
+    # A no-cache answer is not stored either.
+    sandbox.reset()
+    http.get(sandbox.base_url + "/Device", params=PARAMS, headers={"Cache-Control": "no-cache"})
+    _get(http, sandbox)
+    assert sandbox.stats()["gateway"]["cache_hits"] == 0
 
 
 def test_latency(start_sandbox: Any, http: httpx.Client) -> None:
@@ -96,11 +162,13 @@ def test_outage_and_retry_after(start_sandbox: Any, http: httpx.Client) -> None:
 def test_reset_restores_configured_faults_and_clears_counters(
     start_sandbox: Any, http: httpx.Client
 ) -> None:
-    sandbox = start_sandbox(rate_limit=3, latency_ms=0)
+    sandbox = start_sandbox(quota_per_min=3, latency_ms=0)
     sandbox.set_faults(outage=True, error_status=500)
     assert [_get(http, sandbox).status_code for _ in range(4)] == [500, 500, 500, 429]
     sandbox.reset()
-    assert sandbox.stats() == {"requests": {}, "statuses": {}}
+    stats = sandbox.stats()
+    assert (stats["requests"], stats["statuses"]) == ({}, {})
+    assert stats["gateway"]["quota_refused"] == 0
     assert _get(http, sandbox).status_code == 200
 
 
@@ -112,14 +180,24 @@ def test_stats(start_sandbox: Any, http: httpx.Client) -> None:
     http.get(sandbox.base_url + "/Endpoint", params=PARAMS)
     http.get(sandbox.url + "/nowhere")
     http.post(sandbox.token_url, data={"grant_type": "x"})
-    assert sandbox.stats() == {
-        "requests": {
-            DEVICE: 3,
-            "/spine-directory/FHIR/R4/Endpoint": 1,
-            "/nowhere": 1,
-            "/oauth2/token": 1,
-        },
-        "statuses": {"200": 3, "400": 2, "404": 1},
+    stats = sandbox.stats()
+    assert stats["requests"] == {
+        DEVICE: 3,
+        "/spine-directory/FHIR/R4/Endpoint": 1,
+        "/nowhere": 1,
+        "/oauth2/token": 1,
+    }
+    assert stats["statuses"] == {"200": 3, "400": 2, "404": 1}
+    # Every gateway policy is off by default (NHS's public sandbox has none of them).
+    assert stats["gateway"] == {
+        "spike_arrest_per_s": None,
+        "quota_per_min": None,
+        "response_cache_s": None,
+        "quota_refused": 0,
+        "spike_arrest_refused": 0,
+        "cache_hits": 0,
+        "cache_misses": 0,
+        "cache_bypassed": 0,
     }
 
 

@@ -21,7 +21,14 @@ from .conftest import GP2GP, interaction, org
 
 def test_public_surface() -> None:
     assert public.__all__ == sorted(public.__all__)
-    assert set(public.__all__) == {"AppServer", "Sandbox", "SandboxConfig", "create_app", "serve"}
+    assert set(public.__all__) == {
+        "AppServer",
+        "Sandbox",
+        "SandboxConfig",
+        "SandboxProcess",
+        "create_app",
+        "serve",
+    }
     assert public.__doc__
 
 
