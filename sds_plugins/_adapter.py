@@ -247,6 +247,10 @@ class Adapter:
         """Validate the caller's interaction (SDS URN by default; MESH uses workflow ids)."""
         return normalise_interaction(interaction)
 
+    #: Why :meth:`cache_scope` may return ``None`` (lookups not stored), in words an operator
+    #: can act on; ``sds-plugins prewarm`` shows it when it refuses to warm nothing.
+    unstored_reason: ClassVar[str] = ""
+
     def cache_scope(self, request: RouteRequest) -> str | None:
         """The cache scope for this request's lookups: ``""`` shared, ``None`` do not reuse.
 

@@ -186,7 +186,29 @@ def endpoint(
     type=click.FloatRange(0, 1),
     help="Fraction of requests answered with an error.",
 )
-@click.option("--rate-limit", type=click.IntRange(min=1), help="Requests per second before 429.")
+@click.option(
+    "--gateway",
+    "live_gateway",
+    is_flag=True,
+    help="Behave like NHS's live API gateway: --spike-arrest 40 --quota 2400 "
+    "--response-cache 1800 (each may still be set on its own).",
+)
+@click.option(
+    "--spike-arrest",
+    type=click.FloatRange(min=0, min_open=True, max=100_000),
+    help="Gateway spike arrest, requests per second, smoothed like Apigee's (40 → one per "
+    "25 ms; a request sooner after the last accepted one gets 429).",
+)
+@click.option(
+    "--quota",
+    type=click.IntRange(min=1, max=10**9),
+    help="Gateway quota: requests per calendar minute before 429.",
+)
+@click.option(
+    "--response-cache",
+    type=click.FloatRange(min=0, min_open=True, max=86_400),
+    help="Gateway response cache lifetime in seconds ('Cache-Control: no-cache' skips it).",
+)
 @click.option("--page-size", type=click.IntRange(min=1), help="Page answers (Bundle next links).")
 @click.option("--api-key", help="Require this apikey (or a bearer token from /oauth2/token).")
 @click.option(
@@ -204,13 +226,17 @@ def sandbox(
     spine_core_ods: str,
     latency_ms: float,
     error_rate: float,
-    rate_limit: int | None,
+    live_gateway: bool,
+    spike_arrest: float | None,
+    quota: int | None,
+    response_cache: float | None,
     page_size: int | None,
     api_key: str | None,
     jwks: Path | None,
     synthetic: int,
 ) -> None:
     """Run a local SDS FHIR API that behaves like NHS England's."""
+    from ._sandbox._app import LIVE_QUOTA_PER_MIN, LIVE_RESPONSE_CACHE_S, LIVE_SPIKE_ARREST_PER_S
     from .sandbox import SandboxConfig, serve
 
     jwks_doc: dict[str, Any] | None = None
@@ -219,13 +245,27 @@ def sandbox(
             jwks_doc = json.loads(jwks.read_text())
         except (OSError, ValueError) as exc:
             raise click.BadParameter(f"cannot read JWKS: {exc}", param_hint="--jwks") from exc
+    gateway: dict[str, Any] = {}
+    if live_gateway:
+        gateway = {
+            "spike_arrest_per_s": LIVE_SPIKE_ARREST_PER_S,
+            "quota_per_min": LIVE_QUOTA_PER_MIN,
+            "response_cache_s": LIVE_RESPONSE_CACHE_S,
+        }
+    for name, value in (
+        ("spike_arrest_per_s", spike_arrest),
+        ("quota_per_min", quota),
+        ("response_cache_s", response_cache),
+    ):
+        if value is not None:
+            gateway[name] = value
     config = SandboxConfig(
         data_dir=data_dir,
         spine_core_ods=spine_core_ods,
         latency_ms=latency_ms,
         error_rate=error_rate,
-        rate_limit=rate_limit,
         page_size=page_size,
+        **gateway,
         api_key=api_key,
         jwks=jwks_doc,
         synthetic=synthetic,
@@ -271,7 +311,12 @@ def _options(pairs: Sequence[str], config: Path | None, adapter: str) -> dict[st
     help="TOML file; the [ADAPTER] table holds options.",
 )
 @click.option("--encounter", help="Cache scope for adapters that require one (GP Connect).")
-@click.option("--bypass-cache", is_flag=True, help="Look up afresh (and refresh the cache).")
+@click.option(
+    "--bypass-cache",
+    is_flag=True,
+    help="Look up afresh, past our cache and the API gateway's (Cache-Control: no-cache), "
+    "and refresh ours.",
+)
 @click.option(
     "--with-secrets",
     is_flag=True,
@@ -349,7 +394,13 @@ def prewarm(
     api_key: str | None,
     quiet: bool,
 ) -> None:
-    """Resolve many organisations into the cache; print a JSON summary."""
+    """Resolve many organisations into the shared cache; print a JSON summary.
+
+    Needs a cache that outlives the command (SDS_REDIS_URL). Requests are paced below the API
+    gateway's limits, fleet-wide through Redis. Exit status: 0 every organisation resolved or
+    was definitively not found or ambiguous; 5 some failed for directory reasons (listed with
+    their correlation ids); 2 invalid codes in the file or a prewarm that would warm nothing.
+    """
     from ._prewarm import prewarm as run_prewarm
 
     orgs = [
@@ -371,6 +422,7 @@ def prewarm(
         )
     )
     click.echo(json.dumps(summary, indent=2))
+    sys.exit(summary["exit_code"])
 
 
 @cli.command()

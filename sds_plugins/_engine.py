@@ -202,7 +202,9 @@ class Router:
         )
 
         async def fetch() -> tuple[tuple[Any, ...], int]:
-            result = await source.fetch(lookup.query, correlation_id=correlation_id)
+            result = await source.fetch(
+                lookup.query, correlation_id=correlation_id, no_cache=bypass_cache
+            )
             return result.records, result.attempts
 
         started = time.perf_counter()

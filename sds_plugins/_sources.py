@@ -63,7 +63,12 @@ class DirectorySource:
     def __init__(self) -> None:
         self._adapter: TypeAdapter[tuple[Any, ...]] | None = None
 
-    async def fetch(self, query: Any, *, correlation_id: str) -> FetchResult:
+    async def fetch(
+        self, query: Any, *, correlation_id: str, no_cache: bool = False
+    ) -> FetchResult:
+        """Records for ``query``. ``no_cache``: the caller bypasses caches, so ask any cache
+        between us and the directory to skip too (SDS: ``Cache-Control: no-cache``, which the
+        API gateway's 30-minute response cache honours)."""
         raise NotImplementedError
 
     async def aclose(self) -> None:
@@ -96,10 +101,12 @@ class SdsSource(DirectorySource):
         self.client = client
         self.namespace = client.base_url
 
-    async def fetch(self, query: Any, *, correlation_id: str) -> FetchResult:
+    async def fetch(
+        self, query: Any, *, correlation_id: str, no_cache: bool = False
+    ) -> FetchResult:
         if not isinstance(query, DeviceQuery | EndpointQuery):
             raise TypeError(f"the sds source takes DeviceQuery or EndpointQuery, not {query!r}")
-        result = await self.client.search(query, correlation_id=correlation_id)
+        result = await self.client.search(query, correlation_id=correlation_id, no_cache=no_cache)
         return FetchResult(records=result.records, attempts=result.attempts)
 
     async def aclose(self) -> None:

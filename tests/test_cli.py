@@ -7,8 +7,10 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -279,11 +281,11 @@ def test_route_ambiguous_is_exit_4(sandbox: Sandbox) -> None:
     assert "X26-9199246" in result.stderr and "X26-820918" in result.stderr
 
 
-def test_prewarm_summary(make_sandbox: Callable[..., Sandbox], tmp_path: Path) -> None:
-    sb = make_sandbox()
-    orgs = tmp_path / "orgs.txt"
-    orgs.write_text("# practices\nYES\nA99999\n\nX26  # moving supplier\n")
-    result = run(
+REDIS_URL = os.environ.get("SDS_TEST_REDIS_URL", "")
+
+
+def _prewarm(sb: Sandbox, orgs: Path, *extra: str, env: dict[str, str] | None = None) -> Any:
+    return run(
         "prewarm",
         "--adapter",
         EXAMPLE,
@@ -294,10 +296,47 @@ def test_prewarm_summary(make_sandbox: Callable[..., Sandbox], tmp_path: Path) -
         "--quiet",
         "--base-url",
         sb.base_url,
+        *extra,
+        env=env,
     )
+
+
+def test_prewarm_refuses_to_warm_a_cache_that_dies_with_it(
+    make_sandbox: Callable[..., Sandbox], tmp_path: Path
+) -> None:
+    sb = make_sandbox()
+    orgs = tmp_path / "orgs.txt"
+    orgs.write_text("YES\n")
+    result = _prewarm(sb, orgs)
+    assert result.returncode == 2
+    assert "SDS_REDIS_URL" in result.stderr
+    assert sb.stats()["requests"] == {}  # refused before anything was sent
+
+
+@pytest.mark.skipif(not REDIS_URL, reason="needs a real Redis: set SDS_TEST_REDIS_URL")
+def test_prewarm_summary(make_sandbox: Callable[..., Sandbox], tmp_path: Path) -> None:
+    sb = make_sandbox()
+    orgs = tmp_path / "orgs.txt"
+    orgs.write_text("# practices\nYES\nA99999\n\nX26  # moving supplier\nyes\n")
+    env = {"SDS_REDIS_URL": REDIS_URL, "SDS_REDIS_PREFIX": f"sds-test-{uuid.uuid4().hex}:"}
+    result = _prewarm(sb, orgs, env=env)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["organisations"] == 3
+    assert (summary["organisations"], summary["duplicates"]) == (3, 1)
     assert (summary["resolved"], summary["not_found"]) == (1, 2)
     assert summary["directory_requests"] == sum(sb.stats()["requests"].values())
-    assert {"elapsed_s", "ambiguous", "failed"} <= set(summary)
+    assert summary["exit_code"] == 0
+    assert summary["failures"]["A99999"]["error"] == "NotFoundError"
+    assert summary["failures"]["A99999"]["correlation_id"]
+
+    # The directory fails: exit 5, and each failure says what and with which correlation id.
+    sb.set_faults(outage=True, error_status=500)
+    orgs.write_text("B82617\nR1A14\n")
+    result = _prewarm(sb, orgs, env=env)
+    assert result.returncode == 5, result.stderr
+    failures = json.loads(result.stdout)["failures"]
+    assert set(failures) == {"B82617", "R1A14"}
+    for failure in failures.values():
+        assert failure["error"] in {"DirectoryUnavailableError", "BreakerOpenError"}
+        assert failure["message"]
+        assert failure["correlation_id"]

@@ -138,7 +138,9 @@ class BearerTokenSource(DirectorySource):
             self._client = httpx.AsyncClient(timeout=self._timeout_s)
         return self._client
 
-    async def fetch(self, query: Any, *, correlation_id: str) -> FetchResult:
+    async def fetch(
+        self, query: Any, *, correlation_id: str, no_cache: bool = False
+    ) -> FetchResult:
         if not isinstance(query, TokenQuery):
             raise TypeError(f"the {self.name} source takes TokenQuery, not {query!r}")
         auth = self.auth

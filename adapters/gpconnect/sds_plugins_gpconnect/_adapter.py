@@ -63,6 +63,12 @@ class GpConnectAdapter(Adapter):
         "practitioner_given_name": "Ann",
     }
 
+    unstored_reason: ClassVar[str] = (
+        "GP Connect reuses SDS answers only within one encounter (the specification's rule), "
+        "so without one nothing is stored; an operator who accepts sharing them across "
+        "encounters sets SDS_GPCONNECT_SHARED_CACHE=1"
+    )
+
     def __init__(self, *, shared_cache: bool = False) -> None:
         self.shared_cache = shared_cache
 

@@ -191,7 +191,9 @@ class MeshLookupSource(DirectorySource):
             self._clients[mesh_url] = client
         return client
 
-    async def fetch(self, query: Any, *, correlation_id: str) -> FetchResult:
+    async def fetch(
+        self, query: Any, *, correlation_id: str, no_cache: bool = False
+    ) -> FetchResult:
         if not isinstance(query, MailboxQuery):
             raise TypeError(f"the mesh source takes a MailboxQuery, not {query!r}")
         client = self._client(query.mesh_url)
