@@ -1,0 +1,352 @@
+"""Pacing below the API gateway: the pacer on a fake clock, the client's answers to Apigee's
+429s, and, over real sockets against a sandbox in its own process behind a gateway like NHS's,
+bulk work that never meets spike arrest."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from sds_plugins import (
+    Lookup,
+    Pacer,
+    RateLimitedError,
+    RetryPolicy,
+    Router,
+    SdsClient,
+    Settings,
+    hookimpl,
+)
+from sds_plugins._client import gateway_throttle, seconds_to_next_minute
+from sds_plugins._prewarm import prewarm
+from sds_plugins._ratelimit import GUARD_S, RateLimiter, Spacer, Throttle
+from sds_plugins.sandbox import SandboxProcess
+
+from ._adapters import JoinPlugin
+from ._reference import GPC_STRUCTURED, PSIS, SDS_REFERENCE, load_json
+from .test_redis import _practices
+
+BASE = "https://int.api.service.nhs.uk/spine-directory/FHIR/R4"
+DEVICE_BODY = load_json(SDS_REFERENCE / "observed-responses" / "sds-server-single_device.json")
+SPIKE = {
+    "fault": {
+        "faultstring": "Spike arrest violation. Allowed rate : 40ps",
+        "detail": {"errorcode": "policies.ratelimit.SpikeArrestViolation"},
+    }
+}
+QUOTA = {
+    "fault": {
+        "faultstring": "Rate limit quota violation. Quota limit  exceeded. Identifier : _default",
+        "detail": {"errorcode": "policies.ratelimit.QuotaViolation"},
+    }
+}
+
+
+class FakeTime:
+    """A wall clock that moves only when someone sleeps on it."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+        self.slept: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += max(seconds, 0.0)
+
+
+def _pacer(fake: FakeTime, **options: Any) -> Pacer:
+    return Pacer(clock=fake.clock, sleep=fake.sleep, **options)
+
+
+# -- the pacer ---------------------------------------------------------------------------------
+
+
+async def test_requests_are_spaced_not_counted() -> None:
+    fake = FakeTime()
+    pacer = _pacer(fake, per_second=40)
+    released = []
+    for _ in range(5):
+        ticket = await pacer.acquire()
+        released.append(fake.now)
+        ticket.finished()  # as a request that ended at once
+    gaps = [b - a for a, b in itertools.pairwise(released)]
+    # 40/s is one request per 25 ms (plus the guard), from the first: never 40 at once.
+    assert gaps == pytest.approx([0.025 + GUARD_S] * 4, rel=1e-4)
+
+
+async def test_a_calendar_minute_never_exceeds_the_quota() -> None:
+    fake = FakeTime(start=1_800_000_000.0 + 59.0)  # one second before a minute turns
+    pacer = _pacer(fake, per_second=1000, per_minute=3)
+    minutes = []
+    for _ in range(7):
+        (await pacer.acquire()).finished()
+        minutes.append(math.floor(fake.now / 60))
+    first = minutes[0]
+    assert minutes == [first] * 3 + [first + 1] * 3 + [first + 2]
+
+
+async def test_a_wait_beyond_the_deadline_is_refused_at_once_and_reserves_nothing() -> None:
+    fake = FakeTime()
+    pacer = _pacer(fake, per_second=1)
+    (await pacer.acquire()).finished()
+    with pytest.raises(RateLimitedError) as raised:
+        await pacer.acquire(deadline=time.monotonic() + 0.5)
+    assert raised.value.limit == "pace"
+    assert raised.value.attempts == 0
+    assert raised.value.retry_after_s == pytest.approx(1 + GUARD_S)
+    assert fake.slept == []  # not a moment spent waiting in vain
+    # Nothing was reserved: the next caller with time to wait gets the very next slot.
+    (await pacer.acquire()).finished()
+    assert fake.slept == pytest.approx([1 + GUARD_S])
+
+
+async def test_a_spike_arrest_refusal_leaves_about_an_interval_free() -> None:
+    fake = FakeTime()
+    pacer = _pacer(fake, per_second=10)
+    (await pacer.acquire()).finished()
+    await pacer.throttled("spike_arrest")
+    before = fake.now
+    (await pacer.acquire()).finished()
+    # About an interval, jittered so two processes at one rate fall out of step.
+    assert 0.05 <= fake.now - before <= 0.15 + GUARD_S * 1.5
+    assert pacer.throttles == {"spike_arrest": 1, "quota": 0}
+
+
+async def test_a_spent_quota_closes_the_pace_until_the_gateway_s_next_minute() -> None:
+    fake = FakeTime()
+    pacer = _pacer(fake)
+    await pacer.throttled("quota", retry_after_s=12.0)
+    with pytest.raises(RateLimitedError) as raised:
+        await pacer.acquire(deadline=time.monotonic() + 5)
+    assert raised.value.retry_after_s == pytest.approx(12.0)
+    start = fake.now
+    (await pacer.acquire()).finished()
+    assert fake.now - start == pytest.approx(12.0)
+
+
+async def test_the_wire_gate_spaces_what_was_written_not_what_was_released() -> None:
+    fake = FakeTime()
+    spacer = Spacer(0.025, clock=fake.clock, sleep=fake.sleep)
+    first = await spacer.release_after(0)
+    second = await spacer.release_after(0)  # released at once: the first has not gone yet
+    await first.at_wire()
+    fake.now += 0.010  # the first request's write takes 10 ms (a busy loop, a handshake)
+    first.written()
+    await second.at_wire()
+    # Held until 25 ms after the first was *written*, not after it was released.
+    assert fake.now == pytest.approx(first.sent_at + 0.025)
+
+
+async def test_a_stuck_write_does_not_hold_the_others_for_ever() -> None:
+    spacer = Spacer(0.001)
+    stuck = await spacer.release_after(0)
+    await stuck.at_wire()  # and never written
+    after = await spacer.release_after(0)
+    async with asyncio.timeout(5):
+        await after.at_wire()  # waits a bounded while, then goes
+    after.written()
+    stuck.finished()
+
+
+# -- the client's answers to the gateway's 429s ------------------------------------------------
+
+
+def test_apigee_fault_documents_are_recognised() -> None:
+    assert gateway_throttle(SPIKE) == "spike_arrest"
+    assert gateway_throttle(QUOTA) == "quota"
+    for other in (None, [], {"fault": "x"}, {"fault": {"detail": []}}, {"issue": []}):
+        assert gateway_throttle(other) is None
+
+
+def test_seconds_to_the_gateway_s_next_minute() -> None:
+    assert seconds_to_next_minute("Sat, 28 Nov 2026 10:15:59 GMT") == pytest.approx(1)
+    assert seconds_to_next_minute("Sat, 28 Nov 2026 10:16:00 GMT") == pytest.approx(60)
+    assert seconds_to_next_minute("not a date", now=120.5) == pytest.approx(59.5)
+
+
+class Script:
+    def __init__(self, *answers: httpx.Response) -> None:
+        self.answers = list(answers)
+        self.requests: list[httpx.Request] = []
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests.append(request)
+        return self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+
+
+class Recorder(RateLimiter):
+    def __init__(self) -> None:
+        self.throttles: list[tuple[Throttle, float | None]] = []
+
+    async def throttled(self, kind: Throttle, *, retry_after_s: float | None = None) -> None:
+        self.throttles.append((kind, retry_after_s))
+
+
+@pytest.fixture
+def slept(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
+    waits: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr("asyncio.sleep", fake_sleep)
+    return waits
+
+
+async def _devices(script: Script, policy: RetryPolicy, limiter: RateLimiter | None) -> Any:
+    transport = httpx.MockTransport(script)
+    async with SdsClient(BASE, transport=transport, retry=policy, rate_limiter=limiter) as client:
+        return await client.devices(org="B82617", interaction=GPC_STRUCTURED)
+
+
+async def test_spike_arrest_is_retried_on_the_next_slot_without_spending_attempts(
+    slept: list[float],
+) -> None:
+    spike = httpx.Response(429, json=SPIKE)
+    script = Script(spike, spike, spike, httpx.Response(200, json=DEVICE_BODY))
+    limiter = Recorder()
+    result = await _devices(script, RetryPolicy(attempts=2, budget_s=10), limiter)
+    assert len(result.records) == 1
+    assert result.attempts == 4  # three refusals did not use up the two attempts...
+    assert [wait for wait in slept if wait > 0] == []  # ...nor wait with back-off
+    assert limiter.throttles == [("spike_arrest", None)] * 3
+
+
+async def test_a_spent_quota_is_waited_out_until_the_next_minute(slept: list[float]) -> None:
+    quota = httpx.Response(429, json=QUOTA, headers={"Date": "Sat, 28 Nov 2026 10:15:58 GMT"})
+    script = Script(quota, httpx.Response(200, json=DEVICE_BODY))
+    limiter = Recorder()
+    result = await _devices(script, RetryPolicy(attempts=3, budget_s=10), limiter)
+    assert result.attempts == 2
+    assert [wait for wait in slept if wait > 0] == [pytest.approx(2.0)]
+    assert limiter.throttles == [("quota", pytest.approx(2.0))]
+
+
+async def test_a_spent_quota_beyond_the_budget_fails_at_once_saying_when(
+    slept: list[float],
+) -> None:
+    quota = httpx.Response(429, json=QUOTA, headers={"Date": "Sat, 28 Nov 2026 10:16:00 GMT"})
+    script = Script(quota)
+    with pytest.raises(RateLimitedError) as raised:
+        await _devices(script, RetryPolicy(attempts=3, budget_s=10), Recorder())
+    error = raised.value
+    assert (error.limit, error.spine_code, error.status_code) == ("quota", "QuotaViolation", 429)
+    assert error.retry_after_s == pytest.approx(60.0)
+    assert error.retryable is True
+    assert error.attempts == 1
+    assert len(script.requests) == 1
+
+
+# -- over real sockets, behind a gateway like NHS's -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateway() -> Iterator[SandboxProcess]:
+    """The sandbox in its own process (its arrival times unaffected by the test's own work),
+    with NHS's live gateway policies and 200 synthetic GP practices."""
+    with SandboxProcess(gateway=True, synthetic=200) as sandbox:
+        yield sandbox
+
+
+def _refused(sandbox: SandboxProcess) -> tuple[int, int]:
+    gateway = sandbox.stats()["gateway"]
+    return gateway["spike_arrest_refused"], gateway["quota_refused"]
+
+
+class KeepPacer:
+    """Keeps the router's pacer, to look at what it did after the run."""
+
+    pacer: Pacer | None = None
+
+    @hookimpl
+    def sds_provide_rate_limiter(self, settings: Settings) -> Pacer:
+        self.pacer = Pacer(per_second=settings.rate_limit_per_s)
+        return self.pacer
+
+
+async def test_a_prewarm_behind_the_gateway_meets_no_spike_arrest(
+    gateway: SandboxProcess,
+) -> None:
+    gateway.reset()
+    keep = KeepPacer()
+    summary = await prewarm(
+        Settings(base_url=gateway.base_url),
+        adapter="join",
+        interaction=GPC_STRUCTURED,
+        orgs=_practices(40),
+        progress=False,
+        plugins=[JoinPlugin(), keep],
+        require_shared_cache=False,
+    )
+    assert summary["resolved"] == 40
+    assert summary["directory_requests"] == 80
+    assert summary["gateway_429s"] == {"spike_arrest": 0, "quota": 0}
+    assert _refused(gateway) == (0, 0)
+    # What the gateway saw follows from what the client did: no two requests were written to
+    # the wire closer than the pace's interval.
+    assert keep.pacer is not None
+    assert keep.pacer.spacer.closest_s >= keep.pacer.interval_s
+
+
+async def test_a_cold_route_s_lookups_go_one_interval_apart(gateway: SandboxProcess) -> None:
+    gateway.reset()
+    async with Router(Settings(base_url=gateway.base_url), plugins=[JoinPlugin()]) as router:
+        for org in _practices(10):
+            await router.route("join", org=org, interaction=GPC_STRUCTURED)
+    assert _refused(gateway) == (0, 0)
+    assert sum(gateway.stats()["requests"].values()) == 20
+
+
+async def test_without_pacing_the_gateway_refuses_and_the_client_recovers(
+    gateway: SandboxProcess,
+) -> None:
+    gateway.reset()
+    client = SdsClient(gateway.base_url, retry=RetryPolicy(attempts=4, budget_s=20))
+    async with client:
+        results = await asyncio.gather(
+            *(client.devices(org=org, interaction=GPC_STRUCTURED) for org in _practices(10))
+        )
+    assert all(len(result.records) == 1 for result in results)
+    spiked, _ = _refused(gateway)
+    assert spiked > 0  # ten at once: what the pacer is for
+    assert sum(result.attempts for result in results) == 10 + spiked
+
+
+async def test_bypassing_the_cache_bypasses_the_gateway_s_too(gateway: SandboxProcess) -> None:
+    gateway.reset()
+    async with Router(Settings(base_url=gateway.base_url), plugins=[JoinPlugin()]) as router:
+        await router.lookup(Lookup.devices(org="YES", interaction=PSIS))
+        await router.lookup(Lookup.devices(org="YES", interaction=PSIS), bypass_cache=True)
+        await router.lookup(Lookup.devices(org="YES", interaction=PSIS), bypass_cache=True)
+    stats = gateway.stats()["gateway"]
+    assert (stats["cache_misses"], stats["cache_bypassed"], stats["cache_hits"]) == (1, 2, 0)
+
+
+async def test_quota_exhaustion_fails_typed_with_when_to_come_back() -> None:
+    with SandboxProcess(quota_per_min=3) as sandbox:
+        settings = Settings(base_url=sandbox.base_url, retry_budget_s=2)
+        async with Router(settings, plugins=[JoinPlugin()]) as router:
+            for org in ("YES", "X26", "B82617"):
+                await router.lookup(Lookup.devices(org=org, interaction=PSIS))
+            with pytest.raises(RateLimitedError) as raised:
+                await router.lookup(Lookup.devices(org="R1A14", interaction=PSIS))
+            assert raised.value.limit == "quota"
+            assert raised.value.retry_after_s is not None
+            assert 0 < raised.value.retry_after_s <= 60
+            # The rest of this process now waits for the gateway's next minute too, without
+            # spending a request on a refusal it already knows about.
+            with pytest.raises(RateLimitedError) as again:
+                await router.lookup(Lookup.devices(org="RXX01", interaction=PSIS))
+            assert again.value.limit == "pace"
+            assert again.value.attempts == 0
+        assert sandbox.stats()["gateway"]["quota_refused"] == 1
