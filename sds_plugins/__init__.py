@@ -100,6 +100,8 @@ if TYPE_CHECKING:
     )
     from ._validation import (
         check_header_value,
+        check_path_segment,
+        check_relative_path,
         invalid_input,
         normalise_correlation_id,
         normalise_interaction,
@@ -172,6 +174,8 @@ _EXPORTS: dict[str, str] = {
     "SyncRouter": "._sync",
     "SyncSdsClient": "._sync",
     "check_header_value": "._validation",
+    "check_path_segment": "._validation",
+    "check_relative_path": "._validation",
     "invalid_input": "._validation",
     "normalise_correlation_id": "._validation",
     "normalise_interaction": "._validation",
@@ -237,6 +241,8 @@ __all__ = [
     "SyncSdsClient",
     "WindowRateLimiter",
     "check_header_value",
+    "check_path_segment",
+    "check_relative_path",
     "get_with_retries",
     "hookimpl",
     "invalid_input",
