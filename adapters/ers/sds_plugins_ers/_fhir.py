@@ -22,6 +22,7 @@ from sds_plugins import (
     Resolution,
     RouteRequest,
     RoutingEnvelope,
+    check_path_segment,
 )
 
 from ._settings import ErsSettings
@@ -72,13 +73,16 @@ FHIR_JSON = "application/fhir+json"
 #: Envelopes older than this are resolved again (and never outlive their token).
 ENVELOPE_TTL = timedelta(minutes=5)
 
-# Path parameters: option name -> (pattern, description).
+# Path parameters: option name -> (pattern, description). Each value is first checked as one
+# plain path segment (check_path_segment: no "..", "%2e%2e", "..;", encoded "/"...), then must
+# match its pattern in full (fullmatch: "$" would let a trailing newline through). FHIR ids are
+# [A-Za-z0-9.-]{1,64} (FHIR R4 "id"), which alone would accept "." and "..".
 _PARAMETERS: Mapping[str, tuple[re.Pattern[str], str]] = {
-    "ubrn": (re.compile(r"^[0-9]{12}$"), "a UBRN (12 digits)"),
-    "attachment_id": (re.compile(r"^[A-Za-z0-9.-]{1,64}$"), "a FHIR id (letters, digits, - .)"),
-    "service_id": (re.compile(r"^[A-Za-z0-9.-]{1,64}$"), "a FHIR id (letters, digits, - .)"),
+    "ubrn": (re.compile(r"[0-9]{12}"), "a UBRN (12 digits)"),
+    "attachment_id": (re.compile(r"[A-Za-z0-9.-]{1,64}"), "a FHIR id (letters, digits, - .)"),
+    "service_id": (re.compile(r"[A-Za-z0-9.-]{1,64}"), "a FHIR id (letters, digits, - .)"),
 }
-_USER_ID = re.compile(r"^[0-9]{12}$")
+_USER_ID = re.compile(r"[0-9]{12}")
 
 
 class FhirOperation(BaseModel):
@@ -270,7 +274,7 @@ class ErsFhirAdapter(Adapter):
         headers[BUSINESS_FUNCTION_HEADER] = business_function
         headers[ODS_HEADER] = request.org  # validated as an ODS code by the engine
         if on_behalf_of is not None:
-            if not isinstance(on_behalf_of, str) or not _USER_ID.match(on_behalf_of):
+            if not isinstance(on_behalf_of, str) or not _USER_ID.fullmatch(on_behalf_of):
                 raise InvalidInputError(
                     f"on_behalf_of: {on_behalf_of!r} is not an SDS user id (12 digits)",
                     field="on_behalf_of",
@@ -290,7 +294,8 @@ class ErsFhirAdapter(Adapter):
                 continue
             if value is None:
                 raise InvalidInputError(f"{name} is required for {operation.code}", field=name)
-            if not isinstance(value, str) or not pattern.match(value):
+            check_path_segment(value, name)
+            if not isinstance(value, str) or not pattern.fullmatch(value):
                 raise InvalidInputError(f"{name}: {value!r} is not {description}", field=name)
             values[name] = quote(value, safe="")
         return self.settings.resolved_base_url() + operation.path.format(**values)

@@ -244,3 +244,55 @@ def test_invalid_settings_name_the_variable_not_its_value(
         ErsPlugin().settings()
     assert "ERS_TOKEN_TIMEOUT_S" in str(info.value)
     assert "secret-looking-value" not in str(info.value)
+
+
+A033 = f"{FHIR_INTERACTION_PREFIX}a033-retrieve-healthcare-service"
+# Values that would build another URL than the operation's (``.../R4/Binary/..`` is normalised
+# by httpx to ``.../R4/``, bearer token attached), or smuggle a second line or a lookalike.
+HOSTILE_PATH_VALUES = [
+    "..",
+    ".",
+    "%2e%2e",
+    "%2E.",
+    "..;",
+    "a/b",
+    "a%2fb",
+    "a\\b",
+    "x\n",
+    "",
+    "ä1",
+    "a" * 65,
+]
+
+
+@pytest.mark.parametrize(
+    ("interaction", "option"), [(A042, "attachment_id"), (A033, "service_id"), (A005, "ubrn")]
+)
+@pytest.mark.parametrize("value", HOSTILE_PATH_VALUES)
+async def test_hostile_path_parameters_are_refused_before_any_request(
+    oauth_sandbox: Sandbox,
+    ers_settings: Settings,
+    ers_router: ErsRouterFactory,
+    interaction: str,
+    option: str,
+    value: str,
+) -> None:
+    settings = ers_settings(access_mode="application-restricted")
+    router = await ers_router(settings, sandbox=oauth_sandbox)
+    with pytest.raises(InvalidInputError) as info:
+        await router.route("ers-fhir", org="R69", interaction=interaction, **{option: value})
+    assert info.value.field == option
+    assert option in str(info.value)
+    assert oauth_sandbox.stats()["requests"] == {}
+
+
+@pytest.mark.parametrize("ubrn", ["000000070000\n", "00000007000\uff10", " 000000070000"])
+async def test_a_ubrn_must_be_exactly_twelve_ascii_digits(
+    oauth_sandbox: Sandbox, ers_settings: Settings, ers_router: ErsRouterFactory, ubrn: str
+) -> None:
+    settings = ers_settings(access_mode="application-restricted")
+    router = await ers_router(settings, sandbox=oauth_sandbox)
+    with pytest.raises(InvalidInputError) as info:
+        await router.route("ers-fhir", org="R69", interaction=A005, ubrn=ubrn)
+    assert info.value.field == "ubrn"
+    assert oauth_sandbox.stats()["requests"] == {}

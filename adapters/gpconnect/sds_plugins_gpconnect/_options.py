@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from sds_plugins import (
     InvalidInputError,
     check_header_value,
+    check_relative_path,
     invalid_input,
     normalise_ods_code,
     normalise_party_key,
@@ -20,7 +21,9 @@ __all__ = ["GpConnectOptions", "parse_options"]
 
 _ASID = re.compile(r"^[0-9]{12}$")
 _SCOPE = re.compile(r"^(patient|organization)/\*\.(read|write)( conf/[NR])?$")
-_PATH = re.compile(r"^[A-Za-z0-9$._~\-/?&=%:+,;*@!']*$")
+# Characters a FHIR path and query may carry unencoded; check_relative_path does the structural
+# checks (dot segments, literal or encoded; ';' path parameters; empty segments...).
+_PATH = re.compile(r"[A-Za-z0-9$._~\-/?&=%:+,;*@!']+")
 
 
 class GpConnectOptions(BaseModel):
@@ -95,14 +98,20 @@ class GpConnectOptions(BaseModel):
             raise ValueError(f"{value!r} is not an http(s) URL without query or fragment")
         return value
 
-    @field_validator("fhir_path")
+    @field_validator("fhir_path", mode="before")
     @classmethod
-    def _path(cls, value: str | None) -> str | None:
+    def _path(cls, value: Any) -> Any:
+        # Checked as given, before whitespace stripping or any other normalisation.
         if value is None:
             return None
-        if not value or "://" in value or ".." in value.split("/") or not _PATH.match(value):
-            raise ValueError(f"{value!r} is not a FHIR path relative to the service root")
-        return value
+        path = check_relative_path(value, "fhir_path", allow_query=True)
+        if not _PATH.fullmatch(path):
+            raise InvalidInputError(
+                f"fhir_path: {path!r} is not a FHIR path relative to the service root "
+                "(letters, digits and $._~-/?&=%:+,;*@!' only; percent-encode the rest)",
+                field="fhir_path",
+            )
+        return path
 
     @field_validator("requested_scope")
     @classmethod

@@ -222,6 +222,42 @@ async def test_bad_options_are_refused_before_any_lookup(
     assert gpc_sandbox.stats()["requests"] == {}
 
 
+@pytest.mark.parametrize(
+    "fhir_path",
+    [
+        "%2e%2e/%2e%2e/admin",
+        "%2E%2e/admin",
+        "..;/admin",
+        "../admin",
+        "Patient/..",
+        "Patient/.",
+        "Patient%2f..%2fadmin",
+        "Patient\\..",
+        "Patient//1",
+        "Patient/1#fragment",
+        "https://elsewhere/x",
+        "//elsewhere/x",
+        "Pätient/1",
+        "Patient/1\n",
+        "P" * 2049,
+    ],
+)
+async def test_hostile_fhir_paths_are_refused_before_any_lookup(
+    router: Router, gpc_sandbox: Sandbox, fhir_path: str
+) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        await _route(router, interaction=READ_PATIENT, fhir_path=fhir_path)
+    assert info.value.field == "fhir_path"
+    assert "fhir_path" in str(info.value)
+    assert gpc_sandbox.stats()["requests"] == {}
+
+
+async def test_a_search_path_may_carry_a_query(router: Router) -> None:
+    search = "Patient?identifier=https://fhir.nhs.uk/Id/nhs-number%7C9000000009"
+    envelope = await _route(router, interaction=READ_PATIENT, fhir_path=search)
+    assert envelope.request.url.endswith(SINGLE_ADDRESS + search)
+
+
 async def test_reads_by_id_need_a_path(router: Router) -> None:
     with pytest.raises(InvalidInputError, match="fhir_path is required"):
         await _route(router, interaction=READ_PATIENT)

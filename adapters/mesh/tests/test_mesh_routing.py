@@ -377,3 +377,34 @@ async def test_the_mesh_url_option_routes_to_another_host_with_its_own_cache_ent
     assert other.request.url.startswith(other_url + "/messageexchange/")
     assert [event.cache for event in lookups.events] == ["miss", "miss"]
     assert default.provenance.lookups != other.provenance.lookups
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("mailbox_id", ".."),
+        ("mailbox_id", "%2e%2e"),
+        ("mailbox_id", "X26ABC2/.."),
+        ("mailbox_id", "X26ABC2;x"),
+        ("mailbox", ".."),
+        ("mailbox", "X26%2fABC1"),
+        ("mailbox", "X26ABC1\n"),
+    ],
+)
+async def test_hostile_mailbox_ids_are_refused_before_any_lookup(
+    router: Router, lookups: LookupRecorder, option: str, value: str
+) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        await router.route("mesh", org="X26", interaction="TEST_WORKFLOW", **{option: value})
+    assert info.value.field == option
+    assert lookups.events == []
+
+
+@pytest.mark.parametrize("workflow", ["..", ".", "%2e%2e", "A/..", "A;B", "A\\B", "A%2fB"])
+async def test_hostile_workflow_ids_are_refused_before_any_lookup(
+    router: Router, lookups: LookupRecorder, workflow: str
+) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        await router.route("mesh", org="X26", interaction=workflow)
+    assert info.value.field == "interaction"
+    assert lookups.events == []
