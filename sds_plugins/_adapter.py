@@ -61,7 +61,9 @@ class Lookup(BaseModel):
 
 
 #: Option names whose values are credentials: masked wherever a request is printed.
-SECRET_OPTIONS = frozenset({"password", "shared_key", "api_key", "client_secret", "token"})
+SECRET_OPTIONS = frozenset(
+    {"password", "shared_key", "api_key", "client_secret", "token", "user_access_token"}
+)
 
 
 class RouteRequest(BaseModel):

@@ -27,16 +27,18 @@ class ErsSettings(BaseSettings):
     """Everything the e-RS adapters need. Each field reads ``ERS_<FIELD>`` from the environment.
 
     ``base_url`` (``ERS_BASE_URL``) wins over ``env`` (``ERS_ENV``: sandbox, int, prod).
-    The bearer token comes from the signed-JWT auth described by ``client_id`` (the application's
-    API key; ``api_key`` is accepted too), ``private_key_file`` (or ``private_key``, PEM text)
-    and ``kid``; ``token_url`` defaults to ``/oauth2/token`` on the API's host.
+    ``access_mode`` (``ERS_ACCESS_MODE``) is ``application-restricted`` by default: the bearer
+    token comes from the signed-JWT auth described by ``client_id`` (the application's API key;
+    ``api_key`` is accepted too), ``private_key_file`` (or ``private_key``, PEM text) and
+    ``kid``; ``token_url`` defaults to ``/oauth2/token`` on the API's host. In
+    ``user-restricted`` mode each route brings the user's NHS CIS2 token (``user_access_token``).
     """
 
     model_config = SettingsConfigDict(env_prefix="ERS_", frozen=True, extra="ignore")
 
     env: Literal["sandbox", "int", "prod"] = "sandbox"
     base_url: str | None = None
-    access_mode: AccessMode = "user-restricted"
+    access_mode: AccessMode = "application-restricted"
     client_id: SecretStr | None = None
     api_key: SecretStr | None = None
     private_key_file: Path | None = None
@@ -44,7 +46,8 @@ class ErsSettings(BaseSettings):
     kid: str | None = None
     token_url: str | None = None
     token_timeout_s: float = Field(default=10.0, gt=0)
-    #: Default ``NHSD-eRS-Business-Function`` when a route gives no ``business_function``.
+    #: Default ``NHSD-eRS-Business-Function`` when a route gives no ``business_function``
+    #: (user-restricted mode only).
     business_function: str | None = None
     #: The sender's ebXML party key and ASID when a route gives no ``from_party_key`` /
     #: ``from_asid`` (a system sends from one MHS, so configuration is the usual place).
