@@ -51,10 +51,17 @@ class GpConnectOptions(BaseModel):
     practitioner_id: str
     practitioner_sds_user_id: str = "UNK"
     practitioner_sds_role_profile_id: str = "UNK"
+    #: The consumer system's own identifier for the logged-on user (default: practitioner_id),
+    #: under ``practitioner_local_user_id_system`` (default ``<system_url>/Id/local-user-id``).
+    practitioner_local_user_id: str | None = None
+    practitioner_local_user_id_system: str | None = None
     practitioner_family_name: str
     practitioner_given_name: str | None = None
+    practitioner_name_prefix: str | None = None
     reason_for_request: Literal["directcare", "migration"] | None = None
     requested_scope: str | None = None
+    #: Migrate interactions only: the ``includeSensitiveInformation`` the request asks for.
+    include_sensitive_information: bool | None = None
 
     @field_validator("*", mode="before")
     @classmethod
@@ -85,9 +92,11 @@ class GpConnectOptions(BaseModel):
     def _party_key(cls, value: str | None) -> str | None:
         return None if value is None else normalise_party_key(value)
 
-    @field_validator("ssp_url", "system_url")
+    @field_validator("ssp_url", "system_url", "practitioner_local_user_id_system")
     @classmethod
-    def _url(cls, value: str) -> str:
+    def _url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
         parts = urlsplit(value)
         if (
             parts.scheme not in ("http", "https")
