@@ -90,8 +90,7 @@ FORWARD_RELIABLE_ACTIONS = frozenset(
 )  # fmt: skip
 FORWARD_EXPRESS_ACTIONS = frozenset({"PRSC_IN080000UK03", "PRSC_IN040000UK03"})
 
-# Message and content ids become part of Content-Id headers and cid: URLs: keep them plain.
-_MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Content ids become part of Content-Id headers and cid: URLs: keep them plain.
 _CONTENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._%+@-]{0,199}$")
 _MIME_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
 # CRLF line ends (MIME's canonical form); 76-character lines only matter for base64 parts
@@ -195,8 +194,19 @@ def pattern_for(
 
 
 def _new_message_id() -> str:
-    # Spine writes message ids as upper-case UUIDs and echoes them back in acknowledgements.
+    # Upper-case UUIDs, as NHS's MHS adaptor generates every id it sends to Spine
+    # (NHSDigital/integration-adaptor-mhs, common/utilities/message_utilities.py, get_uuid).
     return str(uuid.uuid4()).upper()
+
+
+def _upper_uuid(value: str, field: str) -> str:
+    """``value`` as an upper-case UUID (the form Spine is sent); anything else is refused."""
+    try:
+        return str(uuid.UUID(value)).upper()
+    except ValueError:
+        raise ValueError(
+            f"{field} {value!r} is not a UUID (Spine's ebXML ids are upper-case UUIDs)"
+        ) from None
 
 
 def _utc_seconds(moment: datetime) -> datetime:
@@ -231,7 +241,8 @@ class EbxmlRouting(BaseModel):
     #: ebXML header.
     from_asid: str | None = None
     to_asid: str | None = None
-    #: The correlation id: Spine keeps it across the request, acknowledgements and responses.
+    #: The correlation id, as an upper-case UUID: Spine keeps it across the request,
+    #: acknowledgements and responses.
     conversation_id: str
     message_id: str = Field(default_factory=_new_message_id)
     timestamp: datetime = Field(default_factory=lambda: _utc_seconds(datetime.now(UTC)))
@@ -265,12 +276,13 @@ class EbxmlRouting(BaseModel):
             raise ValueError(f"{info.field_name} is empty")
         return check_header_value(value, info.field_name)
 
-    @field_validator("message_id")
+    @field_validator("message_id", "conversation_id")
     @classmethod
-    def _message_id(cls, value: str) -> str:
-        if not _MESSAGE_ID.match(value):
-            raise ValueError(f"message_id {value!r}: use letters, digits, '.', '_' and '-' only")
-        return value
+    def _upper_case_uuid(cls, value: str, info: Any) -> str:
+        # The MHS adaptor sends both as upper-case UUIDs (message_utilities.get_uuid: the
+        # MessageId, and the ConversationId when the caller gives no correlation id), and
+        # Spine has refused lower-case ids elsewhere; a caller's lower-case UUID is upper-cased.
+        return _upper_uuid(value, info.field_name)
 
     @field_validator("timestamp")
     @classmethod

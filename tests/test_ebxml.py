@@ -221,7 +221,7 @@ def test_the_rendered_message_parses_back_to_the_same_values() -> None:
         "from": "R69-0000001",
         "to": "X26-820918",
         "cpa": "cb238429762210af860b",
-        "conversation": CORRELATION_ID,
+        "conversation": CORRELATION_ID.upper(),
         "service": "urn:nhs:names:services:ebs",
         "action": "PRSC_IN040000UK08",
         "message_id": "C5D2A0D4-5D5F-4C3B-9C19-0E3B1F2A3B4C",
@@ -261,6 +261,8 @@ def test_hostile_values_are_escaped_not_interpreted() -> None:
         ("correlation_id", "abc\x00"),
         ("message_id", "id with spaces"),
         ("message_id", "<id@x>"),
+        ("message_id", "not-a-uuid"),
+        ("correlation_id", "not-a-uuid"),
     ],
 )
 def test_control_characters_and_odd_ids_are_refused(field: str, value: str) -> None:
@@ -332,3 +334,20 @@ def test_attachment_values_are_checked() -> None:
         Attachment(content="x", content_type="text")
     with pytest.raises(ValueError, match="Content-Id"):
         Attachment(content="x", content_id="<bad id>")
+
+
+def test_conversation_and_message_ids_are_upper_case_uuids() -> None:
+    # As NHS's MHS adaptor sends them (message_utilities.get_uuid: str(uuid4()).upper()).
+    routing = _routing(message_id="c5d2a0d4-5d5f-4c3b-9c19-0e3b1f2a3b4c")
+    assert routing.conversation_id == CORRELATION_ID.upper()
+    assert routing.message_id == "C5D2A0D4-5D5F-4C3B-9C19-0E3B1F2A3B4C"
+    generated = _routing()
+    assert generated.message_id == generated.message_id.upper()
+    header = _soap(_parse(*render_multipart(routing, PAYLOAD))).find(
+        "SOAP:Header/eb:MessageHeader", NS
+    )
+    assert header is not None
+    assert header.findtext("eb:ConversationId", namespaces=NS) == CORRELATION_ID.upper()
+    assert header.findtext("eb:MessageData/eb:MessageId", namespaces=NS) == routing.message_id
+    # The upper-cased form survives a trip through an envelope's JSON.
+    assert EbxmlRouting.model_validate(routing.model_dump(mode="json")) == routing

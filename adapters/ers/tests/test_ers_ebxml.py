@@ -118,7 +118,7 @@ async def test_forward_reliable_goes_to_the_intermediary_with_the_recipients_key
     assert reliability.sync_reply is False
     routing = EbxmlRouting.model_validate(envelope.extensions["ebxml"])
     assert routing.pattern is MessagingPattern.FORWARD_RELIABLE
-    assert routing.conversation_id == envelope.provenance.correlation_id
+    assert routing.conversation_id == envelope.provenance.correlation_id.upper()
     assert envelope.request.headers["Content-Type"] == routing.content_type
 
 
@@ -201,7 +201,7 @@ async def test_the_envelope_renders_to_a_message_that_parses_back(
     assert header.findtext(".//eb:To/eb:PartyId", namespaces=eb) == envelope.target.party_key
     assert header.findtext(".//eb:CPAId", namespaces=eb) == envelope.target.cpa_id
     assert header.findtext(".//eb:ConversationId", namespaces=eb) == (
-        envelope.provenance.correlation_id
+        envelope.provenance.correlation_id.upper()
     )
     assert header.find(".//eb:SyncReply", eb) is None
     assert payload["Content-Id"] == f"<{routing.message_id}@spine.nhs.uk>"
