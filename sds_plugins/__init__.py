@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ._defaults import LowestPartyKeyPolicy
     from ._engine import Router
     from ._envelope import (
+        ClientTls,
         EnvelopeReliability,
         ForeignRecord,
         HttpRequestSpec,
@@ -98,6 +99,10 @@ if TYPE_CHECKING:
         SyncRouter,
         SyncSdsClient,
     )
+    from ._transport import (
+        EnvelopeClients,
+        client_ssl_context,
+    )
     from ._validation import (
         check_header_value,
         check_path_segment,
@@ -133,6 +138,7 @@ _EXPORTS: dict[str, str] = {
     "resolve_base_url": "._client",
     "LowestPartyKeyPolicy": "._defaults",
     "Router": "._engine",
+    "ClientTls": "._envelope",
     "EnvelopeReliability": "._envelope",
     "ForeignRecord": "._envelope",
     "HttpRequestSpec": "._envelope",
@@ -164,6 +170,8 @@ _EXPORTS: dict[str, str] = {
     "PluginHost": "._plugins",
     "DeviceQuery": "._query",
     "EndpointQuery": "._query",
+    "EnvelopeClients": "._transport",
+    "client_ssl_context": "._transport",
     "RateLimiter": "._ratelimit",
     "WindowRateLimiter": "._ratelimit",
     "Settings": "._settings",
@@ -195,6 +203,7 @@ __all__ = [
     "CacheBackend",
     "CacheEntry",
     "Candidate",
+    "ClientTls",
     "ConfigurationError",
     "DeviceQuery",
     "DirectoryError",
@@ -202,6 +211,7 @@ __all__ = [
     "DirectoryTimeoutError",
     "DirectoryUnavailableError",
     "EndpointQuery",
+    "EnvelopeClients",
     "EnvelopeReliability",
     "EnvelopeVetoedError",
     "FetchResult",
@@ -243,6 +253,7 @@ __all__ = [
     "check_header_value",
     "check_path_segment",
     "check_relative_path",
+    "client_ssl_context",
     "get_with_retries",
     "hookimpl",
     "invalid_input",

@@ -170,6 +170,8 @@ class ErsEbxmlAdapter(Adapter):
             source=Party(asid=from_asid, party_key=from_party_key),
             # Exactly the address SDS gave: for forwarded interactions, Spine's intermediary.
             request=HttpRequestSpec(method="POST", url=routing.url, headers=routing.http_headers),
+            # Spine's MHS endpoints take TLS with the sender's Spine client certificate.
+            tls=self.settings.client_tls(),
             reliability=routing.reliability(),
             expires_at=resolved.now + ENVELOPE_TTL,
             provenance=resolved.provenance(chosen.records),

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sds_plugins import ConfigurationError, SignedJwtAuth
+from sds_plugins import ClientTls, ConfigurationError, SignedJwtAuth
 
 __all__ = ["ERS_ENVIRONMENTS", "AccessMode", "ErsSettings"]
 
@@ -53,6 +53,22 @@ class ErsSettings(BaseSettings):
     #: ``from_asid`` (a system sends from one MHS, so configuration is the usual place).
     from_party_key: str | None = None
     from_asid: str | None = None
+    #: The sending MHS's Spine client certificate and key (PEM files) and the CA bundle that
+    #: verifies Spine (``ERS_TLS_CERT``, ``ERS_TLS_KEY``, ``ERS_TLS_CA_BUNDLE``): ebXML
+    #: envelopes carry these paths in ``envelope.tls``, never the files' contents.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca_bundle: Path | None = None
+
+    def client_tls(self) -> ClientTls | None:
+        """The Spine client TLS these settings describe, or ``None`` when none is configured."""
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ConfigurationError("ERS_TLS_KEY is set without ERS_TLS_CERT")
+        if self.tls_cert is None and self.tls_ca_bundle is None:
+            return None
+        return ClientTls(
+            cert_path=self.tls_cert, key_path=self.tls_key, ca_bundle_path=self.tls_ca_bundle
+        )
 
     def resolved_base_url(self) -> str:
         return (self.base_url or ERS_ENVIRONMENTS[self.env]).rstrip("/")

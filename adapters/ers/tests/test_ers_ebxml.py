@@ -6,6 +6,7 @@ import email
 import email.policy
 from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
@@ -373,3 +374,33 @@ def test_documented_interactions_match_spines_forwarding_lists() -> None:
 def test_the_entry_point_is_declared() -> None:
     [entry_point] = [ep for ep in entry_points(group="sds_plugins") if ep.name == "ers"]
     assert entry_point.value == "sds_plugins_ers.plugin"
+
+
+async def test_ebxml_envelopes_carry_the_senders_spine_client_tls(
+    ebs_directory: Sandbox, ers_router: ErsRouterFactory, tmp_path: Path
+) -> None:
+    from sds_plugins import ClientTls
+
+    settings = ErsSettings(
+        tls_cert=tmp_path / "mhs.pem",
+        tls_key=tmp_path / "mhs.key",
+        tls_ca_bundle=tmp_path / "nhs-ca.pem",
+    )
+    router = await ers_router(settings, sandbox=ebs_directory)
+    envelope = await router.route("ers", org=ORG, interaction=FORWARD_RELIABLE, **SENDER)
+    assert envelope.tls == ClientTls(
+        cert_path=str(tmp_path / "mhs.pem"),
+        key_path=str(tmp_path / "mhs.key"),
+        ca_bundle_path=str(tmp_path / "nhs-ca.pem"),
+    )
+    untouched = await (await ers_router(sandbox=ebs_directory)).route(
+        "ers", org=ORG, interaction=FORWARD_RELIABLE, **SENDER
+    )
+    assert untouched.tls is None
+
+
+def test_a_tls_key_without_its_certificate_is_a_configuration_error(tmp_path: Path) -> None:
+    from sds_plugins import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="ERS_TLS_CERT"):
+        ErsSettings(tls_key=tmp_path / "mhs.key").client_tls()

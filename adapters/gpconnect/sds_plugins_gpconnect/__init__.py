@@ -5,6 +5,7 @@ from ._interactions import INTERACTIONS, Interaction, interaction
 from ._jwt import JWT_LIFETIME_S, access_token, claims, local_user_system
 from ._migrate import NHS_NUMBER_SYSTEM, migrate_parameters
 from ._options import GpConnectOptions, parse_options
+from ._settings import GpConnectSettings
 
 __all__ = [
     "INTERACTIONS",
@@ -12,6 +13,7 @@ __all__ = [
     "NHS_NUMBER_SYSTEM",
     "GpConnectAdapter",
     "GpConnectOptions",
+    "GpConnectSettings",
     "Interaction",
     "access_token",
     "claims",

@@ -6,11 +6,13 @@ import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from sds_plugins import (
     AccreditedSystem,
     Adapter,
     AmbiguousError,
+    ClientTls,
     HttpRequestSpec,
     InvalidInputError,
     Lookup,
@@ -42,6 +44,11 @@ class GpConnectAdapter(Adapter):
     from fresh lookups, unless the operator chose ``shared_cache=True`` (environment
     ``SDS_GPCONNECT_SHARED_CACHE=1``): faster and kinder to SDS, at the cost of up to
     ``SDS_CACHE_TTL_S`` of staleness when a practice changes supplier.
+
+    Every SSP call needs the consumer system's Spine client certificate: ``tls`` (from
+    ``SDS_GPCONNECT_TLS_*``) goes into each envelope as paths, for
+    :class:`~sds_plugins.EnvelopeClients`. A plain ``http://`` ``ssp_url`` is refused unless
+    ``allow_insecure_ssp`` (``SDS_GPCONNECT_ALLOW_INSECURE_SSP=1``, for local mocks).
     """
 
     name = "gpconnect"
@@ -63,8 +70,16 @@ class GpConnectAdapter(Adapter):
         "practitioner_given_name": "Ann",
     }
 
-    def __init__(self, *, shared_cache: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        shared_cache: bool = False,
+        tls: ClientTls | None = None,
+        allow_insecure_ssp: bool = False,
+    ) -> None:
         self.shared_cache = shared_cache
+        self.tls = tls
+        self.allow_insecure_ssp = allow_insecure_ssp
 
     def normalise_interaction(self, interaction_id: str) -> str:
         checked = super().normalise_interaction(interaction_id)
@@ -80,6 +95,7 @@ class GpConnectAdapter(Adapter):
         options = parse_options(dict(request.options))
         spec = interaction(request.interaction)
         self._check_path(spec, options)
+        self._check_ssp(options)
         requested_scope(spec, options)
         lookups = {
             "provider_endpoints": Lookup.endpoints(
@@ -94,6 +110,16 @@ class GpConnectAdapter(Adapter):
                 manufacturer=options.consumer_supplier_ods,
             )
         return lookups
+
+    def _check_ssp(self, options: GpConnectOptions) -> None:
+        if urlsplit(options.ssp_url).scheme == "https" or self.allow_insecure_ssp:
+            return
+        raise InvalidInputError(
+            "gpconnect: ssp_url: a plain http:// Spine Secure Proxy URL is refused (the SSP "
+            "takes TLS with a Spine client certificate); set SDS_GPCONNECT_ALLOW_INSECURE_SSP=1 "
+            "only for local mocks and tests",
+            field="ssp_url",
+        )
 
     @staticmethod
     def _check_path(spec: Interaction, options: GpConnectOptions) -> None:
@@ -171,6 +197,8 @@ class GpConnectAdapter(Adapter):
                 url=ssp_url(options.ssp_url, provider.address, options.fhir_path or spec.path),
                 headers=headers,
             ),
+            # TLS only means something for https (an allowed http:// mock has none).
+            tls=self.tls if urlsplit(options.ssp_url).scheme == "https" else None,
             # The token is the envelope's life: the provider refuses it after exp.
             expires_at=issued_at.replace(microsecond=0) + timedelta(seconds=JWT_LIFETIME_S),
             provenance=resolved.provenance(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -408,3 +409,31 @@ async def test_hostile_workflow_ids_are_refused_before_any_lookup(
         await router.route("mesh", org="X26", interaction=workflow)
     assert info.value.field == "interaction"
     assert lookups.events == []
+
+
+async def test_the_envelope_carries_the_senders_client_tls_for_the_core(
+    router: Router, tmp_path: Path
+) -> None:
+    from sds_plugins import ClientTls
+
+    envelope = await router.route(
+        "mesh",
+        org="X26",
+        interaction="TEST_WORKFLOW",
+        cert=str(tmp_path / "mesh.pem"),
+        key=str(tmp_path / "mesh.key"),
+        ca_bundle=str(tmp_path / "nhs-int-ca-bundle.pem"),
+    )
+    # The core's description (what EnvelopeClients reads) and MESH's own extension agree.
+    assert envelope.tls == ClientTls(
+        cert_path=str(tmp_path / "mesh.pem"),
+        key_path=str(tmp_path / "mesh.key"),
+        ca_bundle_path=str(tmp_path / "nhs-int-ca-bundle.pem"),
+    )
+    assert envelope.extensions["mesh"]["tls"] == {
+        "cert": str(tmp_path / "mesh.pem"),
+        "key": str(tmp_path / "mesh.key"),
+        "ca_bundle": str(tmp_path / "nhs-int-ca-bundle.pem"),
+    }
+    plain = await router.route("mesh", org="X26", interaction="TEST_WORKFLOW")
+    assert plain.tls is None
