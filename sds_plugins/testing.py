@@ -6,9 +6,10 @@ so the fixtures below are available in any test suite without a ``conftest.py`` 
 ``sds_sandbox``
     A running SDS sandbox with the reference data (shared by the session, reset per test).
 ``sds_sandbox_factory``
-    ``(mhs_records=None, accredited_systems=None, **SandboxConfig fields) -> Sandbox``: a sandbox
-    serving your own directory records (build them with :func:`mhs_record` and
-    :func:`accredited_system_record`).
+    ``(mhs_records=None, accredited_systems=None, *, mode="replace", **SandboxConfig fields)
+    -> Sandbox``: a sandbox serving your own directory records (build them with
+    :func:`mhs_record` and :func:`accredited_system_record`), instead of the reference data or,
+    with ``mode="add"``, in addition to it.
 ``sds_plugin_host`` and ``sds_register_plugin``
     A fresh :class:`~sds_plugins.PluginHost` per test (no entry points loaded), and
     ``register(plugin, name=None) -> name``, undone when the test ends.
@@ -144,8 +145,8 @@ def mhs_record(
     :param attributes: any other LDAP attributes, added last (they override the above).
 
     A forward-reliable interaction (e.g. ``gp2gp:COPC_IN000001UK01``) is answered with Spine's
-    intermediary address, so the sandbox needs Spine's own MHS records (the reference data) to
-    answer it; use a non-forwarded interaction in custom data.
+    intermediary address, so the sandbox needs Spine's own MHS records to answer it: add your
+    records to the reference data (``sds_sandbox_factory(..., mode="add")``), which holds them.
     """
     ods = ods.strip().upper()
     interaction_list = _as_list(interactions)
@@ -225,6 +226,8 @@ class SandboxFactory(Protocol):
         self,
         mhs_records: Iterable[Mapping[str, Any]] | None = None,
         accredited_systems: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        mode: str = "replace",
         **config: Any,
     ) -> Sandbox: ...
 
@@ -255,13 +258,16 @@ def sds_sandbox(_sds_shared_sandbox: Sandbox) -> Sandbox:
 def sds_sandbox_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SandboxFactory]:
     """Start sandboxes on your own records or configuration; all stop when the test ends.
 
-    ``factory(mhs_records=None, accredited_systems=None, **config) -> Sandbox``: the records are
-    lists of LDAP-attribute dicts (see :func:`mhs_record`, :func:`accredited_system_record`),
-    and ``config`` is any :class:`sds_plugins.sandbox.SandboxConfig` field (``latency_ms``,
-    ``api_key``, ``synthetic``...). Passing either list replaces the whole directory (the other
-    kind is then empty); passing neither serves the reference data.
+    ``factory(mhs_records=None, accredited_systems=None, *, mode="replace", **config) ->
+    Sandbox``: the records are lists of LDAP-attribute dicts (see :func:`mhs_record`,
+    :func:`accredited_system_record`), and ``config`` is any
+    :class:`sds_plugins.sandbox.SandboxConfig` field (``latency_ms``, ``api_key``,
+    ``synthetic``...). With ``mode="replace"`` (the default) passing either list replaces the
+    whole directory (the other kind is then empty); with ``mode="add"`` the records are added to
+    the default data, so Spine's own intermediary records stay and forward-reliable and
+    forward-express interactions are answered. Passing neither serves the default data.
     """
-    from sds_plugins._sandbox._records import AS_FILE, MHS_FILE
+    from sds_plugins._sandbox._records import AS_FILE, DATA_MANIFEST, DATA_MODES, MHS_FILE
     from sds_plugins.sandbox import Sandbox, SandboxConfig
 
     started: list[Sandbox] = []
@@ -269,14 +275,19 @@ def sds_sandbox_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sa
     def factory(
         mhs_records: Iterable[Mapping[str, Any]] | None = None,
         accredited_systems: Iterable[Mapping[str, Any]] | None = None,
+        *,
+        mode: str = "replace",
         **config: Any,
     ) -> Sandbox:
+        if mode not in DATA_MODES:
+            raise ValueError(f"mode must be one of {', '.join(DATA_MODES)}, not {mode!r}")
         if mhs_records is not None or accredited_systems is not None:
             if "data_dir" in config:
                 raise TypeError("pass records or data_dir, not both")
             data_dir = tmp_path_factory.mktemp("sds-sandbox-data")
             for name, records in ((MHS_FILE, mhs_records), (AS_FILE, accredited_systems)):
                 _write_records(data_dir / name, records or ())
+            (data_dir / DATA_MANIFEST).write_text(json.dumps({"mode": mode}), encoding="utf-8")
             config["data_dir"] = data_dir
         running = Sandbox(SandboxConfig(**config)).start()
         started.append(running)

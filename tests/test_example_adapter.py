@@ -180,6 +180,46 @@ async def test_two_candidates_are_refused_until_a_party_key_chooses(
     assert (envelope.reliability.ack_requested, envelope.reliability.sync_reply) == (False, True)
 
 
+GP2GP = "urn:nhs:names:services:gp2gp:COPC_IN000001UK01"
+
+
+@pytest.fixture
+def gp2gp_practice(sds_sandbox_factory: SandboxFactory) -> Sandbox:
+    """A practice that receives GP2GP, added to the reference data (Spine's intermediaries)."""
+    return sds_sandbox_factory(
+        [mhs_record(ORG, GP2GP, ack_requested="always", retries=3, retry_interval="PT30S")],
+        [accredited_system_record(ORG, GP2GP, asid="100000000003")],
+        mode="add",
+    )
+
+
+@pytest.mark.usefixtures("_example")
+async def test_a_forward_reliable_interaction_goes_through_spines_intermediary(
+    gp2gp_practice: Sandbox, sds_router_factory: RouterFactory
+) -> None:
+    router = await sds_router_factory(gp2gp_practice)
+    envelope = await router.route(ADAPTER, org=ORG, interaction=GP2GP)
+    # SDS answers with the intermediary's address; the party key stays the practice's.
+    assert envelope.request.url.endswith("/reliablemessaging/intermediary")
+    assert (envelope.target.party_key, envelope.target.asid) == (f"{ORG}-0000001", "100000000003")
+    assert envelope.extensions["pattern"] == "forward-reliable"
+
+
+@pytest.mark.usefixtures("_example")
+async def test_custom_data_that_replaces_the_reference_data_cannot_route_gp2gp(
+    sds_sandbox_factory: SandboxFactory, sds_router_factory: RouterFactory
+) -> None:
+    from sds_plugins import DirectoryUnavailableError
+
+    alone = sds_sandbox_factory([mhs_record(ORG, GP2GP)], [accredited_system_record(ORG, GP2GP)])
+    router = await sds_router_factory(alone, retry_attempts=1)
+    # No intermediary records: the sandbox, like SDS, answers 500 "Expected 1 result for
+    # forward reliable/express routing".
+    with pytest.raises(DirectoryUnavailableError) as info:
+        await router.route(ADAPTER, org=ORG, interaction=GP2GP)
+    assert info.value.status_code == 500
+
+
 @pytest.mark.usefixtures("_example")
 async def test_the_example_and_the_ers_adapter_agree_on_patterns(
     sds_sandbox: Sandbox, sds_router_factory: RouterFactory

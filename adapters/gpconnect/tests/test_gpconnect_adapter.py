@@ -440,3 +440,19 @@ def test_the_catalogue_knows_every_interaction_in_the_notes() -> None:
 )
 def test_the_service_root_is_never_normalised(root: str, path: str, url: str) -> None:
     assert ssp_url("https://ssp/", root, path) == url
+
+
+async def test_the_readme_example_routes_on_the_sandboxs_default_data(
+    sds_sandbox: Sandbox,
+) -> None:
+    # `sds-plugins sandbox` with no --data serves the same default data as this sandbox.
+    host = PluginHost(environ={"SDS_PLUGINS_LOAD": "sds-plugins-gpconnect"})
+    async with Router(Settings(base_url=sds_sandbox.base_url), host=host) as router:
+        envelope = await router.route("gpconnect", **dict(GpConnectAdapter.example or {}))
+    assert envelope.target.ods_code == "B82617"
+    assert envelope.target.party_key == "B82617-0000806"
+    assert envelope.request.headers["Ssp-To"] == "918999198993"
+    assert envelope.request.url == (
+        "https://proxy.intspineservices.nhs.uk/"
+        "https://orange.testlab.nhs.uk/B82617/STU3/1/gpconnect/Patient/$gpc.getstructuredrecord"
+    )
