@@ -70,6 +70,10 @@ class EnvelopeClients:
     """
 
     def __init__(self, *, allow_plain_http: bool = False, **client_options: Any) -> None:
+        clashing = sorted({"verify", "cert", "base_url"} & set(client_options))
+        if clashing:
+            # TLS comes from each envelope (one context per destination), the URL too.
+            raise TypeError(f"EnvelopeClients sets {', '.join(clashing)} itself, per destination")
         self.allow_plain_http = allow_plain_http
         self._options: dict[str, Any] = {"timeout": 30.0, **client_options}
         self._contexts: dict[_Destination, ssl.SSLContext] = {}

@@ -17,6 +17,10 @@ so the fixtures below are available in any test suite without a ``conftest.py`` 
     A started :class:`~sds_plugins.Router` bound to ``sds_sandbox`` and ``sds_plugin_host``;
     ``await sds_router_factory(sandbox=None, **settings)`` for other sandboxes or settings.
 
+For destinations that need client TLS, :func:`make_tls_files` writes a throwaway CA, server
+and client certificate, and :func:`mtls_server` runs an HTTPS server that requires the client
+certificate, so a test can prove an envelope's ``tls`` really connects.
+
 A typical adapter test::
 
     @pytest.fixture(autouse=True)

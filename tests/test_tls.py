@@ -111,6 +111,13 @@ async def test_one_client_and_one_tls_context_per_destination(
     assert len(server.requests) == 20
 
 
+def test_tls_and_urls_come_from_the_envelope_not_the_options() -> None:
+    with pytest.raises(TypeError, match="verify"):
+        EnvelopeClients(verify=False)
+    with pytest.raises(TypeError, match="cert"):
+        EnvelopeClients(cert="/etc/client.pem")
+
+
 def test_plain_http_is_refused_unless_allowed() -> None:
     plain = _envelope("http://127.0.0.1:9/x", None)
     with pytest.raises(ConfigurationError, match="allow_plain_http"):

@@ -94,7 +94,7 @@ class GpConnectOptions(BaseModel):
 
     @field_validator("ssp_url", "system_url", "practitioner_local_user_id_system")
     @classmethod
-    def _url(cls, value: str | None) -> str | None:
+    def _url(cls, value: str | None, info: Any) -> str | None:
         if value is None:
             return None
         parts = urlsplit(value)
@@ -105,6 +105,10 @@ class GpConnectOptions(BaseModel):
             or parts.fragment
         ):
             raise ValueError(f"{value!r} is not an http(s) URL without query or fragment")
+        path = parts.path.strip("/")
+        if path:
+            # The proxy's own path prefix, if any: no dot segments or ';' tricks there either.
+            check_relative_path(path, info.field_name)
         return value
 
     @field_validator("fhir_path", mode="before")
