@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ._defaults import LowestPartyKeyPolicy
     from ._engine import Router
     from ._envelope import (
+        ClientTls,
         EnvelopeReliability,
         ForeignRecord,
         HttpRequestSpec,
@@ -98,8 +99,14 @@ if TYPE_CHECKING:
         SyncRouter,
         SyncSdsClient,
     )
+    from ._transport import (
+        EnvelopeClients,
+        client_ssl_context,
+    )
     from ._validation import (
         check_header_value,
+        check_path_segment,
+        check_relative_path,
         invalid_input,
         normalise_correlation_id,
         normalise_interaction,
@@ -131,6 +138,7 @@ _EXPORTS: dict[str, str] = {
     "resolve_base_url": "._client",
     "LowestPartyKeyPolicy": "._defaults",
     "Router": "._engine",
+    "ClientTls": "._envelope",
     "EnvelopeReliability": "._envelope",
     "ForeignRecord": "._envelope",
     "HttpRequestSpec": "._envelope",
@@ -163,6 +171,8 @@ _EXPORTS: dict[str, str] = {
     "DeviceQuery": "._query",
     "EndpointQuery": "._query",
     "Pacer": "._ratelimit",
+    "EnvelopeClients": "._transport",
+    "client_ssl_context": "._transport",
     "RateLimiter": "._ratelimit",
     "Settings": "._settings",
     "DirectorySource": "._sources",
@@ -172,6 +182,8 @@ _EXPORTS: dict[str, str] = {
     "SyncRouter": "._sync",
     "SyncSdsClient": "._sync",
     "check_header_value": "._validation",
+    "check_path_segment": "._validation",
+    "check_relative_path": "._validation",
     "invalid_input": "._validation",
     "normalise_correlation_id": "._validation",
     "normalise_interaction": "._validation",
@@ -191,6 +203,7 @@ __all__ = [
     "CacheBackend",
     "CacheEntry",
     "Candidate",
+    "ClientTls",
     "ConfigurationError",
     "DeviceQuery",
     "DirectoryError",
@@ -198,6 +211,7 @@ __all__ = [
     "DirectoryTimeoutError",
     "DirectoryUnavailableError",
     "EndpointQuery",
+    "EnvelopeClients",
     "EnvelopeReliability",
     "EnvelopeVetoedError",
     "FetchResult",
@@ -237,6 +251,9 @@ __all__ = [
     "SyncRouter",
     "SyncSdsClient",
     "check_header_value",
+    "check_path_segment",
+    "check_relative_path",
+    "client_ssl_context",
     "get_with_retries",
     "hookimpl",
     "invalid_input",

@@ -61,7 +61,9 @@ class Lookup(BaseModel):
 
 
 #: Option names whose values are credentials: masked wherever a request is printed.
-SECRET_OPTIONS = frozenset({"password", "shared_key", "api_key", "client_secret", "token"})
+SECRET_OPTIONS = frozenset(
+    {"password", "shared_key", "api_key", "client_secret", "token", "user_access_token"}
+)
 
 
 class RouteRequest(BaseModel):
@@ -200,15 +202,26 @@ class Resolution:
         """Provenance for an envelope built from ``records``.
 
         An accredited system's interaction list (478 entries for some Spine systems) is cut to
-        the interaction being routed: the rest says nothing about this envelope.
+        the interaction being routed: the rest says nothing about this envelope. An endpoint
+        records the interaction its lookup queried, not the first of its MHS record's list.
         """
         interaction = self.request.interaction
+        # An MHS record may list several interactions and the parsed endpoint keeps the first;
+        # provenance records the interaction its lookup asked for instead.
+        queried = {
+            id(record): asked
+            for outcome in self.outcomes.values()
+            if isinstance(asked := getattr(outcome.lookup.query, "interaction", None), str)
+            for record in outcome.records
+        }
         kept = tuple(
             record.model_copy(
                 update={"interactions": tuple(i for i in record.interactions if i == interaction)}
             )
             if isinstance(record, AccreditedSystem)
-            else record
+            else record.model_copy(
+                update={"interaction": queried.get(id(record), record.interaction)}
+            )
             if isinstance(record, MessageHandlingEndpoint)
             else ForeignRecord(**record.model_dump(mode="json"))
             for record in records

@@ -6,10 +6,7 @@ import asyncio
 import importlib.metadata
 import json
 import logging
-import shutil
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -65,46 +62,14 @@ def _demo_jwks(key: rsa.RSAPrivateKey) -> dict[str, Any]:
     return {"keys": [jwk]}
 
 
-# The reference records hold B82617's GP Connect endpoint (party key B82617-0000806) but not
-# its accredited system; the demo adds one so a GP Connect route can resolve the provider ASID.
-DEMO_ACCREDITED_SYSTEMS = [
-    {
-        "nhsIDCode": "B82617",
-        "nhsAsClient": ["B82617"],
-        "nhsMHSPartyKey": "B82617-0000806",
-        "uniqueIdentifier": ["918999198993"],
-        "nhsMhsManufacturerOrg": "YGM24",
-        "nhsAsSvcIA": [
-            "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1",
-            "urn:nhs:names:services:gpconnect:documents:fhir:rest:read:binary-1",
-            "urn:nhs:names:services:gpconnect:documents:fhir:rest:search:patient-1",
-            "urn:nhs:names:services:gpconnect:documents:fhir:rest:search:documentreference-1",
-        ],
-    }
-]
-
-
-def _demo_data(folder: Path) -> Path:
-    packaged = Path(__file__).parent / "_sandbox" / "data"
-    shutil.copy(packaged / "mhs-records.json", folder / "mhs-records.json")
-    systems = json.loads((packaged / "accredited-system-records.json").read_text())
-    (folder / "accredited-system-records.json").write_text(
-        json.dumps(systems + DEMO_ACCREDITED_SYSTEMS)
-    )
-    return folder
-
-
 def run_demo(console: Console | None = None) -> None:
     from .sandbox import Sandbox, SandboxConfig
 
     console = console or Console()
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    with (
-        tempfile.TemporaryDirectory() as folder,
-        Sandbox(
-            SandboxConfig(data_dir=_demo_data(Path(folder)), synthetic=200, jwks=_demo_jwks(key))
-        ) as sandbox,
-    ):
+    # The default data: NHS England's reference records plus the project's additions (B82617's
+    # accredited system, so a GP Connect route resolves a provider ASID).
+    with Sandbox(SandboxConfig(synthetic=200, jwks=_demo_jwks(key))) as sandbox:
         console.print(
             Panel.fit(
                 f"Embedded SDS sandbox listening on [bold]{sandbox.url}[/]\n"

@@ -51,6 +51,7 @@ __all__ = [
     "EbxmlRouting",
     "MessagingPattern",
     "ebxml_routing",
+    "envelope_reliability",
     "pattern_for",
     "render_multipart",
 ]
@@ -90,8 +91,7 @@ FORWARD_RELIABLE_ACTIONS = frozenset(
 )  # fmt: skip
 FORWARD_EXPRESS_ACTIONS = frozenset({"PRSC_IN080000UK03", "PRSC_IN040000UK03"})
 
-# Message and content ids become part of Content-Id headers and cid: URLs: keep them plain.
-_MESSAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+# Content ids become part of Content-Id headers and cid: URLs: keep them plain.
 _CONTENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._%+@-]{0,199}$")
 _MIME_TYPE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]*$")
 # CRLF line ends (MIME's canonical form); 76-character lines only matter for base64 parts
@@ -101,17 +101,27 @@ _BOUNDARY_PREFIX = "--=_MIME-Boundary_"
 
 
 class MessagingPattern(StrEnum):
-    """How a Spine message travels, which decides the ebXML reliability elements it carries."""
+    """How a Spine message travels, which decides the ebXML reliability elements it carries.
 
-    #: Straight to the recipient, no acknowledgement or duplicate elimination, sync reply.
+    The flags are those of NHS's MHS adaptor (``NHSDigital/integration-adaptor-mhs``,
+    ``mhs/common/mhs_common/workflow/``), which implements async-express, async-reliable,
+    forward-reliable and synchronous; see ``docs/ebxml-patterns.md`` for the evidence per pattern.
+    """
+
+    #: Straight to the recipient, no acknowledgement or duplicate elimination, sync reply
+    #: (``asynchronous_express.py``).
     ASYNC_EXPRESS = "async-express"
-    #: Straight to the recipient, duplicate elimination, ack from the recipient, sync reply.
+    #: Straight to the recipient, duplicate elimination, ack from the recipient (toPartyMSH),
+    #: sync reply (``asynchronous_reliable.py``).
     ASYNC_RELIABLE = "async-reliable"
-    #: Through Spine's reliable intermediary: duplicate elimination, ack from the next MSH.
+    #: Through Spine's reliable intermediary: duplicate elimination, ack from the next MSH, no
+    #: sync reply (``asynchronous_forward_reliable.py``).
     FORWARD_RELIABLE = "forward-reliable"
-    #: Through Spine's express intermediary: no acknowledgement, no sync reply.
+    #: Through Spine's express intermediary. No NHS reference implements it (the MHS adaptor
+    #: lists its two interactions as "Forward Express" but has no such workflow), so it is only
+    #: used when the caller names it; flags from SDS's ExpressIntermediary record.
     FORWARD_EXPRESS = "forward-express"
-    #: Synchronous SOAP request/response: not an ebXML message at all.
+    #: Synchronous SOAP request/response: not an ebXML message at all (``synchronous.py``).
     SYNCHRONOUS = "synchronous"
 
 
@@ -125,27 +135,31 @@ class _Flags(BaseModel):
 
 
 _PATTERN_FLAGS: Mapping[MessagingPattern, _Flags] = {
+    # integration-adaptor-mhs, workflow/asynchronous_express.py: duplicate_elimination=False,
+    # ack_requested=False, sync_reply=True.
     MessagingPattern.ASYNC_EXPRESS: _Flags(
         duplicate_elimination=False, ack_requested=False, ack_actor=None, sync_reply=True
     ),
+    # workflow/asynchronous_reliable.py: duplicate_elimination=True, ack_requested=True,
+    # ack_soap_actor=toPartyMSH, sync_reply=True.
     MessagingPattern.ASYNC_RELIABLE: _Flags(
         duplicate_elimination=True,
         ack_requested=True,
         ack_actor=ACK_ACTOR_TO_PARTY_MSH,
         sync_reply=True,
     ),
-    # The intermediary, not the recipient, acknowledges (nextMSH), and it cannot hand back the
-    # recipient's reply on our connection, so no SyncReply.
+    # workflow/asynchronous_forward_reliable.py: duplicate_elimination=True, ack_requested=True,
+    # ack_soap_actor=nextMSH, sync_reply=False (the intermediary acknowledges and cannot hand
+    # back the recipient's reply on our connection).
     MessagingPattern.FORWARD_RELIABLE: _Flags(
         duplicate_elimination=True,
         ack_requested=True,
         ack_actor=ACK_ACTOR_NEXT_MSH,
         sync_reply=False,
     ),
-    # "Express" drops what "reliable" adds (as async-express does: no duplicate elimination, no
-    # acknowledgement) and "forward" drops SyncReply (as forward-reliable does: the intermediary
-    # relays, the recipient answers asynchronously). SDS agrees: Spine's ExpressIntermediary
-    # record says ackRequested "never", duplicateElimination "never", syncReplyMode "None".
+    # No reference workflow. Only used when a caller names it: Spine's own ExpressIntermediary
+    # record in SDS says ackRequested "never", duplicateElimination "never", syncReplyMode
+    # "None", so none of the three elements is sent.
     MessagingPattern.FORWARD_EXPRESS: _Flags(
         duplicate_elimination=False, ack_requested=False, ack_actor=None, sync_reply=False
     ),
@@ -157,46 +171,138 @@ def _split(interaction: str) -> tuple[str, str]:
     return service, action
 
 
-def pattern_for(
-    interaction: str, endpoint: MessageHandlingEndpoint | None = None
-) -> MessagingPattern:
-    """The messaging pattern of ``interaction``, from Spine's forwarding lists or SDS's data.
+def _sds_said(endpoint: MessageHandlingEndpoint | None) -> str:
+    reliability = endpoint.reliability if endpoint is not None else None
+    if reliability is None:
+        return "SDS gives no reliability settings for it"
+    values = {
+        "ackRequested": reliability.ack_requested,
+        "duplicateElimination": reliability.duplicate_elimination,
+        "syncReplyMode": reliability.sync_reply_mode,
+        "actor": reliability.actor,
+    }
+    return "SDS says " + ", ".join(f"{name}={value or 'nothing'}" for name, value in values.items())
 
-    Interactions Spine forwards through its intermediary (the lists SDS itself uses to rewrite
-    the address) are forward-reliable or forward-express whatever else the record says. For any
-    other interaction the endpoint's reliability settings decide: acknowledgements requested
-    means reliable; a ``MSHSignalsOnly`` sync reply mode means asynchronous with a sync reply,
-    ``None`` means forwarded (reliable) or synchronous (express).
 
-    Raises :class:`InvalidInputError` when SDS gives no reliability settings to decide from.
-    """
-    service, action = _split(normalise_interaction(interaction))
+def _determined(
+    interaction: str, endpoint: MessageHandlingEndpoint | None
+) -> tuple[MessagingPattern | None, str]:
+    """The pattern Spine's lists or SDS's data determine, or ``None`` and why not."""
+    service, action = _split(interaction)
     if service.rpartition(":")[2] in FORWARDED_SERVICES:
         if action in FORWARD_RELIABLE_ACTIONS:
-            return MessagingPattern.FORWARD_RELIABLE
+            return MessagingPattern.FORWARD_RELIABLE, ""
         if action in FORWARD_EXPRESS_ACTIONS:
-            return MessagingPattern.FORWARD_EXPRESS
+            return None, (
+                "Spine forwards it through its express intermediary, but no NHS reference "
+                "implementation sends forward-express (NHS's MHS adaptor lists it as "
+                "'Forward Express' and has no workflow for it)"
+            )
     reliability = endpoint.reliability if endpoint is not None else None
     ack = (reliability.ack_requested or "").lower() if reliability else ""
     sync_mode = (reliability.sync_reply_mode or "").lower() if reliability else ""
-    if ack not in ("always", "never") or sync_mode not in ("mshsignalsonly", "none"):
+    actor = reliability.actor if reliability else None
+    if ack == "always" and sync_mode == "mshsignalsonly" and actor != ACK_ACTOR_NEXT_MSH:
+        return MessagingPattern.ASYNC_RELIABLE, ""
+    if ack == "never" and sync_mode == "mshsignalsonly":
+        return MessagingPattern.ASYNC_EXPRESS, ""
+    if ack == "never" and sync_mode == "none":
+        return MessagingPattern.SYNCHRONOUS, ""
+    return None, (
+        "it is not on Spine's forwarding lists and its reliability settings match none of the "
+        "patterns NHS's MHS adaptor implements (async-reliable: ackRequested always with "
+        "syncReplyMode MSHSignalsOnly; async-express: never with MSHSignalsOnly; synchronous: "
+        "never with None)"
+    )
+
+
+def pattern_for(
+    interaction: str,
+    endpoint: MessageHandlingEndpoint | None = None,
+    *,
+    named: MessagingPattern | str | None = None,
+) -> MessagingPattern:
+    """The messaging pattern of ``interaction``: Spine's forwarding lists, SDS's data, or ``named``.
+
+    Determined patterns, as NHS's MHS adaptor sends them: the forward-reliable list (the
+    interactions SDS rewrites to Spine's reliable intermediary) is forward-reliable; otherwise
+    the endpoint's ``ackRequested``/``syncReplyMode`` decide: always + MSHSignalsOnly
+    async-reliable, never + MSHSignalsOnly async-express, never + None synchronous.
+
+    Anything else (the forward-express list, which no reference implements; ``ackRequested``
+    always with ``syncReplyMode`` None outside the forwarding lists; missing settings) is
+    refused with an :class:`InvalidInputError` that says what SDS said, unless the caller names
+    the pattern (``named``). A named pattern that contradicts a determined one is refused too.
+    """
+    interaction = normalise_interaction(interaction)
+    chosen: MessagingPattern | None = None
+    if named is not None:
+        try:
+            chosen = MessagingPattern(named)
+        except ValueError:
+            raise InvalidInputError(
+                f"pattern: {named!r} is not a messaging pattern "
+                f"({', '.join(pattern.value for pattern in MessagingPattern)})",
+                field="pattern",
+            ) from None
+    determined, why = _determined(interaction, endpoint)
+    if chosen is None:
+        if determined is None:
+            raise InvalidInputError(
+                f"interaction {interaction}: cannot tell its ebXML messaging pattern: {why}; "
+                f"{_sds_said(endpoint)}. Name the pattern explicitly if you know it (pattern="
+                + "|".join(p.value for p in _PATTERN_FLAGS)
+                + ")",
+                field="interaction",
+            )
+        return determined
+    if determined is not None and determined is not chosen:
         raise InvalidInputError(
-            f"interaction {interaction}: cannot tell its ebXML messaging pattern, SDS gives "
-            f"ackRequested={ack or 'nothing'} and syncReplyMode={sync_mode or 'nothing'}",
+            f"pattern: {interaction} is {determined.value} (Spine's forwarding lists and SDS's "
+            f"reliability settings say so; {_sds_said(endpoint)}), not {chosen.value}",
+            field="pattern",
+        )
+    return chosen
+
+
+def envelope_reliability(
+    pattern: MessagingPattern, endpoint: MessageHandlingEndpoint | None = None
+) -> EnvelopeReliability:
+    """The delivery settings of one ebXML message: the pattern's flags, SDS's retry timings.
+
+    Retries, retry interval and persist duration come from the endpoint's reliability settings
+    (as the MHS adaptor takes them from SDS); duplicate elimination, acknowledgement and sync
+    reply from the pattern. Raises :class:`InvalidInputError` for a synchronous interaction.
+    """
+    flags = _PATTERN_FLAGS.get(pattern)
+    if flags is None:
+        raise InvalidInputError(
+            f"a {pattern.value} interaction is sent as a plain SOAP request, not as ebXML",
             field="interaction",
         )
-    if ack == "always":
-        if sync_mode == "none" or (reliability and reliability.actor == ACK_ACTOR_NEXT_MSH):
-            return MessagingPattern.FORWARD_RELIABLE
-        return MessagingPattern.ASYNC_RELIABLE
-    if sync_mode == "mshsignalsonly":
-        return MessagingPattern.ASYNC_EXPRESS
-    return MessagingPattern.SYNCHRONOUS
+    reliability = endpoint.reliability if endpoint is not None else None
+    return EnvelopeReliability(
+        retries=reliability.retries if reliability else None,
+        retry_interval_s=reliability.retry_interval_s if reliability else None,
+        persist_duration_s=reliability.persist_duration_s if reliability else None,
+        **flags.model_dump(),
+    )
 
 
 def _new_message_id() -> str:
-    # Spine writes message ids as upper-case UUIDs and echoes them back in acknowledgements.
+    # Upper-case UUIDs, as NHS's MHS adaptor generates every id it sends to Spine
+    # (NHSDigital/integration-adaptor-mhs, common/utilities/message_utilities.py, get_uuid).
     return str(uuid.uuid4()).upper()
+
+
+def _upper_uuid(value: str, field: str) -> str:
+    """``value`` as an upper-case UUID (the form Spine is sent); anything else is refused."""
+    try:
+        return str(uuid.UUID(value)).upper()
+    except ValueError:
+        raise ValueError(
+            f"{field} {value!r} is not a UUID (Spine's ebXML ids are upper-case UUIDs)"
+        ) from None
 
 
 def _utc_seconds(moment: datetime) -> datetime:
@@ -231,7 +337,8 @@ class EbxmlRouting(BaseModel):
     #: ebXML header.
     from_asid: str | None = None
     to_asid: str | None = None
-    #: The correlation id: Spine keeps it across the request, acknowledgements and responses.
+    #: The correlation id, as an upper-case UUID: Spine keeps it across the request,
+    #: acknowledgements and responses.
     conversation_id: str
     message_id: str = Field(default_factory=_new_message_id)
     timestamp: datetime = Field(default_factory=lambda: _utc_seconds(datetime.now(UTC)))
@@ -265,12 +372,13 @@ class EbxmlRouting(BaseModel):
             raise ValueError(f"{info.field_name} is empty")
         return check_header_value(value, info.field_name)
 
-    @field_validator("message_id")
+    @field_validator("message_id", "conversation_id")
     @classmethod
-    def _message_id(cls, value: str) -> str:
-        if not _MESSAGE_ID.match(value):
-            raise ValueError(f"message_id {value!r}: use letters, digits, '.', '_' and '-' only")
-        return value
+    def _upper_case_uuid(cls, value: str, info: Any) -> str:
+        # The MHS adaptor sends both as upper-case UUIDs (message_utilities.get_uuid: the
+        # MessageId, and the ConversationId when the caller gives no correlation id), and
+        # Spine has refused lower-case ids elsewhere; a caller's lower-case UUID is upper-cased.
+        return _upper_uuid(value, info.field_name)
 
     @field_validator("timestamp")
     @classmethod
@@ -348,20 +456,22 @@ def ebxml_routing(
     correlation_id: str,
     message_id: str | None = None,
     timestamp: datetime | None = None,
-    pattern: MessagingPattern | None = None,
+    pattern: MessagingPattern | str | None = None,
 ) -> EbxmlRouting:
     """The routing of one ebXML message to the MHS ``endpoint`` (an SDS ``/Endpoint`` record).
 
-    ``pattern`` defaults to :func:`pattern_for`. The address is used exactly as SDS gave it:
-    for forwarded interactions SDS has already replaced it with Spine's intermediary, while the
-    party key and CPA id stay the recipient's. Retries, retry interval and persist duration come
-    from the record's reliability settings (durations in seconds).
+    The pattern is :func:`pattern_for`'s answer; pass ``pattern`` to name one the forwarding
+    lists and SDS leave undetermined (forward-express, for one). The address is used exactly as
+    SDS gave it: for forwarded interactions SDS has already replaced it with Spine's
+    intermediary, while the party key and CPA id stay the recipient's. Retries, retry interval
+    and persist duration come from the record's reliability settings (durations in seconds);
+    the flags from the pattern (:func:`envelope_reliability`).
 
     Raises :class:`InvalidInputError` for a synchronous interaction, an endpoint without address,
     party key or CPA id, or values that cannot go into a header or an XML document.
     """
     interaction = normalise_interaction(interaction)
-    pattern = pattern or pattern_for(interaction, endpoint)
+    pattern = pattern_for(interaction, endpoint, named=pattern)
     if pattern is MessagingPattern.SYNCHRONOUS:
         raise InvalidInputError(
             f"interaction {interaction} is synchronous (SDS: no acknowledgements, no sync reply "
@@ -383,8 +493,6 @@ def ebxml_routing(
             f"has no {' or '.join(missing)}",
             field="endpoint",
         )
-    flags = _PATTERN_FLAGS[pattern]
-    reliability = endpoint.reliability
     service, action = _split(interaction)
     fields: dict[str, Any] = {
         "url": endpoint.address,
@@ -398,10 +506,7 @@ def ebxml_routing(
         "from_asid": from_asid,
         "to_asid": to_asid,
         "conversation_id": correlation_id,
-        **flags.model_dump(),
-        "retries": reliability.retries if reliability else None,
-        "retry_interval_s": reliability.retry_interval_s if reliability else None,
-        "persist_duration_s": reliability.persist_duration_s if reliability else None,
+        **envelope_reliability(pattern, endpoint).model_dump(),
     }
     if message_id is not None:
         fields["message_id"] = message_id

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
+from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
 import httpx
@@ -20,6 +21,7 @@ from pydantic import (
     SerializationInfo,
     field_serializer,
     field_validator,
+    model_validator,
 )
 
 from ._models import DirectoryRecord
@@ -27,6 +29,7 @@ from ._validation import check_header_value
 
 __all__ = [
     "SENSITIVE_HEADERS",
+    "ClientTls",
     "EnvelopeReliability",
     "ForeignRecord",
     "HttpRequestSpec",
@@ -43,7 +46,9 @@ CacheStatus = Literal["miss", "hit", "stale", "bypass"]
 
 
 class _Frozen(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Inputs may be credentials (a header value, a key pasted where a path belongs): validation
+    # errors name the field, never echo the value.
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
 def _masked(headers: Mapping[str, str]) -> dict[str, str]:
@@ -109,6 +114,46 @@ class EnvelopeReliability(_Frozen):
     sync_reply: bool | None = None
 
 
+class ClientTls(_Frozen):
+    """Client TLS for the envelope's destination: **file paths only**.
+
+    ``cert_path`` is the client certificate (PEM; it may also hold the key), ``key_path`` its
+    private key, ``ca_bundle_path`` the CA bundle that verifies the server (NHS England's chain
+    for Spine; the system/certifi bundle when ``None``). The envelope never carries key or
+    certificate contents, so printing, logging or queueing it cannot leak a key: a value that
+    looks like PEM text rather than a path is refused. :class:`~sds_plugins.EnvelopeClients`
+    turns it into a TLS context, once per destination.
+    """
+
+    cert_path: str | None = None
+    key_path: str | None = None
+    ca_bundle_path: str | None = None
+
+    @field_validator("cert_path", "key_path", "ca_bundle_path", mode="before")
+    @classmethod
+    def _path(cls, value: Any, info: Any) -> str | None:
+        if value is None:
+            return None
+        text = str(value) if isinstance(value, PurePath) else value
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{info.field_name} must be a file path")
+        if "-----BEGIN" in text or "\n" in text:
+            # Only the type of mistake is reported: the value may be a private key.
+            raise ValueError(f"{info.field_name} must be a file path, not PEM content")
+        return check_header_value(text, info.field_name)
+
+    @model_validator(mode="after")
+    def _key_needs_cert(self) -> ClientTls:
+        if self.key_path is not None and self.cert_path is None:
+            raise ValueError("key_path is given without cert_path (the certificate it belongs to)")
+        return self
+
+    @property
+    def configured(self) -> bool:
+        """Whether any path is set."""
+        return any((self.cert_path, self.key_path, self.ca_bundle_path))
+
+
 class ForeignRecord(BaseModel):
     """A record from a directory source other than SDS (a MESH mailbox...), kept as its fields."""
 
@@ -140,6 +185,8 @@ class RoutingEnvelope(_Frozen):
     source: Party = Field(default_factory=Party)
     request: HttpRequestSpec
     reliability: EnvelopeReliability | None = None
+    #: Client TLS for the destination (paths only); ``None`` when none is configured.
+    tls: ClientTls | None = None
     expires_at: datetime
     provenance: Provenance
     #: Adapter-specific extras a sender needs (e.g. ebXML values); JSON-friendly.

@@ -134,3 +134,123 @@ def invalid_input(
         message = unknown
     text = f"{field}: {message}" if field else message
     return InvalidInputError(f"{prefix}{text}", field=field)
+
+
+# --------------------------------------------------------------------------- URL paths
+
+__all__ += ["MAX_PATH_LENGTH", "MAX_SEGMENT_LENGTH", "check_path_segment", "check_relative_path"]
+
+#
+# Values that become part of a URL path (a FHIR id, a MESH mailbox, a caller's FHIR path) are
+# checked as the caller wrote them, before any decoding or normalisation: "..", "%2e%2e" or
+# "..;" would otherwise make httpx (RFC 3986 dot-segment removal) or the server (Tomcat-style
+# path parameters, double decoding) reach another resource with our credentials attached.
+
+#: Longest path segment (a FHIR id is at most 64 characters; MESH ids at most 100) and path.
+MAX_SEGMENT_LENGTH = 256
+MAX_PATH_LENGTH = 2048
+
+# Printable ASCII without space: anything else must be percent-encoded by the caller.
+_VISIBLE_ASCII = re.compile(r"[\x21-\x7e]+")
+_PERCENT = re.compile(r"%(?P<hex>[0-9A-Fa-f]{2})?")
+# Percent-encoded bytes that change a path's structure or hide a control character: dot, slash,
+# backslash, percent (double encoding), semicolon, query and fragment marks, and controls.
+_STRUCTURAL_BYTES = frozenset({0x2E, 0x2F, 0x5C, 0x25, 0x3B, 0x3F, 0x23, 0x7F, *range(0x20)})
+
+
+def _path_text(value: object, field: str, limit: int) -> str:
+    if not isinstance(value, str):
+        raise InvalidInputError(
+            f"{field} must be a string, got {type(value).__name__}", field=field
+        )
+    if not value:
+        raise InvalidInputError(f"{field} is empty", field=field)
+    if len(value) > limit:
+        raise InvalidInputError(
+            f"{field} is {len(value)} characters long; at most {limit} are accepted", field=field
+        )
+    if not _VISIBLE_ASCII.fullmatch(value):
+        raise InvalidInputError(
+            f"{field} must be printable ASCII without spaces or control characters "
+            "(percent-encode anything else)",
+            field=field,
+        )
+    if "\\" in value:
+        raise InvalidInputError(f"{field} must not contain a backslash", field=field)
+    for escape in _PERCENT.finditer(value):
+        hex_digits = escape.group("hex")
+        if hex_digits is None:
+            raise InvalidInputError(
+                f"{field} has a '%' that is not a percent-escape (%XX)", field=field
+            )
+        if int(hex_digits, 16) in _STRUCTURAL_BYTES:
+            raise InvalidInputError(
+                f"{field} contains the percent-encoded character %{hex_digits.upper()} "
+                "(an encoded '.', '/', '\\', '%', ';', '?', '#' or control character)",
+                field=field,
+            )
+    return value
+
+
+def _check_segment(segment: str, field: str, *, query_allowed: bool = False) -> None:
+    if not segment:
+        raise InvalidInputError(f"{field} has an empty path segment", field=field)
+    if segment in (".", ".."):
+        raise InvalidInputError(
+            f"{field} must not contain the dot segment {segment!r}", field=field
+        )
+    if ";" in segment:
+        raise InvalidInputError(
+            f"{field} must not contain ';' (a path parameter, as in '..;/')", field=field
+        )
+    if "#" in segment or (not query_allowed and "?" in segment):
+        raise InvalidInputError(
+            f"{field} must not contain '?' or '#' (a query or fragment)", field=field
+        )
+
+
+def check_path_segment(value: object, field: str, *, max_length: int = MAX_SEGMENT_LENGTH) -> str:
+    """Refuse anything but one plain URL path segment; return ``value`` unchanged.
+
+    Checked before any normalisation: printable ASCII without spaces, not empty, at most
+    ``max_length`` characters, not a dot segment (``.``/``..``, or percent-encoded ones:
+    encoded dots are refused outright), no ``/``, ``\\``, ``;``, ``?`` or ``#``, and no
+    percent-escape of those or of control characters.
+    """
+    text = _path_text(value, field, max_length)
+    if "/" in text:
+        raise InvalidInputError(f"{field} must be a single path segment (no '/')", field=field)
+    _check_segment(text, field)
+    return text
+
+
+def check_relative_path(
+    value: object,
+    field: str,
+    *,
+    allow_query: bool = False,
+    max_length: int = MAX_PATH_LENGTH,
+) -> str:
+    """Refuse anything but a relative URL path (``Patient/123``); return ``value`` unchanged.
+
+    Every segment must pass :func:`check_path_segment`'s rules (no empty segments, no dot
+    segments literal or encoded, no ``;``); one leading ``/`` is allowed; the first segment may
+    not contain ``:`` (it would read as a URL scheme, RFC 3986 section 4.2). With
+    ``allow_query`` a ``?query`` may follow (no ``#`` in it); otherwise ``?`` is refused.
+    """
+    text = _path_text(value, field, max_length)
+    path, mark, query = text.partition("?")
+    if mark and not allow_query:
+        raise InvalidInputError(
+            f"{field} must not contain '?' or '#' (a query or fragment)", field=field
+        )
+    if "#" in query:
+        raise InvalidInputError(f"{field} must not contain '#' (a fragment)", field=field)
+    segments = path.removeprefix("/").split("/")
+    if ":" in segments[0]:
+        raise InvalidInputError(
+            f"{field} must be a path relative to the service root, not a URL", field=field
+        )
+    for segment in segments:
+        _check_segment(segment, field)
+    return text

@@ -8,7 +8,7 @@ From an SDS ``/Endpoint`` record to the routing data (:func:`ebxml_routing`,
 
     routing = ebxml_routing(
         endpoint,  # a MessageHandlingEndpoint from an SDS /Endpoint lookup
-        interaction="urn:nhs:names:services:ebs:PRSC_IN080000UK03",
+        interaction="urn:nhs:names:services:ebs:PRSC_IN040000UK08",
         from_party_key="R69-0000001",
         from_asid="200000000001",
         to_asid=device.asid,
@@ -16,6 +16,11 @@ From an SDS ``/Endpoint`` record to the routing data (:func:`ebxml_routing`,
     )
     headers, body = render_multipart(routing, hl7_payload)
     httpx.post(routing.url, headers=headers, content=body)
+
+The messaging pattern (and so the reliability elements) is what NHS's MHS adaptor would send:
+see :func:`pattern_for` and ``docs/ebxml-patterns.md``. Forward-express interactions, which no
+reference implements, need ``pattern="forward-express"`` (or another pattern) named by the
+caller.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from ._ebxml import (
     EbxmlRouting,
     MessagingPattern,
     ebxml_routing,
+    envelope_reliability,
     pattern_for,
     render_multipart,
 )
@@ -54,6 +60,7 @@ __all__ = [
     "EbxmlRouting",
     "MessagingPattern",
     "ebxml_routing",
+    "envelope_reliability",
     "pattern_for",
     "render_multipart",
 ]

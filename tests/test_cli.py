@@ -210,6 +210,12 @@ def test_sandbox_command(tmp_path: Path) -> None:
             f"{url}/spine-directory/FHIR/R4",
         )
         assert result.returncode == 0, result.stderr
+        # The default data routes the README's GP Connect example: B82617's accredited system.
+        gpc = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1"
+        base = f"{url}/spine-directory/FHIR/R4"
+        device = run("device", "--org", "B82617", "--interaction", gpc, "--base-url", base)
+        assert device.returncode == 0, device.stderr
+        assert "918999198993" in device.stdout
     finally:
         process.send_signal(signal.SIGINT)
         process.wait(timeout=10)

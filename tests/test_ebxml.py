@@ -103,7 +103,6 @@ def test_public_names_are_sorted_and_exported() -> None:
     [
         ("urn:nhs:names:services:ebs:PRSC_IN040000UK08", None, MessagingPattern.FORWARD_RELIABLE),
         ("urn:nhs:names:services:gp2gp:COPC_IN000001UK01", None, MessagingPattern.FORWARD_RELIABLE),
-        ("urn:nhs:names:services:ebs:PRSC_IN080000UK03", None, MessagingPattern.FORWARD_EXPRESS),
         # The forwarding lists only apply to the services Spine forwards.
         (
             "urn:nhs:names:services:psis:PRSC_IN080000UK03",
@@ -121,11 +120,6 @@ def test_public_names_are_sorted_and_exported() -> None:
             MessagingPattern.ASYNC_EXPRESS,
         ),
         (
-            "urn:nhs:names:services:ebs:PRSC_IN990000UK01",
-            _reliability("always", "None"),
-            MessagingPattern.FORWARD_RELIABLE,
-        ),
-        (
             "urn:nhs:names:services:pdsquery:QUPA_IN040000UK32",
             _reliability("never", "None"),
             MessagingPattern.SYNCHRONOUS,
@@ -138,9 +132,96 @@ def test_pattern_for(
     assert pattern_for(interaction, _endpoint(reliability=reliability)) is pattern
 
 
-def test_pattern_for_refuses_to_guess_without_reliability_data() -> None:
-    with pytest.raises(InvalidInputError, match="ackRequested=nothing"):
-        pattern_for("urn:nhs:names:services:psis:REPC_IN150016UK05", _endpoint(reliability=None))
+@pytest.mark.parametrize(
+    ("interaction", "reliability", "said"),
+    [
+        # No reliability settings at all.
+        ("urn:nhs:names:services:psis:REPC_IN150016UK05", None, "no reliability settings"),
+        # Forward-express: listed by Spine, implemented by no NHS reference.
+        (
+            "urn:nhs:names:services:ebs:PRSC_IN080000UK03",
+            _reliability("never", "None"),
+            "ackRequested=never",
+        ),
+        # Unlisted, ack always and sync reply None: the hybrid no reference implements.
+        (
+            "urn:nhs:names:services:ebs:PRSC_IN990000UK01",
+            _reliability("always", "None"),
+            "ackRequested=always, duplicateElimination=always, syncReplyMode=None",
+        ),
+        # Reliable with a sync reply, but acknowledged by the next MSH: contradictory.
+        (
+            "urn:nhs:names:services:psis:REPC_IN150016UK05",
+            _reliability("always", "MSHSignalsOnly", actor=ACK_ACTOR_NEXT_MSH),
+            "actor=urn:oasis:names:tc:ebxml-msg:actor:nextMSH",
+        ),
+        (
+            "urn:nhs:names:services:psis:REPC_IN150016UK05",
+            _reliability("sometimes", "MSHSignalsOnly"),
+            "ackRequested=sometimes",
+        ),
+    ],
+)
+def test_undetermined_patterns_are_refused_saying_what_sds_said(
+    interaction: str, reliability: Reliability | None, said: str
+) -> None:
+    endpoint = _endpoint(reliability=reliability)
+    with pytest.raises(InvalidInputError) as info:
+        pattern_for(interaction, endpoint)
+    assert info.value.field == "interaction"
+    assert said in str(info.value)
+    assert "pattern=" in str(info.value)
+    with pytest.raises(InvalidInputError):
+        _routing(interaction, endpoint=endpoint)
+    # Named by the caller, the pattern is used as named.
+    named = _routing(interaction, endpoint=endpoint, pattern="async-reliable")
+    assert named.pattern is MessagingPattern.ASYNC_RELIABLE
+
+
+def test_forward_express_is_used_when_named() -> None:
+    interaction = "urn:nhs:names:services:ebs:PRSC_IN080000UK03"
+    routing = _routing(interaction, pattern=MessagingPattern.FORWARD_EXPRESS)
+    assert routing.pattern is MessagingPattern.FORWARD_EXPRESS
+    assert (routing.duplicate_elimination, routing.ack_requested, routing.sync_reply) == (
+        False,
+        False,
+        False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("interaction", "reliability", "named"),
+    [
+        ("urn:nhs:names:services:gp2gp:COPC_IN000001UK01", None, "async-express"),
+        (
+            "urn:nhs:names:services:psis:REPC_IN150016UK05",
+            _reliability("always", "MSHSignalsOnly"),
+            "forward-reliable",
+        ),
+    ],
+)
+def test_a_named_pattern_that_contradicts_a_determined_one_is_refused(
+    interaction: str, reliability: Reliability | None, named: str
+) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        pattern_for(interaction, _endpoint(reliability=reliability), named=named)
+    assert info.value.field == "pattern"
+
+
+def test_an_unknown_pattern_name_is_refused() -> None:
+    with pytest.raises(InvalidInputError, match="async-express") as info:
+        pattern_for("urn:nhs:names:services:ebs:PRSC_IN080000UK03", named="express-ish")
+    assert info.value.field == "pattern"
+
+
+def test_envelope_reliability_is_what_the_routing_carries() -> None:
+    from sds_plugins.ebxml import envelope_reliability
+
+    endpoint = _endpoint()
+    routing = _routing(endpoint=endpoint)
+    assert envelope_reliability(routing.pattern, endpoint) == routing.reliability()
+    with pytest.raises(InvalidInputError, match="plain SOAP"):
+        envelope_reliability(MessagingPattern.SYNCHRONOUS, endpoint)
 
 
 @pytest.mark.parametrize(
@@ -155,7 +236,11 @@ def test_pattern_for_refuses_to_guess_without_reliability_data() -> None:
 def test_every_pattern_sets_its_flags_in_the_model_and_the_xml(
     pattern: MessagingPattern, flags: tuple[bool, bool, str | None, bool]
 ) -> None:
-    routing = _routing(pattern=pattern)
+    # An interaction whose pattern nothing determines, so that any pattern may be named.
+    endpoint = _endpoint(reliability=_reliability("always", "None"))
+    routing = _routing(
+        "urn:nhs:names:services:ebs:PRSC_IN990000UK01", endpoint=endpoint, pattern=pattern
+    )
     assert (
         routing.duplicate_elimination,
         routing.ack_requested,
@@ -221,7 +306,7 @@ def test_the_rendered_message_parses_back_to_the_same_values() -> None:
         "from": "R69-0000001",
         "to": "X26-820918",
         "cpa": "cb238429762210af860b",
-        "conversation": CORRELATION_ID,
+        "conversation": CORRELATION_ID.upper(),
         "service": "urn:nhs:names:services:ebs",
         "action": "PRSC_IN040000UK08",
         "message_id": "C5D2A0D4-5D5F-4C3B-9C19-0E3B1F2A3B4C",
@@ -261,6 +346,8 @@ def test_hostile_values_are_escaped_not_interpreted() -> None:
         ("correlation_id", "abc\x00"),
         ("message_id", "id with spaces"),
         ("message_id", "<id@x>"),
+        ("message_id", "not-a-uuid"),
+        ("correlation_id", "not-a-uuid"),
     ],
 )
 def test_control_characters_and_odd_ids_are_refused(field: str, value: str) -> None:
@@ -332,3 +419,20 @@ def test_attachment_values_are_checked() -> None:
         Attachment(content="x", content_type="text")
     with pytest.raises(ValueError, match="Content-Id"):
         Attachment(content="x", content_id="<bad id>")
+
+
+def test_conversation_and_message_ids_are_upper_case_uuids() -> None:
+    # As NHS's MHS adaptor sends them (message_utilities.get_uuid: str(uuid4()).upper()).
+    routing = _routing(message_id="c5d2a0d4-5d5f-4c3b-9c19-0e3b1f2a3b4c")
+    assert routing.conversation_id == CORRELATION_ID.upper()
+    assert routing.message_id == "C5D2A0D4-5D5F-4C3B-9C19-0E3B1F2A3B4C"
+    generated = _routing()
+    assert generated.message_id == generated.message_id.upper()
+    header = _soap(_parse(*render_multipart(routing, PAYLOAD))).find(
+        "SOAP:Header/eb:MessageHeader", NS
+    )
+    assert header is not None
+    assert header.findtext("eb:ConversationId", namespaces=NS) == CORRELATION_ID.upper()
+    assert header.findtext("eb:MessageData/eb:MessageId", namespaces=NS) == routing.message_id
+    # The upper-cased form survives a trip through an envelope's JSON.
+    assert EbxmlRouting.model_validate(routing.model_dump(mode="json")) == routing

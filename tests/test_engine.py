@@ -429,3 +429,27 @@ async def test_an_empty_plan_builds_without_lookups(make_sandbox: Callable[..., 
     assert envelope.provenance.lookups == ()
     assert envelope.provenance.cache == "hit"
     assert _requests(sb) == {}
+
+
+async def test_endpoint_provenance_records_the_interaction_queried(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
+    # One MHS record listing several interactions, the routed one last: SDS's Endpoint carries
+    # an interaction extension per interaction, and the parsed record keeps the first.
+    from sds_plugins import MessageHandlingEndpoint
+    from sds_plugins.testing import accredited_system_record, mhs_record
+
+    metadata = "urn:nhs:names:services:gpconnect:fhir:rest:read:metadata-1"
+    sb = make_sandbox(
+        [mhs_record("A12345", [metadata, GPC_STRUCTURED])],
+        [accredited_system_record("A12345", [metadata, GPC_STRUCTURED])],
+    )
+    async with _router(sb) as router:
+        envelope = await router.route("join", org="A12345", interaction=GPC_STRUCTURED)
+        again = await router.route("join", org="A12345", interaction=GPC_STRUCTURED)
+    endpoint, device = envelope.provenance.records
+    assert isinstance(endpoint, MessageHandlingEndpoint)
+    assert endpoint.interaction == GPC_STRUCTURED
+    assert device.interactions == (GPC_STRUCTURED,)  # type: ignore[union-attr]
+    assert again.provenance.cache == "hit"
+    assert again.provenance.records[0].interaction == GPC_STRUCTURED  # type: ignore[union-attr]

@@ -130,6 +130,7 @@ async def test_routes_against_the_sandbox_when_loaded_from_its_entry_point(
     assert envelope.extensions == {
         "service": "urn:nhs:names:services:psis",
         "action": "REPC_IN150016UK05",
+        "pattern": "async-reliable",
     }
     # An envelope is queued as JSON and rebuilt by the sender.
     assert RoutingEnvelope.model_validate(envelope.to_message()) == envelope
@@ -167,18 +168,112 @@ async def test_two_candidates_are_refused_until_a_party_key_chooses(
         await router.route(ADAPTER, org=ORG, interaction=INTERACTION)
     assert {c["party_key"] for c in info.value.candidates} == {f"{ORG}-1", f"{ORG}-2"}
 
-    envelope = await router.route(ADAPTER, org=ORG, interaction=INTERACTION, party_key=f"{ORG}-2")
+    # The records carry no ebXML reliability settings, so the caller names the pattern.
+    envelope = await router.route(
+        ADAPTER, org=ORG, interaction=INTERACTION, party_key=f"{ORG}-2", pattern="async-express"
+    )
     assert (envelope.target.address, envelope.target.asid) == (
         "https://new.example.com/",
         "100000000002",
     )
-    assert envelope.reliability is None  # the records carry no ebXML reliability settings
+    assert envelope.reliability is not None
+    assert (envelope.reliability.ack_requested, envelope.reliability.sync_reply) == (False, True)
+
+
+GP2GP = "urn:nhs:names:services:gp2gp:COPC_IN000001UK01"
+
+
+@pytest.fixture
+def gp2gp_practice(sds_sandbox_factory: SandboxFactory) -> Sandbox:
+    """A practice that receives GP2GP, added to the reference data (Spine's intermediaries)."""
+    return sds_sandbox_factory(
+        [mhs_record(ORG, GP2GP, ack_requested="always", retries=3, retry_interval="PT30S")],
+        [accredited_system_record(ORG, GP2GP, asid="100000000003")],
+        mode="add",
+    )
+
+
+@pytest.mark.usefixtures("_example")
+async def test_a_forward_reliable_interaction_goes_through_spines_intermediary(
+    gp2gp_practice: Sandbox, sds_router_factory: RouterFactory
+) -> None:
+    router = await sds_router_factory(gp2gp_practice)
+    envelope = await router.route(ADAPTER, org=ORG, interaction=GP2GP)
+    # SDS answers with the intermediary's address; the party key stays the practice's.
+    assert envelope.request.url.endswith("/reliablemessaging/intermediary")
+    assert (envelope.target.party_key, envelope.target.asid) == (f"{ORG}-0000001", "100000000003")
+    assert envelope.extensions["pattern"] == "forward-reliable"
+
+
+@pytest.mark.usefixtures("_example")
+async def test_custom_data_that_replaces_the_reference_data_cannot_route_gp2gp(
+    sds_sandbox_factory: SandboxFactory, sds_router_factory: RouterFactory
+) -> None:
+    from sds_plugins import DirectoryUnavailableError
+
+    alone = sds_sandbox_factory([mhs_record(ORG, GP2GP)], [accredited_system_record(ORG, GP2GP)])
+    router = await sds_router_factory(alone, retry_attempts=1)
+    # No intermediary records: the sandbox, like SDS, answers 500 "Expected 1 result for
+    # forward reliable/express routing".
+    with pytest.raises(DirectoryUnavailableError) as info:
+        await router.route(ADAPTER, org=ORG, interaction=GP2GP)
+    assert info.value.status_code == 500
+
+
+@pytest.mark.usefixtures("_example")
+async def test_the_example_and_the_ers_adapter_agree_on_patterns(
+    sds_sandbox: Sandbox, sds_router_factory: RouterFactory
+) -> None:
+    # The same reference records through the example and the core builder the ers adapter
+    # uses: the same pattern and the same flags. A forward-reliable interaction gets the
+    # intermediary's nextMSH acknowledgement, not the recipient record's own settings.
+    from sds_plugins import Lookup
+    from sds_plugins.ebxml import ebxml_routing
+
+    router = await sds_router_factory()
+    gp2gp = "urn:nhs:names:services:gp2gp:COPC_IN000001UK01"
+    for org, interaction, party_key in (("YES", PSIS, None), ("X26", gp2gp, "X26-9199246")):
+        options = {"party_key": party_key} if party_key else {}
+        outcome = await router.lookup(Lookup.endpoints(org=org, interaction=interaction, **options))
+        [endpoint] = outcome.records
+        routing = ebxml_routing(
+            endpoint,
+            interaction=interaction,
+            from_party_key="R69-0000001",
+            from_asid=None,
+            to_asid=None,
+            correlation_id="0b6e7f5c-8a8e-4a43-9d5e-3f1f2a3b4c5d",
+        )
+        if party_key is None:
+            envelope = await router.route(ADAPTER, org=org, interaction=interaction)
+            assert envelope.reliability == routing.reliability()
+            assert envelope.extensions["pattern"] == routing.pattern.value
+        else:
+            assert routing.pattern.value == "forward-reliable"
+            assert routing.reliability().ack_actor.endswith("nextMSH")  # type: ignore[union-attr]
+
+
+@pytest.mark.usefixtures("_example")
+async def test_an_undetermined_pattern_is_refused_saying_what_sds_said(
+    sds_sandbox_factory: SandboxFactory, sds_router_factory: RouterFactory
+) -> None:
+    sandbox = sds_sandbox_factory(
+        [mhs_record(ORG, INTERACTION, ack_requested="always", sync_reply_mode="None")],
+        [accredited_system_record(ORG, INTERACTION)],
+    )
+    router = await sds_router_factory(sandbox)
+    with pytest.raises(InvalidInputError, match="ackRequested=always"):
+        await router.route(ADAPTER, org=ORG, interaction=INTERACTION)
 
 
 @pytest.mark.usefixtures("_example")
 @pytest.mark.parametrize(
     ("options", "field"),
-    [({"from_asid": "12345"}, "from_asid"), ({"colour": "blue"}, "colour")],
+    [
+        ({"from_asid": "12345"}, "from_asid"),
+        ({"colour": "blue"}, "colour"),
+        ({"pattern": "express-ish"}, "pattern"),
+    ],
 )
 async def test_bad_options_are_refused_before_any_lookup(
     options: dict[str, Any], field: str, sds_router_factory: RouterFactory, sds_sandbox: Sandbox

@@ -166,3 +166,106 @@ def test_other_endpoint_combinations_are_refused_listing_the_allowed_ones(
 def test_validation_comes_before_the_combination_check() -> None:
     with pytest.raises(InvalidInputError, match="not an ODS code"):
         EndpointQuery.build(org="??", interaction=GPC_STRUCTURED)
+
+
+# --------------------------------------------------------------------------- URL paths
+
+HOSTILE_SEGMENTS = [
+    "",
+    ".",
+    "..",
+    "%2e%2e",
+    "%2E%2E",
+    "%2e.",
+    ".%2E",
+    "%2e",
+    "..;",
+    "a;b",
+    "a/b",
+    "a%2fb",
+    "a%2Fb",
+    "a%5cb",
+    "a\\b",
+    "a%252e",
+    "a%00b",
+    "a%",
+    "a%zz",
+    "a\nb",
+    "a\x00",
+    "a b",
+    "a?b",
+    "a#b",
+    "ünï",
+    "a" * 257,
+]
+
+
+@pytest.mark.parametrize("value", HOSTILE_SEGMENTS)
+def test_hostile_path_segments_are_refused(value: str) -> None:
+    from sds_plugins import check_path_segment
+
+    with pytest.raises(InvalidInputError) as info:
+        check_path_segment(value, "attachment_id")
+    assert info.value.field == "attachment_id"
+    assert "attachment_id" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "value", ["c5d2d200-7613-4a69-9c5f-1bb68e04b8d8", "att-70000-70001", "a.b"]
+)
+def test_plain_segments_pass_unchanged(value: str) -> None:
+    from sds_plugins import check_path_segment
+
+    assert check_path_segment(value, "id") == value
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "%2e%2e/%2e%2e/admin",
+        "..;/admin",
+        "../admin",
+        "Patient/..",
+        "Patient/%2E%2e",
+        "Patient%2f..",
+        "Patient\\..",
+        "Patient//1",
+        "Patient/",
+        "//evil.example/x",
+        "https://elsewhere/",
+        "Patient/1#frag",
+        "Patient/1?x=1",
+        "Pätient/1",
+        "Patient/1\r\n",
+        "P" * 2049,
+    ],
+)
+def test_hostile_relative_paths_are_refused(value: str) -> None:
+    from sds_plugins import check_relative_path
+
+    with pytest.raises(InvalidInputError) as info:
+        check_relative_path(value, "fhir_path")
+    assert info.value.field == "fhir_path"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["Patient/123", "/Patient/$gpc.getstructuredrecord", "metadata", "Binary/att-1.pdf"],
+)
+def test_relative_paths_pass_unchanged(value: str) -> None:
+    from sds_plugins import check_relative_path
+
+    assert check_relative_path(value, "fhir_path") == value
+
+
+def test_a_query_only_where_allowed() -> None:
+    from sds_plugins import check_relative_path
+
+    search = "Patient?identifier=https://fhir.nhs.uk/Id/nhs-number%7C9000000009"
+    assert check_relative_path(search, "fhir_path", allow_query=True) == search
+    with pytest.raises(InvalidInputError):
+        check_relative_path(search, "fhir_path")
+    with pytest.raises(InvalidInputError, match="fragment"):
+        check_relative_path("Patient?x=1#y", "fhir_path", allow_query=True)
+    with pytest.raises(InvalidInputError, match="dot segment"):
+        check_relative_path("../Patient?x=1", "fhir_path", allow_query=True)

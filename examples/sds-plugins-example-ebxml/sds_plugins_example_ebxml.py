@@ -19,20 +19,19 @@ from typing import Any, ClassVar
 
 from sds_plugins import (
     Adapter,
-    EnvelopeReliability,
     HttpRequestSpec,
     InvalidInputError,
     Lookup,
     MessageHandlingEndpoint,
     NotFoundError,
     Party,
-    Reliability,
     Resolution,
     RouteRequest,
     RoutingEnvelope,
     hookimpl,
     join_on_party_key,
 )
+from sds_plugins.ebxml import MessagingPattern, envelope_reliability, pattern_for
 
 __all__ = ["ENVELOPE_TTL", "EbxmlExampleAdapter", "sds_register_adapters"]
 
@@ -40,19 +39,20 @@ __all__ = ["ENVELOPE_TTL", "EbxmlExampleAdapter", "sds_register_adapters"]
 #: send with its retries, short enough that a practice changing supplier is noticed.
 ENVELOPE_TTL = timedelta(minutes=5)
 
-_ASID = re.compile(r"^[0-9]{12}$")
+_ASID = re.compile(r"[0-9]{12}")
 
 
 class EbxmlExampleAdapter(Adapter):
     """An ebXML message to the organisation's MHS: address, party key, CPA id, ASID, reliability.
 
-    Options: ``party_key`` (choose among several MHSs; read by the selection policy) and
-    ``from_asid`` (the sender's own 12-digit ASID, for the source party).
+    Options: ``party_key`` (choose among several MHSs; read by the selection policy),
+    ``from_asid`` (the sender's own 12-digit ASID, for the source party) and ``pattern`` (the
+    messaging pattern, where Spine's lists and SDS's data leave it undetermined).
     """
 
     name = "example-ebxml"
     description = "Example: a Spine ebXML message to the recipient organisation's MHS"
-    options = frozenset({"party_key", "from_asid"})
+    options = frozenset({"party_key", "from_asid", "pattern"})
     #: Shown by ``sds-plugins demo`` (Spine's own PSIS system in the sandbox's reference data).
     example: ClassVar[Mapping[str, Any] | None] = {
         "org": "YES",
@@ -63,6 +63,7 @@ class EbxmlExampleAdapter(Adapter):
     def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
         # Options are checked here, before any lookup, so bad input costs no directory request.
         _from_asid(request)
+        _pattern(request)
         return {
             "endpoints": Lookup.endpoints(org=request.org, interaction=request.interaction),
             "devices": Lookup.devices(org=request.org, interaction=request.interaction),
@@ -81,6 +82,9 @@ class EbxmlExampleAdapter(Adapter):
                 f"{'address' if not chosen.address else 'accredited system (ASID)'}",
                 correlation_id=request.correlation_id,
             )
+        # The pattern NHS's MHS adaptor would use (the core's pattern_for, shared with the ers
+        # adapter): refused when SDS leaves it undetermined, unless the caller named one.
+        pattern = pattern_for(request.interaction, endpoint, named=_pattern(request))
         service, _, action = request.interaction.rpartition(":")
         return RoutingEnvelope(
             adapter=self.name,
@@ -101,10 +105,10 @@ class EbxmlExampleAdapter(Adapter):
                     "X-Correlation-ID": request.correlation_id,
                 },
             ),
-            reliability=_reliability(endpoint.reliability),
+            reliability=envelope_reliability(pattern, endpoint),
             expires_at=resolved.now + ENVELOPE_TTL,
             provenance=resolved.provenance(chosen.records),
-            extensions={"service": service, "action": action},
+            extensions={"service": service, "action": action, "pattern": pattern.value},
         )
 
 
@@ -112,33 +116,25 @@ def _from_asid(request: RouteRequest) -> str | None:
     value = request.option("from_asid")
     if value is None:
         return None
-    if not isinstance(value, str) or not _ASID.match(value):
+    # fullmatch, not match with "$": "$" also matches before a trailing newline.
+    if not isinstance(value, str) or not _ASID.fullmatch(value):
         raise InvalidInputError(
             f"from_asid: {value!r} is not an ASID (12 digits)", field="from_asid"
         )
     return value
 
 
-def _reliability(settings: Reliability | None) -> EnvelopeReliability | None:
-    """SDS's ebXML reliability settings in the units a sender uses (seconds, booleans)."""
-    if settings is None:
+def _pattern(request: RouteRequest) -> MessagingPattern | None:
+    value = request.option("pattern")
+    if value is None:
         return None
-    return EnvelopeReliability(
-        retries=settings.retries,
-        retry_interval_s=settings.retry_interval_s,
-        persist_duration_s=settings.persist_duration_s,
-        duplicate_elimination=_flag(settings.duplicate_elimination),
-        ack_requested=_flag(settings.ack_requested),
-        ack_actor=settings.actor,
-        sync_reply=(
-            None if settings.sync_reply_mode is None else settings.sync_reply_mode.lower() != "none"
-        ),
-    )
-
-
-def _flag(value: str | None) -> bool | None:
-    # SDS says "always" or "never"; anything else is unknown rather than a guess.
-    return {"always": True, "never": False}.get((value or "").lower())
+    try:
+        return MessagingPattern(value)
+    except ValueError:
+        raise InvalidInputError(
+            f"pattern: {value!r} is not one of {', '.join(p.value for p in MessagingPattern)}",
+            field="pattern",
+        ) from None
 
 
 @hookimpl

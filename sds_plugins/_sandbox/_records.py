@@ -14,6 +14,16 @@ from typing import Any
 
 MHS_FILE = "mhs-records.json"
 AS_FILE = "accredited-system-records.json"
+#: Packaged records this project adds to NHS England's reference data (``data/additions``),
+#: kept apart so the reference copies stay byte-for-byte what NHS published. Today: B82617's
+#: accredited system, which the reference data lacks although it holds B82617's GP Connect MHS
+#: record, so the README's GP Connect example resolves a provider ASID on the default data.
+ADDITIONS = "additions"
+#: A data folder's optional manifest: ``{"mode": "add"}`` serves the default data (reference
+#: records, Spine's intermediaries included, plus the additions) and the folder's records;
+#: ``{"mode": "replace"}`` (also the meaning without a manifest) serves the folder's alone.
+DATA_MANIFEST = "sandbox-data.json"
+DATA_MODES = ("replace", "add")
 
 GPCONNECT_PREFIX = "urn:nhs:names:services:gpconnect:"
 GPCONNECT_INTERACTIONS: tuple[str, ...] = tuple(
@@ -151,6 +161,33 @@ def packaged_raw(name: str) -> list[dict[str, Any]]:
     data = json.loads(text)
     assert isinstance(data, list)
     return data
+
+
+def packaged_additions(name: str) -> list[dict[str, Any]]:
+    """This project's records added to the reference data (``data/additions``), if any."""
+    path = resources.files(__package__).joinpath("data").joinpath(ADDITIONS).joinpath(name)
+    if not path.is_file():
+        return []
+    data = json.loads(path.read_text(encoding="utf-8"))
+    assert isinstance(data, list)
+    return data
+
+
+def default_raw(name: str) -> list[dict[str, Any]]:
+    """The default data: NHS England's reference records, then this project's additions."""
+    return packaged_raw(name) + packaged_additions(name)
+
+
+def data_mode(data_dir: Path) -> str:
+    """A data folder's mode from its manifest (``replace`` when it has none)."""
+    manifest = Path(data_dir) / DATA_MANIFEST
+    if not manifest.is_file():
+        return "replace"
+    settings = json.loads(manifest.read_text(encoding="utf-8"))
+    mode = settings.get("mode", "replace") if isinstance(settings, dict) else None
+    if mode not in DATA_MODES:
+        raise ValueError(f'{manifest}: expected {{"mode": "replace"}} or {{"mode": "add"}}')
+    return str(mode)
 
 
 class _Index:
@@ -316,13 +353,23 @@ def iter_synthetic(
 
 
 def load_directory(data_dir: Path | None, synthetic: int = 0, seed: int = 0) -> Directory:
-    """The packaged reference data (or ``data_dir``'s files) plus ``synthetic`` practices."""
+    """The default data (or ``data_dir``'s files, instead or in addition) and ``synthetic``.
+
+    Without ``data_dir``: NHS England's reference records and this project's additions. With
+    it: the folder's ``mhs-records.json`` and ``accredited-system-records.json``, replacing the
+    default data, or added to it when the folder's ``sandbox-data.json`` says
+    ``{"mode": "add"}`` (so Spine's own intermediary records stay, and forward-reliable and
+    forward-express interactions in custom data are answered).
+    """
     if data_dir is None:
-        mhs_raw = packaged_raw(MHS_FILE)
-        as_raw = packaged_raw(AS_FILE)
+        mhs_raw = default_raw(MHS_FILE)
+        as_raw = default_raw(AS_FILE)
     else:
         mhs_raw = load_raw(Path(data_dir) / MHS_FILE)
         as_raw = load_raw(Path(data_dir) / AS_FILE)
+        if data_mode(Path(data_dir)) == "add":
+            mhs_raw = default_raw(MHS_FILE) + mhs_raw
+            as_raw = default_raw(AS_FILE) + as_raw
     interner = Interner()
     mhs = [normalise(r, interner) for r in mhs_raw]
     accredited = [normalise(r, interner) for r in as_raw]

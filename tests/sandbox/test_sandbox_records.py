@@ -21,7 +21,7 @@ from sds_plugins._sandbox._records import (
 )
 from sds_plugins.sandbox import Sandbox, SandboxConfig
 
-from .conftest import GPC_STRUCTURED, VECTORS, interaction, load_json, org, party_key
+from .conftest import GP2GP, GPC_STRUCTURED, VECTORS, interaction, load_json, org, party_key
 
 
 def _vectors(kind: str) -> list[Path]:
@@ -194,9 +194,41 @@ def test_data_dir_with_missing_files_is_empty(tmp_path: Path) -> None:
     assert (directory.mhs_count, directory.as_count) == (3, 3)
 
 
-def test_default_data_is_the_packaged_reference() -> None:
+def test_default_data_is_the_packaged_reference_and_the_projects_additions() -> None:
     directory = load_directory(None)
-    assert (directory.mhs_count, directory.as_count) == (9, 2)
+    assert (directory.mhs_count, directory.as_count) == (9, 3)
+    [added] = directory.find_as("B82617", GPC_STRUCTURED)
+    assert added.first("uniqueIdentifier") == "918999198993"
+    assert added.first("nhsMHSPartyKey") == "B82617-0000806"
+
+
+def test_the_packaged_reference_files_are_nhs_englands_unchanged() -> None:
+    # The additions live in their own folder: the reference copies stay as NHS published them.
+    from sds_plugins._sandbox._records import AS_FILE, MHS_FILE, packaged_raw
+
+    ldap = Path(__file__).resolve().parents[1] / "reference" / "sds" / "ldap-records"
+    for name in (MHS_FILE, AS_FILE):
+        assert packaged_raw(name) == json.loads((ldap / name).read_text())
+
+
+def test_a_data_folder_adds_to_the_default_data_when_its_manifest_says_so(
+    tmp_path: Path,
+) -> None:
+    from sds_plugins._sandbox._records import DATA_MANIFEST
+
+    (tmp_path / "mhs-records.json").write_text(
+        json.dumps([{"nhsIDCode": "A12345", "nhsMhsSvcIA": GP2GP, "nhsMHSPartyKey": "A12345-1"}])
+    )
+    assert (load_directory(tmp_path).mhs_count, load_directory(tmp_path).as_count) == (1, 0)
+    (tmp_path / DATA_MANIFEST).write_text('{"mode": "add"}')
+    added = load_directory(tmp_path)
+    assert (added.mhs_count, added.as_count) == (10, 3)
+    assert added.find_mhs("YES", "urn:nhs:names:services:tms:ReliableIntermediary", None)
+    (tmp_path / DATA_MANIFEST).write_text('{"mode": "replace"}')
+    assert load_directory(tmp_path).mhs_count == 1
+    (tmp_path / DATA_MANIFEST).write_text('{"mode": "merge"}')
+    with pytest.raises(ValueError, match="add"):
+        load_directory(tmp_path)
 
 
 def test_fifty_thousand_practices_are_served_from_the_index(

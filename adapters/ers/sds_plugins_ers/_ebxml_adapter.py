@@ -27,8 +27,11 @@ from ._settings import ErsSettings
 __all__ = ["EBS_INTERACTIONS", "EBS_SERVICE", "ENVELOPE_TTL", "ErsEbxmlAdapter"]
 
 EBS_SERVICE = "urn:nhs:names:services:ebs"
-#: The ebs interactions this adapter documents, with their messaging pattern. Other well-formed
-#: ebs actions are accepted, with the pattern SDS's reliability data gives (see the README).
+#: The ebs interactions this adapter documents, with their messaging pattern: Spine's
+#: forwarding lists, and NHS's MHS adaptor (``mhs/common/data/interactions/interactions.json``).
+#: Forward-express ones are sent only when the caller names the pattern (``pattern`` option):
+#: no NHS reference implements forward-express. Other well-formed ebs actions are accepted with
+#: the pattern SDS's reliability data determines (see the README), or the one named.
 EBS_INTERACTIONS: Mapping[str, MessagingPattern] = {
     f"{EBS_SERVICE}:PRSC_IN040000UK08": MessagingPattern.FORWARD_RELIABLE,
     f"{EBS_SERVICE}:PRSC_IN080000UK07": MessagingPattern.FORWARD_RELIABLE,
@@ -48,17 +51,20 @@ class ErsEbxmlAdapter(Adapter):
 
     One round trip: ``/Endpoint`` and ``/Device`` for (org, interaction), joined on party key.
     Options: ``from_party_key`` and ``from_asid`` (the sender; default from configuration),
-    ``party_key`` (choose the recipient MHS among several).
+    ``party_key`` (choose the recipient MHS among several), ``pattern`` (name the messaging
+    pattern where Spine's lists and SDS's data leave it undetermined, e.g. forward-express).
     """
 
     name = "ers"
     description = "e-RS HL7 V3 (ebs) over Spine ebXML: address, party key, CPA id, ASID, flags"
-    options = frozenset({"party_key", "from_party_key", "from_asid"})
+    options = frozenset({"party_key", "from_party_key", "from_asid", "pattern"})
     example: ClassVar[Mapping[str, Any] | None] = {
         "org": "X26",
         "interaction": f"{EBS_SERVICE}:PRSC_IN080000UK03",
         "from_party_key": "R69-0000001",
         "from_asid": "200000000001",
+        # Forward-express: no NHS reference implements it, so it is sent only when named.
+        "pattern": "forward-express",
     }
 
     def __init__(self, settings: ErsSettings | None = None) -> None:
@@ -103,8 +109,26 @@ class ErsEbxmlAdapter(Adapter):
             )
         return party_key, asid.strip()
 
+    @staticmethod
+    def _pattern(request: RouteRequest) -> MessagingPattern | None:
+        value = request.option("pattern")
+        if value is None:
+            return None
+        try:
+            pattern = MessagingPattern(value)
+        except ValueError:
+            pattern = None
+        if pattern is None or pattern is MessagingPattern.SYNCHRONOUS:
+            ebxml = [p.value for p in MessagingPattern if p is not MessagingPattern.SYNCHRONOUS]
+            raise InvalidInputError(
+                f"pattern: {value!r} is not an ebXML messaging pattern ({', '.join(ebxml)})",
+                field="pattern",
+            )
+        return pattern
+
     def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
         self._sender(request)  # bad options cost no directory request
+        self._pattern(request)
         return {
             "endpoints": Lookup.endpoints(org=request.org, interaction=request.interaction),
             "devices": Lookup.devices(org=request.org, interaction=request.interaction),
@@ -131,6 +155,7 @@ class ErsEbxmlAdapter(Adapter):
             # interaction: the routing (party key, CPA id) does not need it, the HL7 wrapper does.
             to_asid=chosen.asid,
             correlation_id=request.correlation_id,
+            pattern=self._pattern(request),
         )
         return RoutingEnvelope(
             adapter=self.name,
@@ -145,6 +170,8 @@ class ErsEbxmlAdapter(Adapter):
             source=Party(asid=from_asid, party_key=from_party_key),
             # Exactly the address SDS gave: for forwarded interactions, Spine's intermediary.
             request=HttpRequestSpec(method="POST", url=routing.url, headers=routing.http_headers),
+            # Spine's MHS endpoints take TLS with the sender's Spine client certificate.
+            tls=self.settings.client_tls(),
             reliability=routing.reliability(),
             expires_at=resolved.now + ENVELOPE_TTL,
             provenance=resolved.provenance(chosen.records),

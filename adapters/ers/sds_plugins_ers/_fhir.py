@@ -1,17 +1,27 @@
 """The ``ers-fhir`` adapter: ready-to-send e-RS FHIR API requests, from one catalogue.
 
-No directory lookup is needed: the only planned lookup is the bearer token (see ``_token``).
+Two access modes, as e-RS defines them (``NHSDigital/e-referrals-service-api``,
+``specification/e-referrals-service-api.yaml``, "Security and authorisation"):
+
+- **application-restricted** (the default): the application's signed-JWT client-credentials
+  token, the only planned lookup (see ``_token``). The platform takes organisation, business
+  function and ASID from the registered application; the user-context headers are "Not allowed
+  for application-restricted access" (``specification/components/*/schemas/headers/request/``,
+  the ``*OnlyUserRestricted.yaml`` headers).
+- **user-restricted**: a healthcare worker's NHS CIS2 token, which only the caller can have
+  (this project never runs a CIS2 login): the ``user_access_token`` option, a string or a
+  callable returning one. Then the user-context headers are sent and nothing is looked up.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SecretStr
 
 from sds_plugins import (
     Adapter,
@@ -22,6 +32,8 @@ from sds_plugins import (
     Resolution,
     RouteRequest,
     RoutingEnvelope,
+    check_header_value,
+    check_path_segment,
 )
 
 from ._settings import ErsSettings
@@ -72,13 +84,26 @@ FHIR_JSON = "application/fhir+json"
 #: Envelopes older than this are resolved again (and never outlive their token).
 ENVELOPE_TTL = timedelta(minutes=5)
 
-# Path parameters: option name -> (pattern, description).
+# Path parameters: option name -> (pattern, description). Each value is first checked as one
+# plain path segment (check_path_segment: no "..", "%2e%2e", "..;", encoded "/"...), then must
+# match its pattern in full (fullmatch: "$" would let a trailing newline through). FHIR ids are
+# [A-Za-z0-9.-]{1,64} (FHIR R4 "id"), which alone would accept "." and "..".
 _PARAMETERS: Mapping[str, tuple[re.Pattern[str], str]] = {
-    "ubrn": (re.compile(r"^[0-9]{12}$"), "a UBRN (12 digits)"),
-    "attachment_id": (re.compile(r"^[A-Za-z0-9.-]{1,64}$"), "a FHIR id (letters, digits, - .)"),
-    "service_id": (re.compile(r"^[A-Za-z0-9.-]{1,64}$"), "a FHIR id (letters, digits, - .)"),
+    "ubrn": (re.compile(r"[0-9]{12}"), "a UBRN (12 digits)"),
+    "attachment_id": (re.compile(r"[A-Za-z0-9.-]{1,64}"), "a FHIR id (letters, digits, - .)"),
+    "service_id": (re.compile(r"[A-Za-z0-9.-]{1,64}"), "a FHIR id (letters, digits, - .)"),
 }
-_USER_ID = re.compile(r"^[0-9]{12}$")
+_USER_ID = re.compile(r"[0-9]{12}")
+# RFC 6750 b64token: what may follow "Bearer " (e-RS's BearerAuthorization.yaml: ASCII).
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+SPCA = "SERVICE_PROVIDER_CLINICIAN_ADMIN"
+USER_TOKEN_OPTION = "user_access_token"  # noqa: S105 - an option name, not a secret
+
+#: Where ``NHSD-eRS-On-Behalf-Of-User-ID`` may go, per operation (user-restricted mode only).
+#: "On behalf of" is only supported for a Service Provider Clinician Admin acting for a
+#: Service Provider Clinician (``OnBehalfOfUserID*.yaml``); operations whose parameters list
+#: ``OnBehalfOfUserIDOnlyUserRestricted.yaml`` require it with that business function.
+OnBehalfOf = Literal["spca-required", "spca-optional", "never"]
 
 
 class FhirOperation(BaseModel):
@@ -97,6 +122,9 @@ class FhirOperation(BaseModel):
     user_context: bool = True
     #: Business functions allowed in user-restricted mode.
     business_functions: frozenset[str] = frozenset()
+    #: ``NHSD-eRS-On-Behalf-Of-User-ID``: required with SERVICE_PROVIDER_CLINICIAN_ADMIN,
+    #: optional with it, or not a parameter of the operation at all.
+    on_behalf_of: OnBehalfOf = "never"
     accept: str | None = FHIR_JSON
 
     @property
@@ -124,6 +152,7 @@ FHIR_OPERATIONS: Mapping[str, FhirOperation] = {
             path="/STU3/ReferralRequest/{ubrn}",
             app_restricted=True,
             business_functions=_CLINICIANS,
+            on_behalf_of="spca-required",
         ),
         FhirOperation(
             code="A008",
@@ -142,6 +171,8 @@ FHIR_OPERATIONS: Mapping[str, FhirOperation] = {
                     "SERVICE_PROVIDER_ADMIN",
                 }
             ),
+            # a008-retrieve-worklist.yaml lists OnBehalfOfUserID.yaml: allowed, not required.
+            on_behalf_of="spca-optional",
         ),
         FhirOperation(
             code="A042",
@@ -151,6 +182,7 @@ FHIR_OPERATIONS: Mapping[str, FhirOperation] = {
             path="/R4/Binary/{attachment_id}",
             app_restricted=True,
             business_functions=_CLINICIANS,
+            on_behalf_of="spca-required",
             accept=None,
         ),
         FhirOperation(
@@ -182,18 +214,18 @@ def _known() -> str:
 class ErsFhirAdapter(Adapter):
     """A ready-to-send e-RS FHIR API request: URL, bearer token and the e-RS headers.
 
-    ``org`` is the end user's organisation (``NHSD-End-User-Organisation-ODS``). Options:
-    ``business_function``, ``on_behalf_of`` (user-restricted mode only) and the operation's path
-    parameters (``ubrn``, ``attachment_id``, ``service_id``).
+    ``org`` is the end user's organisation (``NHSD-End-User-Organisation-ODS`` in
+    user-restricted mode). Options: the operation's path parameters (``ubrn``,
+    ``attachment_id``, ``service_id``) and, in user-restricted mode only (``ERS_ACCESS_MODE``),
+    ``user_access_token`` (required), ``business_function`` and ``on_behalf_of``.
     """
 
     name = "ers-fhir"
     description = "e-RS FHIR API requests (A005, A008, A030, A033, A042) with a bearer token"
-    options = frozenset({"business_function", "on_behalf_of", *_PARAMETERS})
+    options = frozenset({"business_function", "on_behalf_of", USER_TOKEN_OPTION, *_PARAMETERS})
     example: ClassVar[Mapping[str, Any] | None] = {
         "org": "R69",
         "interaction": f"{FHIR_INTERACTION_PREFIX}a005-retrieve-referral-request",
-        "business_function": "SERVICE_PROVIDER_CLINICIAN",
         "ubrn": "000000070000",
     }
 
@@ -226,6 +258,7 @@ class ErsFhirAdapter(Adapter):
             if value is not None
         ]
         headers: dict[str, str] = {}
+        self._check_access_mode(request)
         if self.settings.access_mode == "application-restricted":
             if not operation.app_restricted:
                 raise InvalidInputError(
@@ -269,14 +302,73 @@ class ErsFhirAdapter(Adapter):
             )
         headers[BUSINESS_FUNCTION_HEADER] = business_function
         headers[ODS_HEADER] = request.org  # validated as an ODS code by the engine
+        self._check_on_behalf_of(operation, business_function, on_behalf_of)
         if on_behalf_of is not None:
-            if not isinstance(on_behalf_of, str) or not _USER_ID.match(on_behalf_of):
+            if not isinstance(on_behalf_of, str) or not _USER_ID.fullmatch(on_behalf_of):
                 raise InvalidInputError(
                     f"on_behalf_of: {on_behalf_of!r} is not an SDS user id (12 digits)",
                     field="on_behalf_of",
                 )
             headers[ON_BEHALF_OF_HEADER] = on_behalf_of
         return headers
+
+    def _check_access_mode(self, request: RouteRequest) -> None:
+        """Refuse the mixes e-RS rejects: a user token without user-restricted mode, and back."""
+        token = request.option(USER_TOKEN_OPTION)
+        if self.settings.access_mode == "application-restricted":
+            if token is not None:
+                raise InvalidInputError(
+                    f"{USER_TOKEN_OPTION}: ERS_ACCESS_MODE is application-restricted (the "
+                    "default), where requests carry the application's signed-JWT token and "
+                    "no user context; to act as the user, set ERS_ACCESS_MODE=user-restricted",
+                    field=USER_TOKEN_OPTION,
+                )
+            return
+        if token is None:
+            raise InvalidInputError(
+                f"{USER_TOKEN_OPTION} is required: ERS_ACCESS_MODE=user-restricted needs the "
+                "user's NHS CIS2 access token (pass the option, a string or a callable that "
+                "returns one; this adapter never runs a CIS2 login), or set "
+                "ERS_ACCESS_MODE=application-restricted to use the application's signed-JWT "
+                "token (ERS_CLIENT_ID, ERS_KID, ERS_PRIVATE_KEY_FILE)",
+                field=USER_TOKEN_OPTION,
+            )
+        if not (isinstance(token, str | SecretStr) or callable(token)):
+            # The type only: the value is a credential even when it is the wrong type.
+            raise InvalidInputError(
+                f"{USER_TOKEN_OPTION} must be a string, a SecretStr or a callable returning "
+                f"one, not {type(token).__name__}",
+                field=USER_TOKEN_OPTION,
+            )
+        if not callable(token):
+            _user_token(token)
+
+    @staticmethod
+    def _check_on_behalf_of(
+        operation: FhirOperation, business_function: str, on_behalf_of: object
+    ) -> None:
+        """e-RS's on-behalf-of rules (``OnBehalfOfUserID*.yaml``), before anything is sent."""
+        if on_behalf_of is None:
+            if business_function == SPCA and operation.on_behalf_of == "spca-required":
+                raise InvalidInputError(
+                    f"on_behalf_of is required for {operation.code} with business function "
+                    f"{SPCA}: the SDS user id of the Service Provider Clinician acted for "
+                    "(NHSD-eRS-On-Behalf-Of-User-ID)",
+                    field="on_behalf_of",
+                )
+            return
+        if operation.on_behalf_of == "never":
+            raise InvalidInputError(
+                f"{operation.code} ({operation.title}) takes no on_behalf_of",
+                field="on_behalf_of",
+            )
+        if business_function != SPCA:
+            raise InvalidInputError(
+                f"on_behalf_of is only allowed with business function {SPCA} (a Service "
+                f"Provider Clinician Admin acting for a Service Provider Clinician), not "
+                f"{business_function}",
+                field="on_behalf_of",
+            )
 
     def _url(self, request: RouteRequest, operation: FhirOperation) -> str:
         values: dict[str, str] = {}
@@ -290,7 +382,8 @@ class ErsFhirAdapter(Adapter):
                 continue
             if value is None:
                 raise InvalidInputError(f"{name} is required for {operation.code}", field=name)
-            if not isinstance(value, str) or not pattern.match(value):
+            check_path_segment(value, name)
+            if not isinstance(value, str) or not pattern.fullmatch(value):
                 raise InvalidInputError(f"{name}: {value!r} is not {description}", field=name)
             values[name] = quote(value, safe="")
         return self.settings.resolved_base_url() + operation.path.format(**values)
@@ -300,15 +393,24 @@ class ErsFhirAdapter(Adapter):
         # Every check runs here, so bad input costs no token request either.
         self._url(request, operation)
         self._headers(request, operation)
+        if self.settings.access_mode == "user-restricted":
+            return {}  # the caller's user token is the bearer: nothing to look up
         token_url = self.settings.resolved_token_url()
         return {"token": Lookup(source=TOKEN_SOURCE, query=TokenQuery(token_url=token_url))}
 
     def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
         operation = FHIR_OPERATIONS[request.interaction]
-        [token] = resolved.records("token")
-        assert isinstance(token, AccessToken)
+        expires_at = resolved.now + ENVELOPE_TTL
+        if self.settings.access_mode == "user-restricted":
+            bearer = _user_token(request.option(USER_TOKEN_OPTION))
+        else:
+            [token] = resolved.records("token")
+            assert isinstance(token, AccessToken)
+            bearer = token.value.get_secret_value()
+            if token.expires_at is not None:
+                expires_at = min(expires_at, token.expires_at)
         headers = {
-            "Authorization": f"Bearer {token.value.get_secret_value()}",
+            "Authorization": f"Bearer {bearer}",
             "X-Correlation-ID": request.correlation_id,
         }
         if operation.accept:
@@ -317,9 +419,6 @@ class ErsFhirAdapter(Adapter):
             headers["Content-Type"] = FHIR_JSON
         headers.update(self._headers(request, operation))
         url = self._url(request, operation)
-        expires_at = resolved.now + ENVELOPE_TTL
-        if token.expires_at is not None:
-            expires_at = min(expires_at, token.expires_at)
         return RoutingEnvelope(
             adapter=self.name,
             interaction=request.interaction,
@@ -337,3 +436,29 @@ class ErsFhirAdapter(Adapter):
                 }
             },
         )
+
+
+def _user_token(value: object) -> str:
+    """The caller's user access token as text (a callable is called once, here).
+
+    Errors name the option and never the value: it is a credential.
+    """
+    if callable(value) and not isinstance(value, str | SecretStr):
+        supplier: Callable[[], object] = value
+        value = supplier()
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str) or not value:
+        raise InvalidInputError(
+            f"{USER_TOKEN_OPTION} gave no token (a non-empty string or SecretStr is needed)",
+            field=USER_TOKEN_OPTION,
+        )
+    check_header_value(value, USER_TOKEN_OPTION)
+    token = value.removeprefix("Bearer ")
+    if not _BEARER_TOKEN.fullmatch(token):
+        raise InvalidInputError(
+            f"{USER_TOKEN_OPTION} is not a bearer token (ASCII letters, digits and -._~+/ "
+            "only; give the token itself, without 'Bearer ')",
+            field=USER_TOKEN_OPTION,
+        )
+    return token

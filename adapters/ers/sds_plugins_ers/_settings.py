@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sds_plugins import ConfigurationError, SignedJwtAuth
+from sds_plugins import ClientTls, ConfigurationError, SignedJwtAuth
 
 __all__ = ["ERS_ENVIRONMENTS", "AccessMode", "ErsSettings"]
 
@@ -27,16 +27,18 @@ class ErsSettings(BaseSettings):
     """Everything the e-RS adapters need. Each field reads ``ERS_<FIELD>`` from the environment.
 
     ``base_url`` (``ERS_BASE_URL``) wins over ``env`` (``ERS_ENV``: sandbox, int, prod).
-    The bearer token comes from the signed-JWT auth described by ``client_id`` (the application's
-    API key; ``api_key`` is accepted too), ``private_key_file`` (or ``private_key``, PEM text)
-    and ``kid``; ``token_url`` defaults to ``/oauth2/token`` on the API's host.
+    ``access_mode`` (``ERS_ACCESS_MODE``) is ``application-restricted`` by default: the bearer
+    token comes from the signed-JWT auth described by ``client_id`` (the application's API key;
+    ``api_key`` is accepted too), ``private_key_file`` (or ``private_key``, PEM text) and
+    ``kid``; ``token_url`` defaults to ``/oauth2/token`` on the API's host. In
+    ``user-restricted`` mode each route brings the user's NHS CIS2 token (``user_access_token``).
     """
 
     model_config = SettingsConfigDict(env_prefix="ERS_", frozen=True, extra="ignore")
 
     env: Literal["sandbox", "int", "prod"] = "sandbox"
     base_url: str | None = None
-    access_mode: AccessMode = "user-restricted"
+    access_mode: AccessMode = "application-restricted"
     client_id: SecretStr | None = None
     api_key: SecretStr | None = None
     private_key_file: Path | None = None
@@ -44,12 +46,29 @@ class ErsSettings(BaseSettings):
     kid: str | None = None
     token_url: str | None = None
     token_timeout_s: float = Field(default=10.0, gt=0)
-    #: Default ``NHSD-eRS-Business-Function`` when a route gives no ``business_function``.
+    #: Default ``NHSD-eRS-Business-Function`` when a route gives no ``business_function``
+    #: (user-restricted mode only).
     business_function: str | None = None
     #: The sender's ebXML party key and ASID when a route gives no ``from_party_key`` /
     #: ``from_asid`` (a system sends from one MHS, so configuration is the usual place).
     from_party_key: str | None = None
     from_asid: str | None = None
+    #: The sending MHS's Spine client certificate and key (PEM files) and the CA bundle that
+    #: verifies Spine (``ERS_TLS_CERT``, ``ERS_TLS_KEY``, ``ERS_TLS_CA_BUNDLE``): ebXML
+    #: envelopes carry these paths in ``envelope.tls``, never the files' contents.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca_bundle: Path | None = None
+
+    def client_tls(self) -> ClientTls | None:
+        """The Spine client TLS these settings describe, or ``None`` when none is configured."""
+        if self.tls_key is not None and self.tls_cert is None:
+            raise ConfigurationError("ERS_TLS_KEY is set without ERS_TLS_CERT")
+        if self.tls_cert is None and self.tls_ca_bundle is None:
+            return None
+        return ClientTls(
+            cert_path=self.tls_cert, key_path=self.tls_key, ca_bundle_path=self.tls_ca_bundle
+        )
 
     def resolved_base_url(self) -> str:
         return (self.base_url or ERS_ENVIRONMENTS[self.env]).rstrip("/")

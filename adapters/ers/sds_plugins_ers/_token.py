@@ -146,9 +146,12 @@ class BearerTokenSource(DirectorySource):
         auth = self.auth
         if auth is None:
             raise ConfigurationError(
-                "e-RS FHIR requests need a bearer token: set ERS_CLIENT_ID, ERS_KID and "
-                "ERS_PRIVATE_KEY_FILE (signed JWT), or provide an auth for source 'ers' "
-                "with the sds_provide_auth hook"
+                "application-restricted e-RS FHIR requests (ERS_ACCESS_MODE=application-"
+                "restricted, the default) need the application's signed-JWT credentials: set "
+                "ERS_CLIENT_ID, ERS_KID and ERS_PRIVATE_KEY_FILE, or provide an auth for "
+                "source 'ers' with the sds_provide_auth hook. For user-restricted access set "
+                "ERS_ACCESS_MODE=user-restricted and pass the user's NHS CIS2 access token as "
+                "the user_access_token option"
             )
         started = time.perf_counter()
         try:

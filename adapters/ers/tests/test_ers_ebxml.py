@@ -6,6 +6,7 @@ import email
 import email.policy
 from collections.abc import Awaitable, Callable
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 from xml.etree import ElementTree
 
@@ -118,15 +119,29 @@ async def test_forward_reliable_goes_to_the_intermediary_with_the_recipients_key
     assert reliability.sync_reply is False
     routing = EbxmlRouting.model_validate(envelope.extensions["ebxml"])
     assert routing.pattern is MessagingPattern.FORWARD_RELIABLE
-    assert routing.conversation_id == envelope.provenance.correlation_id
+    assert routing.conversation_id == envelope.provenance.correlation_id.upper()
     assert envelope.request.headers["Content-Type"] == routing.content_type
+
+
+async def test_forward_express_is_refused_unless_the_caller_names_the_pattern(
+    ebs_directory: Sandbox, ers_router: ErsRouterFactory
+) -> None:
+    router = await ers_router(sandbox=ebs_directory)
+    with pytest.raises(InvalidInputError) as info:
+        await router.route("ers", org=ORG, interaction=FORWARD_EXPRESS, **SENDER)
+    assert info.value.field == "interaction"
+    assert "Forward Express" in str(info.value)
+    assert "SDS gives no reliability settings" in str(info.value)
+    assert "pattern=" in str(info.value)
 
 
 async def test_forward_express_goes_to_the_express_intermediary_without_acks(
     ebs_directory: Sandbox, ers_router: ErsRouterFactory
 ) -> None:
     router = await ers_router(sandbox=ebs_directory)
-    envelope = await router.route("ers", org=ORG, interaction=FORWARD_EXPRESS, **SENDER)
+    envelope = await router.route(
+        "ers", org=ORG, interaction=FORWARD_EXPRESS, pattern="forward-express", **SENDER
+    )
 
     assert envelope.request.url == EXPRESS_HOP
     assert envelope.target.cpa_id == "S918999410560"
@@ -152,6 +167,49 @@ async def test_an_unlisted_ebs_action_takes_its_pattern_from_sds(
     assert envelope.reliability is not None
     assert envelope.reliability.ack_actor == ACK_ACTOR_TO_PARTY_MSH
     assert envelope.reliability.sync_reply is True
+
+
+async def test_an_unlisted_action_that_sds_leaves_undetermined_needs_a_named_pattern(
+    sds_sandbox_factory: SandboxFactory, ers_router: ErsRouterFactory
+) -> None:
+    # ack "always" with sync reply mode "None", outside the forwarding lists: the hybrid no
+    # reference implements. Refused with what SDS said, unless the caller names the pattern.
+    sandbox = sds_sandbox_factory(
+        [
+            mhs_record(
+                ORG,
+                [UNLISTED],
+                address=RECIPIENT,
+                retries=2,
+                retry_interval="PT1M",
+                duplicate_elimination="always",
+                ack_requested="always",
+                sync_reply_mode="None",
+            )
+        ],
+        [accredited_system_record(ORG, [UNLISTED])],
+    )
+    router = await ers_router(sandbox=sandbox)
+    with pytest.raises(InvalidInputError) as info:
+        await router.route("ers", org=ORG, interaction=UNLISTED, **SENDER)
+    assert "ackRequested=always" in str(info.value)
+    assert "syncReplyMode=None" in str(info.value)
+    named = await router.route(
+        "ers", org=ORG, interaction=UNLISTED, pattern="async-reliable", **SENDER
+    )
+    assert named.extensions["ebxml"]["pattern"] == "async-reliable"
+    assert named.request.url == RECIPIENT
+
+
+async def test_a_named_pattern_may_not_contradict_the_forwarding_lists(
+    ebs_directory: Sandbox, ers_router: ErsRouterFactory
+) -> None:
+    router = await ers_router(sandbox=ebs_directory)
+    with pytest.raises(InvalidInputError) as info:
+        await router.route(
+            "ers", org=ORG, interaction=FORWARD_RELIABLE, pattern="async-express", **SENDER
+        )
+    assert info.value.field == "pattern"
 
 
 async def test_an_async_reliable_non_ebs_interaction_keeps_its_own_address(
@@ -201,7 +259,7 @@ async def test_the_envelope_renders_to_a_message_that_parses_back(
     assert header.findtext(".//eb:To/eb:PartyId", namespaces=eb) == envelope.target.party_key
     assert header.findtext(".//eb:CPAId", namespaces=eb) == envelope.target.cpa_id
     assert header.findtext(".//eb:ConversationId", namespaces=eb) == (
-        envelope.provenance.correlation_id
+        envelope.provenance.correlation_id.upper()
     )
     assert header.find(".//eb:SyncReply", eb) is None
     assert payload["Content-Id"] == f"<{routing.message_id}@spine.nhs.uk>"
@@ -222,10 +280,11 @@ async def test_several_mhs_records_are_refused_until_a_party_key_chooses(
         ],
     )
     router = await ers_router(sandbox=sandbox)
+    named = {"pattern": "forward-express", **SENDER}
     with pytest.raises(AmbiguousError):
-        await router.route("ers", org=ORG, interaction=FORWARD_EXPRESS, **SENDER)
+        await router.route("ers", org=ORG, interaction=FORWARD_EXPRESS, **named)
     envelope = await router.route(
-        "ers", org=ORG, interaction=FORWARD_EXPRESS, party_key=f"{ORG}-2", **SENDER
+        "ers", org=ORG, interaction=FORWARD_EXPRESS, party_key=f"{ORG}-2", **named
     )
     assert (envelope.target.cpa_id, envelope.target.asid) == ("S2", "2" * 12)
 
@@ -243,6 +302,8 @@ async def test_several_mhs_records_are_refused_until_a_party_key_chooses(
         (FORWARD_EXPRESS, {"from_asid": "200000000001"}, "from_party_key", "ERS_FROM_PARTY_KEY"),
         (FORWARD_EXPRESS, {**SENDER, "from_asid": "12"}, "from_asid", "12 digits"),
         (FORWARD_EXPRESS, {**SENDER, "from_party_key": "nope"}, "from_party_key", "party key"),
+        (FORWARD_EXPRESS, {**SENDER, "pattern": "express-ish"}, "pattern", "forward-express"),
+        (FORWARD_EXPRESS, {**SENDER, "pattern": "synchronous"}, "pattern", "async-reliable"),
     ],
 )
 async def test_bad_input_is_refused_before_any_lookup(
@@ -266,7 +327,7 @@ async def test_sender_defaults_come_from_configuration(
 ) -> None:
     settings = ErsSettings(from_party_key="r69-0000002", from_asid="200000000002")
     router = await ers_router(settings, sandbox=ebs_directory)
-    envelope = await router.route("ers", org=ORG, interaction=FORWARD_EXPRESS)
+    envelope = await router.route("ers", org=ORG, interaction=FORWARD_RELIABLE)
     assert (envelope.source.party_key, envelope.source.asid) == ("R69-0000002", "200000000002")
 
 
@@ -279,6 +340,22 @@ async def test_the_demo_example_routes_on_the_default_data(
     assert envelope.request.url.endswith("/reliablemessaging/intermediary")
     assert envelope.target.party_key == "X26-200150"
     assert envelope.extensions["ebxml"]["pattern"] == "forward-express"
+
+
+def test_documented_patterns_are_the_mhs_adaptors() -> None:
+    # NHSDigital/integration-adaptor-mhs, mhs/common/data/interactions/interactions.json: the
+    # three forward-reliable ebs interactions are "forward-reliable"; the two forward-express
+    # ones are "Forward Express", a workflow the adaptor does not implement.
+    from sds_plugins.ebxml import pattern_for
+
+    for interaction, pattern in EBS_INTERACTIONS.items():
+        if pattern is MessagingPattern.FORWARD_RELIABLE:
+            assert pattern_for(interaction) is pattern
+        else:
+            assert pattern is MessagingPattern.FORWARD_EXPRESS
+            with pytest.raises(InvalidInputError):
+                pattern_for(interaction)
+            assert pattern_for(interaction, named=pattern) is pattern
 
 
 def test_documented_interactions_match_spines_forwarding_lists() -> None:
@@ -297,3 +374,33 @@ def test_documented_interactions_match_spines_forwarding_lists() -> None:
 def test_the_entry_point_is_declared() -> None:
     [entry_point] = [ep for ep in entry_points(group="sds_plugins") if ep.name == "ers"]
     assert entry_point.value == "sds_plugins_ers.plugin"
+
+
+async def test_ebxml_envelopes_carry_the_senders_spine_client_tls(
+    ebs_directory: Sandbox, ers_router: ErsRouterFactory, tmp_path: Path
+) -> None:
+    from sds_plugins import ClientTls
+
+    settings = ErsSettings(
+        tls_cert=tmp_path / "mhs.pem",
+        tls_key=tmp_path / "mhs.key",
+        tls_ca_bundle=tmp_path / "nhs-ca.pem",
+    )
+    router = await ers_router(settings, sandbox=ebs_directory)
+    envelope = await router.route("ers", org=ORG, interaction=FORWARD_RELIABLE, **SENDER)
+    assert envelope.tls == ClientTls(
+        cert_path=str(tmp_path / "mhs.pem"),
+        key_path=str(tmp_path / "mhs.key"),
+        ca_bundle_path=str(tmp_path / "nhs-ca.pem"),
+    )
+    untouched = await (await ers_router(sandbox=ebs_directory)).route(
+        "ers", org=ORG, interaction=FORWARD_RELIABLE, **SENDER
+    )
+    assert untouched.tls is None
+
+
+def test_a_tls_key_without_its_certificate_is_a_configuration_error(tmp_path: Path) -> None:
+    from sds_plugins import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="ERS_TLS_CERT"):
+        ErsSettings(tls_key=tmp_path / "mhs.key").client_tls()

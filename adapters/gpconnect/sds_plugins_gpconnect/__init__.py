@@ -1,19 +1,26 @@
 """GP Connect adapter for sds-plugins: SSP-ready envelopes from the Spine Directory Service."""
 
-from ._adapter import GpConnectAdapter, ssp_url
+from ._adapter import GpConnectAdapter, requested_scope, ssp_url
 from ._interactions import INTERACTIONS, Interaction, interaction
-from ._jwt import JWT_LIFETIME_S, access_token, claims
+from ._jwt import JWT_LIFETIME_S, access_token, claims, local_user_system
+from ._migrate import NHS_NUMBER_SYSTEM, migrate_parameters
 from ._options import GpConnectOptions, parse_options
+from ._settings import GpConnectSettings
 
 __all__ = [
     "INTERACTIONS",
     "JWT_LIFETIME_S",
+    "NHS_NUMBER_SYSTEM",
     "GpConnectAdapter",
     "GpConnectOptions",
+    "GpConnectSettings",
     "Interaction",
     "access_token",
     "claims",
     "interaction",
+    "local_user_system",
+    "migrate_parameters",
     "parse_options",
+    "requested_scope",
     "ssp_url",
 ]

@@ -6,11 +6,13 @@ import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from sds_plugins import (
     AccreditedSystem,
     Adapter,
     AmbiguousError,
+    ClientTls,
     HttpRequestSpec,
     InvalidInputError,
     Lookup,
@@ -42,6 +44,11 @@ class GpConnectAdapter(Adapter):
     from fresh lookups, unless the operator chose ``shared_cache=True`` (environment
     ``SDS_GPCONNECT_SHARED_CACHE=1``): faster and kinder to SDS, at the cost of up to
     ``SDS_CACHE_TTL_S`` of staleness when a practice changes supplier.
+
+    Every SSP call needs the consumer system's Spine client certificate: ``tls`` (from
+    ``SDS_GPCONNECT_TLS_*``) goes into each envelope as paths, for
+    :class:`~sds_plugins.EnvelopeClients`. A plain ``http://`` ``ssp_url`` is refused unless
+    ``allow_insecure_ssp`` (``SDS_GPCONNECT_ALLOW_INSECURE_SSP=1``, for local mocks).
     """
 
     name = "gpconnect"
@@ -69,8 +76,16 @@ class GpConnectAdapter(Adapter):
         "encounters sets SDS_GPCONNECT_SHARED_CACHE=1"
     )
 
-    def __init__(self, *, shared_cache: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        shared_cache: bool = False,
+        tls: ClientTls | None = None,
+        allow_insecure_ssp: bool = False,
+    ) -> None:
         self.shared_cache = shared_cache
+        self.tls = tls
+        self.allow_insecure_ssp = allow_insecure_ssp
 
     def normalise_interaction(self, interaction_id: str) -> str:
         checked = super().normalise_interaction(interaction_id)
@@ -84,7 +99,10 @@ class GpConnectAdapter(Adapter):
 
     def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
         options = parse_options(dict(request.options))
-        self._check_path(interaction(request.interaction), options)
+        spec = interaction(request.interaction)
+        self._check_path(spec, options)
+        self._check_ssp(options)
+        requested_scope(spec, options)
         lookups = {
             "provider_endpoints": Lookup.endpoints(
                 org=request.org, interaction=request.interaction
@@ -98,6 +116,16 @@ class GpConnectAdapter(Adapter):
                 manufacturer=options.consumer_supplier_ods,
             )
         return lookups
+
+    def _check_ssp(self, options: GpConnectOptions) -> None:
+        if urlsplit(options.ssp_url).scheme == "https" or self.allow_insecure_ssp:
+            return
+        raise InvalidInputError(
+            "gpconnect: ssp_url: a plain http:// Spine Secure Proxy URL is refused (the SSP "
+            "takes TLS with a Spine client certificate); set SDS_GPCONNECT_ALLOW_INSECURE_SSP=1 "
+            "only for local mocks and tests",
+            field="ssp_url",
+        )
 
     @staticmethod
     def _check_path(spec: Interaction, options: GpConnectOptions) -> None:
@@ -135,11 +163,12 @@ class GpConnectAdapter(Adapter):
         # chose one (then both are still logged together in the provenance).
         trace_id = str(uuid.uuid4()) if request.correlation_id_given else request.correlation_id
         issued_at = resolved.now
+        scope, sensitive = requested_scope(spec, options)
         token = access_token(
             claims(
                 options,
                 audience=provider.address,
-                scope=options.requested_scope or spec.scope,
+                scope=scope,
                 reason=options.reason_for_request or spec.reason,
                 issued_at=issued_at,
             )
@@ -174,12 +203,19 @@ class GpConnectAdapter(Adapter):
                 url=ssp_url(options.ssp_url, provider.address, options.fhir_path or spec.path),
                 headers=headers,
             ),
+            # TLS only means something for https (an allowed http:// mock has none).
+            tls=self.tls if urlsplit(options.ssp_url).scheme == "https" else None,
             # The token is the envelope's life: the provider refuses it after exp.
             expires_at=issued_at.replace(microsecond=0) + timedelta(seconds=JWT_LIFETIME_S),
             provenance=resolved.provenance(
                 (*provider.records, consumer) if consumer else provider.records
             ),
-            extensions={"ssp_trace_id": trace_id},
+            extensions={
+                "ssp_trace_id": trace_id,
+                # What the migrate request body must say (migrate_parameters builds it), so the
+                # body and the token's requested_scope agree.
+                **({"include_sensitive_information": sensitive} if spec.migration else {}),
+            },
         )
 
     @staticmethod
@@ -220,6 +256,50 @@ class GpConnectAdapter(Adapter):
                 correlation_id=request.correlation_id,
             )
         return systems[0]
+
+
+def requested_scope(spec: Interaction, options: GpConnectOptions) -> tuple[str, bool | None]:
+    """The token's ``requested_scope``, and ``includeSensitiveInformation`` for migrations.
+
+    The migrate pages of ``nhsconnect/gpconnect`` (``accessrecord_structured_development_
+    migrate_patient_record.md``, ``access_documents_development_migrate_patient_documents.md``):
+    ``includeSensitiveInformation`` defaults to true, and may only be true with an appropriate
+    ``requested_scope``; a ``conf/N`` scope with a request for sensitive information is answered
+    CONFLICTING_VALUES (structured record) or NOT_AUTHORISED (documents). The audit-and-
+    provenance page: no ``conf/*`` means ``conf/N``; ``conf/R`` is for GP2GP record transfers.
+    So a migration defaults to sensitive information with ``conf/R`` (a whole-record transfer);
+    ``include_sensitive_information=False`` gives ``conf/N``; any other combination is refused.
+    """
+    if not spec.migration:
+        if options.include_sensitive_information is not None:
+            raise InvalidInputError(
+                f"gpconnect: include_sensitive_information only applies to the migrate "
+                f"interactions, not {spec.id}",
+                field="include_sensitive_information",
+            )
+        return options.requested_scope or spec.scope, None
+    sensitive = options.include_sensitive_information is not False
+    wanted = "conf/R" if sensitive else "conf/N"
+    if options.requested_scope is None:
+        return f"{spec.scope} {wanted}", sensitive
+    given = options.requested_scope.split()
+    confidentiality = next((part for part in given if part.startswith("conf/")), "conf/N")
+    if confidentiality != wanted:
+        stated = (
+            "conf/N (no conf/* means conf/N)"
+            if "conf/" not in options.requested_scope
+            else confidentiality
+        )
+        raise InvalidInputError(
+            f"gpconnect: requested_scope {options.requested_scope!r} is {stated}, which "
+            f"contradicts include_sensitive_information={str(sensitive).lower()}"
+            + (" (the migrate default)" if options.include_sensitive_information is None else "")
+            + f": a migration with{'' if sensitive else 'out'} sensitive information needs "
+            f"{wanted} (the provider answers CONFLICTING_VALUES / NOT_AUTHORISED otherwise). "
+            "Leave requested_scope out to get the matching one",
+            field="requested_scope",
+        )
+    return options.requested_scope, sensitive
 
 
 def ssp_url(proxy: str, service_root: str, fhir_path: str | None) -> str:

@@ -26,6 +26,11 @@ class Interaction:
     path: str | None
     reason: str = "directcare"
 
+    @property
+    def migration(self) -> bool:
+        """A record-migration interaction (GP2GP over GP Connect): sensitive data by default."""
+        return self.reason == "migration"
+
 
 def _catalogue(*entries: tuple[str, str, str, str | None]) -> dict[str, Interaction]:
     found = {}

@@ -1,4 +1,8 @@
-"""The GP Connect access token: an unsigned JWT, new for every request."""
+"""The GP Connect access token: an unsigned JWT, new for every request.
+
+Claims as ``nhsconnect/gpconnect`` specifies them on its cross-organisation audit and provenance
+page (``pages/integration/integration_cross_organisation_audit_and_provenance.md``).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ import jwt
 
 from ._options import GpConnectOptions
 
-__all__ = ["JWT_LIFETIME_S", "access_token", "claims"]
+__all__ = ["JWT_LIFETIME_S", "access_token", "claims", "local_user_system"]
 
 #: The specification fixes the token's life: exp is exactly iat + 300 seconds.
 JWT_LIFETIME_S = 300
@@ -24,6 +28,8 @@ def claims(
     practitioner_name: dict[str, Any] = {"family": options.practitioner_family_name}
     if options.practitioner_given_name:
         practitioner_name["given"] = [options.practitioner_given_name]
+    if options.practitioner_name_prefix:
+        practitioner_name["prefix"] = [options.practitioner_name_prefix]
     return {
         "iss": options.system_url,
         "sub": options.practitioner_id,
@@ -60,10 +66,27 @@ def claims(
                     "system": "https://fhir.nhs.uk/Id/sds-role-profile-id",
                     "value": options.practitioner_sds_role_profile_id,
                 },
+                # The audit-and-provenance page: "an identifier element containing a unique
+                # local user or user-role identifier for the logged on user ... from the
+                # consumer system", under a consumer-defined system URL.
+                {
+                    "system": local_user_system(options),
+                    "value": options.practitioner_local_user_id or options.practitioner_id,
+                },
             ],
             "name": [practitioner_name],
         },
     }
+
+
+def local_user_system(options: GpConnectOptions) -> str:
+    """The local user identifier's system: the option or ``<system_url>/Id/local-user-id``.
+
+    A URL of the consumer system's own, as ``requesting_device``'s identifier system is.
+    """
+    return options.practitioner_local_user_id_system or (
+        f"{options.system_url.rstrip('/')}/Id/local-user-id"
+    )
 
 
 def access_token(payload: dict[str, Any]) -> str:

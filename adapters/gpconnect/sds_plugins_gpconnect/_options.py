@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, mo
 from sds_plugins import (
     InvalidInputError,
     check_header_value,
+    check_relative_path,
     invalid_input,
     normalise_ods_code,
     normalise_party_key,
@@ -20,7 +21,9 @@ __all__ = ["GpConnectOptions", "parse_options"]
 
 _ASID = re.compile(r"^[0-9]{12}$")
 _SCOPE = re.compile(r"^(patient|organization)/\*\.(read|write)( conf/[NR])?$")
-_PATH = re.compile(r"^[A-Za-z0-9$._~\-/?&=%:+,;*@!']*$")
+# Characters a FHIR path and query may carry unencoded; check_relative_path does the structural
+# checks (dot segments, literal or encoded; ';' path parameters; empty segments...).
+_PATH = re.compile(r"[A-Za-z0-9$._~\-/?&=%:+,;*@!']+")
 
 
 class GpConnectOptions(BaseModel):
@@ -48,10 +51,17 @@ class GpConnectOptions(BaseModel):
     practitioner_id: str
     practitioner_sds_user_id: str = "UNK"
     practitioner_sds_role_profile_id: str = "UNK"
+    #: The consumer system's own identifier for the logged-on user (default: practitioner_id),
+    #: under ``practitioner_local_user_id_system`` (default ``<system_url>/Id/local-user-id``).
+    practitioner_local_user_id: str | None = None
+    practitioner_local_user_id_system: str | None = None
     practitioner_family_name: str
     practitioner_given_name: str | None = None
+    practitioner_name_prefix: str | None = None
     reason_for_request: Literal["directcare", "migration"] | None = None
     requested_scope: str | None = None
+    #: Migrate interactions only: the ``includeSensitiveInformation`` the request asks for.
+    include_sensitive_information: bool | None = None
 
     @field_validator("*", mode="before")
     @classmethod
@@ -82,9 +92,11 @@ class GpConnectOptions(BaseModel):
     def _party_key(cls, value: str | None) -> str | None:
         return None if value is None else normalise_party_key(value)
 
-    @field_validator("ssp_url", "system_url")
+    @field_validator("ssp_url", "system_url", "practitioner_local_user_id_system")
     @classmethod
-    def _url(cls, value: str) -> str:
+    def _url(cls, value: str | None, info: Any) -> str | None:
+        if value is None:
+            return None
         parts = urlsplit(value)
         if (
             parts.scheme not in ("http", "https")
@@ -93,16 +105,26 @@ class GpConnectOptions(BaseModel):
             or parts.fragment
         ):
             raise ValueError(f"{value!r} is not an http(s) URL without query or fragment")
+        path = parts.path.strip("/")
+        if path:
+            # The proxy's own path prefix, if any: no dot segments or ';' tricks there either.
+            check_relative_path(path, info.field_name)
         return value
 
-    @field_validator("fhir_path")
+    @field_validator("fhir_path", mode="before")
     @classmethod
-    def _path(cls, value: str | None) -> str | None:
+    def _path(cls, value: Any) -> Any:
+        # Checked as given, before whitespace stripping or any other normalisation.
         if value is None:
             return None
-        if not value or "://" in value or ".." in value.split("/") or not _PATH.match(value):
-            raise ValueError(f"{value!r} is not a FHIR path relative to the service root")
-        return value
+        path = check_relative_path(value, "fhir_path", allow_query=True)
+        if not _PATH.fullmatch(path):
+            raise InvalidInputError(
+                f"fhir_path: {path!r} is not a FHIR path relative to the service root "
+                "(letters, digits and $._~-/?&=%:+,;*@!' only; percent-encode the rest)",
+                field="fhir_path",
+            )
+        return path
 
     @field_validator("requested_scope")
     @classmethod

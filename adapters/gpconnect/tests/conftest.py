@@ -15,6 +15,17 @@ from sds_plugins import PluginHost, Router, Settings
 from sds_plugins.sandbox import Sandbox, SandboxConfig
 
 
+@pytest.fixture(autouse=True)
+def _no_gpconnect_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    # SDS_GPCONNECT_* configures the adapter (TLS, caching): a developer's shell must not
+    # change what a test sees.
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("SDS_GPCONNECT_"):
+            monkeypatch.delenv(name)
+
+
 @pytest.fixture(scope="session")
 def gpc_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     data = tmp_path_factory.mktemp("gpconnect-data")

@@ -10,7 +10,8 @@ GPC = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1
 META = "urn:nhs:names:services:gpconnect:fhir:rest:read:metadata-1"
 READ_PATIENT = "urn:nhs:names:services:gpconnect:fhir:rest:read:patient-1"
 MIGRATE = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.migratestructuredrecord-1"
-ALL = [GPC, META, READ_PATIENT, MIGRATE]
+MIGRATE_DOCUMENT = "urn:nhs:names:services:gpconnect:documents:fhir:rest:migrate:binary-1"
+ALL = [GPC, META, READ_PATIENT, MIGRATE, MIGRATE_DOCUMENT]
 
 SINGLE = "A11111"  # one provider record (and a stale system of another supplier, listed first)
 TWO_RECORDS = "B22222"  # two provider records with different party keys

@@ -15,6 +15,7 @@ from gpconnect_cases import (
     GPC,
     META,
     MIGRATE,
+    MIGRATE_DOCUMENT,
     NO_ADDRESS,
     READ_PATIENT,
     SINGLE,
@@ -24,7 +25,7 @@ from gpconnect_cases import (
     TWO_RECORDS,
     UNKNOWN,
 )
-from sds_plugins_gpconnect import INTERACTIONS, GpConnectAdapter, ssp_url
+from sds_plugins_gpconnect import INTERACTIONS, GpConnectAdapter, migrate_parameters, ssp_url
 
 from sds_plugins import (
     AmbiguousError,
@@ -113,9 +114,27 @@ async def test_every_jwt_claim(router: Router) -> None:
         "identifier": [
             {"system": "https://fhir.nhs.uk/Id/sds-user-id", "value": "111222333444"},
             {"system": "https://fhir.nhs.uk/Id/sds-role-profile-id", "value": "UNK"},
+            # The local user identifier the spec marks SHALL: the consumer's own system URL.
+            {"system": "https://consumer.example.org/Id/local-user-id", "value": "10019"},
         ],
         "name": [{"family": "Jones", "given": ["Ann"]}],
     }
+
+
+async def test_the_practitioners_local_identifier_and_title(router: Router) -> None:
+    envelope = await _route(
+        router,
+        practitioner_local_user_id="98ed4f78-814d-4266-8d5b-cde742f3093c",
+        practitioner_local_user_id_system="https://consumersupplier.com/Id/user-guid",
+        practitioner_name_prefix="Dr",
+    )
+    practitioner = _claims(envelope)["requesting_practitioner"]
+    assert practitioner["identifier"][2] == {
+        "system": "https://consumersupplier.com/Id/user-guid",
+        "value": "98ed4f78-814d-4266-8d5b-cde742f3093c",
+    }
+    assert practitioner["name"] == [{"family": "Jones", "given": ["Ann"], "prefix": ["Dr"]}]
+    assert practitioner["id"] == _claims(envelope)["sub"] == "10019"
 
 
 async def test_a_new_token_and_trace_id_per_envelope(router: Router) -> None:
@@ -144,6 +163,7 @@ async def test_scopes_methods_and_paths_follow_the_interaction(router: Router) -
     assert _claims(patient)["requested_scope"] == "patient/*.read"
     migrate = await _route(router, interaction=MIGRATE)
     assert _claims(migrate)["reason_for_request"] == "migration"
+    assert _claims(migrate)["requested_scope"] == "patient/*.read conf/R"
     overridden = await _route(router, interaction=META, method="post")
     assert overridden.request.method == "POST"
 
@@ -206,6 +226,9 @@ async def test_consumer_lookup(router: Router, gpc_sandbox: Sandbox) -> None:
         ({"consumer_ods": CONSUMER}, "consumer_asid"),
         ({"consumer_supplier_ods": "YGA"}, "consumer_supplier_ods"),
         ({"fhir_path": "https://elsewhere/"}, "fhir_path"),
+        ({"ssp_url": "https://proxy.example/../admin"}, "ssp_url"),
+        ({"ssp_url": "https://proxy.example/%2e%2e/admin"}, "ssp_url"),
+        ({"ssp_url": "https://proxy.example/..;/admin"}, "ssp_url"),
         ({"organization_name": "Surgery\r\nX-Evil: 1"}, "organization_name"),
         ({"colour": "red"}, "colour"),
     ],
@@ -220,6 +243,122 @@ async def test_bad_options_are_refused_before_any_lookup(
     assert info.value.field == field
     assert field in str(info.value)
     assert gpc_sandbox.stats()["requests"] == {}
+
+
+@pytest.mark.parametrize(
+    "fhir_path",
+    [
+        "%2e%2e/%2e%2e/admin",
+        "%2E%2e/admin",
+        "..;/admin",
+        "../admin",
+        "Patient/..",
+        "Patient/.",
+        "Patient%2f..%2fadmin",
+        "Patient\\..",
+        "Patient//1",
+        "Patient/1#fragment",
+        "https://elsewhere/x",
+        "//elsewhere/x",
+        "Pätient/1",
+        "Patient/1\n",
+        "P" * 2049,
+    ],
+)
+async def test_hostile_fhir_paths_are_refused_before_any_lookup(
+    router: Router, gpc_sandbox: Sandbox, fhir_path: str
+) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        await _route(router, interaction=READ_PATIENT, fhir_path=fhir_path)
+    assert info.value.field == "fhir_path"
+    assert "fhir_path" in str(info.value)
+    assert gpc_sandbox.stats()["requests"] == {}
+
+
+async def test_a_search_path_may_carry_a_query(router: Router) -> None:
+    search = "Patient?identifier=https://fhir.nhs.uk/Id/nhs-number%7C9000000009"
+    envelope = await _route(router, interaction=READ_PATIENT, fhir_path=search)
+    assert envelope.request.url.endswith(SINGLE_ADDRESS + search)
+
+
+async def test_a_migration_asks_for_sensitive_information_with_conf_r_by_default(
+    router: Router,
+) -> None:
+    envelope = await _route(router, interaction=MIGRATE)
+    assert _claims(envelope)["requested_scope"] == "patient/*.read conf/R"
+    assert envelope.extensions["include_sensitive_information"] is True
+    body = migrate_parameters(envelope, "9690937286")
+    assert body["parameter"][0]["valueIdentifier"] == {
+        "system": "https://fhir.nhs.uk/Id/nhs-number",
+        "value": "9690937286",
+    }
+    assert body["parameter"][1] == {
+        "name": "includeFullRecord",
+        "part": [{"name": "includeSensitiveInformation", "valueBoolean": True}],
+    }
+    document = await _route(router, interaction=MIGRATE_DOCUMENT, fhir_path="Binary/07a6483f")
+    assert _claims(document)["requested_scope"] == "patient/*.read conf/R"
+    assert _claims(document)["reason_for_request"] == "migration"
+
+
+@pytest.mark.parametrize("flag", [False, "false"])
+async def test_a_migration_without_sensitive_information_uses_conf_n(
+    router: Router, flag: object
+) -> None:
+    envelope = await _route(router, interaction=MIGRATE, include_sensitive_information=flag)
+    assert _claims(envelope)["requested_scope"] == "patient/*.read conf/N"
+    assert envelope.extensions["include_sensitive_information"] is False
+    body = migrate_parameters(envelope, "9690937286")
+    assert body["parameter"][1]["part"][0]["valueBoolean"] is False
+    agreeing = await _route(
+        router,
+        interaction=MIGRATE,
+        include_sensitive_information=False,
+        requested_scope="patient/*.read conf/N",
+    )
+    assert _claims(agreeing)["requested_scope"] == "patient/*.read conf/N"
+
+
+@pytest.mark.parametrize(
+    ("interaction", "options", "field"),
+    [
+        # The migrate default asks for sensitive information: conf/N (stated or implied by
+        # no conf/*) would be answered CONFLICTING_VALUES / NOT_AUTHORISED.
+        (MIGRATE, {"requested_scope": "patient/*.read conf/N"}, "requested_scope"),
+        (MIGRATE, {"requested_scope": "patient/*.read"}, "requested_scope"),
+        (MIGRATE_DOCUMENT, {"requested_scope": "patient/*.read conf/N"}, "requested_scope"),
+        (
+            MIGRATE,
+            {"requested_scope": "patient/*.read conf/R", "include_sensitive_information": False},
+            "requested_scope",
+        ),
+        (GPC, {"include_sensitive_information": True}, "include_sensitive_information"),
+        (MIGRATE, {"include_sensitive_information": "perhaps"}, "include_sensitive_information"),
+    ],
+)
+async def test_contradictory_migrate_scopes_are_refused_before_any_lookup(
+    router: Router,
+    gpc_sandbox: Sandbox,
+    interaction: str,
+    options: dict[str, Any],
+    field: str,
+) -> None:
+    if interaction == MIGRATE_DOCUMENT:
+        options = {**options, "fhir_path": "Binary/07a6483f"}
+    with pytest.raises(InvalidInputError) as info:
+        await _route(router, interaction=interaction, **options)
+    assert info.value.field == field
+    assert gpc_sandbox.stats()["requests"] == {}
+
+
+@pytest.mark.parametrize("nhs_number", ["969093728", "9690937287", "969093728\uff16", 9690937286])
+async def test_the_migrate_body_checks_the_nhs_number(router: Router, nhs_number: object) -> None:
+    envelope = await _route(router, interaction=MIGRATE)
+    with pytest.raises(InvalidInputError) as info:
+        migrate_parameters(envelope, nhs_number)  # type: ignore[arg-type]
+    assert info.value.field == "nhs_number"
+    with pytest.raises(InvalidInputError, match="migratestructuredrecord"):
+        migrate_parameters(await _route(router), "9690937286")
 
 
 async def test_reads_by_id_need_a_path(router: Router) -> None:
@@ -304,3 +443,19 @@ def test_the_catalogue_knows_every_interaction_in_the_notes() -> None:
 )
 def test_the_service_root_is_never_normalised(root: str, path: str, url: str) -> None:
     assert ssp_url("https://ssp/", root, path) == url
+
+
+async def test_the_readme_example_routes_on_the_sandboxs_default_data(
+    sds_sandbox: Sandbox,
+) -> None:
+    # `sds-plugins sandbox` with no --data serves the same default data as this sandbox.
+    host = PluginHost(environ={"SDS_PLUGINS_LOAD": "sds-plugins-gpconnect"})
+    async with Router(Settings(base_url=sds_sandbox.base_url), host=host) as router:
+        envelope = await router.route("gpconnect", **dict(GpConnectAdapter.example or {}))
+    assert envelope.target.ods_code == "B82617"
+    assert envelope.target.party_key == "B82617-0000806"
+    assert envelope.request.headers["Ssp-To"] == "918999198993"
+    assert envelope.request.url == (
+        "https://proxy.intspineservices.nhs.uk/"
+        "https://orange.testlab.nhs.uk/B82617/STU3/1/gpconnect/Patient/$gpc.getstructuredrecord"
+    )

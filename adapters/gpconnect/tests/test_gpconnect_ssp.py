@@ -87,7 +87,10 @@ def _ssp_app(allowed: dict[str, str], seen: list[dict[str, str]]) -> Starlette:
 
 
 @pytest.fixture
-def world(tmp_path: Path) -> Iterator[dict[str, Any]]:
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
+    # This local "SSP" is plain http: the operator's switch for mocks (test_gpconnect_tls.py
+    # covers the real thing, TLS with a client certificate).
+    monkeypatch.setenv("SDS_GPCONNECT_ALLOW_INSECURE_SSP", "1")
     provider_seen: list[dict[str, Any]] = []
     ssp_seen: list[dict[str, str]] = []
     with AppServer(_provider_app(provider_seen)) as provider:

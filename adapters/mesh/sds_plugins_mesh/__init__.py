@@ -14,6 +14,13 @@ from ._config import MESH_ENVIRONMENTS, MeshCredentials, MeshSettings, MeshTls, 
 from ._demo import demo
 from ._errors import MeshRejectedError, MeshResendRefusedError, parse_send_response
 from ._lookup import MailboxQuery, MeshLookupSource, MeshMailbox, parse_lookup_response
+from ._recovery import (
+    FirstPostOutcome,
+    FirstPostRecovery,
+    MeshTracking,
+    recover_first_post,
+    track_message,
+)
 from .plugin import MeshPlugin
 
 __all__ = [
@@ -23,6 +30,8 @@ __all__ = [
     "MAX_REQUEST_BYTES",
     "MESH_ENVIRONMENTS",
     "ChunkedSend",
+    "FirstPostOutcome",
+    "FirstPostRecovery",
     "MailboxQuery",
     "MeshAdapter",
     "MeshAuth",
@@ -34,11 +43,14 @@ __all__ = [
     "MeshResendRefusedError",
     "MeshSettings",
     "MeshTls",
+    "MeshTracking",
     "chunk_requests",
     "demo",
     "nhsmesh_authorization",
     "parse_lookup_response",
     "parse_send_response",
+    "recover_first_post",
     "resolve_mesh_url",
     "send_chunked",
+    "track_message",
 ]

@@ -19,6 +19,7 @@ from sds_plugins import (
     Adapter,
     AmbiguousError,
     Candidate,
+    ClientTls,
     ConfigurationError,
     EnvelopeReliability,
     HttpRequestSpec,
@@ -160,6 +161,7 @@ class MeshAdapter(Adapter):
                 url=f"{options.mesh_url}/messageexchange/{sender}/outbox",
                 headers=headers,
             ),
+            tls=_client_tls(tls),
             # The outbox POST is never retried: it may have landed even without an answer.
             reliability=EnvelopeReliability(retries=0),
             expires_at=resolved.now + ENVELOPE_TTL,
@@ -332,6 +334,17 @@ def _string(value: object, field: str) -> str:
             f"{field} must be a string, got {type(value).__name__}", field=field
         )
     return check_text_header(value, field)
+
+
+def _client_tls(tls: MeshTls) -> ClientTls | None:
+    """The core's TLS description (what :class:`~sds_plugins.EnvelopeClients` reads)."""
+    if tls.cert is None and tls.ca_bundle is None:
+        return None
+    return ClientTls(
+        cert_path=tls.cert,
+        key_path=tls.key if tls.cert is not None else None,
+        ca_bundle_path=tls.ca_bundle,
+    )
 
 
 def _path(path: Path | None) -> str | None:

@@ -10,9 +10,10 @@ receives the original bytes.
 **The first POST is never retried blindly.** It may have landed even though no answer came
 back (a timeout after the upload finished): sending it again would give the recipient two
 messages. :class:`ChunkedSend` hands the first request out once and refuses the second time
-(:class:`MeshResendRefusedError`); check the outbox (tracking by ``mex-localid``) before routing
-a new envelope. Chunks 2..n are safe to retry (MESH stores chunk k once), so
-:meth:`ChunkedSend.chunk_request` builds them as often as asked, each with a fresh token.
+(:class:`MeshResendRefusedError`); find out first with :func:`recover_first_post` (MESH's
+tracking interface) before routing a new envelope. Chunks 2..n are safe to retry (MESH stores
+chunk k once), so :meth:`ChunkedSend.chunk_request` builds them as often as asked, each with a
+fresh token.
 
 ``mex-content-compressed`` is *not* set here: it tells the recipient that the sender compressed
 the *content* itself (they must decompress after download), while ``Content-Encoding: gzip`` is
@@ -106,8 +107,8 @@ class ChunkedSend:
         if self._first_issued:
             raise MeshResendRefusedError(
                 "the first outbox POST of this message was already handed out; it may have "
-                "landed, so it is never sent twice. Check the outbox (tracking by mex-localid) "
-                "before sending the message again with a new envelope.",
+                "landed, so it is never sent twice. Find out with recover_first_post (MESH's "
+                "tracking interface) before sending the message again with a new envelope.",
                 field="first_request",
             )
         self._first_issued = True

@@ -33,8 +33,9 @@ class MeshResendRefusedError(InvalidInputError):
     """The first outbox POST of a message was requested again.
 
     It may have landed even when no answer came back (a timeout after the upload): sending it
-    again risks a duplicate message for the recipient. Find out first (the outbox tracking
-    endpoints, by ``mex-localid``), then route a new envelope if it really was lost.
+    again risks a duplicate message for the recipient. Find out first
+    (:func:`~sds_plugins_mesh.recover_first_post`, on MESH's tracking interface), then route a
+    new envelope if it really was lost.
     """
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from sds_plugins import InvalidInputError
+from sds_plugins import InvalidInputError, check_path_segment
 
 __all__ = [
     "MAX_LENGTHS",
@@ -88,7 +88,8 @@ def normalise_mailbox_id(value: object, *, field: str = "mailbox_id") -> str:
             "e.g. X26ABC1)",
             field=field,
         )
-    return text
+    # Also a URL path segment (/messageexchange/{mailbox}/...): the core's segment rules too.
+    return check_path_segment(text, field)
 
 
 def normalise_workflow_id(value: object, *, field: str = "interaction") -> str:
@@ -105,7 +106,8 @@ def normalise_workflow_id(value: object, *, field: str = "interaction") -> str:
             "e.g. TEST_WORKFLOW)",
             field=field,
         )
-    return text
+    # Also a URL path segment (/endpointlookup/{ods}/{workflow}): the core's segment rules too.
+    return check_path_segment(text, field)
 
 
 def normalise_checksum(value: object, *, field: str = "checksum") -> str:

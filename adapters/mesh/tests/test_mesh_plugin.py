@@ -184,6 +184,9 @@ async def test_readme_httpx_sample_sends_an_envelope(router: Router, receive: An
     namespace: dict[str, Any] = {}
     exec(compile(sample, str(README), "exec"), namespace)
     envelope = await router.route("mesh", org="X27", interaction="TEST_WORKFLOW_ACK")
-    message_id = await namespace["send"](envelope, b"from the README")
+    from sds_plugins import EnvelopeClients
+
+    async with EnvelopeClients(allow_plain_http=True) as clients:  # mesh-sandbox is plain http
+        message_id = await namespace["send"](clients, envelope, b"from the README")
     received = await asyncio.to_thread(receive, "X26ABC3", message_id)
     assert received.body == b"from the README"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -377,3 +378,62 @@ async def test_the_mesh_url_option_routes_to_another_host_with_its_own_cache_ent
     assert other.request.url.startswith(other_url + "/messageexchange/")
     assert [event.cache for event in lookups.events] == ["miss", "miss"]
     assert default.provenance.lookups != other.provenance.lookups
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [
+        ("mailbox_id", ".."),
+        ("mailbox_id", "%2e%2e"),
+        ("mailbox_id", "X26ABC2/.."),
+        ("mailbox_id", "X26ABC2;x"),
+        ("mailbox", ".."),
+        ("mailbox", "X26%2fABC1"),
+        ("mailbox", "X26ABC1\n"),
+    ],
+)
+async def test_hostile_mailbox_ids_are_refused_before_any_lookup(
+    router: Router, lookups: LookupRecorder, option: str, value: str
+) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        await router.route("mesh", org="X26", interaction="TEST_WORKFLOW", **{option: value})
+    assert info.value.field == option
+    assert lookups.events == []
+
+
+@pytest.mark.parametrize("workflow", ["..", ".", "%2e%2e", "A/..", "A;B", "A\\B", "A%2fB"])
+async def test_hostile_workflow_ids_are_refused_before_any_lookup(
+    router: Router, lookups: LookupRecorder, workflow: str
+) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        await router.route("mesh", org="X26", interaction=workflow)
+    assert info.value.field == "interaction"
+    assert lookups.events == []
+
+
+async def test_the_envelope_carries_the_senders_client_tls_for_the_core(
+    router: Router, tmp_path: Path
+) -> None:
+    from sds_plugins import ClientTls
+
+    envelope = await router.route(
+        "mesh",
+        org="X26",
+        interaction="TEST_WORKFLOW",
+        cert=str(tmp_path / "mesh.pem"),
+        key=str(tmp_path / "mesh.key"),
+        ca_bundle=str(tmp_path / "nhs-int-ca-bundle.pem"),
+    )
+    # The core's description (what EnvelopeClients reads) and MESH's own extension agree.
+    assert envelope.tls == ClientTls(
+        cert_path=str(tmp_path / "mesh.pem"),
+        key_path=str(tmp_path / "mesh.key"),
+        ca_bundle_path=str(tmp_path / "nhs-int-ca-bundle.pem"),
+    )
+    assert envelope.extensions["mesh"]["tls"] == {
+        "cert": str(tmp_path / "mesh.pem"),
+        "key": str(tmp_path / "mesh.key"),
+        "ca_bundle": str(tmp_path / "nhs-int-ca-bundle.pem"),
+    }
+    plain = await router.route("mesh", org="X26", interaction="TEST_WORKFLOW")
+    assert plain.tls is None
