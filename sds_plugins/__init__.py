@@ -103,6 +103,7 @@ if TYPE_CHECKING:
         EnvelopeClients,
         client_ssl_context,
     )
+    from ._upstream import load_json, safe_url
     from ._validation import (
         check_header_value,
         check_path_segment,
@@ -181,6 +182,8 @@ _EXPORTS: dict[str, str] = {
     "SourceContext": "._sources",
     "SyncRouter": "._sync",
     "SyncSdsClient": "._sync",
+    "load_json": "._upstream",
+    "safe_url": "._upstream",
     "check_header_value": "._validation",
     "check_path_segment": "._validation",
     "check_relative_path": "._validation",
@@ -258,6 +261,7 @@ __all__ = [
     "hookimpl",
     "invalid_input",
     "join_on_party_key",
+    "load_json",
     "normalise_correlation_id",
     "normalise_interaction",
     "normalise_ods_code",
@@ -266,6 +270,7 @@ __all__ = [
     "parse_endpoints",
     "parse_retry_after",
     "resolve_base_url",
+    "safe_url",
 ]
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
+import re
 import threading
 import time
 import uuid
@@ -33,9 +35,10 @@ from ._exceptions import (
     MalformedResponseError,
     RateLimitedError,
 )
+from ._upstream import TooLarge, load_json, parse_retry_after, read_body, read_body_sync
 from ._validation import check_header_value
 
-__all__ = ["ApiKeyAuth", "SignedJwtAuth"]
+__all__ = ["ApiKeyAuth", "SignedJwtAuth", "parse_token_response"]
 
 logger = logging.getLogger("sds_plugins.auth")
 
@@ -144,27 +147,26 @@ class SignedJwtAuth(httpx.Auth):
             headers={"Accept": "application/json"},
         )
 
-    def _store(self, response: httpx.Response) -> str:
+    def _store(self, response: httpx.Response, body: bytes) -> str:
         correlation_id = response.request.headers.get("X-Correlation-ID")
         if response.status_code != 200:
-            raise _token_error(response, correlation_id)
+            raise _token_error(response, body, correlation_id)
         try:
-            body = response.json()
-            token = str(body["access_token"])
-            # The platform sends expires_in as a string ("599").
-            expires_in = float(body.get("expires_in", 0))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise MalformedResponseError(
-                "token endpoint answered 200 without a usable access_token/expires_in",
-                field="access_token",
-                status_code=200,
-                url=str(response.request.url),
-                method="POST",
-            ) from exc
+            token, expires_in = parse_token_response(body)
+        except MalformedResponseError as exc:
+            exc.status_code, exc.method, exc.url = 200, "POST", self.token_url
+            exc.correlation_id = correlation_id
+            raise
         self._token = _Token(token, self._clock() + expires_in)
         self.tokens_fetched += 1
         logger.debug("obtained access token from %s (expires in %.0fs)", self.token_url, expires_in)
         return token
+
+    @property
+    def token_expires_at(self) -> float | None:
+        """When the token held now expires (``clock`` time), or ``None`` if none is held."""
+        token = self._token
+        return None if token is None else token.expires_at
 
     def _current(self) -> str | None:
         token = self._token
@@ -188,8 +190,11 @@ class SignedJwtAuth(httpx.Auth):
                     token_request = self._token_request()
                     _copy_correlation(request, token_request)
                     token_response = yield token_request
-                    token_response.read()
-                    token = self._store(token_response)
+                    try:
+                        body = read_body_sync(token_response, _TOKEN_BODY_BYTES)
+                    except TooLarge:
+                        raise _too_large(self.token_url) from None
+                    token = self._store(token_response, body)
             request.headers["Authorization"] = f"Bearer {token}"
             response = yield request
             # A 401 with a token we believed valid: it was revoked or the server restarted.
@@ -210,8 +215,11 @@ class SignedJwtAuth(httpx.Auth):
                     token_request = self._token_request()
                     _copy_correlation(request, token_request)
                     token_response = yield token_request
-                    await token_response.aread()
-                    token = self._store(token_response)
+                    try:
+                        body = await read_body(token_response, _TOKEN_BODY_BYTES)
+                    except TooLarge:
+                        raise _too_large(self.token_url) from None
+                    token = self._store(token_response, body)
             request.headers["Authorization"] = f"Bearer {token}"
             response = yield request
             if response.status_code != 401 or attempt == 1:
@@ -230,16 +238,69 @@ def _copy_correlation(source: httpx.Request, target: httpx.Request) -> None:
         target.headers["X-Correlation-ID"] = correlation_id
 
 
-def _token_error(response: httpx.Response, correlation_id: str | None) -> Exception:
+#: A token answer is a few hundred bytes; anything much bigger is not one.
+_TOKEN_BODY_BYTES = 64 * 1024
+#: Bounds on a token's life: not past (a token per request), not for ever (never refreshed).
+_MAX_EXPIRES_IN_S = 86_400.0
+_MAX_TOKEN_LENGTH = 4096
+_TOKEN = re.compile(r"[\x21-\x7e]+")  # visible ASCII: it goes into an Authorization header
+
+
+def parse_token_response(body: bytes) -> tuple[str, float]:
+    """``(access_token, expires_in seconds)`` from an OAuth token endpoint's 200 answer.
+
+    The platform sends ``expires_in`` as a string (``"599"``); numbers are accepted too. A
+    token that is not visible ASCII (it becomes a header), or a lifetime that is not a finite
+    number of seconds between 1 and a day (``"-1"`` would mean a token request per call,
+    ``"nan"`` or ``"1e400"`` never refreshing) is a :class:`MalformedResponseError`.
+    """
+    answer = load_json(body, what="token endpoint's answer")
+    token = answer.get("access_token") if isinstance(answer, dict) else None
+    raw_expires = answer.get("expires_in") if isinstance(answer, dict) else None
+    if not isinstance(token, str) or len(token) > _MAX_TOKEN_LENGTH or not _TOKEN.fullmatch(token):
+        raise MalformedResponseError(
+            "token endpoint answered 200 without a usable access_token", field="access_token"
+        )
+    expires_in: float | None = None
+    if isinstance(raw_expires, int | float) and not isinstance(raw_expires, bool):
+        expires_in = float(raw_expires)
+    elif isinstance(raw_expires, str) and raw_expires.isascii() and len(raw_expires) <= 20:
+        try:
+            expires_in = float(raw_expires)
+        except ValueError:
+            expires_in = None
+    if (
+        expires_in is None
+        or not math.isfinite(expires_in)
+        or not 1 <= expires_in <= _MAX_EXPIRES_IN_S
+    ):
+        raise MalformedResponseError(
+            "token endpoint answered 200 without a usable expires_in "
+            f"(a number of seconds between 1 and {_MAX_EXPIRES_IN_S:g})",
+            field="expires_in",
+        )
+    return token, expires_in
+
+
+def _too_large(url: str) -> MalformedResponseError:
+    return MalformedResponseError(
+        f"token endpoint's answer is larger than {_TOKEN_BODY_BYTES:,} bytes",
+        field="body",
+        method="POST",
+        url=url,
+    )
+
+
+def _token_error(response: httpx.Response, body: bytes, correlation_id: str | None) -> Exception:
     description = ""
     error = ""
     try:
-        body: Any = response.json()
-        if isinstance(body, dict):
-            error = str(body.get("error") or "")
-            description = str(body.get("error_description") or "")
-    except ValueError:
-        pass
+        answer: Any = load_json(body)
+    except MalformedResponseError:
+        answer = None
+    if isinstance(answer, dict):
+        error = _short(answer.get("error"))
+        description = _short(answer.get("error_description"))
     kwargs: dict[str, Any] = {
         "status_code": response.status_code,
         "spine_code": error or None,
@@ -251,10 +312,15 @@ def _token_error(response: httpx.Response, correlation_id: str | None) -> Except
     if response.status_code == 429:
         return RateLimitedError("token endpoint is rate limiting", **kwargs)
     if response.status_code in _RETRYABLE or response.status_code >= 500:
+        kwargs["retry_after_s"] = parse_retry_after(response.headers.get("Retry-After"))
         return DirectoryUnavailableError("token endpoint failed", **kwargs)
     return AuthenticationError(
         f"token endpoint refused the client assertion ({error or response.status_code})", **kwargs
     )
+
+
+def _short(value: object) -> str:
+    return value[:300] if isinstance(value, str) else ""
 
 
 def _load_private_key(key: str | bytes | Path | RSAPrivateKey) -> RSAPrivateKey:

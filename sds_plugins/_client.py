@@ -7,12 +7,13 @@ NHS England's service desk.
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 from urllib.parse import urlsplit
@@ -40,6 +41,18 @@ from ._models import (
 )
 from ._query import DeviceQuery, EndpointQuery, SdsQuery
 from ._ratelimit import RateLimiter, SendTicket, Throttle
+from ._upstream import (
+    ACCEPT_ENCODING,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    ERROR_BODY_BYTES,
+    TooLarge,
+    bounded_response,
+    load_json,
+    operation_outcome,
+    parse_retry_after,
+    read_body,
+    safe_url,
+)
 from ._validation import normalise_correlation_id
 
 __all__ = [
@@ -68,16 +81,48 @@ _USER_AGENT = "sds-plugins/0.1 (+https://github.com/sds-plugins/sds-plugins)"
 _R = TypeVar("_R", AccreditedSystem, MessageHandlingEndpoint)
 
 
+#: Longer base URLs are refused: no real one comes close, and httpx refuses absurd ones late.
+_MAX_URL_LENGTH = 2048
+
+
 def resolve_base_url(env_or_url: str) -> str:
-    """``"int"`` → the INT base URL; an ``http(s)://`` URL is returned without a trailing slash."""
-    value = env_or_url.strip()
+    """``"int"`` → the INT base URL; an ``http(s)://`` URL is returned without a trailing slash.
+
+    A URL is checked as it is given (ASCII, no spaces or control characters, a host, no
+    ``user:password@`` part, no query or fragment), so a bad ``SDS_BASE_URL`` stops the program
+    at start with :class:`ConfigurationError` rather than in the middle of a lookup.
+    """
+    value = env_or_url.strip() if isinstance(env_or_url, str) else ""
     if value in ENVIRONMENTS:
         return ENVIRONMENTS[value]
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    shown = safe_url(value)[:100]
+    if (
+        not value
+        or len(value) > _MAX_URL_LENGTH
+        or not value.isascii()
+        or any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in value)
+    ):
         raise ConfigurationError(
-            f"{env_or_url!r} is neither an environment ({', '.join(ENVIRONMENTS)}) nor a base URL"
+            f"{shown!r} is neither an environment ({', '.join(ENVIRONMENTS)}) nor a base URL "
+            "(ASCII, no spaces or control characters)"
         )
+    try:
+        parts = urlsplit(value)
+        hostname = parts.hostname
+        httpx.URL(value)
+    except (ValueError, httpx.InvalidURL):
+        parts, hostname = None, None
+    if parts is None or parts.scheme not in ("http", "https") or not hostname:
+        raise ConfigurationError(
+            f"{shown!r} is neither an environment ({', '.join(ENVIRONMENTS)}) nor a base URL"
+        )
+    if parts.username is not None or parts.password is not None:
+        raise ConfigurationError(
+            f"{shown!r}: credentials in a base URL are refused (they would travel and be shown "
+            "with every request); use SDS_API_KEY or signed-JWT auth"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigurationError(f"{shown!r}: a base URL has no query or fragment")
     return value.rstrip("/")
 
 
@@ -94,7 +139,8 @@ class RetryPolicy(BaseModel):
     upper half of that ceiling ("equal jitter") so a fleet does not retry in step; a
     ``Retry-After`` from the server replaces the computed wait. Nothing sleeps past
     ``budget_s`` from the first attempt: when the next wait would cross it, the last error is
-    raised instead.
+    raised instead, and the budget is also a deadline for the whole call. Each attempt must
+    deliver its whole answer within ``attempt_timeout_s``.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -103,6 +149,8 @@ class RetryPolicy(BaseModel):
     backoff_s: float = Field(default=0.2, ge=0)
     max_backoff_s: float = Field(default=5.0, ge=0)
     budget_s: float = Field(default=20.0, gt=0)
+    #: The whole answer of one attempt (headers and body) must arrive within this.
+    attempt_timeout_s: float = Field(default=10.0, gt=0)
 
     def wait(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -144,15 +192,21 @@ class SdsClient:
         transport: httpx.AsyncBaseTransport | None = None,
         max_connections: int = 100,
         rate_limiter: RateLimiter | None = None,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     ) -> None:
         self.base_url = resolve_base_url(base_url)
         self.rate_limiter = rate_limiter
         self.retry = retry or RetryPolicy()
         self.max_pages = max_pages
+        self.max_response_bytes = max_response_bytes
         self._http = httpx.AsyncClient(
             auth=auth,
             timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
-            headers={"Accept": "application/fhir+json", "User-Agent": _USER_AGENT},
+            headers={
+                "Accept": "application/fhir+json",
+                "Accept-Encoding": ACCEPT_ENCODING,
+                "User-Agent": _USER_AGENT,
+            },
             transport=transport,
             limits=httpx.Limits(
                 max_connections=max_connections, max_keepalive_connections=max_connections
@@ -171,9 +225,12 @@ class SdsClient:
             "connect_timeout_s": settings.connect_timeout_s,
             "read_timeout_s": settings.read_timeout_s,
             "retry": RetryPolicy(
-                attempts=settings.retry_attempts, budget_s=settings.retry_budget_s
+                attempts=settings.retry_attempts,
+                budget_s=settings.retry_budget_s,
+                attempt_timeout_s=settings.attempt_timeout_s,
             ),
             "max_pages": settings.max_pages,
+            "max_response_bytes": settings.max_response_bytes,
         }
         options.update(overrides)
         return cls(settings.resolved_base_url(), **options)
@@ -299,13 +356,23 @@ class SdsClient:
         )
 
     def _checked_next(self, next_url: str, correlation_id: str) -> str:
+        try:
+            origin = _origin(next_url)
+            httpx.URL(next_url)
+        except (ValueError, httpx.InvalidURL):
+            raise MalformedResponseError(
+                "SDS 'next' link is not a valid URL",
+                field="link.next",
+                correlation_id=correlation_id,
+                status_code=200,
+            ) from None
         # Credentials ride on every request: never follow a link to another origin with them.
-        if _origin(next_url) != self._origin:
+        if origin != self._origin or "@" in urlsplit(next_url).netloc:
             raise MalformedResponseError(
                 "SDS 'next' link points to another origin; refusing to follow it",
                 field="link.next",
                 correlation_id=correlation_id,
-                url=next_url,
+                url=safe_url(next_url),
             )
         return next_url
 
@@ -331,6 +398,7 @@ class SdsClient:
             error_for=_error_from_response,
             before_attempt=count,
             rate_limiter=self.rate_limiter,
+            max_bytes=self.max_response_bytes,
         )
 
 
@@ -352,6 +420,7 @@ async def get_with_retries(
     before_attempt: Callable[[], Awaitable[None]] | None = None,
     rate_limiter: RateLimiter | None = None,
     service: str = "SDS",
+    max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
 ) -> tuple[bytes, int]:
     """An idempotent GET with the project's retry rules; ``(body, attempts)`` on a 200.
 
@@ -360,6 +429,10 @@ async def get_with_retries(
     ``error_for(response, correlation_id)``. Errors that are :func:`retryable <_is_retryable>`
     (429, 502, 503, 504, timeouts, transport) are retried per ``policy``, honouring
     ``Retry-After``, and nothing waits beyond ``policy.budget_s`` from the first attempt.
+
+    Each attempt must deliver its whole answer within ``policy.attempt_timeout_s`` and at most
+    ``max_bytes`` of body (after decompression; else :class:`MalformedResponseError`), and the
+    whole call ends within ``policy.budget_s`` (else :class:`DirectoryTimeoutError`).
 
     Every attempt first waits for ``rate_limiter`` (which refuses at once, with
     :class:`RateLimitedError`, a wait beyond the budget). A 429 from the API gateway's spike
@@ -379,39 +452,39 @@ async def get_with_retries(
         if before_attempt is not None:
             await before_attempt()
         sent += 1
+        # The whole answer, headers and body, within the attempt's deadline (httpx's timeouts
+        # are per read: a body trickled a byte at a time would never trip them).
+        limit_s = min(policy.attempt_timeout_s, deadline - time.monotonic())
         try:
-            response = await http.get(
-                url,
-                params=params,
-                headers=headers,
-                extensions={"trace": _sent_tracer(ticket)} if ticket is not None else None,
-            )
+            async with asyncio.timeout(max(limit_s, 0.0)):
+                body, error = await _fetch(
+                    http, url, params, headers, ticket, correlation_id, error_for, max_bytes
+                )
+        except TimeoutError:
+            raise DirectoryTimeoutError(
+                f"{service} did not answer in full within {limit_s:.3g}s",
+                correlation_id=correlation_id,
+                method="GET",
+                url=safe_url(url),
+            ) from None
         except httpx.TimeoutException as exc:
             raise DirectoryTimeoutError(
                 f"{service} did not answer in time ({type(exc).__name__})",
                 correlation_id=correlation_id,
                 method="GET",
-                url=url,
+                url=safe_url(url),
             ) from exc
         except httpx.TransportError as exc:
             raise DirectoryUnavailableError(
-                f"{service} is unreachable ({type(exc).__name__}: {exc})",
+                f"{service} is unreachable ({type(exc).__name__}: {_scrubbed(exc)})",
                 correlation_id=correlation_id,
                 method="GET",
-                url=url,
+                url=safe_url(url),
             ) from exc
         finally:
             if ticket is not None:
                 ticket.finished()  # at the latest now (for a transport that does not trace)
-        logger.debug(
-            "GET %s -> %s (correlation_id=%s, attempt=%d)",
-            response.request.url,
-            response.status_code,
-            correlation_id,
-            sent,
-        )
-        if response.status_code != 200:
-            error = error_for(response, correlation_id)
+        if error is not None:
             if isinstance(error, RateLimitedError) and error.limit in ("spike_arrest", "quota"):
                 spikes += error.limit == "spike_arrest"
                 if rate_limiter is not None:
@@ -420,8 +493,7 @@ async def get_with_retries(
                         retry_after_s=error.retry_after_s,
                     )
             raise error
-        # Parsed by the caller straight from bytes (faster than decoding to dicts first).
-        return response.content
+        return body
 
     def counted() -> int:
         return sent - min(spikes, _FREE_SPIKE_RETRIES)
@@ -446,11 +518,72 @@ async def get_with_retries(
         reraise=True,
     )
     try:
-        body: bytes = await retrying(attempt)
+        # The retry budget is also a deadline for everything, waits and attempts alike.
+        loop_deadline = asyncio.get_running_loop().time() + policy.budget_s
+        async with asyncio.timeout_at(loop_deadline):
+            body: bytes = await retrying(attempt)
+    except TimeoutError:
+        raise DirectoryTimeoutError(
+            f"{service} gave no usable answer within the {policy.budget_s:g}s budget",
+            correlation_id=correlation_id,
+            method="GET",
+            url=safe_url(url),
+            attempts=sent,
+        ) from None
     except DirectoryError as exc:
         exc.attempts = sent
         raise
     return body, sent
+
+
+async def _fetch(
+    http: httpx.AsyncClient,
+    url: str,
+    params: httpx.QueryParams | None,
+    headers: dict[str, str] | None,
+    ticket: SendTicket | None,
+    correlation_id: str,
+    error_for: Callable[[httpx.Response, str], DirectoryError],
+    max_bytes: int,
+) -> tuple[bytes, DirectoryError | None]:
+    """One GET, its body read within ``max_bytes``: ``(body, None)`` on a 200, else
+    ``(b"", the typed error)`` (the error body read only as far as an OperationOutcome needs)."""
+    async with http.stream(
+        "GET",
+        url,
+        params=params,
+        headers=headers,
+        extensions={"trace": _sent_tracer(ticket)} if ticket is not None else None,
+    ) as response:
+        logger.debug(
+            "GET %s -> %s (correlation_id=%s)",
+            safe_url(str(response.request.url)),
+            response.status_code,
+            correlation_id,
+        )
+        if response.status_code == 200:
+            try:
+                return await read_body(response, max_bytes), None
+            except TooLarge:
+                raise MalformedResponseError(
+                    f"answer larger than {max_bytes:,} bytes (after decompression)",
+                    field="body",
+                    status_code=200,
+                    correlation_id=correlation_id,
+                    method="GET",
+                    url=safe_url(url),
+                ) from None
+            except MalformedResponseError as exc:
+                exc.status_code, exc.correlation_id = 200, correlation_id
+                exc.method, exc.url = "GET", safe_url(url)
+                raise
+        try:
+            error_body = await read_body(response, ERROR_BODY_BYTES)
+        except (TooLarge, MalformedResponseError):
+            error_body = b""  # an unreadable error body: the status alone tells the story
+        error = error_for(bounded_response(response, error_body), correlation_id)
+        error.url = safe_url(error.url) if error.url else error.url
+        return b"", error
 
 
 def _sent_tracer(ticket: SendTicket) -> Callable[[str, Any], Awaitable[None]]:
@@ -494,34 +627,8 @@ def _origin(url: str) -> tuple[str, str]:
     return parts.scheme.lower(), parts.netloc.lower()
 
 
-def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """``Retry-After`` as seconds from now: delta-seconds or an HTTP date; ``None`` if absent."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    current = datetime.now(UTC).timestamp() if now is None else now
-    return max(when.timestamp() - current, 0.0)
-
-
-def operation_outcome(body: object) -> tuple[str | None, str | None]:
-    """The Spine error code and diagnostics of an ``OperationOutcome`` (or ``None``s)."""
-    if not isinstance(body, dict) or body.get("resourceType") != "OperationOutcome":
-        return None, None
-    issues = body.get("issue") or []
-    issue = issues[0] if isinstance(issues, list) and issues and isinstance(issues[0], dict) else {}
-    codings = (issue.get("details") or {}).get("coding") or [{}]
-    coding = codings[0] if isinstance(codings[0], dict) else {}
-    code = coding.get("code") or issue.get("code")
-    diagnostics = issue.get("diagnostics") or coding.get("display")
-    return (str(code) if code else None), (str(diagnostics) if diagnostics else None)
+def _scrubbed(exc: BaseException) -> str:
+    return safe_url(str(exc))[:300]
 
 
 def gateway_throttle(body: object) -> Throttle | None:
@@ -566,8 +673,8 @@ def seconds_to_next_minute(date_header: str | None, now: float | None = None) ->
 def _error_from_response(response: httpx.Response, correlation_id: str) -> DirectoryError:
     status = response.status_code
     try:
-        body: object = response.json()
-    except ValueError:
+        body: object = load_json(response.content)
+    except MalformedResponseError:
         body = None
     spine_code, diagnostics = operation_outcome(body)
     kwargs: dict[str, Any] = {
@@ -576,7 +683,7 @@ def _error_from_response(response: httpx.Response, correlation_id: str) -> Direc
         "spine_code": spine_code,
         "diagnostics": diagnostics,
         "method": response.request.method,
-        "url": str(response.request.url),
+        "url": safe_url(str(response.request.url)),
     }
     if status in (401, 403):
         return AuthenticationError("SDS refused the credentials", **kwargs)

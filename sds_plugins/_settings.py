@@ -38,9 +38,14 @@ class Settings(BaseSettings):
 
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=10.0, gt=0)
+    #: One attempt's whole answer (headers and body) must arrive within this; the retry budget
+    #: is the deadline for a lookup's attempts and waits together.
+    attempt_timeout_s: float = Field(default=10.0, gt=0, le=3600)
     retry_attempts: int = Field(default=4, ge=1, le=20)
-    retry_budget_s: float = Field(default=20.0, gt=0)
-    max_pages: int = Field(default=10, ge=1)
+    retry_budget_s: float = Field(default=20.0, gt=0, le=3600)
+    max_pages: int = Field(default=10, ge=1, le=1000)
+    #: The largest answer read (after decompression); larger is a MalformedResponseError.
+    max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024**3)
 
     # Routing engine (see docs/architecture.md).
     redis_url: SecretStr | None = None
@@ -49,7 +54,9 @@ class Settings(BaseSettings):
     cache_ttl_s: float = Field(default=300.0, ge=0)
     negative_ttl_s: float = Field(default=60.0, ge=0)
     stale_if_error_s: float = Field(default=3600.0, ge=0)
-    breaker_cooldown_s: float = Field(default=5.0, ge=0)
+    #: After the directory failed, cold lookups fail at once (BreakerOpenError) for this long;
+    #: then one probe goes through, and its outcome closes or reopens the breaker.
+    breaker_cooldown_s: float = Field(default=5.0, ge=0, le=3600)
     # The API gateway's limits for this application (see _ratelimit.py): requests are spaced
     # 1/rate_limit_per_s apart and no calendar minute exceeds rate_limit_per_min, fleet-wide
     # when redis_url is set. Without Redis (or while it is unreachable) each process paces
@@ -61,7 +68,9 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        resolve_base_url(self.base_url or self.env)  # fail early on a typo
+        resolve_base_url(self.base_url or self.env)  # fail early on a typo or a bad URL
+        if self.token_url is not None:
+            resolve_base_url(self.token_url)
         return self
 
     def resolved_base_url(self) -> str:

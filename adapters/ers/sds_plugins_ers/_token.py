@@ -13,10 +13,11 @@ The token is a secret: the adapter's ``cache_scope`` is ``None``, so the engine 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
@@ -79,25 +80,27 @@ async def bearer_token(
     try:
         request = await flow.__anext__()
         while request is not probe:
-            token_response = await client.send(request)
+            # Streamed: the auth reads the token answer itself, within its size limit.
+            if token_response is not None:
+                await token_response.aclose()
+            token_response = await client.send(request, stream=True)
             request = await flow.asend(token_response)
     finally:
         await flow.aclose()
+        if token_response is not None:
+            await token_response.aclose()
     value = probe.headers.get("Authorization")
     if not value:
         raise ConfigurationError(f"the e-RS auth {auth!r} did not set an Authorization header")
     return value, token_response
 
 
-def _expiry(response: httpx.Response | None) -> datetime | None:
-    if response is None:
+def _expiry(auth: httpx.Auth | None) -> datetime | None:
+    """When the token the auth holds expires, if it says (``SignedJwtAuth`` does)."""
+    expires_at = getattr(auth, "token_expires_at", None)
+    if not isinstance(expires_at, float):
         return None
-    try:
-        # The platform sends expires_in as a string ("599").
-        seconds = float(response.json()["expires_in"])
-    except (ValueError, KeyError, TypeError):
-        return None
-    return datetime.now(UTC) + timedelta(seconds=seconds)
+    return datetime.fromtimestamp(expires_at, UTC)
 
 
 class BearerTokenSource(DirectorySource):
@@ -155,7 +158,11 @@ class BearerTokenSource(DirectorySource):
             )
         started = time.perf_counter()
         try:
-            value, response = await bearer_token(auth, self._http(), correlation_id=correlation_id)
+            # The whole exchange within the timeout (httpx's is per read).
+            async with asyncio.timeout(self._timeout_s):
+                value, response = await bearer_token(
+                    auth, self._http(), correlation_id=correlation_id
+                )
         except httpx.TimeoutException as exc:
             raise DirectoryTimeoutError(
                 "the token endpoint did not answer in time",
@@ -163,6 +170,13 @@ class BearerTokenSource(DirectorySource):
                 url=self.namespace,
                 correlation_id=correlation_id,
             ) from exc
+        except TimeoutError:
+            raise DirectoryTimeoutError(
+                f"the token endpoint gave no whole answer within {self._timeout_s:g}s",
+                method="POST",
+                url=self.namespace,
+                correlation_id=correlation_id,
+            ) from None
         except httpx.TransportError as exc:
             raise DirectoryUnavailableError(
                 f"cannot reach the token endpoint ({type(exc).__name__})",
@@ -175,7 +189,7 @@ class BearerTokenSource(DirectorySource):
             raise MalformedResponseError(
                 "the e-RS auth did not produce a bearer token", field="Authorization"
             )
-        expires_at = _expiry(response)
+        expires_at = _expiry(auth) if response is not None else None
         if expires_at is not None:
             self._expires_at = {token: expires_at}  # only the newest token matters
         logger.debug(

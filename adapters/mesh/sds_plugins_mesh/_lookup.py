@@ -10,8 +10,8 @@ idempotent GET, so 429/502/503/504, timeouts and connection errors are retried w
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -29,6 +29,7 @@ from sds_plugins import (
     RequestRejectedError,
     RetryPolicy,
     get_with_retries,
+    load_json,
     parse_retry_after,
 )
 
@@ -88,6 +89,9 @@ class MeshMailbox(BaseModel):
         return {"mailbox_id": self.mailbox_id, "mailbox_name": self.mailbox_name}
 
 
+_MAILBOX_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
 def parse_lookup_response(
     body: object, *, ods_code: str, workflow_id: str
 ) -> tuple[MeshMailbox, ...]:
@@ -118,9 +122,16 @@ def parse_lookup_response(
             field = f"results[{index}].address"
         if not isinstance(mailbox_id, str) or not mailbox_id.strip():
             raise MalformedResponseError(f"MESH lookup {field} is missing", field=field)
-        if name is not None and not isinstance(name, str):
+        # It becomes a header (mex-to) and a path: checked as it came, before any case mapping.
+        if not _MAILBOX_ID.fullmatch(mailbox_id.strip()):
             raise MalformedResponseError(
-                f"MESH lookup result {index} has a non-text name", field=f"results[{index}]"
+                f"MESH lookup {field} is not a mailbox id (letters, digits, '-' and '_')",
+                field=field,
+            )
+        if name is not None and (not isinstance(name, str) or len(name) > 500):
+            raise MalformedResponseError(
+                f"MESH lookup result {index} has a name that is not short text",
+                field=f"results[{index}]",
             )
         mailbox_id = mailbox_id.strip().upper()
         if mailbox_id in seen:
@@ -213,10 +224,7 @@ class MeshLookupSource(DirectorySource):
                 before_attempt=count,
                 service="MESH lookup",
             )
-            try:
-                body = json.loads(content)
-            except ValueError as exc:
-                raise MalformedResponseError("MESH lookup answer is not JSON", field="$") from exc
+            body = load_json(content, what="MESH lookup answer")
             records = parse_lookup_response(
                 body, ods_code=query.ods_code, workflow_id=query.workflow_id
             )
