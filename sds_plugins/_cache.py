@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ._exceptions import (
     BreakerOpenError,
+    DirectoryError,
     DirectoryUnavailableError,
     MalformedResponseError,
     RateLimitedError,
@@ -126,21 +127,51 @@ def _trips_breaker(error: DirectoryUnavailableError) -> bool:
 
 
 class _Breaker:
-    """Opens after a lookup fails with the directory unavailable; closes after ``cooldown_s``.
+    """Closed → open (for ``cooldown_s``, after the directory failed) → half-open → closed.
 
-    While open, cold lookups fail immediately (warm ones are served stale), so an outage costs
-    each caller microseconds, not the whole retry budget. One probe goes through per cooldown.
+    While open, cold lookups fail at once with :class:`BreakerOpenError` (warm ones are served
+    stale), so an outage costs each caller microseconds, not the whole retry budget. When the
+    cooldown is over, exactly one lookup goes through as a probe; everyone else keeps failing
+    fast until it returns. Its success closes the breaker, its failure opens it again.
     """
 
-    def __init__(self, cooldown_s: float) -> None:
+    def __init__(self, cooldown_s: float, clock: Callable[[], float] = time.time) -> None:
         self.cooldown_s = cooldown_s
+        self._clock = clock
         self._open_until = 0.0
         self._last_error: DirectoryUnavailableError | None = None
+        self._probing = False
 
-    def check(self, now: float) -> DirectoryUnavailableError | None:
-        if now < self._open_until and self._last_error is not None:
-            return self._last_error
-        return None
+    @property
+    def state(self) -> str:
+        """``closed``, ``open`` or ``half-open`` (for metrics and readiness checks)."""
+        if self._last_error is None:
+            return "closed"
+        return "half-open" if self._clock() >= self._open_until else "open"
+
+    def admit(self, now: float) -> tuple[bool, bool]:
+        """``(allowed, as_probe)`` for a lookup that would go to the directory now."""
+        if self._last_error is None or self.cooldown_s <= 0:  # a cooldown of 0: no breaker
+            return True, False
+        if now < self._open_until or self._probing:
+            return False, False
+        self._probing = True
+        return True, True
+
+    def refusal(self, now: float) -> BreakerOpenError:
+        error = self._last_error
+        cause = f"{type(error).__name__}: {error.message}" if error is not None else "unknown"
+        if now < self._open_until:
+            wait = self._open_until - now
+            why = f"not asking again for {wait:.3g}s"
+        else:
+            wait = self.cooldown_s  # a probe is out: its verdict comes within its budget
+            why = "one probe is finding out whether it is back"
+        return BreakerOpenError(
+            f"directory is failing; {why} (last error: {cause})",
+            cause=cause,
+            retry_after_s=wait,
+        )
 
     def remaining(self, now: float) -> float:
         return max(self._open_until - now, 0.0)
@@ -148,10 +179,16 @@ class _Breaker:
     def trip(self, error: DirectoryUnavailableError, now: float) -> None:
         self._last_error = error
         self._open_until = now + self.cooldown_s
+        self._probing = False
 
     def reset(self) -> None:
         self._open_until = 0.0
         self._last_error = None
+        self._probing = False
+
+    def abandon_probe(self) -> None:
+        """The probe ended without a verdict (cancelled): the next lookup may probe."""
+        self._probing = False
 
 
 # (entry, the records it holds, HTTP attempts): what one fetch produced.
@@ -211,7 +248,7 @@ class LookupCache:
     def breaker(self, namespace: str) -> _Breaker:
         breaker = self._breakers.get(namespace)
         if breaker is None:
-            breaker = self._breakers[namespace] = _Breaker(self.breaker_cooldown_s)
+            breaker = self._breakers[namespace] = _Breaker(self.breaker_cooldown_s, self._clock)
         return breaker
 
     def _entry(self, data: bytes, empty: bool) -> CacheEntry:
@@ -249,17 +286,14 @@ class LookupCache:
                 return Cached(records=self._records(key, entry, decode), cache="hit")
 
         breaker = self.breaker(namespace)
-        open_error = breaker.check(now)
-        if open_error is not None:
-            if entry is not None and entry.is_usable_stale(now):
-                return Cached(records=self._records(key, entry, decode), cache="stale")
-            wait = breaker.remaining(now)
-            raise BreakerOpenError(
-                f"directory is failing; not asking again for {wait:.3g}s "
-                f"(last error: {type(open_error).__name__}: {open_error.message})",
-                cause=f"{type(open_error).__name__}: {open_error}",
-                retry_after_s=wait,
-            )
+        probe = False
+        # Joining a fetch already in flight (the probe's, say) sends nothing: no admission.
+        if key not in self._inflight:
+            allowed, probe = breaker.admit(now)
+            if not allowed:
+                if entry is not None and entry.is_usable_stale(now):
+                    return Cached(records=self._records(key, entry, decode), cache="stale")
+                raise breaker.refusal(now)
 
         async def fetch_entry() -> _Fetched:
             records, attempts = await fetch()
@@ -279,11 +313,21 @@ class LookupCache:
         except DirectoryUnavailableError as exc:
             if _trips_breaker(exc):
                 breaker.trip(exc, self._clock())
+            elif probe:
+                breaker.reset()  # the directory answered (a 429, a bad body): it is there
             if entry is not None and entry.is_usable_stale(self._clock()):
                 logger.warning("serving stale answer for %s: %s", key, exc.message)
                 return Cached(
                     records=self._records(key, entry, decode), cache="stale", attempts=exc.attempts
                 )
+            raise
+        except DirectoryError:
+            if probe:
+                breaker.reset()  # refused or not found: an answer all the same
+            raise
+        except BaseException:
+            if probe:
+                breaker.abandon_probe()
             raise
         breaker.reset()
         if not fetched_here:
