@@ -27,24 +27,41 @@ __all__ = [
 # have no business in a directory key. Checked before stripping so "X26\n" is refused, not fixed.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
-# ODS codes are 3 to 10 letters and digits (YES, X26, B82617, 8HK52, RXX01...).
-_ODS = re.compile(r"^[A-Z0-9]{3,10}$")
-_PARTY_KEY = re.compile(r"^[A-Z0-9]{3,10}-[0-9]{1,12}$")
+# ODS codes are 3 to 10 letters and digits (YES, X26, B82617, 8HK52, RXX01...). Patterns are
+# applied with fullmatch: "$" would also match before a trailing newline.
+_ODS = re.compile(r"[A-Z0-9]{3,10}")
+_PARTY_KEY = re.compile(r"[A-Z0-9]{3,10}-[0-9]{1,12}")
 # Spine interaction ids: urn:nhs:names:services:<service>:<action>[:...]; the action may carry
 # dots, dashes and underscores (gpc.getstructuredrecord-1, patient_appointments-1).
 _INTERACTION = re.compile(
-    r"^urn:nhs:names:services:[A-Za-z0-9][A-Za-z0-9._-]*(?::[A-Za-z0-9][A-Za-z0-9._-]*)+$"
+    r"urn:nhs:names:services:[A-Za-z0-9][A-Za-z0-9._-]*(?::[A-Za-z0-9][A-Za-z0-9._-]*)+"
 )
+#: No real interaction id comes close (the longest in Spine's lists is ~90 characters); the
+#: limit keeps absurd input out of URLs, logs and error messages.
+MAX_INTERACTION_LENGTH = 256
+#: Longer than any value these fields can take; refused before anything else is done with them.
+_MAX_INPUT_LENGTH = 64
 
 
-def _clean(value: object, field: str) -> str:
+def _clean(value: object, field: str, max_length: int = _MAX_INPUT_LENGTH) -> str:
+    """A caller's text, checked *as given*: a string, no control characters, ASCII (before any
+    case mapping: "ß".upper() is "SS", and "ﬀ" becomes "FF"), not too long, not blank."""
     if not isinstance(value, str):
         raise InvalidInputError(
             f"{field} must be a string, got {type(value).__name__}", field=field
         )
+    if len(value) > max_length:
+        raise InvalidInputError(
+            f"{field} is too long ({len(value):,} characters; at most {max_length})", field=field
+        )
     if _CONTROL.search(value):
         raise InvalidInputError(
             f"{field} contains a control character (CR, LF, NUL...)", field=field
+        )
+    if not value.isascii():
+        raise InvalidInputError(
+            f"{field} contains a character that is not ASCII ({_first_non_ascii(value)!r})",
+            field=field,
         )
     cleaned = value.strip()
     if not cleaned:
@@ -52,10 +69,14 @@ def _clean(value: object, field: str) -> str:
     return cleaned
 
 
+def _first_non_ascii(value: str) -> str:
+    return next((char for char in value if not char.isascii()), "")
+
+
 def normalise_ods_code(value: object, field: str = "org") -> str:
     """Strip and upper-case an ODS organisation code; refuse anything that cannot be one."""
     code = _clean(value, field).upper()
-    if not _ODS.match(code):
+    if not _ODS.fullmatch(code):
         raise InvalidInputError(
             f"{field}: {code!r} is not an ODS code (3 to 10 letters and digits, e.g. B82617)",
             field=field,
@@ -66,7 +87,7 @@ def normalise_ods_code(value: object, field: str = "org") -> str:
 def normalise_party_key(value: object, field: str = "party_key") -> str:
     """Strip and upper-case an MHS party key of the form ``<ODS>-<digits>``."""
     key = _clean(value, field).upper()
-    if not _PARTY_KEY.match(key):
+    if not _PARTY_KEY.fullmatch(key):
         raise InvalidInputError(
             f"{field}: {key!r} is not a party key (<ODS code>-<digits>, e.g. X26-820918)",
             field=field,
@@ -79,8 +100,8 @@ def normalise_interaction(value: object, field: str = "interaction") -> str:
 
     Case is kept: Spine compares interaction ids exactly.
     """
-    interaction = _clean(value, field)
-    if not _INTERACTION.match(interaction):
+    interaction = _clean(value, field, MAX_INTERACTION_LENGTH)
+    if not _INTERACTION.fullmatch(interaction):
         raise InvalidInputError(
             f"{field}: {interaction!r} is not an interaction id "
             "(urn:nhs:names:services:<service>:<action>, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 import pytest
 
@@ -269,3 +270,64 @@ def test_a_query_only_where_allowed() -> None:
         check_relative_path("Patient?x=1#y", "fhir_path", allow_query=True)
     with pytest.raises(InvalidInputError, match="dot segment"):
         check_relative_path("../Patient?x=1", "fhir_path", allow_query=True)
+
+
+# -- hostile input: checked as given, before any normalisation ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("normalise", "raw", "field"),
+    [
+        (normalise_ods_code, "ß1234", "org"),  # "ß".upper() == "SS": would query SS1234
+        (normalise_ods_code, "ﬀ123", "org"),  # the ligature upper-cases to "FF"
+        (normalise_ods_code, "B\uff182617", "org"),  # a full-width digit
+        (normalise_party_key, "ßES-0000806", "party_key"),
+        (
+            normalise_interaction,
+            "urn:nhs:names:services:psis:REPC_IN150016UK05\u200b",
+            "interaction",
+        ),
+        (normalise_correlation_id, "\uff16b1a2c3d-0000-4000-8000-000000000000", "correlation_id"),
+    ],
+)
+def test_non_ascii_input_is_refused_before_case_mapping(
+    normalise: Any, raw: str, field: str
+) -> None:
+    with pytest.raises(InvalidInputError, match="not ASCII") as info:
+        normalise(raw)
+    assert info.value.field == field
+
+
+def test_absurdly_long_input_is_refused_before_anything_is_built() -> None:
+    with pytest.raises(InvalidInputError, match="too long"):
+        normalise_interaction("urn:nhs:names:services:psis:" + "x" * 100_000)
+    with pytest.raises(InvalidInputError, match="too long"):
+        normalise_ods_code("B" * 100_000)
+
+
+@pytest.mark.parametrize("raw", ["B82617\n", "X26-820918\n"])
+def test_a_trailing_newline_is_never_accepted(raw: str) -> None:
+    # "$" would match before a final newline; fullmatch does not.
+    with pytest.raises(InvalidInputError):
+        (normalise_party_key if "-" in raw else normalise_ods_code)(raw)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1",
+        "https://user:s3cret@example.org/spine-directory/FHIR/R4",
+        "https://example.org/x\r\nX-Evil: 1",
+        "https://exa mple.org/",
+        "https://example.org/x?apikey=1",
+        "ftp://example.org/",
+        "https://éxample.org/",
+        "https://" + "x" * 3000 + ".org/",
+    ],
+)
+def test_bad_base_urls_are_refused_when_settings_load(url: str) -> None:
+    from sds_plugins import ConfigurationError, Settings
+
+    with pytest.raises(ConfigurationError) as info:
+        Settings(base_url=url)
+    assert "s3cret" not in str(info.value)

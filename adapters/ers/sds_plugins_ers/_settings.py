@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from sds_plugins import ClientTls, ConfigurationError, SignedJwtAuth
+from sds_plugins import ClientTls, ConfigurationError, SignedJwtAuth, resolve_base_url
 
 __all__ = ["ERS_ENVIRONMENTS", "AccessMode", "ErsSettings"]
 
@@ -69,6 +69,20 @@ class ErsSettings(BaseSettings):
         return ClientTls(
             cert_path=self.tls_cert, key_path=self.tls_key, ca_bundle_path=self.tls_ca_bundle
         )
+
+    @model_validator(mode="after")
+    def _check_urls(self) -> ErsSettings:
+        # Checked when the settings load, with the core's rules (ASCII, no credentials...):
+        # a bad ERS_BASE_URL fails at start, naming the variable, not inside a route.
+        for name, value in (("ERS_BASE_URL", self.base_url), ("ERS_TOKEN_URL", self.token_url)):
+            if value is not None and "://" not in value:
+                raise ConfigurationError(f"{name} must be an http(s) URL")
+            if value is not None:
+                try:
+                    resolve_base_url(value)
+                except ConfigurationError as exc:
+                    raise ConfigurationError(f"{name}: {exc}") from None
+        return self
 
     def resolved_base_url(self) -> str:
         return (self.base_url or ERS_ENVIRONMENTS[self.env]).rstrip("/")

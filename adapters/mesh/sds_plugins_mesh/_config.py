@@ -7,7 +7,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from sds_plugins import ConfigurationError, InvalidInputError
+from sds_plugins import ConfigurationError, InvalidInputError, resolve_base_url, safe_url
 
 from ._validation import normalise_mailbox_id
 
@@ -32,14 +32,23 @@ def resolve_mesh_url(env_or_url: str, *, field: str = "mesh_url") -> str:
     value = env_or_url.strip()
     if value.lower() in MESH_ENVIRONMENTS:
         return MESH_ENVIRONMENTS[value.lower()]
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+    parts = urlsplit(value) if "://" in value else None
+    if (
+        parts is None
+        or parts.scheme not in ("http", "https")
+        or not parts.netloc
+        or parts.query
+        or parts.fragment
+    ):
         raise InvalidInputError(
-            f"{field}: {env_or_url!r} is neither a MESH environment "
+            f"{field}: {safe_url(env_or_url)[:100]!r} is neither a MESH environment "
             f"({', '.join(MESH_ENVIRONMENTS)}) nor an http(s) URL",
             field=field,
         )
-    return value.rstrip("/")
+    try:  # the core's rules: ASCII, no spaces or controls, no credentials in the URL
+        return resolve_base_url(value)
+    except ConfigurationError as exc:
+        raise InvalidInputError(f"{field}: {exc}", field=field) from None
 
 
 def environment_name(url: str) -> str | None:
