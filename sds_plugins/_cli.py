@@ -47,6 +47,13 @@ def _run(coro_factory: Callable[[], Awaitable[_T]]) -> _T:
         return asyncio.run(runner())
     except SdsPluginsError as exc:
         _fail(exc)
+    except Exception as exc:  # a bug, or a failure nothing mapped: one line, not a traceback
+        logging.getLogger("sds_plugins.cli").debug("unexpected failure", exc_info=True)
+        click.echo(
+            f"error: unexpected {type(exc).__name__}: {str(exc)[:300]} (-vv shows the details)",
+            err=True,
+        )
+        sys.exit(1)
 
 
 def _settings(base_url: str | None, api_key: str | None) -> Settings:
@@ -179,7 +186,12 @@ def endpoint(
     show_default=True,
     help="ODS code of Spine's own MHS records (intermediary address rewrite).",
 )
-@click.option("--latency-ms", default=0.0, type=float, help="Delay every answer.")
+@click.option(
+    "--latency-ms",
+    default=0.0,
+    type=click.FloatRange(0, 60_000),
+    help="Delay every answer (milliseconds, up to 60,000).",
+)
 @click.option(
     "--error-rate",
     default=0.0,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import random
 import re
 import secrets
@@ -146,6 +145,14 @@ _OUTCOMES: dict[int, tuple[str, str, str, str, bool]] = {
 }
 
 
+#: Bounds on injected latency and control bodies, and on how many distinct paths the stats
+#: count one by one: a sandbox left running (as a demo or a shared mock) must not be hung for
+#: ever by one request, nor fill its memory with whatever callers send.
+MAX_LATENCY_MS = 60_000
+MAX_CONTROL_BODY = 64 * 1024
+MAX_STATS_PATHS = 1000
+OTHER_PATHS = "(other paths)"
+
 #: NHS's live gateway values (``proxies/live/apiproxy/policies``).
 LIVE_SPIKE_ARREST_PER_S = 40.0
 LIVE_QUOTA_PER_MIN = 2400
@@ -174,8 +181,8 @@ class SandboxConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.latency_ms < 0:
-            raise ValueError("latency_ms must not be negative")
+        if not 0 <= self.latency_ms <= MAX_LATENCY_MS:
+            raise ValueError(f"latency_ms must be between 0 and {MAX_LATENCY_MS}")
         if not 0 <= self.error_rate <= 1:
             raise ValueError("error_rate must be between 0 and 1")
         if not 400 <= self.error_status <= 599:
@@ -461,9 +468,10 @@ class _Query:
         if not values:
             return 1
         text = values[-1].strip()
-        if not (text.isascii() and text.isdigit()) or int(text) < 1:
+        if not (text.isascii() and text.isdigit()) or len(text) > 6 or int(text) < 1:
             raise _BadRequest(
-                f"Invalid '{PAGE_PARAM}' query parameter. Should be a positive integer"
+                f"Invalid '{PAGE_PARAM}' query parameter. Should be a positive integer "
+                "(at most 999999)"
             )
         return int(text)
 
@@ -682,9 +690,10 @@ class _Sandbox:
                 raise _TokenError(
                     415, "invalid_request", f"Unsupported Content-Type - must be '{FORM}'"
                 )
-            form = dict(
-                parse_qsl((await request.body()).decode("utf-8", "replace"), keep_blank_values=True)
-            )
+            raw = await _bounded_body(request, MAX_CONTROL_BODY)
+            if raw is None:
+                raise _TokenError(413, "invalid_request", "Request body too large")
+            form = dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
             body = self._issue_token(request, form)
         except _TokenError as error:
             return Response(
@@ -831,9 +840,12 @@ class _Sandbox:
             return _control_json(asdict(self.state.faults))
         if request.method != "POST":
             return _control_json({"error": "use GET or POST"}, 405)
+        raw = await _bounded_body(request, MAX_CONTROL_BODY)
+        if raw is None:
+            return _control_json({"error": f"body larger than {MAX_CONTROL_BODY} bytes"}, 413)
         try:
-            body = json.loads(await request.body() or b"null")
-        except ValueError:
+            body = json.loads(raw or b"null")
+        except (ValueError, RecursionError):
             return _control_json({"error": "body must be a JSON object"}, 400)
         try:
             updated = _updated_faults(self.state.faults, body)
@@ -847,6 +859,21 @@ class _Sandbox:
             return _control_json({"error": "use POST"}, 405)
         self.state.reset()
         return _control_json({"reset": True, "faults": asdict(self.state.faults)})
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes | None:
+    """The request body, or ``None`` when it is larger than ``limit`` (read no further)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and (len(declared) > 12 or int(declared) > limit):
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _page_url(request: Request, base: str, page: int) -> str:
@@ -923,8 +950,8 @@ def _updated_faults(current: _Faults, body: object) -> _Faults:
         if key not in values:
             raise ValueError(f"unknown fault setting '{key}'")
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if key == "latency_ms" and not (number and math.isfinite(value) and value >= 0):
-            raise ValueError("latency_ms must be a number >= 0")
+        if key == "latency_ms" and not (number and 0 <= value <= MAX_LATENCY_MS):
+            raise ValueError(f"latency_ms must be a number from 0 to {MAX_LATENCY_MS}")
         if key == "error_rate" and not (number and 0 <= value <= 1):
             raise ValueError("error_rate must be a number between 0 and 1")
         if key == "error_status" and not (
@@ -936,9 +963,11 @@ def _updated_faults(current: _Faults, body: object) -> _Faults:
         if (
             key == "retry_after"
             and value is not None
-            and not (isinstance(value, int) and not isinstance(value, bool) and value >= 0)
+            and not (
+                isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 86_400
+            )
         ):
-            raise ValueError("retry_after must be an integer >= 0 or null")
+            raise ValueError("retry_after must be an integer from 0 to 86400, or null")
         values[key] = value
     return _Faults(**values)
 
@@ -958,7 +987,10 @@ class _StatsMiddleware:
 
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
-                state.requests[scope["path"]] += 1
+                path = scope["path"]
+                if path not in state.requests and len(state.requests) >= MAX_STATS_PATHS:
+                    path = OTHER_PATHS  # bounded: one entry per unique path would grow for ever
+                state.requests[path] += 1
                 state.statuses[str(message["status"])] += 1
             await send(message)
 

@@ -15,11 +15,14 @@ from typing import Any
 
 import httpx
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .._models import INTERACTION_SYSTEM, ODS_SYSTEM
 from ._app import FHIR_BASE, TOKEN_PATH, SandboxConfig, create_app
 
 _STARTUP_TIMEOUT_S = 30.0
+#: A request's headers must be complete within this of its first byte.
+HEADER_TIMEOUT_S = 10.0
 _SHUTDOWN_TIMEOUT_S = 10.0
 
 
@@ -40,6 +43,47 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+class _HeaderDeadline(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request's headers.
+
+    uvicorn limits header size but not the time they take: a client trickling a header byte
+    now and then would hold a connection (and a slot of the test or demo using the sandbox) for
+    as long as it likes. Here a request whose headers are not complete within
+    :data:`HEADER_TIMEOUT_S` of its first byte (or of the connection) is cut off.
+    """
+
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        between_requests = self.cycle is None or self.cycle.response_complete
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._disarm()  # a request's headers are complete: the app has it now
+        elif between_requests and self._header_timer is None:
+            self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._expire)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _expire(self) -> None:
+        self._header_timer = None
+        if self.cycle is None or self.cycle.response_complete:
+            self.transport.close()
+
+
 def _server(app: Any, access_log: bool) -> uvicorn.Server:
     return uvicorn.Server(
         uvicorn.Config(
@@ -51,6 +95,7 @@ def _server(app: Any, access_log: bool) -> uvicorn.Server:
             access_log=access_log,
             # The token audience must be the URL as the client sent it, not a proxy's rewrite.
             proxy_headers=False,
+            http=_HeaderDeadline,
             timeout_graceful_shutdown=2,
         )
     )

@@ -234,3 +234,56 @@ def test_set_faults_helper_raises_on_bad_input(start_sandbox: Any) -> None:
     sandbox = start_sandbox()
     with pytest.raises(httpx.HTTPStatusError):
         sandbox.set_faults(error_rate=5)
+
+
+# -- limits: a sandbox left running must not be hung or filled by what callers send ------------
+
+
+def test_an_absurd_page_number_is_a_400(start_sandbox: Any, http: httpx.Client) -> None:
+    sandbox = start_sandbox(page_size=2)
+    response = http.get(sandbox.base_url + "/Device", params=[*PARAMS, ("page", "1" * 5000)])
+    assert response.status_code == 400
+    assert "positive integer" in issue(response)["diagnostics"]
+
+
+def test_control_bodies_are_bounded(default_sandbox: Sandbox, http: httpx.Client) -> None:
+    big = b'{"latency_ms": 0, "pad": "' + b"x" * (1024 * 1024) + b'"}'
+    response = http.post(default_sandbox.url + "/_sandbox/faults", content=big)
+    assert response.status_code == 413
+    token = http.post(
+        default_sandbox.token_url,
+        content=b"a=" + b"x" * (1024 * 1024),
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    )
+    assert token.status_code == 413
+
+
+def test_the_stats_do_not_grow_with_every_path(start_sandbox: Any, http: httpx.Client) -> None:
+    sandbox = start_sandbox()
+    for n in range(1100):
+        http.get(f"{sandbox.url}/nowhere/{n}")
+    requests = sandbox.stats()["requests"]
+    assert len(requests) == 1001
+    assert requests["(other paths)"] == 100
+
+
+@pytest.mark.parametrize("body", [{"latency_ms": 1e308}, {"retry_after": 10**9}])
+def test_absurd_faults_are_refused(
+    default_sandbox: Sandbox, body: object, http: httpx.Client
+) -> None:
+    response = http.post(default_sandbox.url + "/_sandbox/faults", json=body)
+    assert response.status_code == 400
+
+
+def test_headers_trickled_forever_are_cut_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from sds_plugins._sandbox import _server
+
+    monkeypatch.setattr(_server, "HEADER_TIMEOUT_S", 0.3)
+    with Sandbox() as sandbox:
+        host, port = sandbox.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(b"GET /spine-directory/FHIR/R4/Device HTTP/1.1\r\nHost: x\r\n")
+            # ...and never the end of the headers: the sandbox closes the connection.
+            assert sock.recv(1024) == b""
