@@ -248,7 +248,11 @@ def sandbox(
     synthetic: int,
 ) -> None:
     """Run a local SDS FHIR API that behaves like NHS England's."""
-    from ._sandbox._app import LIVE_QUOTA_PER_MIN, LIVE_RESPONSE_CACHE_S, LIVE_SPIKE_ARREST_PER_S
+    from ._sandbox._config import (
+        LIVE_QUOTA_PER_MIN,
+        LIVE_RESPONSE_CACHE_S,
+        LIVE_SPIKE_ARREST_PER_S,
+    )
     from .sandbox import SandboxConfig, serve
 
     jwks_doc: dict[str, Any] | None = None

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ._envelope import EnvelopeReliability
 from ._exceptions import InvalidInputError
+from ._forwarding import FORWARD_EXPRESS_ACTIONS, FORWARD_RELIABLE_ACTIONS, FORWARDED_SERVICES
 from ._models import MessageHandlingEndpoint
 from ._validation import check_header_value, normalise_interaction
 
@@ -72,24 +73,6 @@ HL7_SCHEMA_LOCATION = "http://www.nhsia.nhs.uk/schemas/HL7-Message.xsd"
 #: The Content-Id of the SOAP part; the ``start`` parameter of the multipart Content-Type.
 EBXML_HEADER_CONTENT_ID = "ebXMLHeader@spine.nhs.uk"
 _CONTENT_ID_DOMAIN = "spine.nhs.uk"
-
-#: Services whose forward-reliable/express interactions Spine relays through its intermediary
-#: (SDS then answers with the intermediary's address).
-FORWARDED_SERVICES = frozenset(
-    {"cc", "ebs", "ebsepr", "ebsnpr", "gp2gp", "pat", "itk", "dis", "ed", "op", "caf", "adm"}
-    | {"ooh", "am", "mh", "nd", "dir"}
-)
-FORWARD_RELIABLE_ACTIONS = frozenset(
-    {
-        "COPC_IN000001UK01", "PRSC_IN040000UK08", "PRSC_IN080000UK07", "PRPA_IN010000UK07",
-        "PRPA_IN020000UK06", "PRSC_IN050000UK06", "PRSC_IN090000UK09", "PRPA_IN030000UK08",
-        "PRSC_IN100000UK06", "PRSC_IN070000UK08", "PRSC_IN140000UK06", "RCMR_IN010000UK05",
-        "RCMR_IN030000UK06", "PRSC_IN130000UK07", "PRSC_IN110000UK08", "PRSC_IN060000UK06",
-        "PRSC_IN150000UK06", "POLB_IN020006UK01", "POLB_IN020005UK01", "COMT_IN000004GB01",
-        "MCCI_IN010000UK13",
-    }
-)  # fmt: skip
-FORWARD_EXPRESS_ACTIONS = frozenset({"PRSC_IN080000UK03", "PRSC_IN040000UK03"})
 
 # Content ids become part of Content-Id headers and cid: URLs: keep them plain.
 _CONTENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._%+@-]{0,199}$")

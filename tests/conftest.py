@@ -6,7 +6,8 @@ sandbox fixtures, shared by every test.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import asyncio
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -25,3 +26,21 @@ def sandbox(sds_sandbox: Sandbox) -> Sandbox:
 def make_sandbox(sds_sandbox_factory: SandboxFactory) -> SandboxFactory:
     """Start sandboxes with a custom configuration for one test; all stop afterwards."""
     return sds_sandbox_factory
+
+
+@pytest.fixture
+async def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The test's own sleeps, not taken; those of other event loops (an in-thread sandbox's
+    server ticks) go on as usual."""
+    waits: list[float] = []
+    loop = asyncio.get_running_loop()
+    real_sleep = asyncio.sleep
+
+    async def fake_sleep(seconds: float, result: Any = None) -> Any:
+        if asyncio.get_running_loop() is not loop:
+            return await real_sleep(seconds, result)
+        waits.append(seconds)
+        return result
+
+    monkeypatch.setattr("asyncio.sleep", fake_sleep)
+    return waits

@@ -196,13 +196,7 @@ async def test_retry_after_beyond_the_budget_fails_at_once() -> None:
     assert info.value.retry_after_s == 120
 
 
-async def test_retry_after_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
-    slept: list[float] = []
-
-    async def fake_sleep(seconds: float) -> None:
-        slept.append(seconds)
-
-    monkeypatch.setattr("asyncio.sleep", fake_sleep)
+async def test_retry_after_is_honoured(slept: list[float]) -> None:
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=3), usegmt=True)
     script = Script(
         httpx.Response(503, headers={"Retry-After": "2"}),

@@ -192,17 +192,6 @@ class Recorder(RateLimiter):
         self.throttles.append((kind, retry_after_s))
 
 
-@pytest.fixture
-def slept(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[float]]:
-    waits: list[float] = []
-
-    async def fake_sleep(seconds: float) -> None:
-        waits.append(seconds)
-
-    monkeypatch.setattr("asyncio.sleep", fake_sleep)
-    return waits
-
-
 async def _devices(script: Script, policy: RetryPolicy, limiter: RateLimiter | None) -> Any:
     transport = httpx.MockTransport(script)
     async with SdsClient(BASE, transport=transport, retry=policy, rate_limiter=limiter) as client:

@@ -19,12 +19,22 @@ no ``Retry-After``.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["CachedResponse", "Gateway", "GatewayConfig"]
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ._common import PLAIN_JSON, _error_response, _json_bytes
+
+if TYPE_CHECKING:
+    from ._state import _State
+
+__all__ = ["CachedResponse", "Gateway", "GatewayConfig", "GatewayGuard"]
 
 #: How many distinct cached answers the sandbox keeps (oldest evicted first): bounded memory.
 _CACHE_ENTRIES = 10_000
@@ -175,3 +185,65 @@ class Gateway:
 
 def _fault(faultstring: str, errorcode: str) -> dict[str, Any]:
     return {"fault": {"faultstring": faultstring, "detail": {"errorcode": errorcode}}}
+
+
+class GatewayGuard:
+    """The gateway's checks for one request: key, quota and spike arrest, then latency; and the
+    faults injected behind it (SDS itself failing)."""
+
+    def __init__(self, state: _State) -> None:
+        self.state = state
+
+    async def check(self, request: Request, correlation_id: str) -> Response | None:
+        """What the API platform does before a request reaches SDS; a response ends it there.
+
+        In the live proxy's order: key check, quota, spike arrest (see ``_gateway.py``); the
+        response cache and injected faults come after (``_search``). Limits are judged at
+        arrival, before the injected latency, which stands for the network round trip.
+        """
+        state = self.state
+        arrival = time.monotonic()
+        blocked: Response | None = None
+        if not self._authorised(request):
+            blocked = _error_response(request, 401, _auth_diagnostics(request), correlation_id)
+        else:
+            fault = state.gateway.limit(arrival, time.time())
+            if fault is not None:
+                blocked = Response(_json_bytes(fault), status_code=429, media_type=PLAIN_JSON)
+        if state.faults.latency_ms > 0:
+            await asyncio.sleep(state.faults.latency_ms / 1000)
+        return blocked
+
+    def injected_fault(self, request: Request, correlation_id: str) -> Response | None:
+        faults = self.state.faults
+        if faults.outage or (faults.error_rate > 0 and self.state.rng.random() < faults.error_rate):
+            extra = {}
+            if faults.retry_after is not None:
+                extra["Retry-After"] = str(faults.retry_after)
+            return _error_response(request, faults.error_status, None, correlation_id, extra)
+        return None
+
+    def _authorised(self, request: Request) -> bool:
+        config = self.state.config
+        if config.api_key is None:
+            return True
+        if request.headers.get("apikey") == config.api_key:
+            return True
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return False
+        expires = self.state.tokens.get(token.strip())
+        if expires is None:
+            return False
+        if expires <= time.time():
+            del self.state.tokens[token.strip()]
+            return False
+        return True
+
+
+def _auth_diagnostics(request: Request) -> str:
+    if request.headers.get("authorization"):
+        return "Invalid access token"
+    if request.headers.get("apikey"):
+        return "Invalid API Key"
+    return "Missing API Key or access token"
