@@ -30,8 +30,8 @@ from typing import Any
 import redis
 
 from sds_plugins import RateLimiter, Router, Settings, hookimpl
-from sds_plugins._prewarm import prewarm
 from sds_plugins._sandbox._records import AS_FILE, MHS_FILE, iter_synthetic, packaged_raw
+from sds_plugins._tools._prewarm import prewarm
 from sds_plugins.sandbox import SandboxProcess
 
 GPC = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1"

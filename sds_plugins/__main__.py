@@ -1,5 +1,5 @@
 """``python -m sds_plugins``: the same as the ``sds-plugins`` command."""
 
-from ._cli import main
+from ._tools._cli import main
 
 main()

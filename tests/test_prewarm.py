@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from sds_plugins import ConfigurationError, InvalidInputError, Settings
-from sds_plugins._prewarm import prewarm
+from sds_plugins._tools._prewarm import prewarm
 from sds_plugins.sandbox import Sandbox
 
 from ._adapters import JoinPlugin

@@ -20,7 +20,7 @@ from sds_plugins import (
     Settings,
     hookimpl,
 )
-from sds_plugins._prewarm import prewarm
+from sds_plugins._tools._prewarm import prewarm
 from sds_plugins.sandbox import SandboxProcess
 
 

@@ -26,19 +26,19 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from ._adapter import RouteRequest
-from ._engine import Router
-from ._events import LookupEvent
-from ._exceptions import (
+from .._adapter import RouteRequest
+from .._engine import Router
+from .._events import LookupEvent
+from .._exceptions import (
     AmbiguousError,
     ConfigurationError,
     InvalidInputError,
     NotFoundError,
     SdsPluginsError,
 )
-from ._settings import Settings
-from ._validation import normalise_ods_code
-from .hookspecs import hookimpl
+from .._settings import Settings
+from .._validation import normalise_ods_code
+from ..hookspecs import hookimpl
 
 __all__ = ["prewarm"]
 

@@ -18,10 +18,10 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from ._client import LookupResult, SdsClient
-from ._exceptions import DirectoryError, SdsPluginsError
-from ._models import records_as_json
-from ._settings import Settings
+from .._client import LookupResult, SdsClient
+from .._exceptions import DirectoryError, SdsPluginsError
+from .._models import records_as_json
+from .._settings import Settings
 
 __all__ = ["cli", "main"]
 
@@ -248,12 +248,12 @@ def sandbox(
     synthetic: int,
 ) -> None:
     """Run a local SDS FHIR API that behaves like NHS England's."""
-    from ._sandbox._config import (
+    from .._sandbox._config import (
         LIVE_QUOTA_PER_MIN,
         LIVE_RESPONSE_CACHE_S,
         LIVE_SPIKE_ARREST_PER_S,
     )
-    from .sandbox import SandboxConfig, serve
+    from ..sandbox import SandboxConfig, serve
 
     jwks_doc: dict[str, Any] | None = None
     if jwks is not None:
@@ -355,7 +355,7 @@ def route(
     correlation_id: str | None,
 ) -> None:
     """Resolve a ready-to-send routing envelope and print it as JSON."""
-    from ._engine import Router
+    from .._engine import Router
 
     options = _options(pairs, config, adapter)
     settings = _settings(base_url, api_key)
@@ -444,7 +444,7 @@ def prewarm(
 @cli.command()
 def plugins() -> None:
     """List installed plugins (name, distribution, version, hooks) as JSON."""
-    from ._plugins import PluginHost
+    from .._plugins import PluginHost
 
     try:
         host = PluginHost()

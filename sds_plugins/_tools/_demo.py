@@ -16,12 +16,12 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from ._auth import SignedJwtAuth
-from ._client import RetryPolicy, SdsClient
-from ._engine import Router
-from ._exceptions import InvalidInputError, SdsPluginsError
-from ._settings import Settings
-from .hookspecs import hookimpl
+from .._auth import SignedJwtAuth
+from .._client import RetryPolicy, SdsClient
+from .._engine import Router
+from .._exceptions import InvalidInputError, SdsPluginsError
+from .._settings import Settings
+from ..hookspecs import hookimpl
 
 __all__ = ["run_demo"]
 
@@ -63,7 +63,7 @@ def _demo_jwks(key: rsa.RSAPrivateKey) -> dict[str, Any]:
 
 
 def run_demo(console: Console | None = None) -> None:
-    from .sandbox import Sandbox, SandboxConfig
+    from ..sandbox import Sandbox, SandboxConfig
 
     console = console or Console()
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)

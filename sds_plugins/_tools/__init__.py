@@ -1,0 +1,1 @@
+"""Tooling around the runtime: the command line, the demo, bulk prewarming."""
