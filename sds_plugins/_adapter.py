@@ -10,23 +10,26 @@ adapters testable without a network.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from cachetools import LRUCache
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._envelope import CacheStatus, ForeignRecord, Provenance, RoutingEnvelope
-from ._exceptions import InvalidInputError
+from ._exceptions import InvalidInputError, NotFoundError
 from ._models import AccreditedSystem, MessageHandlingEndpoint
 from ._query import DeviceQuery, EndpointQuery
-from ._validation import normalise_interaction
+from ._validation import invalid_input, normalise_interaction
 
 __all__ = [
     "Adapter",
     "Candidate",
     "Lookup",
     "LookupOutcome",
+    "Recipient",
     "Resolution",
     "RouteRequest",
     "join_on_party_key",
@@ -67,23 +70,28 @@ SECRET_OPTIONS = frozenset(
 
 
 class RouteRequest(BaseModel):
-    """One call of ``Router.route``: validated organisation and interaction, raw options."""
+    """One call of ``Router.route``: validated organisation, interaction and options.
+
+    ``options`` is what the adapter's :attr:`Adapter.options_model` made of the caller's
+    options (validated once, by the engine, before ``plan``), or the options as given for an
+    adapter without a model.
+    """
 
     model_config = ConfigDict(frozen=True)
 
     def __repr_args__(self) -> Any:
         for name, value in super().__repr_args__():
-            if name == "options":
+            if name == "options" and isinstance(value, Mapping):
                 value = {
                     key: ("**********" if key in SECRET_OPTIONS else option)
-                    for key, option in self.options.items()
+                    for key, option in value.items()
                 }
             yield name, value
 
     adapter: str
     org: str
     interaction: str
-    options: Mapping[str, Any] = Field(default_factory=dict)
+    options: Any = Field(default_factory=dict)
     correlation_id: str
     #: Whether the caller chose ``correlation_id`` (``False``: the engine generated it, so an
     #: adapter may reuse it as its own per-message id, as GP Connect does for ``Ssp-TraceID``).
@@ -92,8 +100,12 @@ class RouteRequest(BaseModel):
     bypass_cache: bool = False
 
     def option(self, name: str, default: Any = None) -> Any:
-        """The caller's option ``name`` (as given: strings from the CLI, typed from Python)."""
-        return self.options.get(name, default)
+        """Option ``name`` (a field of the options model, or a key of the options given)."""
+        options = self.options
+        if isinstance(options, Mapping):
+            return options.get(name, default)
+        value = getattr(options, name, default)
+        return default if value is None else value
 
 
 class LookupOutcome(BaseModel):
@@ -131,6 +143,24 @@ class Candidate(BaseModel):
     def device(self) -> AccreditedSystem | None:
         """The candidate's accredited-system record, if it has one."""
         return next((r for r in self.records if isinstance(r, AccreditedSystem)), None)
+
+
+_HASHABLE = (str, int, float, bool, type(None))
+
+
+def _options_key(options: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """A key for remembering validated options: only plain values (a secret, a list, an object
+    passed in could change or be unhashable, and is validated afresh every time)."""
+    items = tuple(sorted(options.items()))
+    if all(type(value) in _HASHABLE for _, value in items):
+        return items
+    return None
+
+
+class Recipient(Candidate):
+    """A candidate known to have an address (what :meth:`Resolution.recipient` returns)."""
+
+    address: str
 
 
 def join_on_party_key(
@@ -188,6 +218,39 @@ class Resolution:
         Raises :class:`NotFoundError` or :class:`AmbiguousError` when the policy cannot choose.
         """
         return self._select(candidates, self.request, role)
+
+    def recipient(
+        self,
+        endpoints: str = "endpoints",
+        devices: str = "devices",
+        *,
+        role: str = "recipient",
+        need_asid: bool = True,
+    ) -> Recipient:
+        """The MHS to send to: the planned ``/Endpoint`` and ``/Device`` lookups joined on party
+        key (:func:`join_on_party_key`), chosen by the selection policy, with an address (and
+        an ASID unless ``need_asid`` is false).
+
+        The candidate's ``endpoint`` and ``device`` are its records. Raises
+        :class:`NotFoundError` naming what is missing, or :class:`AmbiguousError` (policy).
+        """
+        request = self.request
+        chosen = self.select(
+            join_on_party_key(self.records(endpoints), self.records(devices)), role=role
+        )
+        if not chosen.address or chosen.endpoint is None:
+            raise NotFoundError(
+                f"{request.org}: the {role}'s MHS record (party key {chosen.party_key}) has no "
+                f"usable endpoint address for {request.interaction}",
+                correlation_id=request.correlation_id,
+            )
+        if need_asid and not chosen.asid:
+            raise NotFoundError(
+                f"{request.org}: no accredited system (ASID) has the {role}'s party key "
+                f"{chosen.party_key} for {request.interaction}",
+                correlation_id=request.correlation_id,
+            )
+        return Recipient.model_construct(**dict(chosen))  # checked above: it has an address
 
     @property
     def cache(self) -> CacheStatus:
@@ -248,9 +311,15 @@ class Adapter:
     name: ClassVar[str]
     #: One line for ``sds-plugins plugins`` and docs.
     description: ClassVar[str] = ""
-    #: Option names this adapter understands; others are refused. ``None`` accepts anything.
-    #: Include ``party_key`` if callers may choose among candidates: the default selection
-    #: policy reads that option.
+    #: The options this adapter takes, as a pydantic model (frozen, ``extra="forbid"``): the
+    #: engine validates a route's options with it once, before ``plan``, and ``plan`` and
+    #: ``build`` find the instance in ``request.options``. Include ``party_key`` if callers may
+    #: choose among candidates: the default selection policy reads that option.
+    options_model: ClassVar[type[BaseModel] | None] = None
+    #: Where a caller finds the options explained, for the "is required" message.
+    options_help: ClassVar[str] = ""
+    #: Without a model: the option names understood (others are refused); ``None`` accepts
+    #: anything, passed through as a dict.
     options: ClassVar[frozenset[str] | None] = None
     #: A sample ``route()`` call (``org``, ``interaction`` and options) that works against the
     #: sandbox's default data; ``sds-plugins demo`` shows the envelope it gives.
@@ -272,10 +341,46 @@ class Adapter:
         """
         return ""
 
-    def check_options(self, request: RouteRequest) -> None:
+    def parse_options(self, options: Mapping[str, Any]) -> Any:
+        """The caller's options, validated once (the engine calls this before :meth:`plan`).
+
+        With an :attr:`options_model`, an instance of it; its validation errors become one
+        :class:`InvalidInputError` naming the option. Without one, the options as given, after
+        refusing names outside :attr:`options` (when set). Answers for identical options are
+        remembered (frozen models only), so a busy caller that sends the same consumer
+        settings on every route pays for their validation once.
+        """
+        model = self.options_model
+        if model is None:
+            self._check_names(options)
+            return dict(options)
+        key = _options_key(options) if model.model_config.get("frozen") else None
+        if key is not None:
+            cached = self._parsed_options.get(key)
+            if cached is not None:
+                return cached
+        try:
+            parsed = model.model_validate(options)
+        except ValidationError as exc:
+            raise invalid_input(
+                exc,
+                missing=f"is required ({self.options_help or 'see the adapter documentation'})",
+                unknown=f"is not a {self.name} option; it takes "
+                f"{', '.join(sorted(model.model_fields))}",
+                prefix=f"{self.name}: ",
+            ) from None
+        if key is not None:
+            self._parsed_options[key] = parsed
+        return parsed
+
+    @functools.cached_property
+    def _parsed_options(self) -> LRUCache[tuple[Any, ...], Any]:
+        return LRUCache(maxsize=256)
+
+    def _check_names(self, options: Mapping[str, Any]) -> None:
         if self.options is None:
             return
-        unknown = sorted(set(request.options) - self.options)
+        unknown = sorted(set(options) - self.options)
         if unknown:
             raise InvalidInputError(
                 f"{self.name}: unknown option(s) {', '.join(unknown)}; "

@@ -307,13 +307,12 @@ class Router:
                 adapter=adapter,
                 org=normalise_ods_code(org),
                 interaction=chosen.normalise_interaction(interaction),
-                options=options,
+                options=chosen.parse_options(options),  # validated once, for plan and build
                 correlation_id=normalise_correlation_id(correlation_id),
                 correlation_id_given=correlation_id is not None,
                 encounter=encounter,
                 bypass_cache=bypass_cache,
             )
-            chosen.check_options(request)
             plan = chosen.plan(request)
             scope = chosen.cache_scope(request)
             outcomes = await self._resolve(plan, request, scope)

@@ -9,6 +9,7 @@ implementation it defines must also register cleanly on a real ``PluginHost``.
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 import types
@@ -19,6 +20,8 @@ import pytest
 
 import sds_plugins
 from sds_plugins import PluginHost, hookspecs
+
+pytest_plugins = ["pytester"]
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -153,32 +156,116 @@ def test_every_built_in_plugin_is_named_in_the_hooks_reference() -> None:
 # --------------------------------------------------------------------------- code samples
 
 
+SANDBOX_DOC = DOCS / "sandbox.md"
+DOCS_WITH_CODE = (ADAPTER_DOC, HOOKS_DOC, EXAMPLE_README, SANDBOX_DOC)
+
+
+def _all_blocks() -> list[Block]:
+    seen: set[Path] = set()
+    blocks = []
+    for path in DOCS_WITH_CODE:
+        if path not in seen:
+            seen.add(path)
+            blocks += code_blocks(path)
+    return blocks
+
+
+def _without_docstring(source: str) -> str:
+    """A module's source after its docstring (what a walkthrough shows)."""
+    tree = ast.parse(source)
+    first = tree.body[0] if tree.body else None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        return "\n".join(source.splitlines()[first.end_lineno :])
+    return source
+
+
+def _walkthroughs() -> list[tuple[Path, str, list[Block]]]:
+    """The ``from:`` blocks of each document, grouped by the file they show, in order."""
+    groups: dict[tuple[Path, str], list[Block]] = {}
+    for block in _all_blocks():
+        if block.origin is not None:
+            groups.setdefault((block.path, block.origin), []).append(block)
+    return [(path, origin, blocks) for (path, origin), blocks in groups.items()]
+
+
+@pytest.mark.parametrize(
+    ("doc", "origin", "blocks"),
+    _walkthroughs(),
+    ids=lambda value: str(value.relative_to(ROOT)) if isinstance(value, Path) else None,
+)
+def test_walkthroughs_are_whole_files_and_run(doc: Path, origin: str, blocks: list[Block]) -> None:
+    """The blocks that show a file, put together in order, are that file: whole, not excerpts,
+    so they cannot drift; and a Python file's blocks run as a module."""
+    shown = "".join(block.source for block in blocks)
+    text = (ROOT / origin).read_text(encoding="utf-8")
+    expected = _without_docstring(text) if origin.endswith(".py") else text
+    if origin.endswith(".py"):
+        assert _code_lines(shown) == _code_lines(expected), (
+            f"{doc.name}: the blocks showing {origin}, in order, differ from the file: copy "
+            "it again (every line, in order)"
+        )
+        namespace = _run(Block(doc, blocks[0].line, "python", shown, None))
+        adapters: list[object] = []
+        for plugin in _hook_plugins(namespace):
+            host = PluginHost(load_entrypoints=False, environ={})
+            host.register(plugin)
+            host.hook.sds_register_adapters(register=adapters.append)
+        assert adapters, f"the blocks showing {origin} register no adapter"
+    else:
+        # Configuration (pyproject.toml...): each block is a contiguous part of the file.
+        for block in blocks:
+            assert "".join(block.source.split()) in "".join(expected.split()), (
+                f"{block} is not part of {origin}: copy it again from the file"
+            )
+
+
+def _needs_a_running_sandbox(block: Block) -> bool:
+    """A block written for a sandbox the reader started on port 9000 (``sds-plugins sandbox``)."""
+    return "127.0.0.1:9000" in block.source
+
+
+def _is_pytest_module(block: Block) -> bool:
+    lines = block.path.read_text(encoding="utf-8").splitlines()
+    fence = block.line - 1  # 0-based index of the opening fence
+    return fence > 0 and lines[fence - 1].strip() == "<!-- pytest -->"
+
+
 @pytest.mark.parametrize(
     "block",
-    [block for path in (ADAPTER_DOC, HOOKS_DOC, EXAMPLE_README) for block in code_blocks(path)],
+    [
+        block
+        for block in _all_blocks()
+        if block.origin is None and block.language == "python" and not _is_pytest_module(block)
+    ],
     ids=str,
 )
-def test_code_samples_are_excerpts_of_tested_code_or_run(block: Block) -> None:
-    if block.origin is not None:
-        source = _code_lines((ROOT / block.origin).read_text(encoding="utf-8"))
-        position = 0
-        chunks: list[list[str]] = [[]]
-        for line in _code_lines(block.source):
-            if line == "...":
-                chunks.append([])
-            else:
-                chunks[-1].append(line)
-        for chunk in filter(None, chunks):
-            position = _find_in_order(source, chunk, position)
-            assert position >= 0, (
-                f"{block} is not an excerpt of {block.origin} (from line {chunk[0]!r}): "
-                "copy it again from the file"
-            )
-    elif block.language == "python":
-        if block.path == EXAMPLE_README:
-            compile(block.source, str(block), "exec")  # it starts a server: compiling is enough
-        else:
-            _run(block)
+def test_code_samples_run(
+    block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if block.path == EXAMPLE_README or _needs_a_running_sandbox(block):
+        compile(block.source, str(block), "exec")  # it needs a server: compiling is enough
+    else:
+        monkeypatch.chdir(tmp_path)  # samples write files (keys, JWKS) where a reader runs them
+        _run(block)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [block for block in _all_blocks() if block.origin is None and _is_pytest_module(block)],
+    ids=str,
+)
+@pytest.mark.parametrize("mode", ["strict", "auto"])
+def test_test_modules_in_the_docs_pass(block: Block, mode: str, pytester: pytest.Pytester) -> None:
+    """A test module a document shows passes as shown, in pytest-asyncio's strict and auto
+    modes, with only the sds_plugins pytest plugin (which installing sds-plugins registers)."""
+    pytester.makepyfile(test_from_docs=block.source)
+    pytester.makeini(
+        f"[pytest]\nasyncio_mode = {mode}\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-q")
+    result.assert_outcomes(
+        passed=block.source.count("\nasync def test_") + block.source.count("\ndef test_")
+    )
 
 
 # --------------------------------------------------------------------------- public API

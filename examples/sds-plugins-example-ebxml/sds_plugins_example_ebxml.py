@@ -12,47 +12,61 @@ and its ``sds_register_adapters`` hook hands the adapter to each router that sta
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 
 from sds_plugins import (
     Adapter,
     HttpRequestSpec,
-    InvalidInputError,
     Lookup,
-    MessageHandlingEndpoint,
-    NotFoundError,
     Party,
     Resolution,
     RouteRequest,
     RoutingEnvelope,
     hookimpl,
-    join_on_party_key,
+    normalise_party_key,
 )
 from sds_plugins.ebxml import MessagingPattern, envelope_reliability, pattern_for
 
-__all__ = ["ENVELOPE_TTL", "EbxmlExampleAdapter", "sds_register_adapters"]
+__all__ = ["ENVELOPE_TTL", "EbxmlExampleAdapter", "ExampleOptions", "sds_register_adapters"]
 
 #: How long a sender may use an envelope before resolving the route again: long enough for one
 #: send with its retries, short enough that a practice changing supplier is noticed.
 ENVELOPE_TTL = timedelta(minutes=5)
 
-_ASID = re.compile(r"[0-9]{12}")
+
+class ExampleOptions(BaseModel):
+    """The options: checked once, by the engine, before ``plan`` (bad input costs no lookup)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+    #: Which MHS, when the organisation has several (the selection policy reads it).
+    party_key: str | None = None
+    #: The sender's own ASID, for the source party. (pydantic's regex engine is Rust's, where
+    #: "$" is the end of the text, never before a trailing newline as in Python's.)
+    from_asid: Annotated[str, StringConstraints(pattern=r"^[0-9]{12}$")] | None = None
+    #: The messaging pattern, where Spine's lists and SDS's data leave it undetermined.
+    pattern: MessagingPattern | None = None
+
+    @field_validator("party_key", mode="before")
+    @classmethod
+    def _party_key(cls, value: object) -> object:
+        return None if value is None else normalise_party_key(value)
 
 
 class EbxmlExampleAdapter(Adapter):
     """An ebXML message to the organisation's MHS: address, party key, CPA id, ASID, reliability.
 
-    Options: ``party_key`` (choose among several MHSs; read by the selection policy),
-    ``from_asid`` (the sender's own 12-digit ASID, for the source party) and ``pattern`` (the
-    messaging pattern, where Spine's lists and SDS's data leave it undetermined).
+    Options (:class:`ExampleOptions`): ``party_key``, ``from_asid`` and ``pattern``.
     """
 
     name = "example-ebxml"
     description = "Example: a Spine ebXML message to the recipient organisation's MHS"
-    options = frozenset({"party_key", "from_asid", "pattern"})
+    options_model = ExampleOptions
+    options_help = "see ExampleOptions"
     #: Shown by ``sds-plugins demo`` (Spine's own PSIS system in the sandbox's reference data).
     example: ClassVar[Mapping[str, Any] | None] = {
         "org": "YES",
@@ -61,45 +75,36 @@ class EbxmlExampleAdapter(Adapter):
     }
 
     def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
-        # Options are checked here, before any lookup, so bad input costs no directory request.
-        _from_asid(request)
-        _pattern(request)
         return {
             "endpoints": Lookup.endpoints(org=request.org, interaction=request.interaction),
             "devices": Lookup.devices(org=request.org, interaction=request.interaction),
         }
 
     def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
-        # Pair each endpoint with the device that has its party key (never "the first device"),
-        # then let the selection policy choose: it refuses zero or several candidates.
-        candidates = join_on_party_key(resolved.records("endpoints"), resolved.records("devices"))
-        chosen = resolved.select(candidates, role="recipient")
-        endpoint = chosen.records[0]  # join_on_party_key puts the endpoint first
-        assert isinstance(endpoint, MessageHandlingEndpoint)
-        if not chosen.address or not chosen.asid:
-            raise NotFoundError(
-                f"{request.org}'s MHS for {request.interaction} has no "
-                f"{'address' if not chosen.address else 'accredited system (ASID)'}",
-                correlation_id=request.correlation_id,
-            )
+        options: ExampleOptions = request.options
+        # The endpoint joined with the device that has its party key (never "the first
+        # device"), chosen by the selection policy, with an address and an ASID.
+        recipient = resolved.recipient()
+        endpoint = recipient.endpoint
+        assert endpoint is not None
         # The pattern NHS's MHS adaptor would use (the core's pattern_for, shared with the ers
         # adapter): refused when SDS leaves it undetermined, unless the caller named one.
-        pattern = pattern_for(request.interaction, endpoint, named=_pattern(request))
+        pattern = pattern_for(request.interaction, endpoint, named=options.pattern)
         service, _, action = request.interaction.rpartition(":")
         return RoutingEnvelope(
             adapter=self.name,
             interaction=request.interaction,
             target=Party(
                 ods_code=request.org,
-                asid=chosen.asid,
-                party_key=chosen.party_key,
-                address=chosen.address,
+                asid=recipient.asid,
+                party_key=recipient.party_key,
+                address=recipient.address,
                 cpa_id=endpoint.cpa_id,
             ),
-            source=Party(asid=_from_asid(request)),
+            source=Party(asid=options.from_asid),
             request=HttpRequestSpec(
                 method="POST",
-                url=chosen.address,  # exactly as SDS gave it: Spine refuses a rewritten address
+                url=recipient.address,  # exactly as SDS gave it: Spine refuses a rewritten one
                 headers={
                     "SOAPAction": f"{service}/{action}",
                     "X-Correlation-ID": request.correlation_id,
@@ -107,34 +112,9 @@ class EbxmlExampleAdapter(Adapter):
             ),
             reliability=envelope_reliability(pattern, endpoint),
             expires_at=resolved.now + ENVELOPE_TTL,
-            provenance=resolved.provenance(chosen.records),
+            provenance=resolved.provenance(recipient.records),
             extensions={"service": service, "action": action, "pattern": pattern.value},
         )
-
-
-def _from_asid(request: RouteRequest) -> str | None:
-    value = request.option("from_asid")
-    if value is None:
-        return None
-    # fullmatch, not match with "$": "$" also matches before a trailing newline.
-    if not isinstance(value, str) or not _ASID.fullmatch(value):
-        raise InvalidInputError(
-            f"from_asid: {value!r} is not an ASID (12 digits)", field="from_asid"
-        )
-    return value
-
-
-def _pattern(request: RouteRequest) -> MessagingPattern | None:
-    value = request.option("pattern")
-    if value is None:
-        return None
-    try:
-        return MessagingPattern(value)
-    except ValueError:
-        raise InvalidInputError(
-            f"pattern: {value!r} is not one of {', '.join(p.value for p in MessagingPattern)}",
-            field="pattern",
-        ) from None
 
 
 @hookimpl

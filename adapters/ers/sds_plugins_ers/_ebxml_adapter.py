@@ -7,17 +7,17 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any, ClassVar
 
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+
 from sds_plugins import (
     Adapter,
     HttpRequestSpec,
     InvalidInputError,
     Lookup,
-    NotFoundError,
     Party,
     Resolution,
     RouteRequest,
     RoutingEnvelope,
-    join_on_party_key,
     normalise_party_key,
 )
 from sds_plugins.ebxml import MessagingPattern, ebxml_routing
@@ -46,6 +46,53 @@ _HL7_ACTION = re.compile(r"^[A-Z]{4}_IN[0-9]{6}[A-Z]{2}[0-9]{2}$")
 _ASID = re.compile(r"^[0-9]{12}$")
 
 
+class ErsEbxmlOptions(BaseModel):
+    """An ``ers`` route's options (each also from ``ERS_*`` settings where it says)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
+
+    #: Which recipient MHS, when SDS lists several.
+    party_key: str | None = None
+    #: The sender's MHS party key and ASID (default: ERS_FROM_PARTY_KEY, ERS_FROM_ASID).
+    from_party_key: str | None = None
+    from_asid: str | None = None
+    #: The messaging pattern, where Spine's lists and SDS's data leave it undetermined.
+    pattern: MessagingPattern | None = None
+
+    @field_validator("party_key", "from_party_key", mode="before")
+    @classmethod
+    def _party_key(cls, value: object, info: ValidationInfo) -> object:
+        return None if value is None else normalise_party_key(value, str(info.field_name))
+
+    @field_validator("from_asid", mode="before")
+    @classmethod
+    def _asid(cls, value: object) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, str) or not _ASID.fullmatch(value.strip()):
+            raise InvalidInputError(
+                f"from_asid: {value!r} is not an ASID (12 digits)", field="from_asid"
+            )
+        return value.strip()
+
+    @field_validator("pattern", mode="before")
+    @classmethod
+    def _pattern(cls, value: object) -> object:
+        if value is None:
+            return None
+        try:
+            pattern = MessagingPattern(value) if isinstance(value, str) else None
+        except ValueError:
+            pattern = None
+        if pattern is None or pattern is MessagingPattern.SYNCHRONOUS:
+            ebxml = [p.value for p in MessagingPattern if p is not MessagingPattern.SYNCHRONOUS]
+            raise InvalidInputError(
+                f"pattern: {value!r} is not an ebXML messaging pattern ({', '.join(ebxml)})",
+                field="pattern",
+            )
+        return pattern
+
+
 class ErsEbxmlAdapter(Adapter):
     """An e-RS ``ebs`` HL7 V3 message to the recipient organisation, as Spine ebXML routing.
 
@@ -57,7 +104,8 @@ class ErsEbxmlAdapter(Adapter):
 
     name = "ers"
     description = "e-RS HL7 V3 (ebs) over Spine ebXML: address, party key, CPA id, ASID, flags"
-    options = frozenset({"party_key", "from_party_key", "from_asid", "pattern"})
+    options_model = ErsEbxmlOptions
+    options_help = "see the e-RS adapters' README"
     example: ClassVar[Mapping[str, Any] | None] = {
         "org": "X26",
         "interaction": f"{EBS_SERVICE}:PRSC_IN080000UK03",
@@ -89,8 +137,9 @@ class ErsEbxmlAdapter(Adapter):
         return value
 
     def _sender(self, request: RouteRequest) -> tuple[str, str]:
-        party_key = request.option("from_party_key") or self.settings.from_party_key
-        asid = request.option("from_asid") or self.settings.from_asid
+        options: ErsEbxmlOptions = request.options
+        party_key = options.from_party_key or self.settings.from_party_key
+        asid = options.from_asid or self.settings.from_asid
         if party_key is None:
             raise InvalidInputError(
                 "from_party_key is required (the sender's MHS party key): pass the option "
@@ -102,8 +151,9 @@ class ErsEbxmlAdapter(Adapter):
                 "from_asid is required (the sender's ASID): pass the option or set ERS_FROM_ASID",
                 field="from_asid",
             )
+        # Settings are checked here, options by the model already.
         party_key = normalise_party_key(party_key, "from_party_key")
-        if not isinstance(asid, str) or not _ASID.match(asid.strip()):
+        if not _ASID.fullmatch(asid.strip()):
             raise InvalidInputError(
                 f"from_asid: {asid!r} is not an ASID (12 digits)", field="from_asid"
             )
@@ -111,20 +161,8 @@ class ErsEbxmlAdapter(Adapter):
 
     @staticmethod
     def _pattern(request: RouteRequest) -> MessagingPattern | None:
-        value = request.option("pattern")
-        if value is None:
-            return None
-        try:
-            pattern = MessagingPattern(value)
-        except ValueError:
-            pattern = None
-        if pattern is None or pattern is MessagingPattern.SYNCHRONOUS:
-            ebxml = [p.value for p in MessagingPattern if p is not MessagingPattern.SYNCHRONOUS]
-            raise InvalidInputError(
-                f"pattern: {value!r} is not an ebXML messaging pattern ({', '.join(ebxml)})",
-                field="pattern",
-            )
-        return pattern
+        options: ErsEbxmlOptions = request.options
+        return options.pattern
 
     def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
         self._sender(request)  # bad options cost no directory request
@@ -138,14 +176,9 @@ class ErsEbxmlAdapter(Adapter):
         from_party_key, from_asid = self._sender(request)
         # The ASID that goes with an address is the one whose party key matches, never "the
         # first device"; the selection policy refuses zero or several candidates.
-        candidates = join_on_party_key(resolved.records("endpoints"), resolved.records("devices"))
-        chosen = resolved.select(candidates, role="recipient")
+        chosen = resolved.recipient(need_asid=False)
         endpoint = chosen.endpoint
-        if endpoint is None or not chosen.address:
-            raise NotFoundError(
-                f"{request.org}'s MHS for {request.interaction} has no address",
-                correlation_id=request.correlation_id,
-            )
+        assert endpoint is not None  # recipient() refuses a candidate without one
         routing = ebxml_routing(
             endpoint,
             interaction=request.interaction,

@@ -21,7 +21,7 @@ from datetime import timedelta
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, SecretStr
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationInfo, field_validator
 
 from sds_plugins import (
     Adapter,
@@ -211,6 +211,75 @@ def _known() -> str:
     return ", ".join(sorted(FHIR_OPERATIONS))
 
 
+class ErsFhirOptions(BaseModel):
+    """An ``ers-fhir`` route's options, each checked in itself (which of them an operation and
+    the access mode take is checked in ``plan``)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    ubrn: str | None = None
+    attachment_id: str | None = None
+    service_id: str | None = None
+    business_function: str | None = None
+    on_behalf_of: str | None = None
+    #: The user's NHS CIS2 access token: a string, a SecretStr or a callable returning one.
+    user_access_token: Any = None
+
+    @field_validator("ubrn", "attachment_id", "service_id", mode="before")
+    @classmethod
+    def _parameter(cls, value: object, info: ValidationInfo) -> object:
+        if value is None:
+            return None
+        name = str(info.field_name)
+        pattern, description = _PARAMETERS[name]
+        check_path_segment(value, name)  # ASCII, no dot segments, before anything else
+        if not isinstance(value, str) or not pattern.fullmatch(value):
+            raise InvalidInputError(f"{name}: {value!r} is not {description}", field=name)
+        return value
+
+    @field_validator("business_function", mode="before")
+    @classmethod
+    def _business_function(cls, value: object) -> object:
+        if value is not None and (not isinstance(value, str) or value not in BUSINESS_FUNCTIONS):
+            raise InvalidInputError(
+                f"business_function: {value!r} is not an e-RS business function "
+                f"(one of {', '.join(sorted(BUSINESS_FUNCTIONS))})",
+                field="business_function",
+            )
+        return value
+
+    @field_validator("on_behalf_of", mode="before")
+    @classmethod
+    def _on_behalf_of(cls, value: object) -> object:
+        if value is not None and (not isinstance(value, str) or not _USER_ID.fullmatch(value)):
+            raise InvalidInputError(
+                f"on_behalf_of: {value!r} is not an SDS user id (12 digits)",
+                field="on_behalf_of",
+            )
+        return value
+
+    @field_validator("user_access_token", mode="before")
+    @classmethod
+    def _user_access_token(cls, value: object) -> object:
+        if value is None:
+            return None
+        if not (isinstance(value, str | SecretStr) or callable(value)):
+            # The type only: the value is a credential even when it is the wrong type.
+            raise InvalidInputError(
+                f"{USER_TOKEN_OPTION} must be a string, a SecretStr or a callable returning "
+                f"one, not {type(value).__name__}",
+                field=USER_TOKEN_OPTION,
+            )
+        if not callable(value):
+            _user_token(value)  # a well-formed bearer token, checked now
+            return value if isinstance(value, SecretStr) else SecretStr(value)
+        return value
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            yield name, ("**********" if name == USER_TOKEN_OPTION and value else value)
+
+
 class ErsFhirAdapter(Adapter):
     """A ready-to-send e-RS FHIR API request: URL, bearer token and the e-RS headers.
 
@@ -222,7 +291,8 @@ class ErsFhirAdapter(Adapter):
 
     name = "ers-fhir"
     description = "e-RS FHIR API requests (A005, A008, A030, A033, A042) with a bearer token"
-    options = frozenset({"business_function", "on_behalf_of", USER_TOKEN_OPTION, *_PARAMETERS})
+    options_model = ErsFhirOptions
+    options_help = "see the e-RS adapters' README"
     example: ClassVar[Mapping[str, Any] | None] = {
         "org": "R69",
         "interaction": f"{FHIR_INTERACTION_PREFIX}a005-retrieve-referral-request",
@@ -288,7 +358,7 @@ class ErsFhirAdapter(Adapter):
                 f"(one of {', '.join(sorted(operation.business_functions))})",
                 field="business_function",
             )
-        if not isinstance(business_function, str) or business_function not in BUSINESS_FUNCTIONS:
+        if business_function not in BUSINESS_FUNCTIONS:  # from ERS_BUSINESS_FUNCTION
             raise InvalidInputError(
                 f"business_function: {business_function!r} is not an e-RS business function "
                 f"(one of {', '.join(sorted(BUSINESS_FUNCTIONS))})",
@@ -303,12 +373,7 @@ class ErsFhirAdapter(Adapter):
         headers[BUSINESS_FUNCTION_HEADER] = business_function
         headers[ODS_HEADER] = request.org  # validated as an ODS code by the engine
         self._check_on_behalf_of(operation, business_function, on_behalf_of)
-        if on_behalf_of is not None:
-            if not isinstance(on_behalf_of, str) or not _USER_ID.fullmatch(on_behalf_of):
-                raise InvalidInputError(
-                    f"on_behalf_of: {on_behalf_of!r} is not an SDS user id (12 digits)",
-                    field="on_behalf_of",
-                )
+        if on_behalf_of is not None:  # its form checked by the options model
             headers[ON_BEHALF_OF_HEADER] = on_behalf_of
         return headers
 
@@ -333,15 +398,6 @@ class ErsFhirAdapter(Adapter):
                 "token (ERS_CLIENT_ID, ERS_KID, ERS_PRIVATE_KEY_FILE)",
                 field=USER_TOKEN_OPTION,
             )
-        if not (isinstance(token, str | SecretStr) or callable(token)):
-            # The type only: the value is a credential even when it is the wrong type.
-            raise InvalidInputError(
-                f"{USER_TOKEN_OPTION} must be a string, a SecretStr or a callable returning "
-                f"one, not {type(token).__name__}",
-                field=USER_TOKEN_OPTION,
-            )
-        if not callable(token):
-            _user_token(token)
 
     @staticmethod
     def _check_on_behalf_of(
@@ -372,7 +428,7 @@ class ErsFhirAdapter(Adapter):
 
     def _url(self, request: RouteRequest, operation: FhirOperation) -> str:
         values: dict[str, str] = {}
-        for name, (pattern, description) in _PARAMETERS.items():
+        for name in _PARAMETERS:
             value = request.option(name)
             if name not in operation.parameters:
                 if value is not None:
@@ -382,10 +438,7 @@ class ErsFhirAdapter(Adapter):
                 continue
             if value is None:
                 raise InvalidInputError(f"{name} is required for {operation.code}", field=name)
-            check_path_segment(value, name)
-            if not isinstance(value, str) or not pattern.fullmatch(value):
-                raise InvalidInputError(f"{name}: {value!r} is not {description}", field=name)
-            values[name] = quote(value, safe="")
+            values[name] = quote(value, safe="")  # its form checked by the options model
         return self.settings.resolved_base_url() + operation.path.format(**values)
 
     def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:

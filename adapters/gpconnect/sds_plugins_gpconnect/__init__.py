@@ -4,7 +4,7 @@ from ._adapter import GpConnectAdapter, requested_scope, ssp_url
 from ._interactions import INTERACTIONS, Interaction, interaction
 from ._jwt import JWT_LIFETIME_S, access_token, claims, local_user_system
 from ._migrate import NHS_NUMBER_SYSTEM, migrate_parameters
-from ._options import GpConnectOptions, parse_options
+from ._options import GpConnectOptions
 from ._settings import GpConnectSettings
 
 __all__ = [
@@ -20,7 +20,6 @@ __all__ = [
     "interaction",
     "local_user_system",
     "migrate_parameters",
-    "parse_options",
     "requested_scope",
     "ssp_url",
 ]

@@ -21,12 +21,11 @@ from sds_plugins import (
     Resolution,
     RouteRequest,
     RoutingEnvelope,
-    join_on_party_key,
 )
 
 from ._interactions import Interaction, interaction
 from ._jwt import JWT_LIFETIME_S, access_token, claims
-from ._options import GpConnectOptions, parse_options
+from ._options import GpConnectOptions
 
 __all__ = ["GpConnectAdapter"]
 
@@ -53,7 +52,8 @@ class GpConnectAdapter(Adapter):
 
     name = "gpconnect"
     description = "GP Connect: Spine Secure Proxy requests with SDS-resolved provider and consumer"
-    options: ClassVar[frozenset[str] | None] = frozenset(GpConnectOptions.model_fields)
+    options_model = GpConnectOptions
+    options_help = "see the GP Connect adapter's README for every option"
     example: ClassVar[Mapping[str, Any] | None] = {
         "org": "B82617",
         "interaction": "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1",
@@ -98,7 +98,7 @@ class GpConnectAdapter(Adapter):
         return "" if self.shared_cache else None
 
     def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
-        options = parse_options(dict(request.options))
+        options: GpConnectOptions = request.options
         spec = interaction(request.interaction)
         self._check_path(spec, options)
         self._check_ssp(options)
@@ -137,24 +137,9 @@ class GpConnectAdapter(Adapter):
             )
 
     def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
-        options = parse_options(dict(request.options))
+        options: GpConnectOptions = request.options
         spec = interaction(request.interaction)
-        candidates = join_on_party_key(
-            resolved.records("provider_endpoints"), resolved.records("provider_devices")
-        )
-        provider = resolved.select(candidates, role="provider")
-        if not provider.address:
-            raise NotFoundError(
-                f"{request.org}: the provider's MHS record (party key {provider.party_key}) has "
-                f"no usable endpoint address for {request.interaction}",
-                correlation_id=request.correlation_id,
-            )
-        if not provider.asid:
-            raise NotFoundError(
-                f"{request.org}: no accredited system (ASID) has the provider's party key "
-                f"{provider.party_key} for {request.interaction}",
-                correlation_id=request.correlation_id,
-            )
+        provider = resolved.recipient("provider_endpoints", "provider_devices", role="provider")
         consumer = self._consumer(request, options, resolved)
         consumer_asid = options.consumer_asid or (consumer.asid if consumer else None)
         assert consumer_asid is not None  # _consumer raised otherwise

@@ -6,18 +6,17 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from sds_plugins import (
     InvalidInputError,
     check_header_value,
     check_relative_path,
-    invalid_input,
     normalise_ods_code,
     normalise_party_key,
 )
 
-__all__ = ["GpConnectOptions", "parse_options"]
+__all__ = ["GpConnectOptions"]
 
 _ASID = re.compile(r"^[0-9]{12}$")
 _SCOPE = re.compile(r"^(patient|organization)/\*\.(read|write)( conf/[NR])?$")
@@ -150,16 +149,3 @@ class GpConnectOptions(BaseModel):
                 field="consumer_supplier_ods",
             )
         return self
-
-
-def parse_options(options: dict[str, Any]) -> GpConnectOptions:
-    """Validate options; the error names the option (``practitioner_id: field required``)."""
-    try:
-        return GpConnectOptions(**options)
-    except ValidationError as exc:
-        raise invalid_input(
-            exc,
-            missing="is required (see the GP Connect adapter's README for every option)",
-            unknown="is not a GP Connect option",
-            prefix="gpconnect: ",
-        ) from None

@@ -14,7 +14,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import SecretStr
+from cachetools import LRUCache
+from pydantic import BaseModel, ConfigDict, SecretStr, ValidationInfo, field_validator
 from sds_plugins import (
     Adapter,
     AmbiguousError,
@@ -44,7 +45,13 @@ from ._validation import (
     normalise_workflow_id,
 )
 
-__all__ = ["DEFAULT_CONTENT_TYPE", "ENVELOPE_TTL", "MAX_REQUEST_BYTES", "MeshAdapter"]
+__all__ = [
+    "DEFAULT_CONTENT_TYPE",
+    "ENVELOPE_TTL",
+    "MAX_REQUEST_BYTES",
+    "MeshAdapter",
+    "MeshOptions",
+]
 
 #: How long an envelope may be used. Its NHSMESH token is stamped to the minute and MESH accepts
 #: tokens up to two hours from its own clock; five minutes stays far inside that window even with
@@ -57,7 +64,101 @@ MAX_REQUEST_BYTES = 100 * 1000 * 1000
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
-_SECRET_OPTIONS = ("password", "shared_key")
+
+class MeshOptions(BaseModel):
+    """A MESH route's options, each checked as MESH checks it (see :class:`MeshAdapter`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    mesh_url: str | None = None
+    mailbox: str | None = None
+    password: SecretStr | None = None
+    shared_key: SecretStr | None = None
+    mailbox_id: str | None = None
+    subject: str | None = None
+    local_id: str | None = None
+    filename: str | None = None
+    checksum: str | None = None
+    content_type: str | None = None
+    compressed: str | None = None
+    encrypted: str | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    ca_bundle: Path | None = None
+
+    @field_validator("mesh_url", mode="before")
+    @classmethod
+    def _url(cls, value: object) -> object:
+        return None if value is None else resolve_mesh_url(_string(value, "mesh_url"))
+
+    @field_validator("mailbox", "mailbox_id", mode="before")
+    @classmethod
+    def _mailbox(cls, value: object, info: ValidationInfo) -> object:
+        return None if value is None else normalise_mailbox_id(value, field=str(info.field_name))
+
+    @field_validator("subject", "local_id", mode="before")
+    @classmethod
+    def _text(cls, value: object, info: ValidationInfo) -> object:
+        return None if value is None else check_text_header(value, str(info.field_name))
+
+    @field_validator("filename", mode="before")
+    @classmethod
+    def _filename(cls, value: object) -> object:
+        return None if value is None else _filename(value)
+
+    @field_validator("checksum", mode="before")
+    @classmethod
+    def _checksum(cls, value: object) -> object:
+        return None if value is None else normalise_checksum(value, field="checksum")
+
+    @field_validator("content_type", mode="before")
+    @classmethod
+    def _content_type(cls, value: object) -> object:
+        return None if value is None else normalise_content_type(value)
+
+    @field_validator("compressed", "encrypted", mode="before")
+    @classmethod
+    def _flag(cls, value: object, info: ValidationInfo) -> object:
+        return None if value is None else normalise_flag(value, field=str(info.field_name))
+
+    @field_validator("cert", "key", "ca_bundle", mode="before")
+    @classmethod
+    def _path(cls, value: object, info: ValidationInfo) -> object:
+        if value is None:
+            return None
+        if not isinstance(value, str | Path) or not str(value).strip():
+            raise InvalidInputError(
+                f"{info.field_name} must be a file path", field=str(info.field_name)
+            )
+        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in str(value)):
+            raise InvalidInputError(
+                f"{info.field_name} contains a control character", field=str(info.field_name)
+            )
+        return Path(value)
+
+    @field_validator("password", "shared_key", mode="before")
+    @classmethod
+    def _secret(cls, value: object, info: ValidationInfo) -> object:
+        if value is not None and not isinstance(value, str | SecretStr):
+            # Only the type is reported: the value is a secret even when it is the wrong type.
+            raise InvalidInputError(
+                f"{info.field_name} must be a string or SecretStr, got {type(value).__name__}",
+                field=str(info.field_name),
+            )
+        return value
+
+    def mex_headers(self) -> dict[str, str]:
+        """The optional ``mex-*`` and ``Content-Type`` headers (each checked above)."""
+        headers = {
+            "mex-subject": self.subject,
+            "mex-localid": self.local_id,
+            "mex-filename": self.filename,
+            "mex-content-checksum": self.checksum,
+            "mex-content-compressed": self.compressed,
+            "mex-content-encrypted": self.encrypted,
+            "Content-Type": self.content_type,
+        }
+        return {name: value for name, value in headers.items() if value is not None}
 
 
 @dataclass(frozen=True)
@@ -95,31 +196,15 @@ class MeshAdapter(Adapter):
     description: ClassVar[str] = (
         "MESH: the recipient mailbox for an organisation and workflow, and a signed outbox POST"
     )
-    options: ClassVar[frozenset[str] | None] = frozenset(
-        {
-            "mesh_url",
-            "mailbox",
-            "password",
-            "shared_key",
-            "mailbox_id",
-            "subject",
-            "local_id",
-            "filename",
-            "checksum",
-            "content_type",
-            "compressed",
-            "encrypted",
-            "cert",
-            "key",
-            "ca_bundle",
-        }
-    )
+    options_model = MeshOptions
+    options_help = "see the MESH adapter's README"
     # No example route: `sds-plugins demo` routes examples against the embedded SDS sandbox,
     # and MESH needs a mesh-sandbox; sds_plugins_mesh.demo() shows this adapter instead.
     example: ClassVar[Mapping[str, Any] | None] = None
 
     def __init__(self, settings: MeshSettings | None = None) -> None:
         self.settings = settings if settings is not None else MeshSettings()
+        self._derived: LRUCache[MeshOptions, _Options] = LRUCache(maxsize=64)
 
     def normalise_interaction(self, interaction: str) -> str:
         return normalise_workflow_id(interaction, field="interaction")
@@ -225,31 +310,36 @@ class MeshAdapter(Adapter):
     # -- options ------------------------------------------------------------------------------
 
     def _options(self, request: RouteRequest) -> _Options:
+        """The route's options with the settings' defaults: derived once per distinct options
+        (plan and build both ask; so does every route with the same options)."""
+        options: MeshOptions = request.options
+        derived = self._derived.get(options)
+        if derived is None:
+            derived = self._derived[options] = self._derive(options)
+        return derived
+
+    def _derive(self, options: MeshOptions) -> _Options:
         settings = self.settings
-        mesh_url_option = request.option("mesh_url")
-        if mesh_url_option is not None:
-            mesh_url = resolve_mesh_url(_string(mesh_url_option, "mesh_url"))
-        else:
-            configured = settings.resolved_url()
-            if configured is None:
-                raise ConfigurationError(
-                    "no MESH host: pass the mesh_url option or set MESH_URL (int, dep, prod or "
-                    "a URL)"
-                )
-            mesh_url = configured
+        mesh_url = options.mesh_url or settings.resolved_url()
+        if mesh_url is None:
+            raise ConfigurationError(
+                "no MESH host: pass the mesh_url option or set MESH_URL (int, dep, prod or a URL)"
+            )
         return _Options(
             mesh_url=mesh_url,
-            credentials=self._credentials(request),
-            mailbox_id=_optional(request, "mailbox_id", normalise_mailbox_id),
-            headers=_mex_headers(request),
-            tls=settings.tls_for(mesh_url).merged(_tls(request)),
+            credentials=self._credentials(options),
+            mailbox_id=options.mailbox_id,
+            headers=options.mex_headers(),
+            tls=settings.tls_for(mesh_url).merged(
+                MeshTls(cert=options.cert, key=options.key, ca_bundle=options.ca_bundle)
+            ),
         )
 
-    def _credentials(self, request: RouteRequest) -> MeshCredentials:
+    def _credentials(self, options: MeshOptions) -> MeshCredentials:
         settings = self.settings
-        mailbox = request.option("mailbox", settings.mailbox)
-        password = request.option("password", settings.password)
-        shared_key = request.option("shared_key", settings.shared_key)
+        mailbox = options.mailbox or settings.mailbox
+        password = options.password or settings.password
+        shared_key = options.shared_key or settings.shared_key
         missing = [
             (name, f"MESH_{name.upper()}")
             for name, value in (
@@ -266,37 +356,14 @@ class MeshAdapter(Adapter):
                 + " or set "
                 + ", ".join(env for _, env in missing)
             )
-        for name, value in zip(_SECRET_OPTIONS, (password, shared_key), strict=True):
-            if not isinstance(value, str | SecretStr):
-                # Only the type is reported: the value is a secret even when it is the wrong type.
-                raise InvalidInputError(
-                    f"{name} must be a string or SecretStr, got {type(value).__name__}",
-                    field=name,
-                )
+        assert mailbox is not None  # "missing" above refused None for all three
+        assert password is not None
+        assert shared_key is not None
         return MeshCredentials.build(
             mailbox=normalise_mailbox_id(mailbox, field="mailbox"),
             password=password,
             shared_key=shared_key,
         )
-
-
-def _mex_headers(request: RouteRequest) -> dict[str, str]:
-    """The optional ``mex-*`` and ``Content-Type`` headers, each checked like MESH checks it."""
-    headers: dict[str, str] = {}
-    checks = (
-        ("subject", "mex-subject", lambda v: check_text_header(v, "subject")),
-        ("local_id", "mex-localid", lambda v: check_text_header(v, "local_id")),
-        ("filename", "mex-filename", _filename),
-        ("checksum", "mex-content-checksum", lambda v: normalise_checksum(v, field="checksum")),
-        ("compressed", "mex-content-compressed", lambda v: normalise_flag(v, field="compressed")),
-        ("encrypted", "mex-content-encrypted", lambda v: normalise_flag(v, field="encrypted")),
-        ("content_type", "Content-Type", lambda v: normalise_content_type(v)),
-    )
-    for option, header, check in checks:
-        value = request.option(option)
-        if value is not None:
-            headers[header] = check(value)
-    return headers
 
 
 def _filename(value: object) -> str:
@@ -307,25 +374,6 @@ def _filename(value: object) -> str:
             "filename must be a bare file name (no '/' or '\\')", field="filename"
         )
     return name
-
-
-def _tls(request: RouteRequest) -> MeshTls:
-    values: dict[str, Path] = {}
-    for name in ("cert", "key", "ca_bundle"):
-        value = request.option(name)
-        if value is None:
-            continue
-        if not isinstance(value, str | Path) or not str(value).strip():
-            raise InvalidInputError(f"{name} must be a file path", field=name)
-        if any(ord(char) < 0x20 or ord(char) == 0x7F for char in str(value)):
-            raise InvalidInputError(f"{name} contains a control character", field=name)
-        values[name] = Path(value)
-    return MeshTls(**values)
-
-
-def _optional(request: RouteRequest, name: str, check: Any) -> Any:
-    value = request.option(name)
-    return None if value is None else check(value, field=name)
 
 
 def _string(value: object, field: str) -> str:
