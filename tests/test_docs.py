@@ -239,9 +239,7 @@ def _is_pytest_module(block: Block) -> bool:
     ],
     ids=str,
 )
-def test_code_samples_run(
-    block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_code_samples_run(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     if block.path == EXAMPLE_README or _needs_a_running_sandbox(block):
         compile(block.source, str(block), "exec")  # it needs a server: compiling is enough
     else:
