@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         RouteRequest,
         join_on_party_key,
     )
+    from ._adapter_options import load_adapter_options
     from ._auth import (
         ApiKeyAuth,
         SignedJwtAuth,
@@ -117,6 +118,7 @@ _EXPORTS: dict[str, str] = {
     "Resolution": "._adapter",
     "RouteRequest": "._adapter",
     "join_on_party_key": "._adapter",
+    "load_adapter_options": "._adapter_options",
     "ApiKeyAuth": "._auth",
     "SignedJwtAuth": "._auth",
     "CacheBackend": "._cache",
@@ -241,6 +243,7 @@ __all__ = [
     "hookimpl",
     "invalid_input",
     "join_on_party_key",
+    "load_adapter_options",
     "normalise_correlation_id",
     "normalise_interaction",
     "normalise_ods_code",
