@@ -107,6 +107,17 @@ if TYPE_CHECKING:
         normalise_ods_code,
         normalise_party_key,
     )
+    from ._worker._core import (
+        RouteWorker,
+        WorkerOutcome,
+        WorkerPolicy,
+        WorkerRequest,
+    )
+    from ._worker._runtime import (
+        BrokerError,
+        run_worker,
+    )
+    from ._worker._settings import WorkerSettings
     from .hookspecs import hookimpl
 
 # Where each public name lives (the static imports above say the same to type checkers).
@@ -179,6 +190,13 @@ _EXPORTS: dict[str, str] = {
     "normalise_interaction": "._validation",
     "normalise_ods_code": "._validation",
     "normalise_party_key": "._validation",
+    "RouteWorker": "._worker._core",
+    "WorkerOutcome": "._worker._core",
+    "WorkerPolicy": "._worker._core",
+    "WorkerRequest": "._worker._core",
+    "BrokerError": "._worker._runtime",
+    "run_worker": "._worker._runtime",
+    "WorkerSettings": "._worker._settings",
     "hookimpl": ".hookspecs",
 }
 
@@ -190,6 +208,7 @@ __all__ = [
     "ApiKeyAuth",
     "AuthenticationError",
     "BreakerOpenError",
+    "BrokerError",
     "CacheBackend",
     "CacheEntry",
     "Candidate",
@@ -227,6 +246,7 @@ __all__ = [
     "RetryPolicy",
     "RouteEvent",
     "RouteRequest",
+    "RouteWorker",
     "Router",
     "RoutingEnvelope",
     "SdsClient",
@@ -238,6 +258,10 @@ __all__ = [
     "SyncRouter",
     "SyncSdsClient",
     "WindowRateLimiter",
+    "WorkerOutcome",
+    "WorkerPolicy",
+    "WorkerRequest",
+    "WorkerSettings",
     "check_header_value",
     "get_with_retries",
     "hookimpl",
@@ -252,6 +276,7 @@ __all__ = [
     "parse_endpoints",
     "parse_retry_after",
     "resolve_base_url",
+    "run_worker",
 ]
 
 

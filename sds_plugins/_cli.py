@@ -393,6 +393,12 @@ def demo() -> None:
         _fail(exc)
 
 
+# The routing worker lives in its own subpackage; its command joins the group here.
+from ._worker._command import worker  # noqa: E402
+
+cli.add_command(worker)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Console-script entry point."""
     cli.main(args=list(argv) if argv is not None else None, prog_name="sds-plugins")
