@@ -121,6 +121,10 @@ class NatsTransport:
                 name=f"sds-plugins worker {socket.gethostname()}:{os.getpid()}",
                 connect_timeout=10,
                 allow_reconnect=True,
+                # ~30 s of reconnecting, at start and after a loss; then the worker exits (1)
+                # and its supervisor restarts it, as the RabbitMQ transport does at once.
+                max_reconnect_attempts=15,
+                reconnect_time_wait=2,
                 error_cb=self._on_error,
                 disconnected_cb=self._on_disconnected,
                 reconnected_cb=self._on_reconnected,
