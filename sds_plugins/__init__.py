@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         RouteRequest,
         join_on_party_key,
     )
+    from ._adapter_options import load_adapter_options
     from ._auth import (
         ApiKeyAuth,
         SignedJwtAuth,
@@ -114,6 +115,17 @@ if TYPE_CHECKING:
         normalise_ods_code,
         normalise_party_key,
     )
+    from ._worker._core import (
+        RouteWorker,
+        WorkerOutcome,
+        WorkerPolicy,
+        WorkerRequest,
+    )
+    from ._worker._runtime import (
+        BrokerError,
+        run_worker,
+    )
+    from ._worker._settings import WorkerSettings
     from .hookspecs import hookimpl
 
 # Where each public name lives (the static imports above say the same to type checkers).
@@ -125,6 +137,7 @@ _EXPORTS: dict[str, str] = {
     "Resolution": "._adapter",
     "RouteRequest": "._adapter",
     "join_on_party_key": "._adapter",
+    "load_adapter_options": "._adapter_options",
     "ApiKeyAuth": "._auth",
     "SignedJwtAuth": "._auth",
     "CacheBackend": "._cache",
@@ -192,6 +205,13 @@ _EXPORTS: dict[str, str] = {
     "normalise_interaction": "._validation",
     "normalise_ods_code": "._validation",
     "normalise_party_key": "._validation",
+    "RouteWorker": "._worker._core",
+    "WorkerOutcome": "._worker._core",
+    "WorkerPolicy": "._worker._core",
+    "WorkerRequest": "._worker._core",
+    "BrokerError": "._worker._runtime",
+    "run_worker": "._worker._runtime",
+    "WorkerSettings": "._worker._settings",
     "hookimpl": ".hookspecs",
 }
 
@@ -203,6 +223,7 @@ __all__ = [
     "ApiKeyAuth",
     "AuthenticationError",
     "BreakerOpenError",
+    "BrokerError",
     "CacheBackend",
     "CacheEntry",
     "Candidate",
@@ -243,6 +264,7 @@ __all__ = [
     "RetryPolicy",
     "RouteEvent",
     "RouteRequest",
+    "RouteWorker",
     "Router",
     "RoutingEnvelope",
     "SdsClient",
@@ -253,6 +275,10 @@ __all__ = [
     "SourceContext",
     "SyncRouter",
     "SyncSdsClient",
+    "WorkerOutcome",
+    "WorkerPolicy",
+    "WorkerRequest",
+    "WorkerSettings",
     "check_header_value",
     "check_path_segment",
     "check_relative_path",
@@ -262,6 +288,7 @@ __all__ = [
     "invalid_input",
     "join_on_party_key",
     "load_json",
+    "load_adapter_options",
     "normalise_correlation_id",
     "normalise_interaction",
     "normalise_ods_code",
@@ -271,6 +298,7 @@ __all__ = [
     "parse_retry_after",
     "resolve_base_url",
     "safe_url",
+    "run_worker",
 ]
 
 

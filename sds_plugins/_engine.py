@@ -23,6 +23,7 @@ from types import TracebackType
 from typing import Any
 
 from ._adapter import Adapter, Candidate, Lookup, LookupOutcome, Resolution, RouteRequest
+from ._adapter_options import AdapterOptions, check_adapter_options
 from ._cache import LookupCache
 from ._envelope import RoutingEnvelope
 from ._events import LookupEvent, RouteEvent, RouteOutcome
@@ -54,6 +55,10 @@ class Router:
 
     Use as ``async with Router.from_settings(settings) as router:``. One router owns one HTTP
     connection pool per source, one cache and one rate limiter; share it across tasks.
+
+    ``adapter_options`` (``{adapter name: {option: value}}``, e.g. from
+    :func:`load_adapter_options`) are defaults for every route to that adapter; the options a
+    ``route()`` call passes win over them.
     """
 
     def __init__(
@@ -62,8 +67,10 @@ class Router:
         *,
         host: PluginHost | None = None,
         plugins: Iterable[object] = (),
+        adapter_options: AdapterOptions | None = None,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
+        self.adapter_options = check_adapter_options(adapter_options or {})
         self.host = host if host is not None else PluginHost()
         for plugin in plugins:
             self.host.register(plugin)
@@ -292,6 +299,9 @@ class Router:
     ) -> RoutingEnvelope:
         """Resolve a ready-to-send envelope for ``interaction`` to organisation ``org``."""
         started = time.perf_counter()
+        defaults = self.adapter_options.get(adapter)
+        if defaults:
+            options = {**defaults, **options}
         request: RouteRequest | None = None
         resolution: Resolution | None = None
         try:

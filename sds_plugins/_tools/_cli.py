@@ -11,7 +11,6 @@ import asyncio
 import json
 import logging
 import sys
-import tomllib
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -19,7 +18,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from .._client import LookupResult, SdsClient
-from .._exceptions import DirectoryError, SdsPluginsError
+from .._exceptions import ConfigurationError, DirectoryError, SdsPluginsError
 from .._models import records_as_json
 from .._settings import Settings
 
@@ -291,16 +290,14 @@ def sandbox(
 
 def _options(pairs: Sequence[str], config: Path | None, adapter: str) -> dict[str, Any]:
     """Adapter options: the ``[adapter]`` table of a TOML file, then ``-o key=value`` pairs."""
+    from .._adapter_options import load_adapter_options
+
     options: dict[str, Any] = {}
     if config is not None:
         try:
-            document = tomllib.loads(config.read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise click.BadParameter(f"cannot read {config}: {exc}", param_hint="--config") from exc
-        section = document.get(adapter, {})
-        if not isinstance(section, dict):
-            raise click.BadParameter(f"[{adapter}] must be a table", param_hint="--config")
-        options.update(section)
+            options.update(load_adapter_options(config).get(adapter, {}))
+        except ConfigurationError as exc:
+            raise click.BadParameter(str(exc), param_hint="--config") from exc
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip():
@@ -462,6 +459,12 @@ def demo() -> None:
         run_demo()
     except SdsPluginsError as exc:
         _fail(exc)
+
+
+# The routing worker lives in its own subpackage; its command joins the group here.
+from .._worker._command import worker  # noqa: E402
+
+cli.add_command(worker)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,0 +1,308 @@
+"""RabbitMQ transport (aio-pika): durable queues, publisher confirms, retries by TTL.
+
+Queues (all durable, declared idempotently; ones that already exist are used as they are)::
+
+    <requests>                 requests, consumed with prefetch = concurrency
+    <envelopes>, <failures>    outcomes (or the request's ``reply_to``)
+    <requests>.retry.<N>s      retries waiting to go back: per-message TTL (``expiration``),
+                               dead-lettered to <requests> when it runs out; N = 1, 2, 4...
+
+A request is acknowledged only after its outcome (or its retry copy) is confirmed by the
+broker. Retry copies carry ``x-sds-attempts`` (attempts made so far) and ``x-sds-first-seen``
+(epoch seconds of the first attempt). Each retry queue holds delays in (N/2, N] seconds: a
+per-message TTL only expires at the head of a queue, so mixing 1 s and 60 s delays in one
+queue would hold the short ones back; this way a retry is late by less than its own delay at
+worst, and never early. No broker plugin is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    DeliveryMode,
+)
+
+from ._core import RouteWorker, WorkerOutcome
+from ._runtime import BrokerError, InFlight, explain, first_of, log_outcome
+
+if TYPE_CHECKING:
+    from ._settings import WorkerSettings
+
+__all__ = ["ATTEMPTS_HEADER", "FIRST_SEEN_HEADER", "AmqpTransport", "retry_queue_name"]
+
+logger = logging.getLogger("sds_plugins.worker")
+
+ATTEMPTS_HEADER = "x-sds-attempts"
+FIRST_SEEN_HEADER = "x-sds-first-seen"
+# Headers the broker adds when dead-lettering: it adds them again on the next round.
+_BROKER_HEADERS = ("x-death", "x-first-death-", "x-last-death-")
+_PUBLISH_TIMEOUT_S = 30.0
+# After a failed publish the request goes back to the queue; pausing first keeps a broker that
+# refuses everything (disk alarm) from turning the worker into a busy loop.
+_REQUEUE_PAUSE_S = 1.0
+
+
+def retry_queue_name(requests: str, delay_s: float) -> str:
+    """The retry queue for ``delay_s``: the smallest power-of-two seconds that holds it."""
+    bucket = 1 if delay_s <= 1 else 2 ** math.ceil(math.log2(delay_s))
+    return f"{requests}.retry.{bucket}s"
+
+
+class AmqpTransport:
+    """Consumes ``settings.requests`` and publishes outcomes on one RabbitMQ connection."""
+
+    def __init__(self, settings: WorkerSettings, worker: RouteWorker) -> None:
+        self.settings = settings
+        self.worker = worker
+        self.in_flight = InFlight()
+        self._connection: AbstractConnection | None = None
+        self._channel: AbstractChannel | None = None
+        self._declared: set[str] = set()
+        self._declaring = asyncio.Lock()
+        self._lost = asyncio.Event()
+        self._lost_reason = ""
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        settings = self.settings
+        try:
+            connection = await aio_pika.connect(
+                settings.broker_url.get_secret_value(),
+                timeout=30,
+                client_properties={
+                    "connection_name": f"sds-plugins worker {socket.gethostname()}:{os.getpid()}"
+                },
+            )
+        except Exception as exc:
+            raise BrokerError(
+                f"cannot connect to {settings.broker}: {explain(exc, settings)}"
+            ) from None
+        self._connection = connection
+        connection.close_callbacks.add(self._on_close)
+        try:
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+            channel.close_callbacks.add(self._on_close)
+            self._channel = channel
+            for name in (settings.requests, settings.envelopes, settings.failures):
+                await self._declare(name)
+            await channel.set_qos(prefetch_count=settings.concurrency)
+            queue = await channel.declare_queue(settings.requests, passive=True)
+            tag = await queue.consume(self._on_message)
+            logger.info(
+                "worker ready: consuming %s on %s (concurrency %d)",
+                settings.requests,
+                settings.broker,
+                settings.concurrency,
+            )
+            await first_of(stop.wait(), self._lost.wait())
+            if self._lost.is_set():
+                raise BrokerError(f"lost the connection to {settings.broker}: {self._lost_reason}")
+            await self._stop_consuming(queue, tag)
+            if await self.in_flight.drained(settings.drain_timeout_s):
+                logger.info("stopped: every request taken was answered and acknowledged")
+        except aiormq.exceptions.AMQPError as exc:
+            raise BrokerError(f"{settings.broker}: {explain(exc, settings)}") from None
+        finally:
+            connection.close_callbacks.discard(self._on_close)
+            if self._channel is not None:
+                self._channel.close_callbacks.discard(self._on_close)
+            await _quietly(connection.close())
+
+    async def _stop_consuming(self, queue: AbstractQueue, tag: str) -> None:
+        # basic.cancel: the broker sends nothing more; deliveries already here are in flight
+        # (each has its task) and are finished before the channel closes.
+        try:
+            await queue.cancel(tag)
+        except Exception as exc:  # the drain still waits; the broker requeues the rest anyway
+            logger.warning("could not cancel the consumer: %s", explain(exc, self.settings))
+
+    def _on_close(self, sender: object, exc: BaseException | None = None) -> None:
+        if exc is not None and not self._lost.is_set():
+            self._lost_reason = explain(exc, self.settings)
+            self._lost.set()
+
+    # -- declarations -------------------------------------------------------------------------
+
+    async def _declare(self, name: str, arguments: Mapping[str, Any] | None = None) -> None:
+        """Declare a durable queue, once; an existing one with other arguments is used as is.
+
+        Declaring on a throwaway channel: a mismatch (PRECONDITION_FAILED) closes the channel
+        it happens on, which must not be the one consuming.
+        """
+        if name in self._declared:
+            return
+        async with self._declaring:
+            if name in self._declared:
+                return
+            assert self._connection is not None
+            channel = await self._connection.channel(publisher_confirms=False)
+            try:
+                await channel.declare_queue(name, durable=True, arguments=dict(arguments or {}))
+            except aiormq.exceptions.ChannelPreconditionFailed as exc:
+                if arguments:
+                    # A retry queue without our dead-letter settings would keep retries forever.
+                    raise BrokerError(
+                        f"queue {name} exists with other arguments than the worker needs "
+                        f"({dict(arguments)}): delete it or choose another --requests name"
+                    ) from exc
+                logger.info("queue %s exists with its own arguments; using it as it is", name)
+            finally:
+                await _quietly(channel.close())
+            self._declared.add(name)
+
+    # -- one request --------------------------------------------------------------------------
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        with self.in_flight:
+            await self._handle(message)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        headers = dict(message.headers or {})
+        request_id = message.message_id or str(uuid.uuid4())
+        outcome = await self.worker.handle(
+            message.body,
+            request_id=request_id,
+            attempt=_int(headers.get(ATTEMPTS_HEADER)) + 1,
+            first_seen=_float(headers.get(FIRST_SEEN_HEADER)),
+        )
+        try:
+            if outcome.disposition == "retry":
+                destination = await self._publish_retry(message, headers, outcome)
+            else:
+                destination = await self._publish_outcome(message, outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            logger.error(
+                "request_id=%s: could not publish its %s (%s); it goes back to the queue",
+                outcome.request_id,
+                outcome.disposition,
+                explain(exc, self.settings),
+            )
+            await asyncio.sleep(_REQUEUE_PAUSE_S)
+            await _quietly(message.nack(requeue=True))
+            return
+        try:
+            await message.ack()
+        except Exception as exc:  # the connection went: the broker delivers it again
+            logger.warning(
+                "request_id=%s: published, but the acknowledgement failed (%s); a duplicate "
+                "outcome with the same request id may follow",
+                outcome.request_id,
+                explain(exc, self.settings),
+            )
+            return
+        log_outcome(outcome, destination)
+
+    async def _publish_outcome(
+        self, message: AbstractIncomingMessage, outcome: WorkerOutcome
+    ) -> str:
+        settings = self.settings
+        queue = settings.envelopes if outcome.disposition == "envelope" else settings.failures
+        outgoing = aio_pika.Message(
+            outcome.body,
+            content_type="application/json",
+            delivery_mode=DeliveryMode.PERSISTENT,
+            message_id=outcome.request_id,
+            correlation_id=outcome.correlation_id,
+            type=outcome.disposition,
+            headers={ATTEMPTS_HEADER: outcome.attempt},
+            timestamp=time.time(),
+            app_id="sds-plugins",
+        )
+        if message.reply_to:
+            try:
+                await self._publish(outgoing, message.reply_to)
+            except aio_pika.exceptions.PublishError:
+                # Nobody listens at reply_to any more (a requester's reply queue went away):
+                # the outcome goes where it would have gone without one rather than nowhere.
+                logger.warning(
+                    "request_id=%s: reply_to %s is unroutable; publishing to %s",
+                    outcome.request_id,
+                    message.reply_to,
+                    queue,
+                )
+            else:
+                return message.reply_to
+        await self._publish(outgoing, queue)
+        return queue
+
+    async def _publish_retry(
+        self,
+        message: AbstractIncomingMessage,
+        headers: dict[str, Any],
+        outcome: WorkerOutcome,
+    ) -> str:
+        assert outcome.delay_s is not None
+        requests = self.settings.requests
+        queue = retry_queue_name(requests, outcome.delay_s)
+        await self._declare(
+            queue, {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": requests}
+        )
+        kept = {k: v for k, v in headers.items() if not k.startswith(_BROKER_HEADERS)}
+        kept[ATTEMPTS_HEADER] = outcome.attempt
+        kept[FIRST_SEEN_HEADER] = outcome.first_seen
+        copy = aio_pika.Message(
+            message.body,
+            headers=kept,
+            content_type=message.content_type,
+            content_encoding=message.content_encoding,
+            delivery_mode=DeliveryMode.PERSISTENT,
+            priority=message.priority,
+            correlation_id=message.correlation_id,
+            reply_to=message.reply_to,
+            # At least 1 ms: RabbitMQ reads an expiration of 0 as "expire unless consumed now".
+            expiration=max(outcome.delay_s, 0.001),
+            message_id=outcome.request_id,  # an id the worker assigned sticks from now on
+            timestamp=message.timestamp,
+            type=message.type,
+            app_id=message.app_id,
+        )
+        await self._publish(copy, queue)
+        return queue
+
+    async def _publish(self, outgoing: aio_pika.Message, routing_key: str) -> None:
+        assert self._channel is not None
+        # mandatory + on_return_raises: a message no queue takes raises instead of vanishing;
+        # publisher confirms: this returns only once the broker has it.
+        await self._channel.default_exchange.publish(
+            outgoing, routing_key, mandatory=True, timeout=_PUBLISH_TIMEOUT_S
+        )
+
+
+async def _quietly(awaitable: Any) -> None:
+    try:
+        await awaitable
+    except Exception as exc:
+        logger.debug("ignored while closing: %s", type(exc).__name__)
+
+
+def _int(value: Any) -> int:
+    try:
+        return max(0, int(value))
+    except (TypeError, ValueError):
+        return 0
+
+
+def _float(value: Any) -> float | None:
+    try:
+        result = float(value)
+    except (TypeError, ValueError):
+        return None
+    return result if math.isfinite(result) else None

@@ -1,0 +1,409 @@
+"""The broker-neutral core of the routing worker: one request body in, one outcome out.
+
+:class:`RouteWorker` parses a request body, routes it with a started :class:`Router` and says
+what a transport must do with the message it came in::
+
+    envelope   publish ``outcome.body`` (the envelope JSON), then acknowledge the request
+    failure    publish ``outcome.body`` (the failure document), then acknowledge the request
+    retry      redeliver the request in ``outcome.delay_s`` seconds (attempt + 1)
+
+Classification uses the errors' own ``retryable`` and ``retry_after_s``: final answers (invalid
+input, unknown adapter, not found, ambiguous, refused, vetoed) fail at once; retryable ones
+(directory unavailable, rate limited, open breaker, timeouts) are retried with exponential
+back-off, never before ``retry_after_s``, until ``max_attempts`` or ``max_age_s``, and then fail
+with ``"gave_up": true``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from .._adapter import SECRET_OPTIONS
+from .._exceptions import ConfigurationError, InvalidInputError, SdsPluginsError
+from .._validation import normalise_correlation_id
+
+if TYPE_CHECKING:
+    from .._engine import Router
+    from .._envelope import RoutingEnvelope
+
+__all__ = [
+    "REQUEST_FIELDS",
+    "Disposition",
+    "RouteWorker",
+    "WorkerOutcome",
+    "WorkerPolicy",
+    "WorkerRequest",
+]
+
+logger = logging.getLogger("sds_plugins.worker")
+
+#: What a transport does with a request: publish its envelope or its failure document (then
+#: acknowledge it), or deliver it again later.
+Disposition = Literal["envelope", "failure", "retry"]
+
+#: The fields a request body may have; the first three are required.
+REQUEST_FIELDS = ("adapter", "org", "interaction", "options", "encounter", "correlation_id")
+_REQUIRED = REQUEST_FIELDS[:3]
+# Keyword arguments of Router.route(): an option with one of these names would collide.
+_RESERVED_OPTIONS = frozenset(
+    {"adapter", "org", "interaction", "correlation_id", "encounter", "bypass_cache"}
+)
+_MASK = "**********"
+# Correlation ids derived from request ids live in their own UUID namespace (uuid5), so every
+# attempt and every redelivery of a request sends SDS the same X-Correlation-ID.
+_CORRELATION_NAMESPACE = uuid.UUID("5d1b7a4e-3f0c-4c1e-9a55-6f2d8e1b9c07")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerPolicy:
+    """When to retry a retryable failure, when to give up, and what envelopes may carry.
+
+    The delay before attempt ``n + 1`` is exponential with equal jitter (half fixed, half random)
+    from ``retry_initial_s``, capped at ``retry_max_s``, and never shorter than the error's
+    ``retry_after_s`` (a breaker's cooldown, a ``Retry-After``). A request gives up after
+    ``max_attempts`` attempts, or when the next attempt would come more than ``max_age_s``
+    after the request was first seen. ``with_secrets`` publishes credentials inside envelopes
+    (and leaves secret options unmasked in failure documents).
+    """
+
+    max_attempts: int = 10
+    max_age_s: float = 900.0
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 60.0
+    with_secrets: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ConfigurationError("max_attempts must be at least 1")
+        if not self.max_age_s > 0:
+            raise ConfigurationError("max_age_s must be positive")
+        if not 0 < self.retry_initial_s <= self.retry_max_s:
+            raise ConfigurationError("retry delays need 0 < retry_initial_s <= retry_max_s")
+
+    def backoff_s(
+        self, attempt: int, retry_after_s: float | None, rng: random.Random | None = None
+    ) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1 for the first)."""
+        ceiling = min(self.retry_max_s, self.retry_initial_s * 2.0 ** min(attempt - 1, 62))
+        # Equal jitter: spreads a burst of failures (a breaker fails every cold key at once)
+        # without ever retrying sooner than half the exponential delay.
+        delay = ceiling / 2 + (rng or random).uniform(0, ceiling / 2)
+        if retry_after_s is not None and math.isfinite(retry_after_s):
+            delay = max(delay, retry_after_s)
+        return delay
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerRequest:
+    """A request body, parsed and checked: what :meth:`Router.route` is called with."""
+
+    adapter: str
+    org: str
+    interaction: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    encounter: str | None = None
+    correlation_id: str | None = None
+
+    def __repr__(self) -> str:
+        # Options may hold credentials (a MESH password): never print their values.
+        options = {k: (_MASK if k in SECRET_OPTIONS else v) for k, v in self.options.items()}
+        return (
+            f"WorkerRequest(adapter={self.adapter!r}, org={self.org!r}, "
+            f"interaction={self.interaction!r}, options={options!r}, "
+            f"encounter={self.encounter!r}, correlation_id={self.correlation_id!r})"
+        )
+
+
+@dataclass(frozen=True, kw_only=True, repr=False)
+class WorkerOutcome:
+    """What became of one request, and what the transport must do with its message.
+
+    ``body`` is the JSON document to publish (the envelope, or the failure document) and is
+    empty for ``retry``, whose ``delay_s`` says when to deliver the request again.
+    ``correlation_id`` is the route's (the request's own, or one derived from the request id)
+    and travels as the published message's correlation id, with ``request_id`` as its id.
+    """
+
+    disposition: Disposition
+    request_id: str
+    correlation_id: str
+    attempt: int
+    first_seen: float
+    body: bytes = b""
+    delay_s: float | None = None
+    error: Exception | None = None
+    gave_up: bool = False
+    envelope: RoutingEnvelope | None = None
+    request: WorkerRequest | None = None
+    duration_s: float = 0.0
+
+    def __repr__(self) -> str:
+        # The body may hold credentials (--with-secrets): the repr shows what it is, not it.
+        error = type(self.error).__name__ if self.error is not None else None
+        return (
+            f"WorkerOutcome({self.disposition}, request_id={self.request_id!r}, "
+            f"correlation_id={self.correlation_id!r}, attempt={self.attempt}, "
+            f"error={error}, gave_up={self.gave_up}, delay_s={self.delay_s})"
+        )
+
+
+class RouteWorker:
+    """Routes request bodies with a started :class:`Router`; one :class:`WorkerOutcome` each.
+
+    Broker-neutral: a transport (RabbitMQ, NATS JetStream, Kafka, SQS...) hands over each
+    message's body, its request id, which attempt this is (``1`` for the first delivery) and
+    when the request was first seen (epoch seconds; ``None`` means now), then publishes or
+    redelivers as the outcome says. ``handle`` never raises for a bad request or a failed
+    route: those are outcomes.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        policy: WorkerPolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.router = router
+        self.policy = policy if policy is not None else WorkerPolicy()
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter, not crypto
+
+    async def handle(
+        self,
+        body: bytes | str,
+        *,
+        request_id: str | None = None,
+        attempt: int = 1,
+        first_seen: float | None = None,
+    ) -> WorkerOutcome:
+        """Route one request body; say whether to publish an envelope, a failure, or retry."""
+        started = time.perf_counter()
+        now = self._clock()
+        if request_id is None or not request_id:
+            request_id = str(uuid.uuid4())
+        attempt = max(1, attempt)
+        first_seen = now if first_seen is None else min(first_seen, now)
+        correlation_id = str(uuid.uuid5(_CORRELATION_NAMESPACE, request_id))
+        request: WorkerRequest | None = None
+        raw: Any = None
+        try:
+            raw = _decode(body)
+            request = _parse(raw)
+            if request.correlation_id is not None:
+                correlation_id = normalise_correlation_id(request.correlation_id)
+            envelope = await self.router.route(
+                request.adapter,
+                org=request.org,
+                interaction=request.interaction,
+                correlation_id=correlation_id,
+                encounter=request.encounter,
+                **request.options,
+            )
+        except SdsPluginsError as exc:
+            error: Exception = exc
+        except Exception as exc:
+            # A bug in an adapter or a plugin: retrying would fail the same way, so the request
+            # fails now (echoed in its failure document) and the traceback goes to the log.
+            logger.error(
+                "request_id=%s: unexpected %s while routing",
+                _text(request_id),
+                type(exc).__name__,
+                exc_info=True,
+            )
+            error = exc
+        else:
+            data = (
+                envelope.model_dump_json(context={"reveal_secrets": True})
+                if self.policy.with_secrets
+                else envelope.model_dump_json()
+            )
+            return WorkerOutcome(
+                disposition="envelope",
+                request_id=request_id,
+                correlation_id=correlation_id,
+                attempt=attempt,
+                first_seen=first_seen,
+                body=data.encode(),
+                envelope=envelope,
+                request=request,
+                duration_s=time.perf_counter() - started,
+            )
+
+        gave_up = False
+        if getattr(error, "retryable", False):
+            delay = self._retry_delay(error, attempt, now - first_seen)
+            if delay is not None:
+                return WorkerOutcome(
+                    disposition="retry",
+                    request_id=request_id,
+                    correlation_id=correlation_id,
+                    attempt=attempt,
+                    first_seen=first_seen,
+                    delay_s=delay,
+                    error=error,
+                    request=request,
+                    duration_s=time.perf_counter() - started,
+                )
+            gave_up = True
+        document = {
+            "request_id": request_id,
+            "error": _describe(error, correlation_id),
+            "attempts": attempt,
+            "gave_up": gave_up,
+            "request": self._echo(raw, body),
+        }
+        return WorkerOutcome(
+            disposition="failure",
+            request_id=request_id,
+            correlation_id=correlation_id,
+            attempt=attempt,
+            first_seen=first_seen,
+            body=json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode(),
+            error=error,
+            gave_up=gave_up,
+            request=request,
+            duration_s=time.perf_counter() - started,
+        )
+
+    def _retry_delay(self, error: Exception, attempt: int, age_s: float) -> float | None:
+        """Seconds until the next attempt, or ``None`` to give up."""
+        policy = self.policy
+        if attempt >= policy.max_attempts:
+            return None
+        remaining = policy.max_age_s - age_s
+        retry_after = getattr(error, "retry_after_s", None)
+        earliest = retry_after if isinstance(retry_after, int | float) else 0.0
+        if remaining <= 0 or earliest > remaining:
+            return None  # the next attempt could only come after the deadline
+        return min(policy.backoff_s(attempt, retry_after, self._rng), remaining)
+
+    def _echo(self, raw: Any, body: bytes | str) -> Any:
+        """The original request for the failure document: as JSON when it was JSON."""
+        if raw is None:
+            return body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+        if self.policy.with_secrets or not isinstance(raw, dict):
+            return raw
+        options = raw.get("options")
+        if isinstance(options, dict) and SECRET_OPTIONS.intersection(options):
+            masked = {k: (_MASK if k in SECRET_OPTIONS else v) for k, v in options.items()}
+            return {**raw, "options": masked}
+        return raw
+
+
+# -- parsing ----------------------------------------------------------------------------------
+
+
+def _decode(body: bytes | str) -> Any:
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+    except UnicodeDecodeError:
+        raise InvalidInputError("the request body is not UTF-8 text", field="body") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidInputError("the request body is nested too deeply", field="body") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidInputError(
+            f"the request body is not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
+            field="body",
+        ) from None
+
+
+def _parse(raw: Any) -> WorkerRequest:
+    if not isinstance(raw, dict):
+        raise InvalidInputError(
+            f"the request body must be a JSON object, not {_json_type(raw)}", field="body"
+        )
+    unknown = sorted(set(raw) - set(REQUEST_FIELDS))
+    if unknown:
+        raise InvalidInputError(
+            f"unknown request field {', '.join(map(repr, unknown))} "
+            f"(known: {', '.join(REQUEST_FIELDS)})",
+            field=unknown[0],
+        )
+    for name in _REQUIRED:
+        if raw.get(name) is None:
+            raise InvalidInputError(f"the request has no {name!r}", field=name)
+    for name in ("adapter", "org", "interaction", "encounter", "correlation_id"):
+        value = raw.get(name)
+        if value is not None and not isinstance(value, str):
+            raise InvalidInputError(
+                f"{name!r} must be a string, not {_json_type(value)}", field=name
+            )
+    options = raw.get("options")
+    if options is None:
+        options = {}
+    elif not isinstance(options, dict):
+        raise InvalidInputError(
+            f"'options' must be a JSON object, not {_json_type(options)}", field="options"
+        )
+    clash = sorted(_RESERVED_OPTIONS.intersection(options))
+    if clash:
+        raise InvalidInputError(
+            f"options cannot set {', '.join(map(repr, clash))} (a request field, not an option)",
+            field=f"options.{clash[0]}",
+        )
+    return WorkerRequest(
+        adapter=raw["adapter"],
+        org=raw["org"],
+        interaction=raw["interaction"],
+        options=options,
+        encounter=raw.get("encounter"),
+        correlation_id=raw.get("correlation_id"),
+    )
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    return "an object"
+
+
+def _describe(error: Exception, correlation_id: str) -> dict[str, Any]:
+    if isinstance(error, SdsPluginsError):
+        return {
+            "type": type(error).__name__,
+            "message": str(error),
+            "retryable": error.retryable,
+            "retry_after_s": error.retry_after_s,
+            "exit_code": error.exit_code,
+            "correlation_id": correlation_id,
+        }
+    # Not one of ours: its message could say anything, so the document names the class only
+    # and the worker's log has the traceback.
+    return {
+        "type": type(error).__name__,
+        "message": "unexpected error while routing (the worker's log has the details)",
+        "retryable": False,
+        "retry_after_s": None,
+        "exit_code": 1,
+        "correlation_id": correlation_id,
+    }
+
+
+def _text(value: object, limit: int = 200) -> str:
+    """``value`` safe for a log line: one line, bounded, quoted when it needs to be."""
+    text = str(value)
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text and all(c.isalnum() or c in "-_.:/@+" for c in text):
+        return text
+    return json.dumps(text)

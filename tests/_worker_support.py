@@ -1,0 +1,314 @@
+"""Broker test harness for the worker: one client per broker, worker processes, waiting.
+
+:class:`AmqpBroker` and :class:`NatsBroker` publish requests the way an adopter would and
+collect every outcome (envelopes, failures, replies) with its message id, correlation id and
+attempts. Every test uses its own queue/subject names and removes them (and the streams or
+retry queues the worker created) at the end. :class:`WorkerProcess` runs ``sds-plugins
+worker`` as a real subprocess, its log in a file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+ROOT = Path(__file__).resolve().parents[1]
+AMQP_URL = os.environ.get("SDS_TEST_AMQP_URL", "")
+NATS_URL = os.environ.get("SDS_TEST_NATS_URL", "")
+REDIS_URL = os.environ.get("SDS_TEST_REDIS_URL", "")
+
+
+@dataclass(frozen=True)
+class Received:
+    """One outcome message as a consumer sees it."""
+
+    destination: str
+    message_id: str | None
+    correlation_id: str | None
+    kind: str | None  # "envelope" or "failure"
+    attempts: int | None
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        document = json.loads(self.body)
+        assert isinstance(document, dict)
+        return document
+
+
+class Broker(Protocol):
+    transport: str
+    url: str
+    requests: str
+    envelopes: str
+    failures: str
+
+    async def open(self) -> None: ...
+    async def close(self) -> None: ...
+    async def publish(
+        self, body: bytes, request_id: str | None, *, reply_to: str | None = None
+    ) -> None: ...
+    async def add_reply_destination(self, name: str) -> None: ...
+    async def take(self, destination: str) -> list[Received]: ...
+    async def requests_left(self) -> int: ...
+
+
+def _names(prefix: str) -> tuple[str, str, str]:
+    return f"{prefix}.requests", f"{prefix}.envelopes", f"{prefix}.failures"
+
+
+class AmqpBroker:
+    transport = "amqp"
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.requests, self.envelopes, self.failures = _names(prefix)
+        self._extra: list[str] = []
+
+    async def open(self) -> None:
+        import aio_pika
+
+        self._connection = await aio_pika.connect(self.url)
+        self._channel = await self._connection.channel()
+
+    async def close(self) -> None:
+        from sds_plugins._worker._amqp import retry_queue_name
+
+        retry_queues = {retry_queue_name(self.requests, 2.0**k) for k in range(0, 16)}
+        channel = await self._connection.channel()
+        for name in [self.requests, self.envelopes, self.failures, *self._extra, *retry_queues]:
+            await channel.queue_delete(name)  # deleting a missing queue is a no-op
+        await self._connection.close()
+
+    async def publish(
+        self, body: bytes, request_id: str | None, *, reply_to: str | None = None
+    ) -> None:
+        import aio_pika
+
+        message = aio_pika.Message(
+            body,
+            message_id=request_id,
+            reply_to=reply_to,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        )
+        await self._channel.default_exchange.publish(message, self.requests)
+
+    async def add_reply_destination(self, name: str) -> None:
+        self._extra.append(name)
+        await self._channel.declare_queue(name, durable=True)
+
+    async def take(self, destination: str) -> list[Received]:
+        queue = await self._channel.get_queue(destination, ensure=False)
+        taken = []
+        while (message := await queue.get(fail=False, no_ack=True)) is not None:
+            attempts = (message.headers or {}).get("x-sds-attempts")
+            taken.append(
+                Received(
+                    destination=destination,
+                    message_id=message.message_id,
+                    correlation_id=message.correlation_id,
+                    kind=message.type,
+                    attempts=int(attempts) if attempts is not None else None,  # type: ignore[call-overload]
+                    body=message.body,
+                )
+            )
+        return taken
+
+    async def requests_left(self) -> int:
+        queue = await self._channel.declare_queue(self.requests, passive=True)
+        count = queue.declaration_result.message_count
+        return int(count or 0)
+
+
+class NatsBroker:
+    transport = "nats"
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.url = url
+        self.requests, self.envelopes, self.failures = _names(prefix.replace("-", "_"))
+        self._extra: list[str] = []
+        self._subscriptions: dict[str, Any] = {}
+
+    async def open(self) -> None:
+        import nats
+
+        self._nc = await nats.connect(self.url)
+        self._js = self._nc.jetstream(timeout=10)
+
+    async def close(self) -> None:
+        import nats.js.errors
+
+        from sds_plugins._worker._nats import stream_name
+
+        for subscription in self._subscriptions.values():
+            await subscription.unsubscribe()
+        for subject in [self.requests, self.envelopes, self.failures, *self._extra]:
+            with contextlib.suppress(nats.js.errors.NotFoundError):
+                await self._js.delete_stream(stream_name(subject))
+        await self._nc.close()
+
+    async def publish(
+        self, body: bytes, request_id: str | None, *, reply_to: str | None = None
+    ) -> None:
+        headers = {}
+        if request_id is not None:
+            headers["Nats-Msg-Id"] = request_id
+        if reply_to is not None:
+            headers["Reply-To"] = reply_to
+        await self._js.publish(self.requests, body, headers=headers or None)
+
+    async def add_reply_destination(self, name: str) -> None:
+        from sds_plugins._worker._nats import stream_name
+
+        self._extra.append(name)
+        await self._js.add_stream(name=stream_name(name), subjects=[name])
+
+    async def take(self, destination: str) -> list[Received]:
+
+        subscription = self._subscriptions.get(destination)
+        if subscription is None:
+            subscription = await self._js.pull_subscribe(destination, durable="test-collector")
+            self._subscriptions[destination] = subscription
+        try:
+            messages = await subscription.fetch(batch=500, timeout=0.3)
+        except TimeoutError:  # nats-py raises its own subclass or asyncio's
+            return []
+        taken = []
+        for message in messages:
+            headers = message.headers or {}
+            attempts = headers.get("Sds-Attempts")
+            taken.append(
+                Received(
+                    destination=destination,
+                    message_id=headers.get("Nats-Msg-Id"),
+                    correlation_id=headers.get("Correlation-Id"),
+                    kind=headers.get("Sds-Outcome"),
+                    attempts=int(attempts) if attempts is not None else None,
+                    body=message.data,
+                )
+            )
+            await message.ack()
+        return taken
+
+    async def requests_left(self) -> int:
+        from sds_plugins._worker._nats import stream_name
+
+        info = await self._js.stream_info(stream_name(self.requests))
+        return int(info.state.messages)
+
+
+class Outcomes:
+    """Every outcome collected so far, from the broker's outcome destinations."""
+
+    def __init__(self, broker: Broker, extra: Iterable[str] = ()) -> None:
+        self.broker = broker
+        self.destinations = [broker.envelopes, broker.failures, *extra]
+        self.received: list[Received] = []
+
+    async def collect(self) -> None:
+        for destination in self.destinations:
+            self.received.extend(await self.broker.take(destination))
+
+    def by_id(self) -> dict[str | None, list[Received]]:
+        grouped: dict[str | None, list[Received]] = {}
+        for received in self.received:
+            grouped.setdefault(received.message_id, []).append(received)
+        return grouped
+
+    def answered(self, ids: Iterable[str]) -> set[str]:
+        grouped = self.by_id()
+        return {request_id for request_id in ids if request_id in grouped}
+
+    async def until(
+        self, condition: Callable[[], bool], what: str, *, timeout_s: float = 90.0
+    ) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            await self.collect()
+            if condition():
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out waiting for {what}")
+            await asyncio.sleep(0.2)
+
+
+class WorkerProcess:
+    """``python -m sds_plugins worker`` in a subprocess, logging to a file."""
+
+    def __init__(
+        self,
+        broker: Broker,
+        log: Path,
+        *,
+        base_url: str,
+        args: Iterable[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.log = log
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("SDS_")}
+        environ.update(
+            {
+                "SDS_BASE_URL": base_url,
+                "SDS_WORKER_BROKER_URL": broker.url,  # not argv: a password would show in ps
+                "SDS_WORKER_REQUESTS": broker.requests,
+                "SDS_WORKER_ENVELOPES": broker.envelopes,
+                "SDS_WORKER_FAILURES": broker.failures,
+                **(env or {}),
+            }
+        )
+        self._file = log.open("w")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "sds_plugins", "worker", *args],
+            cwd=ROOT,
+            env=environ,
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+        )
+
+    def text(self) -> str:
+        return self.log.read_text()
+
+    async def ready(self, timeout_s: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while "worker ready" not in self.text():
+            if self.process.poll() is not None:
+                raise AssertionError(
+                    f"the worker exited ({self.process.returncode}):\n{self.text()}"
+                )
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the worker did not get ready:\n{self.text()}")
+            await asyncio.sleep(0.1)
+
+    def signal(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    async def exited(self, timeout_s: float = 60.0) -> int:
+        deadline = time.monotonic() + timeout_s
+        while (code := self.process.poll()) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the worker did not exit:\n{self.text()}")
+            await asyncio.sleep(0.1)
+        return code
+
+    def outcome_lines(self) -> list[str]:
+        return [line for line in self.text().splitlines() if " outcome=" in line]
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+        self._file.close()
+
+
+def unique_prefix() -> str:
+    return f"sds-test-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,385 @@
+"""The worker on real brokers, RabbitMQ and NATS JetStream: nothing lost, nothing misfiled.
+
+Needs ``SDS_TEST_AMQP_URL`` (e.g. ``amqp://guest:guest@127.0.0.1:5672/``) and/or
+``SDS_TEST_NATS_URL`` (e.g. ``nats://127.0.0.1:4222``); the fleet test also needs
+``SDS_TEST_REDIS_URL``. Each test runs ``sds-plugins worker`` as subprocesses against its own
+queues/subjects and sandbox, and removes what it declared. Nothing here measures time: tests
+wait for conditions, with generous limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from sds_plugins.sandbox import Sandbox
+from sds_plugins.testing import accredited_system_record, mhs_record
+
+from ._reference import GP2GP, PSIS
+from ._worker_support import (
+    AMQP_URL,
+    NATS_URL,
+    REDIS_URL,
+    AmqpBroker,
+    Broker,
+    NatsBroker,
+    Outcomes,
+    WorkerProcess,
+    unique_prefix,
+)
+
+EXAMPLE = "example-ebxml"
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(
+            "amqp",
+            marks=[
+                pytest.mark.amqp,
+                pytest.mark.skipif(
+                    not AMQP_URL,
+                    reason="needs RabbitMQ: set SDS_TEST_AMQP_URL "
+                    "(e.g. amqp://guest:guest@127.0.0.1:5672/)",
+                ),
+            ],
+        ),
+        pytest.param(
+            "nats",
+            marks=[
+                pytest.mark.nats,
+                pytest.mark.skipif(
+                    not NATS_URL,
+                    reason="needs NATS with JetStream: set SDS_TEST_NATS_URL "
+                    "(e.g. nats://127.0.0.1:4222)",
+                ),
+            ],
+        ),
+    ]
+)
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    prefix = unique_prefix()
+    client: Broker = (
+        AmqpBroker(AMQP_URL, prefix) if request.param == "amqp" else NatsBroker(NATS_URL, prefix)
+    )
+    await client.open()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def workers(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """``start(base_url, *args, env=None)``: worker processes, all killed at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(base_url: str, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started) + 1}.log"
+        process = WorkerProcess(broker, log, base_url=base_url, args=args, env=env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def _request(org: str, interaction: str = PSIS, **fields: Any) -> bytes:
+    return json.dumps(
+        {"adapter": EXAMPLE, "org": org, "interaction": interaction, **fields}
+    ).encode()
+
+
+def _practices(count: int, make_sandbox: Callable[..., Sandbox], **config: Any) -> Sandbox:
+    """A sandbox with ``count`` practices (W0000, W0001...) that each route for PSIS."""
+    orgs = [f"W{index:04d}" for index in range(count)]
+    return make_sandbox(
+        # Reliability as SDS holds it for PSIS (async-reliable), so the pattern is determined.
+        [
+            mhs_record(org, PSIS, ack_requested="always", sync_reply_mode="MSHSignalsOnly")
+            for org in orgs
+        ],
+        [accredited_system_record(org, PSIS) for org in orgs],
+        **config,
+    )
+
+
+def _retry_lines(*processes: WorkerProcess) -> list[str]:
+    return [line for p in processes for line in p.outcome_lines() if "outcome=retry" in line]
+
+
+# --------------------------------------------------------------------------- mixed batch
+
+
+async def test_a_mixed_batch_gets_one_outcome_each_in_the_right_place(
+    broker: Broker, sandbox: Sandbox, workers: Callable[..., WorkerProcess]
+) -> None:
+    replies = broker.requests.replace("requests", "replies")
+    worker = workers(sandbox.base_url, "--concurrency", "4")
+    await worker.ready()
+    await broker.add_reply_destination(replies)
+    given = str(uuid.uuid4())
+    batch: dict[str, tuple[bytes, str, str, int | None]] = {
+        # request id: body, where the outcome goes, its kind, the failure's exit code
+        "valid": (_request("YES"), broker.envelopes, "envelope", None),
+        "valid-options": (
+            _request("YES", options={"from_asid": "200000000359"}, correlation_id=given),
+            broker.envelopes,
+            "envelope",
+            None,
+        ),
+        "not-found": (_request("A99999"), broker.failures, "failure", 3),
+        "ambiguous": (_request("X26", GP2GP), broker.failures, "failure", 4),
+        "invalid-org": (_request("not an ods code"), broker.failures, "failure", 2),
+        "invalid-option": (
+            _request("YES", options={"from_asid": "12"}),
+            broker.failures,
+            "failure",
+            2,
+        ),
+        "not-json": (b"{adapter: example-ebxml", broker.failures, "failure", 2),
+        "missing-field": (
+            json.dumps({"adapter": EXAMPLE, "org": "YES"}).encode(),
+            broker.failures,
+            "failure",
+            2,
+        ),
+        "unknown-adapter": (
+            json.dumps({"adapter": "nope", "org": "YES", "interaction": PSIS}).encode(),
+            broker.failures,
+            "failure",
+            2,
+        ),
+        "reply": (_request("YES"), replies, "envelope", None),
+        "reply-failure": (_request("A99999"), replies, "failure", 3),
+        # Nobody takes what is published there: the outcome goes where it would have gone.
+        "reply-nowhere": (_request("YES"), broker.envelopes, "envelope", None),
+    }
+    reply_to = {"reply": replies, "reply-failure": replies, "reply-nowhere": f"{replies}.gone"}
+    for request_id, (body, *_) in batch.items():
+        await broker.publish(body, request_id, reply_to=reply_to.get(request_id))
+    await broker.publish(_request("YES"), None)  # no id: the worker assigns one
+
+    outcomes = Outcomes(broker, extra=[replies])
+    await outcomes.until(lambda: len(outcomes.received) >= len(batch) + 1, "every outcome")
+    await outcomes.collect()  # anything extra would be a duplicate: there must be none
+    grouped = outcomes.by_id()
+    assert set(grouped) - set(batch) != set(), "the request without an id got no outcome"
+    [assigned] = set(grouped) - set(batch)
+    assert assigned is not None and uuid.UUID(assigned)
+    assert all(len(received) == 1 for received in grouped.values()), grouped
+
+    for request_id, (_, destination, kind, exit_code) in batch.items():
+        [received] = grouped[request_id]
+        assert (received.destination, received.kind) == (destination, kind), request_id
+        assert received.attempts == 1
+        assert received.correlation_id is not None and uuid.UUID(received.correlation_id)
+        document = received.json()
+        if kind == "envelope":
+            assert document["provenance"]["correlation_id"] == received.correlation_id
+        else:
+            assert document["request_id"] == request_id
+            assert document["error"]["exit_code"] == exit_code, document
+            assert document["error"]["retryable"] is False
+            assert document["error"]["correlation_id"] == received.correlation_id
+            assert document["gave_up"] is False
+
+    assert grouped["valid-options"][0].correlation_id == given
+    assert grouped["valid-options"][0].json()["source"]["asid"] == "200000000359"
+    assert grouped["not-json"][0].json()["request"] == "{adapter: example-ebxml"
+    assert await broker.requests_left() == 0
+    # One log line per request, none with a retry.
+    assert len(worker.outcome_lines()) == len(batch) + 1
+    password = urlsplit(broker.url).password
+    if password:
+        assert f":{password}@" not in worker.text()
+
+
+# --------------------------------------------------------------------------- crash
+
+
+async def test_a_worker_killed_mid_batch_loses_nothing(
+    broker: Broker,
+    make_sandbox: Callable[..., Sandbox],
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    count = 100
+    sandbox = _practices(count, make_sandbox, latency_ms=20)
+    # Cold, distinct routes at the rate limiter's 40 lookups/s: the batch takes seconds.
+    args = ("--concurrency", "8", "--ack-wait-s", "2")
+    first = workers(sandbox.base_url, *args)
+    await first.ready()
+    ids = [f"crash-{index}" for index in range(count)]
+    for index, request_id in enumerate(ids):
+        await broker.publish(_request(f"W{index:04d}"), request_id)
+
+    outcomes = Outcomes(broker)
+    await outcomes.until(lambda: len(outcomes.answered(ids)) >= 10, "the first outcomes")
+    first.signal(signal.SIGKILL)
+    await first.exited()
+    await outcomes.collect()
+    assert len(outcomes.answered(ids)) < count, "the batch finished before the kill"
+
+    second = workers(sandbox.base_url, *args)
+    await second.ready()
+    await outcomes.until(lambda: outcomes.answered(ids) == set(ids), "an outcome for every id")
+    for request_id, received in outcomes.by_id().items():
+        # Redelivered after the kill: a duplicate may appear, always as the same outcome.
+        assert {r.kind for r in received} == {"envelope"}, request_id
+        assert len({r.correlation_id for r in received}) == 1, request_id
+    assert set(outcomes.by_id()) == set(ids)
+    assert await broker.requests_left() == 0
+    second.signal(signal.SIGTERM)
+    assert await second.exited() == 0
+
+
+# --------------------------------------------------------------------------- outage
+
+
+async def test_a_directory_outage_mid_batch_ends_in_envelopes(
+    broker: Broker,
+    make_sandbox: Callable[..., Sandbox],
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    sandbox = _practices(15, make_sandbox)
+    worker = workers(
+        sandbox.base_url,
+        "--concurrency", "4",
+        "--retry-initial-s", "0.5",
+        "--retry-max-s", "2",
+        "--max-attempts", "50",
+        # No retries inside the client: the first 503 reaches the worker, and opens the breaker.
+        env={"SDS_RETRY_ATTEMPTS": "1", "SDS_BREAKER_COOLDOWN_S": "1"},
+    )  # fmt: skip
+    await worker.ready()
+    outcomes = Outcomes(broker)
+    before = [f"before-{index}" for index in range(5)]
+    for index, request_id in enumerate(before):
+        await broker.publish(_request(f"W{index:04d}"), request_id)
+    await outcomes.until(lambda: outcomes.answered(before) == set(before), "the first outcomes")
+
+    sandbox.set_faults(outage=True)
+    during = [f"during-{index}" for index in range(10)]
+    for index, request_id in enumerate(during):
+        await broker.publish(_request(f"W{index + 5:04d}"), request_id)
+    await outcomes.until(lambda: len(_retry_lines(worker)) >= 10, "retries during the outage")
+    await asyncio.sleep(3)  # the outage lasts a few seconds more
+    sandbox.set_faults(outage=False)
+
+    everything = before + during
+    await outcomes.until(
+        lambda: outcomes.answered(everything) == set(everything), "an outcome for every id"
+    )
+    failures = [r for r in outcomes.received if r.kind != "envelope"]
+    assert not failures, [r.json() for r in failures]
+    assert max(r.attempts or 0 for r in outcomes.received) > 1
+    assert sandbox.stats()["statuses"].get("503", 0) >= 1
+
+    # Every retry waited at least as long as the directory (or the breaker) asked.
+    waits = [
+        (float(m["in"]), float(m["after"]))
+        for line in _retry_lines(worker)
+        if (m := re.search(r"retry_in_s=(?P<in>[\d.]+) retry_after_s=(?P<after>[\d.]+)", line))
+    ]
+    assert waits, "no retry said how long the breaker asked to wait"
+    assert all(wait >= asked for wait, asked in waits), waits
+    assert await broker.requests_left() == 0
+
+
+# --------------------------------------------------------------------------- shutdown
+
+
+async def test_sigterm_finishes_the_requests_in_flight_and_exits_0(
+    broker: Broker,
+    make_sandbox: Callable[..., Sandbox],
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    count = 40
+    sandbox = _practices(count, make_sandbox, latency_ms=300)
+    args = ("--concurrency", "8", "--ack-wait-s", "2")
+    first = workers(sandbox.base_url, *args)
+    await first.ready()
+    ids = [f"drain-{index}" for index in range(count)]
+    for index, request_id in enumerate(ids):
+        await broker.publish(_request(f"W{index:04d}"), request_id)
+    outcomes = Outcomes(broker)
+    await outcomes.until(lambda: len(outcomes.answered(ids)) >= 4, "the first outcomes")
+
+    first.signal(signal.SIGTERM)
+    assert await first.exited() == 0, first.text()
+    assert "SIGTERM: stopping" in first.text()
+    assert re.search(r"draining: [1-9]\d* request\(s\) in flight", first.text()), first.text()
+    assert "stopped: every request taken was answered and acknowledged" in first.text()
+    await outcomes.collect()
+    answered_by_first = outcomes.answered(ids)
+    assert len(answered_by_first) < count, "the batch finished before SIGTERM"
+
+    second = workers(sandbox.base_url, *args)
+    await second.ready()
+    await outcomes.until(lambda: outcomes.answered(ids) == set(ids), "an outcome for every id")
+    await outcomes.collect()
+    # Exactly one outcome each: the first worker acknowledged everything it answered, so
+    # nothing it published came back to the second.
+    assert sorted(r.message_id or "" for r in outcomes.received) == sorted(ids)
+    assert {r.kind for r in outcomes.received} == {"envelope"}
+    second.signal(signal.SIGINT)
+    assert await second.exited() == 0
+
+
+# --------------------------------------------------------------------------- fleet
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(not REDIS_URL, reason="needs Redis: set SDS_TEST_REDIS_URL")
+async def test_two_workers_sharing_redis_look_each_route_up_once(
+    broker: Broker,
+    make_sandbox: Callable[..., Sandbox],
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    import redis
+
+    distinct = 10
+    sandbox = _practices(distinct, make_sandbox, latency_ms=200)
+    prefix = f"{unique_prefix()}:"
+    env = {"SDS_REDIS_URL": REDIS_URL, "SDS_REDIS_PREFIX": prefix}
+    fleet = [workers(sandbox.base_url, "--concurrency", "4", env=env) for _ in range(2)]
+    try:
+        for worker in fleet:
+            await worker.ready()
+        ids = []
+        for copy in range(6):  # each route six times, interleaved, competing for the same keys
+            for index in range(distinct):
+                ids.append(f"fleet-{copy}-{index}")
+                await broker.publish(_request(f"W{index:04d}"), ids[-1])
+        for copy in range(3):  # and one that is not there: negative caching is shared too
+            ids.append(f"fleet-missing-{copy}")
+            await broker.publish(_request("W9999"), ids[-1])
+
+        outcomes = Outcomes(broker)
+        await outcomes.until(lambda: outcomes.answered(ids) == set(ids), "an outcome for each")
+        assert all(worker.outcome_lines() for worker in fleet), "one worker did nothing"
+        requests = sandbox.stats()["requests"]
+        assert requests["/spine-directory/FHIR/R4/Device"] == distinct + 1, requests
+        assert requests["/spine-directory/FHIR/R4/Endpoint"] == distinct + 1, requests
+        kinds = [r.kind for r in outcomes.received if r.message_id in set(ids)]
+        assert kinds.count("failure") == 3
+    finally:
+        client = redis.Redis.from_url(REDIS_URL)
+        try:
+            names = list(client.scan_iter(match=prefix + "*", count=500))
+            if names:
+                client.delete(*names)
+        finally:
+            client.close()
