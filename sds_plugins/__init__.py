@@ -287,8 +287,8 @@ __all__ = [
     "hookimpl",
     "invalid_input",
     "join_on_party_key",
-    "load_json",
     "load_adapter_options",
+    "load_json",
     "normalise_correlation_id",
     "normalise_interaction",
     "normalise_ods_code",
@@ -297,8 +297,8 @@ __all__ = [
     "parse_endpoints",
     "parse_retry_after",
     "resolve_base_url",
-    "safe_url",
     "run_worker",
+    "safe_url",
 ]
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from sds_plugins import DirectoryError, MalformedResponseError, parse_devices, parse_endpoints
 from sds_plugins._auth import parse_token_response
-from sds_plugins._tools._client import (
+from sds_plugins._client import (
     _error_from_response,
     gateway_throttle,
     seconds_to_next_minute,

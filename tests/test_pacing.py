@@ -24,7 +24,7 @@ from sds_plugins import (
     Settings,
     hookimpl,
 )
-from sds_plugins._tools._client import gateway_throttle, seconds_to_next_minute
+from sds_plugins._client import gateway_throttle, seconds_to_next_minute
 from sds_plugins._ratelimit import GUARD_S, RateLimiter, Spacer, Throttle
 from sds_plugins._tools._prewarm import prewarm
 from sds_plugins.sandbox import SandboxProcess
