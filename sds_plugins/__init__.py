@@ -4,7 +4,10 @@ Spine Directory Service lookups (``/Device``, ``/Endpoint``) with retries, typed
 correlation ids; the public names are re-exported here and the work lives in private modules.
 
 Names load on first use (PEP 562), so importing the package (as pytest does for the
-``sds_plugins.testing`` plugin, and the CLI on every call) costs almost nothing.
+``sds_plugins.testing`` plugin, and the CLI on every call) costs almost nothing. The one list
+of public names is the block of imports below: type checkers read it as explicit re-exports
+(``X as X``), and at run time ``__getattr__`` reads the same block from this file's source to
+learn where each name lives. Adapter authors find their subset in :mod:`sds_plugins.adapters`.
 """
 
 from __future__ import annotations
@@ -14,302 +17,298 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._adapter import (
-        Adapter,
-        Candidate,
-        Lookup,
-        LookupOutcome,
-        Resolution,
-        RouteRequest,
-        join_on_party_key,
+        Adapter as Adapter,
     )
-    from ._adapter_options import load_adapter_options
+    from ._adapter import (
+        Candidate as Candidate,
+    )
+    from ._adapter import (
+        Lookup as Lookup,
+    )
+    from ._adapter import (
+        LookupOutcome as LookupOutcome,
+    )
+    from ._adapter import (
+        Recipient as Recipient,
+    )
+    from ._adapter import (
+        Resolution as Resolution,
+    )
+    from ._adapter import (
+        RouteRequest as RouteRequest,
+    )
+    from ._adapter import (
+        join_on_party_key as join_on_party_key,
+    )
+    from ._adapter_options import (
+        load_adapter_options as load_adapter_options,
+    )
     from ._auth import (
-        ApiKeyAuth,
-        SignedJwtAuth,
+        ApiKeyAuth as ApiKeyAuth,
+    )
+    from ._auth import (
+        SignedJwtAuth as SignedJwtAuth,
     )
     from ._cache import (
-        CacheBackend,
-        CacheEntry,
-        MemoryCache,
+        CacheBackend as CacheBackend,
+    )
+    from ._cache import (
+        CacheEntry as CacheEntry,
+    )
+    from ._cache import (
+        MemoryCache as MemoryCache,
     )
     from ._client import (
-        ENVIRONMENTS,
-        LookupResult,
-        RetryPolicy,
-        SdsClient,
-        get_with_retries,
-        parse_retry_after,
-        resolve_base_url,
+        ENVIRONMENTS as ENVIRONMENTS,
     )
-    from ._defaults import LowestPartyKeyPolicy
-    from ._engine import Router
+    from ._client import (
+        LookupResult as LookupResult,
+    )
+    from ._client import (
+        RetryPolicy as RetryPolicy,
+    )
+    from ._client import (
+        SdsClient as SdsClient,
+    )
+    from ._client import (
+        get_with_retries as get_with_retries,
+    )
+    from ._client import (
+        parse_retry_after as parse_retry_after,
+    )
+    from ._client import (
+        resolve_base_url as resolve_base_url,
+    )
+    from ._defaults import (
+        LowestPartyKeyPolicy as LowestPartyKeyPolicy,
+    )
+    from ._engine import (
+        Router as Router,
+    )
     from ._envelope import (
-        ClientTls,
-        EnvelopeReliability,
-        ForeignRecord,
-        HttpRequestSpec,
-        Party,
-        Provenance,
-        RoutingEnvelope,
+        ClientTls as ClientTls,
+    )
+    from ._envelope import (
+        EnvelopeReliability as EnvelopeReliability,
+    )
+    from ._envelope import (
+        ForeignRecord as ForeignRecord,
+    )
+    from ._envelope import (
+        HttpRequestSpec as HttpRequestSpec,
+    )
+    from ._envelope import (
+        Party as Party,
+    )
+    from ._envelope import (
+        Provenance as Provenance,
+    )
+    from ._envelope import (
+        RoutingEnvelope as RoutingEnvelope,
     )
     from ._events import (
-        LookupEvent,
-        RouteEvent,
+        LookupEvent as LookupEvent,
+    )
+    from ._events import (
+        RouteEvent as RouteEvent,
     )
     from ._exceptions import (
-        AmbiguousError,
-        AuthenticationError,
-        BreakerOpenError,
-        ConfigurationError,
-        DirectoryError,
-        DirectoryTimeoutError,
-        DirectoryUnavailableError,
-        EnvelopeVetoedError,
-        InvalidInputError,
-        MalformedResponseError,
-        NotFoundError,
-        PluginError,
-        RateLimitedError,
-        RequestRejectedError,
-        SdsPluginsError,
+        AmbiguousError as AmbiguousError,
+    )
+    from ._exceptions import (
+        AuthenticationError as AuthenticationError,
+    )
+    from ._exceptions import (
+        BreakerOpenError as BreakerOpenError,
+    )
+    from ._exceptions import (
+        ConfigurationError as ConfigurationError,
+    )
+    from ._exceptions import (
+        DirectoryError as DirectoryError,
+    )
+    from ._exceptions import (
+        DirectoryTimeoutError as DirectoryTimeoutError,
+    )
+    from ._exceptions import (
+        DirectoryUnavailableError as DirectoryUnavailableError,
+    )
+    from ._exceptions import (
+        EnvelopeVetoedError as EnvelopeVetoedError,
+    )
+    from ._exceptions import (
+        InvalidInputError as InvalidInputError,
+    )
+    from ._exceptions import (
+        MalformedResponseError as MalformedResponseError,
+    )
+    from ._exceptions import (
+        NotFoundError as NotFoundError,
+    )
+    from ._exceptions import (
+        PluginError as PluginError,
+    )
+    from ._exceptions import (
+        RateLimitedError as RateLimitedError,
+    )
+    from ._exceptions import (
+        RequestRejectedError as RequestRejectedError,
+    )
+    from ._exceptions import (
+        SdsPluginsError as SdsPluginsError,
     )
     from ._models import (
-        AccreditedSystem,
-        MessageHandlingEndpoint,
-        Reliability,
-        parse_devices,
-        parse_endpoints,
+        AccreditedSystem as AccreditedSystem,
     )
-    from ._plugins import PluginHost
+    from ._models import (
+        MessageHandlingEndpoint as MessageHandlingEndpoint,
+    )
+    from ._models import (
+        Reliability as Reliability,
+    )
+    from ._models import (
+        parse_devices as parse_devices,
+    )
+    from ._models import (
+        parse_endpoints as parse_endpoints,
+    )
+    from ._plugins import (
+        PluginHost as PluginHost,
+    )
     from ._query import (
-        DeviceQuery,
-        EndpointQuery,
+        DeviceQuery as DeviceQuery,
+    )
+    from ._query import (
+        EndpointQuery as EndpointQuery,
     )
     from ._ratelimit import (
-        Pacer,
-        RateLimiter,
+        Pacer as Pacer,
     )
-    from ._settings import Settings
+    from ._ratelimit import (
+        RateLimiter as RateLimiter,
+    )
+    from ._settings import (
+        Settings as Settings,
+    )
     from ._sources import (
-        DirectorySource,
-        FetchResult,
-        SdsSource,
-        SourceContext,
+        DirectorySource as DirectorySource,
+    )
+    from ._sources import (
+        FetchResult as FetchResult,
+    )
+    from ._sources import (
+        SdsSource as SdsSource,
+    )
+    from ._sources import (
+        SourceContext as SourceContext,
     )
     from ._sync import (
-        SyncRouter,
-        SyncSdsClient,
+        SyncRouter as SyncRouter,
+    )
+    from ._sync import (
+        SyncSdsClient as SyncSdsClient,
     )
     from ._transport import (
-        EnvelopeClients,
-        client_ssl_context,
+        EnvelopeClients as EnvelopeClients,
     )
-    from ._upstream import load_json, safe_url
+    from ._transport import (
+        client_ssl_context as client_ssl_context,
+    )
+    from ._upstream import (
+        load_json as load_json,
+    )
+    from ._upstream import (
+        safe_url as safe_url,
+    )
     from ._validation import (
-        check_header_value,
-        check_path_segment,
-        check_relative_path,
-        invalid_input,
-        normalise_correlation_id,
-        normalise_interaction,
-        normalise_ods_code,
-        normalise_party_key,
+        check_header_value as check_header_value,
+    )
+    from ._validation import (
+        check_path_segment as check_path_segment,
+    )
+    from ._validation import (
+        check_relative_path as check_relative_path,
+    )
+    from ._validation import (
+        invalid_input as invalid_input,
+    )
+    from ._validation import (
+        normalise_correlation_id as normalise_correlation_id,
+    )
+    from ._validation import (
+        normalise_interaction as normalise_interaction,
+    )
+    from ._validation import (
+        normalise_ods_code as normalise_ods_code,
+    )
+    from ._validation import (
+        normalise_party_key as normalise_party_key,
     )
     from ._worker._core import (
-        RouteWorker,
-        WorkerOutcome,
-        WorkerPolicy,
-        WorkerRequest,
+        RouteWorker as RouteWorker,
+    )
+    from ._worker._core import (
+        WorkerOutcome as WorkerOutcome,
+    )
+    from ._worker._core import (
+        WorkerPolicy as WorkerPolicy,
+    )
+    from ._worker._core import (
+        WorkerRequest as WorkerRequest,
     )
     from ._worker._runtime import (
-        BrokerError,
-        run_worker,
+        BrokerError as BrokerError,
     )
-    from ._worker._settings import WorkerSettings
-    from .hookspecs import hookimpl
+    from ._worker._runtime import (
+        run_worker as run_worker,
+    )
+    from ._worker._settings import (
+        WorkerSettings as WorkerSettings,
+    )
+    from .hookspecs import (
+        hookimpl as hookimpl,
+    )
 
-# Where each public name lives (the static imports above say the same to type checkers).
-_EXPORTS: dict[str, str] = {
-    "Adapter": "._adapter",
-    "Candidate": "._adapter",
-    "Lookup": "._adapter",
-    "LookupOutcome": "._adapter",
-    "Resolution": "._adapter",
-    "RouteRequest": "._adapter",
-    "join_on_party_key": "._adapter",
-    "load_adapter_options": "._adapter_options",
-    "ApiKeyAuth": "._auth",
-    "SignedJwtAuth": "._auth",
-    "CacheBackend": "._cache",
-    "CacheEntry": "._cache",
-    "MemoryCache": "._cache",
-    "ENVIRONMENTS": "._client",
-    "LookupResult": "._client",
-    "RetryPolicy": "._client",
-    "SdsClient": "._client",
-    "get_with_retries": "._client",
-    "parse_retry_after": "._client",
-    "resolve_base_url": "._client",
-    "LowestPartyKeyPolicy": "._defaults",
-    "Router": "._engine",
-    "ClientTls": "._envelope",
-    "EnvelopeReliability": "._envelope",
-    "ForeignRecord": "._envelope",
-    "HttpRequestSpec": "._envelope",
-    "Party": "._envelope",
-    "Provenance": "._envelope",
-    "RoutingEnvelope": "._envelope",
-    "LookupEvent": "._events",
-    "RouteEvent": "._events",
-    "AmbiguousError": "._exceptions",
-    "AuthenticationError": "._exceptions",
-    "BreakerOpenError": "._exceptions",
-    "ConfigurationError": "._exceptions",
-    "DirectoryError": "._exceptions",
-    "DirectoryTimeoutError": "._exceptions",
-    "DirectoryUnavailableError": "._exceptions",
-    "EnvelopeVetoedError": "._exceptions",
-    "InvalidInputError": "._exceptions",
-    "MalformedResponseError": "._exceptions",
-    "NotFoundError": "._exceptions",
-    "PluginError": "._exceptions",
-    "RateLimitedError": "._exceptions",
-    "RequestRejectedError": "._exceptions",
-    "SdsPluginsError": "._exceptions",
-    "AccreditedSystem": "._models",
-    "MessageHandlingEndpoint": "._models",
-    "Reliability": "._models",
-    "parse_devices": "._models",
-    "parse_endpoints": "._models",
-    "PluginHost": "._plugins",
-    "DeviceQuery": "._query",
-    "EndpointQuery": "._query",
-    "Pacer": "._ratelimit",
-    "EnvelopeClients": "._transport",
-    "client_ssl_context": "._transport",
-    "RateLimiter": "._ratelimit",
-    "Settings": "._settings",
-    "DirectorySource": "._sources",
-    "FetchResult": "._sources",
-    "SdsSource": "._sources",
-    "SourceContext": "._sources",
-    "SyncRouter": "._sync",
-    "SyncSdsClient": "._sync",
-    "load_json": "._upstream",
-    "safe_url": "._upstream",
-    "check_header_value": "._validation",
-    "check_path_segment": "._validation",
-    "check_relative_path": "._validation",
-    "invalid_input": "._validation",
-    "normalise_correlation_id": "._validation",
-    "normalise_interaction": "._validation",
-    "normalise_ods_code": "._validation",
-    "normalise_party_key": "._validation",
-    "RouteWorker": "._worker._core",
-    "WorkerOutcome": "._worker._core",
-    "WorkerPolicy": "._worker._core",
-    "WorkerRequest": "._worker._core",
-    "BrokerError": "._worker._runtime",
-    "run_worker": "._worker._runtime",
-    "WorkerSettings": "._worker._settings",
-    "hookimpl": ".hookspecs",
-}
 
-__all__ = [
-    "ENVIRONMENTS",
-    "AccreditedSystem",
-    "Adapter",
-    "AmbiguousError",
-    "ApiKeyAuth",
-    "AuthenticationError",
-    "BreakerOpenError",
-    "BrokerError",
-    "CacheBackend",
-    "CacheEntry",
-    "Candidate",
-    "ClientTls",
-    "ConfigurationError",
-    "DeviceQuery",
-    "DirectoryError",
-    "DirectorySource",
-    "DirectoryTimeoutError",
-    "DirectoryUnavailableError",
-    "EndpointQuery",
-    "EnvelopeClients",
-    "EnvelopeReliability",
-    "EnvelopeVetoedError",
-    "FetchResult",
-    "ForeignRecord",
-    "HttpRequestSpec",
-    "InvalidInputError",
-    "Lookup",
-    "LookupEvent",
-    "LookupOutcome",
-    "LookupResult",
-    "LowestPartyKeyPolicy",
-    "MalformedResponseError",
-    "MemoryCache",
-    "MessageHandlingEndpoint",
-    "NotFoundError",
-    "Pacer",
-    "Party",
-    "PluginError",
-    "PluginHost",
-    "Provenance",
-    "RateLimitedError",
-    "RateLimiter",
-    "Reliability",
-    "RequestRejectedError",
-    "Resolution",
-    "RetryPolicy",
-    "RouteEvent",
-    "RouteRequest",
-    "RouteWorker",
-    "Router",
-    "RoutingEnvelope",
-    "SdsClient",
-    "SdsPluginsError",
-    "SdsSource",
-    "Settings",
-    "SignedJwtAuth",
-    "SourceContext",
-    "SyncRouter",
-    "SyncSdsClient",
-    "WorkerOutcome",
-    "WorkerPolicy",
-    "WorkerRequest",
-    "WorkerSettings",
-    "check_header_value",
-    "check_path_segment",
-    "check_relative_path",
-    "client_ssl_context",
-    "get_with_retries",
-    "hookimpl",
-    "invalid_input",
-    "join_on_party_key",
-    "load_adapter_options",
-    "load_json",
-    "normalise_correlation_id",
-    "normalise_interaction",
-    "normalise_ods_code",
-    "normalise_party_key",
-    "parse_devices",
-    "parse_endpoints",
-    "parse_retry_after",
-    "resolve_base_url",
-    "run_worker",
-    "safe_url",
-]
+def _read_exports() -> dict[str, str]:
+    """``{name: module}`` from the ``if TYPE_CHECKING:`` imports of this file."""
+    import ast  # only on the first public name used
+
+    with open(__file__, encoding="utf-8") as source:
+        tree = ast.parse(source.read())
+    exports: dict[str, str] = {}
+    for node in tree.body:
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name):
+            for statement in node.body:
+                if isinstance(statement, ast.ImportFrom):
+                    module = "." * statement.level + (statement.module or "")
+                    exports.update(
+                        (alias.asname or alias.name, module) for alias in statement.names
+                    )
+    return exports
+
+
+_exported: dict[str, str] | None = None
+
+
+def _exports() -> dict[str, str]:
+    global _exported
+    if _exported is None:
+        _exported = _read_exports()
+    return _exported
 
 
 def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module, __name__), name)
+    if name == "__all__":  # for star imports and dir(): the same names, sorted
+        value: Any = sorted(_exports())
+    else:
+        module = _exports().get(name)
+        if module is None:
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    return sorted(set(globals()) | set(_exports()))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from cachetools import LRUCache
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -146,9 +146,10 @@ class Candidate(BaseModel):
 
 
 _HASHABLE = (str, int, float, bool, type(None))
+_T = TypeVar("_T")
 
 
-def _options_key(options: Mapping[str, Any]) -> tuple[Any, ...] | None:
+def options_key(options: Mapping[str, Any]) -> tuple[Any, ...] | None:
     """A key for remembering validated options: only plain values (a secret, a list, an object
     passed in could change or be unhashable, and is validated afresh every time)."""
     items = tuple(sorted(options.items()))
@@ -201,11 +202,17 @@ class Resolution:
         outcomes: Mapping[str, LookupOutcome],
         select: Callable[[Sequence[Candidate], RouteRequest, str], Candidate],
         now: datetime | None = None,
+        *,
+        memo: dict[Any, Any] | None = None,
     ) -> None:
         self.request = request
         self.outcomes = outcomes
         self._select = select
         self.now = now or datetime.now(UTC)
+        # What was derived from these very records for the same request before (the router
+        # keeps one per prepared route): selection hooks and provenance are pure, so while the
+        # cache hands back the same record tuples, the answers are the same.
+        self._memo = memo
 
     def records(self, name: str) -> tuple[Any, ...]:
         """Records of the planned lookup ``name``."""
@@ -234,10 +241,22 @@ class Resolution:
         The candidate's ``endpoint`` and ``device`` are its records. Raises
         :class:`NotFoundError` naming what is missing, or :class:`AmbiguousError` (policy).
         """
-        request = self.request
-        chosen = self.select(
-            join_on_party_key(self.records(endpoints), self.records(devices)), role=role
+        found, systems = self.records(endpoints), self.records(devices)
+        return self.derive(
+            f"recipient:{endpoints}:{devices}:{role}:{need_asid}",
+            (found, systems),
+            lambda: self._recipient(found, systems, role, need_asid),
         )
+
+    def _recipient(
+        self,
+        found: tuple[Any, ...],
+        systems: tuple[Any, ...],
+        role: str,
+        need_asid: bool,
+    ) -> Recipient:
+        request = self.request
+        chosen = self.select(join_on_party_key(found, systems), role=role)
         if not chosen.address or chosen.endpoint is None:
             raise NotFoundError(
                 f"{request.org}: the {role}'s MHS record (party key {chosen.party_key}) has no "
@@ -251,6 +270,33 @@ class Resolution:
                 correlation_id=request.correlation_id,
             )
         return Recipient.model_construct(**dict(chosen))  # checked above: it has an address
+
+    def derive(self, name: str, depends_on: Sequence[Any], compute: Callable[[], _T]) -> _T:
+        """``compute()``, or what it returned last time for the same objects in ``depends_on``.
+
+        For the parts of an envelope that follow from the request and the records alone (URLs,
+        fixed headers, parties): a warm route of a busy caller gets the same cached record
+        objects every time, so they are worked out once per (request, records) rather than
+        once per route. ``depends_on`` are compared by identity (``is``); the request's
+        adapter, organisation, interaction, options and encounter are implied. ``name``
+        tells one derivation from another within an adapter; the last answer per name is kept.
+        ``compute`` must not use the correlation id or the time (they differ per route).
+        Without a router's memory (a :class:`Resolution` built in a test), it just computes.
+        """
+        memo = self._memo
+        if memo is None:
+            return compute()
+        depends = tuple(depends_on)
+        remembered = memo.get(name)
+        if (
+            remembered is not None
+            and len(remembered[0]) == len(depends)
+            and all(a is b for a, b in zip(remembered[0], depends, strict=True))
+        ):
+            return remembered[1]  # type: ignore[no-any-return]
+        value = compute()
+        memo[name] = (depends, value)  # holding them keeps their identities unique
+        return value
 
     @property
     def cache(self) -> CacheStatus:
@@ -268,6 +314,18 @@ class Resolution:
         the interaction being routed: the rest says nothing about this envelope. An endpoint
         records the interaction its lookup queried, not the first of its MHS record's list.
         """
+        given = tuple(record for record in records if record is not None)
+        kept = self.derive("provenance", given, lambda: self._provenance_records(given))
+        # Built from parts validated already (parsed records, computed keys): not re-validated.
+        return Provenance.model_construct(
+            correlation_id=self.request.correlation_id,
+            resolved_at=self.now,
+            cache=self.cache,
+            records=kept,
+            lookups=tuple(outcome.lookup.key() for outcome in self.outcomes.values()),
+        )
+
+    def _provenance_records(self, records: tuple[Any, ...]) -> tuple[Any, ...]:
         interaction = self.request.interaction
         # An MHS record may list several interactions and the parsed endpoint keeps the first;
         # provenance records the interaction its lookup asked for instead.
@@ -277,7 +335,7 @@ class Resolution:
             if isinstance(asked := getattr(outcome.lookup.query, "interaction", None), str)
             for record in outcome.records
         }
-        kept = tuple(
+        return tuple(
             record.model_copy(
                 update={"interactions": tuple(i for i in record.interactions if i == interaction)}
             )
@@ -288,14 +346,6 @@ class Resolution:
             if isinstance(record, MessageHandlingEndpoint)
             else ForeignRecord(**record.model_dump(mode="json"))
             for record in records
-            if record is not None
-        )
-        return Provenance(
-            correlation_id=self.request.correlation_id,
-            resolved_at=self.now,
-            cache=self.cache,
-            records=kept,
-            lookups=tuple(outcome.lookup.key() for outcome in self.outcomes.values()),
         )
 
 
@@ -354,7 +404,7 @@ class Adapter:
         if model is None:
             self._check_names(options)
             return dict(options)
-        key = _options_key(options) if model.model_config.get("frozen") else None
+        key = options_key(options) if model.model_config.get("frozen") else None
         if key is not None:
             cached = self._parsed_options.get(key)
             if cached is not None:

@@ -18,7 +18,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from cachetools import LRUCache, TLRUCache
 from pydantic import BaseModel, ConfigDict
@@ -68,8 +69,16 @@ class CacheBackend:
     #: are coalesced per key, so a burst of identical lookups costs it one read.
     shared = False
 
+    #: Whether :meth:`get_nowait` answers: an in-process backend reads without I/O, which lets
+    #: a warm route skip the event loop altogether.
+    answers_nowait = False
+
     async def get(self, key: str) -> CacheEntry | None:
         raise NotImplementedError
+
+    def get_nowait(self, key: str) -> CacheEntry | None:
+        """The entry, read without I/O (only when :attr:`answers_nowait`)."""
+        return None
 
     async def set(self, key: str, entry: CacheEntry) -> None:
         """Store ``entry`` until ``entry.stale_until``."""
@@ -95,6 +104,7 @@ class MemoryCache(CacheBackend):
     """In-process cache (cachetools), bounded in size; each entry expires at its ``stale_until``."""
 
     name = "memory"
+    answers_nowait = True
 
     def __init__(self, maxsize: int = 100_000) -> None:
         self._entries: TLRUCache[str, CacheEntry] = TLRUCache(
@@ -102,6 +112,9 @@ class MemoryCache(CacheBackend):
         )
 
     async def get(self, key: str) -> CacheEntry | None:
+        return self._entries.get(key)
+
+    def get_nowait(self, key: str) -> CacheEntry | None:
         return self._entries.get(key)
 
     async def set(self, key: str, entry: CacheEntry) -> None:
@@ -197,13 +210,13 @@ _Fetched = tuple[CacheEntry, tuple[Any, ...], int]
 _Shared = tuple[CacheEntry, tuple[Any, ...] | None, int]
 
 
-class Cached(BaseModel):
-    """What :meth:`LookupCache.get_or_fetch` returns."""
-
-    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+@dataclass(frozen=True, slots=True)
+class Cached:
+    """What :meth:`LookupCache.get_or_fetch` returns (the very records tuple the cache keeps:
+    the warm path recognises records by identity)."""
 
     records: tuple[Any, ...]
-    cache: str  # "hit" | "miss" | "stale" | "bypass" | "coalesced"
+    cache: Literal["hit", "miss", "stale", "bypass", "coalesced"]
     attempts: int = 0
 
 
@@ -261,6 +274,17 @@ class LookupCache:
             stale_until=now + ttl + (0.0 if empty else self.stale_if_error_s),
             negative=empty,
         )
+
+    def fresh_nowait(
+        self, key: str, decode: Callable[[bytes], tuple[Any, ...]]
+    ) -> tuple[Any, ...] | None:
+        """The records of a fresh entry the backend holds in process, else ``None``."""
+        if not self.backend.answers_nowait:
+            return None
+        entry = self.backend.get_nowait(key)
+        if entry is None or not entry.is_fresh(self._clock()):
+            return None
+        return self._records(key, entry, decode)
 
     async def get_or_fetch(
         self,
@@ -330,6 +354,7 @@ class LookupCache:
                 breaker.abandon_probe()
             raise
         breaker.reset()
+        status: Literal["coalesced", "bypass", "miss"]
         if not fetched_here:
             status = "coalesced"  # another task, here or on another node, fetched it
         elif bypass or not store:

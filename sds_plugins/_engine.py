@@ -17,12 +17,23 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from ._adapter import Adapter, Candidate, Lookup, LookupOutcome, Resolution, RouteRequest
+from cachetools import LRUCache
+
+from ._adapter import (
+    Adapter,
+    Candidate,
+    Lookup,
+    LookupOutcome,
+    Resolution,
+    RouteRequest,
+    options_key,
+)
 from ._adapter_options import AdapterOptions, check_adapter_options
 from ._cache import LookupCache
 from ._envelope import RoutingEnvelope
@@ -48,6 +59,40 @@ __all__ = ["Router"]
 logger = logging.getLogger("sds_plugins.engine")
 
 _CACHE_KEY_VERSION = "v1"
+#: How many distinct (adapter, org, interaction, options...) routes keep their prepared form.
+_PREPARED_ROUTES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _PlannedLookup:
+    """One lookup of a plan with everything the cache needs, worked out once."""
+
+    name: str
+    lookup: Lookup
+    source: DirectorySource
+    query_key: str
+    cache_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Prepared:
+    """A route's validated request, plan and cache keys: everything but its correlation id.
+
+    Plans and cache scopes are pure functions of the request (the adapter contract), so a
+    route repeated with the same plain-valued arguments reuses them; ``memo`` holds what the
+    :class:`Resolution` derives from the same cached answers (choices, provenance records).
+    """
+
+    adapter: Adapter
+    request: RouteRequest
+    lookups: tuple[_PlannedLookup, ...]
+    scope: str | None
+    memo: dict[Any, Any] = field(default_factory=dict)
+
+    def request_for(self, correlation_id: str, given: bool) -> RouteRequest:
+        return self.request.model_copy(
+            update={"correlation_id": correlation_id, "correlation_id_given": given}
+        )
 
 
 class Router:
@@ -58,7 +103,8 @@ class Router:
 
     ``adapter_options`` (``{adapter name: {option: value}}``, e.g. from
     :func:`load_adapter_options`) are defaults for every route to that adapter; the options a
-    ``route()`` call passes win over them.
+    ``route()`` call passes win over them. ``clock`` (``time.time`` by default) is what cache
+    freshness and the breaker go by: tests advance their own instead of sleeping.
     """
 
     def __init__(
@@ -68,8 +114,11 @@ class Router:
         host: PluginHost | None = None,
         plugins: Iterable[object] = (),
         adapter_options: AdapterOptions | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings if settings is not None else Settings()
+        #: Seconds since the epoch, for cache freshness and the breaker (tests pass their own).
+        self.clock = clock
         self.adapter_options = check_adapter_options(adapter_options or {})
         self.host = host if host is not None else PluginHost()
         for plugin in plugins:
@@ -83,6 +132,7 @@ class Router:
         self.rate_limiter: RateLimiter | None = None
         self._cache: LookupCache | None = None
         self._started = False
+        self._prepared: LRUCache[tuple[Any, ...], _Prepared] = LRUCache(_PREPARED_ROUTES)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> Router:
@@ -125,6 +175,7 @@ class Router:
             negative_ttl_s=settings.negative_ttl_s,
             stale_if_error_s=settings.stale_if_error_s,
             breaker_cooldown_s=settings.breaker_cooldown_s,
+            clock=self.clock,
         )
         self._started = True
 
@@ -143,6 +194,7 @@ class Router:
         self.adapters.clear()
         self._cache = None
         self.rate_limiter = None
+        self._prepared.clear()  # they hold the adapters and sources just forgotten
         self._started = False
 
     @property
@@ -183,13 +235,12 @@ class Router:
         ``scope`` partitions the cache (``""`` shared; ``None`` = do not read or store).
         """
         await self.start()
+        planned = self._plan_lookup("lookup", lookup, scope)
         return await self._lookup(
-            lookup, normalise_correlation_id(correlation_id), scope, bypass_cache
+            planned, normalise_correlation_id(correlation_id), scope, bypass_cache
         )
 
-    async def _lookup(
-        self, lookup: Lookup, correlation_id: str, scope: str | None, bypass_cache: bool
-    ) -> LookupOutcome:
+    def _plan_lookup(self, name: str, lookup: Lookup, scope: str | None) -> _PlannedLookup:
         source = self.sources.get(lookup.source)
         if source is None:
             raise ConfigurationError(
@@ -207,6 +258,12 @@ class Router:
                 query_key,
             )
         )
+        return _PlannedLookup(name, lookup, source, query_key, key)
+
+    async def _lookup(
+        self, planned: _PlannedLookup, correlation_id: str, scope: str | None, bypass_cache: bool
+    ) -> LookupOutcome:
+        source, lookup = planned.source, planned.lookup
 
         async def fetch() -> tuple[tuple[Any, ...], int]:
             result = await source.fetch(
@@ -217,7 +274,7 @@ class Router:
         started = time.perf_counter()
         try:
             cached = await self.cache.get_or_fetch(
-                key,
+                planned.cache_key,
                 namespace=f"{source.name}:{source.namespace}",
                 fetch=fetch,
                 encode=source.encode,
@@ -229,25 +286,60 @@ class Router:
             if exc.correlation_id is None:
                 exc.correlation_id = correlation_id
             self._emit_lookup(
-                source, query_key, "miss", exc.attempts, started, correlation_id, error=exc
+                source, planned.query_key, "miss", exc.attempts, started, correlation_id, error=exc
             )
             raise
         self._emit_lookup(
             source,
-            query_key,
+            planned.query_key,
             cached.cache,
             cached.attempts,
             started,
             correlation_id,
             records=len(cached.records),
         )
-        return LookupOutcome(
+        # Constructed, not validated: validating would copy the records tuple, and the warm
+        # path recognises the cache's records by identity.
+        return LookupOutcome.model_construct(
             lookup=lookup,
             records=cached.records,
             cache="miss" if cached.cache == "coalesced" else cached.cache,
             attempts=cached.attempts,
             duration_s=time.perf_counter() - started,
         )
+
+    def _fresh_from_cache(
+        self, prepared: _Prepared, correlation_id: str
+    ) -> dict[str, LookupOutcome] | None:
+        """Every lookup of the plan as a fresh in-process cache hit, or ``None``.
+
+        The warm path: no task, no await, no decoding (the cache keeps decoded records).
+        Anything else (a miss, a stale entry, a shared backend) takes the full path.
+        """
+        outcomes = {}
+        cache, memo = self.cache, prepared.memo
+        for planned in prepared.lookups:
+            started = time.perf_counter()
+            records = cache.fresh_nowait(planned.cache_key, planned.source.decode)
+            if records is None:
+                return None
+            # A hit on the same records is the same outcome (no attempts, no wait).
+            remembered = memo.get(planned.cache_key)
+            if remembered is None or remembered.records is not records:
+                remembered = memo[planned.cache_key] = LookupOutcome.model_construct(
+                    lookup=planned.lookup, records=records, cache="hit", attempts=0, duration_s=0.0
+                )
+            outcomes[planned.name] = remembered
+            self._emit_lookup(
+                planned.source,
+                planned.query_key,
+                "hit",
+                0,
+                started,
+                correlation_id,
+                records=len(records),
+            )
+        return outcomes
 
     def _emit_lookup(
         self,
@@ -306,28 +398,23 @@ class Router:
         resolution: Resolution | None = None
         try:
             await self.start()
-            chosen = self.adapters.get(adapter)
-            if chosen is None:
-                raise InvalidInputError(
-                    f"no adapter named {adapter!r} "
-                    f"(installed: {', '.join(sorted(self.adapters)) or 'none'})",
-                    field="adapter",
-                )
-            request = RouteRequest(
-                adapter=adapter,
-                org=normalise_ods_code(org),
-                interaction=chosen.normalise_interaction(interaction),
-                options=chosen.parse_options(options),  # validated once, for plan and build
-                correlation_id=normalise_correlation_id(correlation_id),
-                correlation_id_given=correlation_id is not None,
-                encounter=encounter,
-                bypass_cache=bypass_cache,
+            prepared = self._prepare(adapter, org, interaction, encounter, bypass_cache, options)
+            request = prepared.request_for(
+                normalise_correlation_id(correlation_id), correlation_id is not None
             )
-            plan = chosen.plan(request)
-            scope = chosen.cache_scope(request)
-            outcomes = await self._resolve(plan, request, scope)
-            resolution = Resolution(request, outcomes, self._select)
-            envelope = chosen.build(request, resolution)
+            outcomes = None
+            if prepared.scope is not None and not bypass_cache:
+                outcomes = self._fresh_from_cache(prepared, request.correlation_id)
+            if outcomes is None:
+                outcomes = await self._resolve(prepared, request)
+            resolution = Resolution(
+                request,
+                outcomes,
+                self._select,
+                datetime.fromtimestamp(self.clock(), UTC),
+                memo=prepared.memo,
+            )
+            envelope = prepared.adapter.build(request, resolution)
             final = self.host.hook.sds_finalize_envelope(envelope=envelope, request=request)
             if final is None:
                 raise EnvelopeVetoedError(
@@ -339,21 +426,68 @@ class Router:
         self._emit_route(adapter, request, resolution, started, None, org, interaction)
         return final  # type: ignore[no-any-return]
 
+    def _prepare(
+        self,
+        adapter: str,
+        org: str,
+        interaction: str,
+        encounter: str | None,
+        bypass_cache: bool,
+        options: Mapping[str, Any],
+    ) -> _Prepared:
+        """The validated request and plan of a route (remembered for plain-valued arguments)."""
+        plain = options_key(options) if isinstance(encounter, str | None) else None
+        key = (adapter, org, interaction, encounter, bypass_cache, plain)
+        if plain is not None:
+            prepared = self._prepared.get(key)
+            if prepared is not None:
+                return prepared
+        chosen = self.adapters.get(adapter)
+        if chosen is None:
+            raise InvalidInputError(
+                f"no adapter named {adapter!r} "
+                f"(installed: {', '.join(sorted(self.adapters)) or 'none'})",
+                field="adapter",
+            )
+        request = RouteRequest(
+            adapter=adapter,
+            org=normalise_ods_code(org),
+            interaction=chosen.normalise_interaction(interaction),
+            options=chosen.parse_options(options),  # validated once, for plan and build
+            correlation_id=normalise_correlation_id(None),
+            encounter=encounter,
+            bypass_cache=bypass_cache,
+        )
+        plan = chosen.plan(request)
+        scope = chosen.cache_scope(request)
+        prepared = _Prepared(
+            chosen,
+            request,
+            tuple(self._plan_lookup(name, lookup, scope) for name, lookup in plan.items()),
+            scope,
+        )
+        if plain is not None:
+            self._prepared[key] = prepared
+        return prepared
+
     async def _resolve(
-        self, plan: Mapping[str, Lookup], request: RouteRequest, scope: str | None
+        self, prepared: _Prepared, request: RouteRequest
     ) -> dict[str, LookupOutcome]:
-        names = list(plan)
+        lookups = prepared.lookups
         results = await asyncio.gather(
             *(
-                self._lookup(plan[name], request.correlation_id, scope, request.bypass_cache)
-                for name in names
+                self._lookup(planned, request.correlation_id, prepared.scope, request.bypass_cache)
+                for planned in lookups
             ),
             return_exceptions=True,
         )
         for result in results:  # in plan order, so the error reported is deterministic
             if isinstance(result, BaseException):
                 raise result
-        return dict(zip(names, results, strict=True))  # type: ignore[arg-type]
+        return {
+            planned.name: result  # type: ignore[misc]
+            for planned, result in zip(lookups, results, strict=True)
+        }
 
     def _select(
         self, candidates: Sequence[Candidate], request: RouteRequest, role: str

@@ -25,7 +25,7 @@ from pydantic import (
 )
 
 from ._models import DirectoryRecord
-from ._validation import check_header_value
+from ._validation import check_header_value, has_control_characters
 
 __all__ = [
     "SENSITIVE_HEADERS",
@@ -69,9 +69,12 @@ class HttpRequestSpec(_Frozen):
     @field_validator("headers")
     @classmethod
     def _no_control_characters(cls, headers: dict[str, str]) -> dict[str, str]:
-        for name, value in headers.items():
-            check_header_value(name, "header name")
-            check_header_value(value, f"header {name}")
+        # One search over everything (the usual case: nothing found), then one by one to name
+        # the culprit.
+        if has_control_characters(" ".join((*headers, *headers.values()))):
+            for name, value in headers.items():
+                check_header_value(name, "header name")
+                check_header_value(value, f"header {name}")
         return headers
 
     @field_validator("method", "url")

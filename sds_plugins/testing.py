@@ -15,7 +15,11 @@ so the fixtures below are available in any test suite without a ``conftest.py`` 
     ``register(plugin, name=None) -> name``, undone when the test ends.
 ``sds_router`` and ``sds_router_factory``
     A started :class:`~sds_plugins.Router` bound to ``sds_sandbox`` and ``sds_plugin_host``;
-    ``await sds_router_factory(sandbox=None, **settings)`` for other sandboxes or settings.
+    ``await sds_router_factory(sandbox=None, *, clock=None, **settings)`` for other sandboxes,
+    a clock, or any :class:`~sds_plugins.Settings` field by name (``cache_ttl_s=0``...).
+``sds_clock``
+    A :class:`ManualClock`: pass it as ``clock=`` and ``advance()`` it to test TTLs and the
+    breaker without sleeping.
 
 For destinations that need client TLS, :func:`make_tls_files` writes a throwaway CA, server
 and client certificate, and :func:`mtls_server` runs an HTTPS server that requires the client
@@ -40,6 +44,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +58,7 @@ if TYPE_CHECKING:
 
 # The fixtures reach tests through pytest, not imports, so only the helpers are listed here.
 __all__ = [
+    "ManualClock",
     "MtlsServer",
     "RegisterPlugin",
     "RouterFactory",
@@ -383,11 +389,46 @@ def sds_register_plugin(
 # --------------------------------------------------------------------------- routers
 
 
+class ManualClock:
+    """A clock that moves only when told, for ``Router(clock=...)`` (and ``sds_router_factory``).
+
+    Cache freshness, stale-if-error and the breaker go by the router's clock, so a test of a
+    TTL advances this instead of sleeping: ``clock.advance(61)`` and the entry is stale.
+    It starts at the real time, so envelopes' ``expires_at`` still make sense.
+    """
+
+    def __init__(self, start: float | None = None) -> None:
+        self.now = time.time() if start is None else start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds`` (never back: caches assume it only grows)."""
+        if seconds < 0:
+            raise ValueError("a clock does not go back")
+        self.now += seconds
+
+    def __repr__(self) -> str:
+        return f"ManualClock({self.now:.3f})"
+
+
+@pytest.fixture
+def sds_clock() -> ManualClock:
+    """A :class:`ManualClock` for this test; pass it to ``sds_router_factory(clock=...)``."""
+    return ManualClock()
+
+
 class RouterFactory(Protocol):
     """The type of the ``sds_router_factory`` fixture, for annotating tests."""
 
     async def __call__(
-        self, sandbox: Sandbox | None = None, *, host: PluginHost | None = None, **settings: Any
+        self,
+        sandbox: Sandbox | None = None,
+        *,
+        host: PluginHost | None = None,
+        clock: Callable[[], float] | None = None,
+        **settings: Any,
     ) -> Router: ...
 
 
@@ -395,19 +436,25 @@ class RouterFactory(Protocol):
 async def sds_router_factory(
     sds_sandbox: Sandbox, sds_plugin_host: PluginHost, _sds_test_routers: _TestRouters
 ) -> AsyncIterator[RouterFactory]:
-    """``await factory(sandbox=None, *, host=None, **settings) -> Router``: started routers.
+    """``await factory(sandbox=None, *, host=None, clock=None, **settings) -> Router``.
 
-    Each router talks to ``sandbox`` (default ``sds_sandbox``) through the plugins of ``host``
-    (default ``sds_plugin_host``), with :class:`sds_plugins.Settings` built from ``settings``
-    alone: ``SDS_*`` environment variables are ignored so a developer's shell cannot change a
-    test. All routers are closed when the test ends.
+    Each router is started and talks to ``sandbox`` (default ``sds_sandbox``) through the
+    plugins of ``host`` (default ``sds_plugin_host``), with :class:`sds_plugins.Settings` built
+    from ``settings`` alone (any field: ``cache_ttl_s=0``, ``retry_attempts=1``...): ``SDS_*``
+    environment variables are ignored so a developer's shell cannot change a test. ``clock``
+    (e.g. ``sds_clock``) replaces the real time for cache freshness and the breaker. All
+    routers are closed when the test ends.
     """
     from sds_plugins import Router, Settings
 
     routers = _sds_test_routers.started
 
     async def factory(
-        sandbox: Sandbox | None = None, *, host: PluginHost | None = None, **settings: Any
+        sandbox: Sandbox | None = None,
+        *,
+        host: PluginHost | None = None,
+        clock: Callable[[], float] | None = None,
+        **settings: Any,
     ) -> Router:
         values = {
             name: field.get_default(call_default_factory=True)
@@ -415,7 +462,7 @@ async def sds_router_factory(
         }
         values["base_url"] = (sandbox or sds_sandbox).base_url
         values.update(settings)
-        router = Router(Settings(**values), host=host or sds_plugin_host)
+        router = Router(Settings(**values), host=host or sds_plugin_host, clock=clock or time.time)
         await router.start()
         routers.append(router)
         return router

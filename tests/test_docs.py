@@ -269,23 +269,19 @@ def test_test_modules_in_the_docs_pass(block: Block, mode: str, pytester: pytest
 # --------------------------------------------------------------------------- public API
 
 
-def _isort_style(name: str) -> tuple[int, list[int | str]]:
-    """The order ruff's RUF022 keeps ``__all__`` in (``make lint`` enforces it, so agree).
-
-    CONSTANTS, then CamelCase, then everything else; numbers in names compare as numbers.
-    """
-    group = 0 if len(name) > 1 and name.isupper() else 1 if name[:1].isupper() else 2
-    return group, [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
-
-
-def test_all_is_sorted_unique_and_names_things_that_exist() -> None:
+def test_the_public_names_are_one_list_of_names_that_exist() -> None:
+    """``__all__``, the lazy loader and the type checkers' imports are the same single list
+    (the ``if TYPE_CHECKING:`` block of ``sds_plugins/__init__.py``), and every name loads."""
     names = list(sds_plugins.__all__)
-    assert names == sorted(names, key=_isort_style), (
-        "sds_plugins.__all__ is not sorted (ruff check --select RUF022 --fix sorts it)"
-    )
-    assert len(names) == len(set(names)), "sds_plugins.__all__ has duplicates"
-    missing = [name for name in names if not hasattr(sds_plugins, name)]
-    assert not missing, f"sds_plugins.__all__ names missing attributes: {missing}"
+    assert names == sorted(set(names))
+    assert set(names) == set(sds_plugins._exports())
+    source = (ROOT / "sds_plugins" / "__init__.py").read_text(encoding="utf-8")
+    aliased = re.findall(r"^\s+(\w+) as (\w+),$", source, flags=re.MULTILINE)
+    assert all(name == alias for name, alias in aliased), "re-exports are written 'X as X'"
+    assert sorted(name for name, _ in aliased) == names
+    missing = [name for name in names if getattr(sds_plugins, name, None) is None]
+    assert not missing, f"public names that do not load: {missing}"
+    assert set(names) <= set(dir(sds_plugins))
 
 
 def _own_docstring(obj: object) -> str:
@@ -302,12 +298,3 @@ def test_public_classes_and_functions_have_docstrings() -> None:
         and not _own_docstring(obj)
     ]
     assert not undocumented, f"public names without a docstring: {', '.join(undocumented)}"
-
-
-def test_lazy_exports_match_all() -> None:
-    """Every name in ``__all__`` is lazily importable, and nothing else is exported that way."""
-    import sds_plugins
-
-    assert set(sds_plugins._EXPORTS) == set(sds_plugins.__all__)
-    for name in sds_plugins.__all__:
-        assert getattr(sds_plugins, name) is not None

@@ -35,6 +35,7 @@ from sds_plugins import (
     hookimpl,
 )
 from sds_plugins.sandbox import Sandbox
+from sds_plugins.testing import ManualClock
 
 from ._adapters import JoinPlugin
 from ._reference import GP2GP, GPC_STRUCTURED, PSIS
@@ -160,13 +161,22 @@ async def test_errors_are_never_cached(make_sandbox: Callable[..., Sandbox]) -> 
 
 
 async def test_negative_answers_are_cached_briefly(make_sandbox: Callable[..., Sandbox]) -> None:
-    sb = make_sandbox()
-    async with _router(sb, negative_ttl_s=0.3) as router:
+    sb, clock = make_sandbox(), ManualClock()
+    router = Router(
+        Settings(base_url=sb.base_url, negative_ttl_s=30, cache_ttl_s=300),
+        plugins=[JoinPlugin()],
+        clock=clock,
+    )
+    async with router:
         for _ in range(3):
             with pytest.raises(NotFoundError):
                 await router.route("join", org="A99999", interaction=PSIS)
         assert _requests(sb) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
-        await asyncio.sleep(0.35)
+        clock.advance(29)
+        with pytest.raises(NotFoundError):
+            await router.route("join", org="A99999", interaction=PSIS)
+        assert _requests(sb) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
+        clock.advance(2)  # past the negative TTL, well within the positive one
         with pytest.raises(NotFoundError):
             await router.route("join", org="A99999", interaction=PSIS)
     assert _requests(sb) == {DEVICE_PATH: 2, ENDPOINT_PATH: 2}
@@ -453,3 +463,118 @@ async def test_endpoint_provenance_records_the_interaction_queried(
     assert device.interactions == (GPC_STRUCTURED,)  # type: ignore[union-attr]
     assert again.provenance.cache == "hit"
     assert again.provenance.records[0].interaction == GPC_STRUCTURED  # type: ignore[union-attr]
+
+
+# --------------------------------------------------------------------------- the warm path
+
+
+class RecipientAdapter(Adapter):
+    """Endpoint + device through ``Resolution.recipient``, a URL through ``derive``."""
+
+    name = "recipient"
+    options = frozenset({"party_key"})
+
+    def __init__(self) -> None:
+        self.derived = 0
+
+    def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
+        return {
+            "endpoints": Lookup.endpoints(org=request.org, interaction=request.interaction),
+            "devices": Lookup.devices(org=request.org, interaction=request.interaction),
+        }
+
+    def _url(self, address: str) -> str:
+        self.derived += 1
+        return address + "?derived"
+
+    def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
+        chosen = resolved.recipient()
+        url = resolved.derive("url", (chosen,), lambda: self._url(chosen.address))
+        return RoutingEnvelope(
+            adapter=self.name,
+            interaction=request.interaction,
+            target=Party(ods_code=request.org, asid=chosen.asid, address=chosen.address),
+            request=HttpRequestSpec(method="POST", url=url),
+            expires_at=resolved.now,
+            provenance=resolved.provenance(chosen.records),
+        )
+
+
+class CountingPolicy:
+    """Counts the selection hook's calls, then defers to the default policy."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    @hookimpl
+    def sds_select_candidate(self, candidates: Any, request: Any, role: str) -> None:
+        self.calls += 1
+
+
+class RecipientPlugin:
+    def __init__(self) -> None:
+        self.adapter = RecipientAdapter()
+
+    @hookimpl
+    def sds_register_adapters(self, register: Any) -> None:
+        register(self.adapter)
+
+
+async def test_warm_routes_reuse_what_follows_from_the_same_records(sandbox: Sandbox) -> None:
+    clock, policy, plugin, recorder = ManualClock(), CountingPolicy(), RecipientPlugin(), Recorder()
+    router = Router(
+        Settings(base_url=sandbox.base_url, cache_ttl_s=60),
+        plugins=[plugin, policy, recorder],
+        clock=clock,
+    )
+    async with router:
+        envelopes = [await router.route("recipient", org="YES", interaction=PSIS) for _ in range(5)]
+        # The selection policy chose once, the URL was derived once, for five routes...
+        assert (policy.calls, plugin.adapter.derived) == (1, 1)
+        assert _requests(sandbox) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
+        # ...while everything that belongs to one route is its own.
+        assert len({e.provenance.correlation_id for e in envelopes}) == 5
+        assert [e.provenance.cache for e in envelopes] == ["miss"] + ["hit"] * 4
+        assert {e.request.url for e in envelopes} == {envelopes[0].target.address + "?derived"}
+        assert [event.cache for event in recorder.lookups] == ["miss"] * 2 + ["hit"] * 8
+        assert [event.outcome for event in recorder.routes] == ["ok"] * 5
+
+        # Past the TTL the directory is asked again: new records, so chosen and derived afresh.
+        clock.advance(61)
+        refreshed = await router.route("recipient", org="YES", interaction=PSIS)
+        assert refreshed.provenance.cache == "miss"
+        assert (policy.calls, plugin.adapter.derived) == (2, 2)
+        assert _requests(sandbox) == {DEVICE_PATH: 2, ENDPOINT_PATH: 2}
+        assert refreshed.target == envelopes[0].target
+
+
+async def test_routes_with_other_options_are_prepared_and_chosen_apart(sandbox: Sandbox) -> None:
+    policy, plugin = CountingPolicy(), RecipientPlugin()
+    async with Router(Settings(base_url=sandbox.base_url), plugins=[plugin, policy]) as router:
+        chosen = await router.route("recipient", org="YES", interaction=PSIS)
+        assert chosen.target.asid is not None
+        same = await router.route("recipient", org="YES", interaction=PSIS, party_key="YES-0000806")
+        assert same.target == chosen.target
+        for _ in range(2):  # a choice that fails is not remembered: it fails every time
+            with pytest.raises(NotFoundError, match="party key YES-0000001"):
+                await router.route(
+                    "recipient", org="YES", interaction=PSIS, party_key="YES-0000001"
+                )
+        assert policy.calls == 4
+        assert (
+            await router.route("recipient", org="YES", interaction=PSIS)
+        ).target == chosen.target
+        assert policy.calls == 4
+
+
+async def test_a_stale_answer_still_builds_with_what_was_derived(sandbox: Sandbox) -> None:
+    clock, plugin = ManualClock(), RecipientPlugin()
+    settings = Settings(base_url=sandbox.base_url, cache_ttl_s=60, retry_attempts=1)
+    async with Router(settings, plugins=[plugin], clock=clock) as router:
+        fresh = await router.route("recipient", org="YES", interaction=PSIS)
+        clock.advance(61)
+        sandbox.set_faults(outage=True, error_status=503)
+        stale = await router.route("recipient", org="YES", interaction=PSIS)
+    assert stale.provenance.cache == "stale"
+    assert stale.request.url == fresh.request.url
+    assert plugin.adapter.derived == 1

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import uuid
-from collections.abc import Mapping
-from datetime import timedelta
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -18,6 +19,7 @@ from sds_plugins import (
     Lookup,
     NotFoundError,
     Party,
+    Recipient,
     Resolution,
     RouteRequest,
     RoutingEnvelope,
@@ -138,40 +140,50 @@ class GpConnectAdapter(Adapter):
 
     def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
         options: GpConnectOptions = request.options
-        spec = interaction(request.interaction)
         provider = resolved.recipient("provider_endpoints", "provider_devices", role="provider")
         consumer = self._consumer(request, options, resolved)
-        consumer_asid = options.consumer_asid or (consumer.asid if consumer else None)
-        assert consumer_asid is not None  # _consumer raised otherwise
-
+        # Everything but the trace id and the token's times follows from the request and
+        # these records: worked out once while the cache hands back the same records.
+        fixed = resolved.derive(
+            "gpconnect", (provider, consumer), lambda: self._fixed(request, provider, consumer)
+        )
         # One id per request: the SSP trace id, and the SDS correlation id unless the caller
         # chose one (then both are still logged together in the provenance).
         trace_id = str(uuid.uuid4()) if request.correlation_id_given else request.correlation_id
-        issued_at = resolved.now
-        scope, sensitive = requested_scope(spec, options)
-        token = access_token(
-            claims(
-                options,
-                audience=provider.address,
-                scope=scope,
-                reason=options.reason_for_request or spec.reason,
-                issued_at=issued_at,
-            )
-        )
-        method = options.method or spec.method
+        issued_at = int(resolved.now.timestamp())
         headers = {
             "Ssp-TraceID": trace_id,
-            "Ssp-From": consumer_asid,
-            "Ssp-To": provider.asid,
+            "Ssp-From": fixed.source.asid,
+            "Ssp-To": fixed.target.asid,
             "Ssp-InteractionID": request.interaction,
-            "Authorization": f"Bearer {token}",
-            "Accept": _FHIR_JSON,
+            "Authorization": fixed.bearer(issued_at),
+            **fixed.headers,
         }
-        if method in ("POST", "PUT", "PATCH"):
-            headers["Content-Type"] = _FHIR_JSON
         return RoutingEnvelope(
             adapter=self.name,
             interaction=request.interaction,
+            target=fixed.target,
+            source=fixed.source,
+            request=HttpRequestSpec(method=fixed.method, url=fixed.url, headers=headers),
+            tls=fixed.tls,
+            # The token is the envelope's life: the provider refuses it after exp.
+            expires_at=datetime.fromtimestamp(issued_at + JWT_LIFETIME_S, UTC),
+            provenance=resolved.provenance(fixed.records),
+            extensions={"ssp_trace_id": trace_id, **fixed.extensions},
+        )
+
+    def _fixed(
+        self, request: RouteRequest, provider: Recipient, consumer: AccreditedSystem | None
+    ) -> _Fixed:
+        options: GpConnectOptions = request.options
+        spec = interaction(request.interaction)
+        consumer_asid = options.consumer_asid or (consumer.asid if consumer else None)
+        # _consumer and recipient() raised otherwise.
+        assert consumer_asid is not None
+        assert provider.asid is not None
+        scope, sensitive = requested_scope(spec, options)
+        method = options.method or spec.method
+        return _Fixed(
             target=Party(
                 ods_code=request.org,
                 asid=provider.asid,
@@ -183,24 +195,23 @@ class GpConnectAdapter(Adapter):
                 asid=consumer_asid,
                 party_key=consumer.party_key if consumer else None,
             ),
-            request=HttpRequestSpec(
-                method=method,
-                url=ssp_url(options.ssp_url, provider.address, options.fhir_path or spec.path),
-                headers=headers,
-            ),
+            method=method,
+            url=ssp_url(options.ssp_url, provider.address, options.fhir_path or spec.path),
+            headers={"Accept": _FHIR_JSON}
+            | ({"Content-Type": _FHIR_JSON} if method in ("POST", "PUT", "PATCH") else {}),
             # TLS only means something for https (an allowed http:// mock has none).
             tls=self.tls if urlsplit(options.ssp_url).scheme == "https" else None,
-            # The token is the envelope's life: the provider refuses it after exp.
-            expires_at=issued_at.replace(microsecond=0) + timedelta(seconds=JWT_LIFETIME_S),
-            provenance=resolved.provenance(
-                (*provider.records, consumer) if consumer else provider.records
+            records=(*provider.records, consumer) if consumer else provider.records,
+            # What the migrate request body must say (migrate_parameters builds it), so the
+            # body and the token's requested_scope agree.
+            extensions={"include_sensitive_information": sensitive} if spec.migration else {},
+            claims=functools.partial(
+                claims,
+                options,
+                audience=provider.address,
+                scope=scope,
+                reason=options.reason_for_request or spec.reason,
             ),
-            extensions={
-                "ssp_trace_id": trace_id,
-                # What the migrate request body must say (migrate_parameters builds it), so the
-                # body and the token's requested_scope agree.
-                **({"include_sensitive_information": sensitive} if spec.migration else {}),
-            },
         )
 
     @staticmethod
@@ -297,3 +308,51 @@ def ssp_url(proxy: str, service_root: str, fhir_path: str | None) -> str:
     if fhir_path:
         url += fhir_path if url.endswith("/") or fhir_path.startswith("/") else f"/{fhir_path}"
     return url
+
+
+class _Fixed:
+    """The parts of one provider's envelopes that do not change from route to route."""
+
+    __slots__ = (
+        "_bearer",
+        "_claims",
+        "_issued_at",
+        "extensions",
+        "headers",
+        "method",
+        "records",
+        "source",
+        "target",
+        "tls",
+        "url",
+    )
+
+    def __init__(
+        self,
+        *,
+        target: Party,
+        source: Party,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        tls: ClientTls | None,
+        records: tuple[Any, ...],
+        extensions: dict[str, Any],
+        claims: Callable[..., dict[str, Any]],
+    ) -> None:
+        self.target, self.source, self.method, self.url = target, source, method, url
+        self.headers, self.tls, self.records, self.extensions = headers, tls, records, extensions
+        self._claims = claims
+        self._issued_at = -1
+        self._bearer = ""
+
+    def bearer(self, issued_at: int) -> str:
+        """``Bearer <token>`` for a request issued at ``issued_at`` (whole seconds).
+
+        The claims hold nothing else that varies (no jti), so every request of one second gets
+        the very same token: it is encoded once per second.
+        """
+        if issued_at != self._issued_at:
+            token = access_token(self._claims(issued_at=datetime.fromtimestamp(issued_at, UTC)))
+            self._issued_at, self._bearer = issued_at, f"Bearer {token}"
+        return self._bearer

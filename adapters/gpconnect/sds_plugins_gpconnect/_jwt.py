@@ -1,4 +1,5 @@
-"""The GP Connect access token: an unsigned JWT, new for every request.
+"""The GP Connect access token: an unsigned JWT for each request (its claims differ from one
+request to the next only in iat and exp, so requests of the same second share one).
 
 Claims as ``nhsconnect/gpconnect`` specifies them on its cross-organisation audit and provenance
 page (``pages/integration/integration_cross_organisation_audit_and_provenance.md``).
@@ -6,10 +7,10 @@ page (``pages/integration/integration_cross_organisation_audit_and_provenance.md
 
 from __future__ import annotations
 
+import base64
+import json
 from datetime import datetime
 from typing import Any
-
-import jwt
 
 from ._options import GpConnectOptions
 
@@ -90,5 +91,17 @@ def local_user_system(options: GpConnectOptions) -> str:
 
 
 def access_token(payload: dict[str, Any]) -> str:
-    """``{"alg": "none", "typ": "JWT"}``, the claims, and an empty signature (trailing ``.``)."""
-    return jwt.encode(payload, "", algorithm="none")
+    """``{"alg":"none","typ":"JWT"}``, the claims, and an empty signature (trailing ``.``).
+
+    The compact JSON and unpadded base64url of RFC 7515/7519, byte for byte what PyJWT
+    writes for ``algorithm="none"``, without its per-call algorithm machinery.
+    """
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return f"{_HEADER}.{_base64url(body)}."
+
+
+def _base64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+_HEADER = _base64url(b'{"alg":"none","typ":"JWT"}')

@@ -26,6 +26,7 @@ from gpconnect_cases import (
     UNKNOWN,
 )
 from sds_plugins_gpconnect import INTERACTIONS, GpConnectAdapter, migrate_parameters, ssp_url
+from sds_plugins_gpconnect._jwt import access_token
 
 from sds_plugins import (
     AmbiguousError,
@@ -37,6 +38,7 @@ from sds_plugins import (
     Settings,
 )
 from sds_plugins.sandbox import Sandbox
+from sds_plugins.testing import ManualClock
 
 DEVICE = "/spine-directory/FHIR/R4/Device"
 ENDPOINT = "/spine-directory/FHIR/R4/Endpoint"
@@ -141,6 +143,33 @@ async def test_a_new_token_and_trace_id_per_envelope(router: Router) -> None:
     first, second = await _route(router), await _route(router)
     assert first.request.headers["Ssp-TraceID"] != second.request.headers["Ssp-TraceID"]
     assert _claims(first)["aud"] == _claims(second)["aud"]
+
+
+async def test_one_token_per_second_and_its_claims_follow_the_clock(gpc_sandbox: Sandbox) -> None:
+    """Claims hold no per-request value but iat/exp (no jti), so requests issued in the same
+    second carry the very same token; the next second, a new one with the new times."""
+    clock = ManualClock(start=1_800_000_000.25)
+    host = PluginHost(environ={"SDS_PLUGINS_LOAD": "sds-plugins-gpconnect"})
+    settings = Settings(base_url=gpc_sandbox.base_url)
+    async with Router(settings, host=host, clock=clock) as router:
+        first = await _route(router, encounter="e-1")
+        second = await _route(router, encounter="e-1")
+        clock.advance(1)
+        third = await _route(router, encounter="e-1")
+    assert second.provenance.cache == "hit"
+    tokens = [e.request.headers["Authorization"] for e in (first, second, third)]
+    assert tokens[0] == tokens[1] != tokens[2]
+    assert [(_claims(e)["iat"], _claims(e)["exp"]) for e in (first, third)] == [
+        (1_800_000_000, 1_800_000_300),
+        (1_800_000_001, 1_800_000_301),
+    ]
+    assert third.expires_at.timestamp() == 1_800_000_301
+    assert len({e.request.headers["Ssp-TraceID"] for e in (first, second, third)}) == 3
+
+
+def test_the_token_is_what_pyjwt_writes_for_alg_none() -> None:
+    payload = {"iss": "https://consumer.example.org", "iat": 1, "nested": {"a": ["b", "é"]}}
+    assert access_token(payload) == jwt.encode(payload, "", algorithm="none")
 
 
 async def test_trace_id_is_the_correlation_id_unless_the_caller_gives_one(router: Router) -> None:
