@@ -79,6 +79,9 @@ if TYPE_CHECKING:
     from ._client import (
         resolve_base_url as resolve_base_url,
     )
+    from ._configured import (
+        ConfiguredPlugin as ConfiguredPlugin,
+    )
     from ._defaults import (
         LowestPartyKeyPolicy as LowestPartyKeyPolicy,
     )
@@ -171,6 +174,15 @@ if TYPE_CHECKING:
     )
     from ._models import (
         parse_endpoints as parse_endpoints,
+    )
+    from ._plugin_settings import (
+        ClientTlsSettings as ClientTlsSettings,
+    )
+    from ._plugin_settings import (
+        PluginSettings as PluginSettings,
+    )
+    from ._plugin_settings import (
+        SignedJwtSettings as SignedJwtSettings,
     )
     from ._plugins import (
         PluginHost as PluginHost,

@@ -3,38 +3,37 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import httpx
 from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from ._auth import ApiKeyAuth, SignedJwtAuth
+from ._auth import ApiKeyAuth
 from ._client import default_token_url, resolve_base_url
 from ._exceptions import ConfigurationError
+from ._plugin_settings import SignedJwtSettings
 
 __all__ = ["Settings"]
 
 
-class Settings(BaseSettings):
+class Settings(SignedJwtSettings):
     """Everything needed to reach SDS. Each field reads ``SDS_<FIELD>`` from the environment.
 
     ``base_url`` (``SDS_BASE_URL``) wins over ``env`` (``SDS_ENV``: sandbox, int, dep, prod).
     ``auth`` defaults to ``apikey`` when an API key is set and to ``none`` otherwise; ``jwt``
-    needs ``client_id``, ``private_key_file`` and ``kid`` (``token_url`` defaults to
-    ``/oauth2/token`` on the base URL's host).
+    needs ``client_id`` (or ``api_key``), ``private_key_file`` (or ``private_key``, PEM text)
+    and ``kid`` (``token_url`` defaults to ``/oauth2/token`` on the base URL's host). The
+    plugins' settings share this base (:class:`~sds_plugins.PluginSettings`).
     """
 
-    model_config = SettingsConfigDict(env_prefix="SDS_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SDS_")
+    configures: ClassVar[str] = "SDS"
 
     env: str = "sandbox"
     base_url: str | None = None
     api_key: SecretStr | None = None
     auth: Literal["apikey", "jwt", "none"] | None = None
-    client_id: SecretStr | None = None
-    private_key_file: Path | None = None
-    kid: str | None = None
-    token_url: str | None = None
 
     connect_timeout_s: float = Field(default=5.0, gt=0)
     read_timeout_s: float = Field(default=10.0, gt=0)
@@ -69,8 +68,6 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         resolve_base_url(self.base_url or self.env)  # fail early on a typo or a bad URL
-        if self.token_url is not None:
-            resolve_base_url(self.token_url)
         return self
 
     def resolved_base_url(self) -> str:
@@ -90,25 +87,6 @@ class Settings(BaseSettings):
             if self.api_key is None:
                 raise ConfigurationError("SDS_AUTH=apikey needs SDS_API_KEY")
             return ApiKeyAuth(self.api_key)
-        missing = [
-            name
-            for name, value in (
-                ("SDS_CLIENT_ID (or SDS_API_KEY)", self.client_id or self.api_key),
-                ("SDS_PRIVATE_KEY_FILE", self.private_key_file),
-                ("SDS_KID", self.kid),
-            )
-            if not value
-        ]
-        if missing:
-            raise ConfigurationError("SDS_AUTH=jwt needs " + ", ".join(missing))
-        client_id = self.client_id or self.api_key
-        # Narrowing for the type checker; `missing` above already guarantees these.
-        assert client_id is not None
-        assert self.private_key_file is not None
-        assert self.kid is not None
-        return SignedJwtAuth(
-            client_id=client_id,
-            private_key=self.private_key_file,
-            kid=self.kid,
-            token_url=self.token_url or default_token_url(self.resolved_base_url()),
+        return self.signed_jwt_auth(
+            self.token_url or default_token_url(self.resolved_base_url()), purpose="SDS_AUTH=jwt"
         )

@@ -110,6 +110,11 @@ def _hook_plugins(namespace: dict[str, object]) -> list[object]:
         ):
             # Registration only inspects the hook methods, so __init__ arguments are not needed.
             plugins.append(object.__new__(value))
+        elif not inspect.isclass(value) and any(
+            hasattr(getattr(type(value), member, None), f"{hookspecs.PROJECT}_impl")
+            for member in dir(type(value))
+        ):
+            plugins.append(value)  # an instance whose hooks are inherited (ConfiguredPlugin)
     if vars(functions).keys() - {"__name__", "__doc__", "__package__", "__loader__", "__spec__"}:
         plugins.append(functions)
     return plugins

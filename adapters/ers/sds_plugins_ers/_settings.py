@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
 
-from sds_plugins import ClientTls, ConfigurationError, SignedJwtAuth, resolve_base_url
+from sds_plugins import ClientTlsSettings, SignedJwtAuth, SignedJwtSettings
 
 __all__ = ["ERS_ENVIRONMENTS", "AccessMode", "ErsSettings"]
 
@@ -23,7 +22,7 @@ ERS_ENVIRONMENTS: dict[str, str] = {
 AccessMode = Literal["user-restricted", "application-restricted"]
 
 
-class ErsSettings(BaseSettings):
+class ErsSettings(ClientTlsSettings, SignedJwtSettings):
     """Everything the e-RS adapters need. Each field reads ``ERS_<FIELD>`` from the environment.
 
     ``base_url`` (``ERS_BASE_URL``) wins over ``env`` (``ERS_ENV``: sandbox, int, prod).
@@ -32,19 +31,18 @@ class ErsSettings(BaseSettings):
     ``api_key`` is accepted too), ``private_key_file`` (or ``private_key``, PEM text) and
     ``kid``; ``token_url`` defaults to ``/oauth2/token`` on the API's host. In
     ``user-restricted`` mode each route brings the user's NHS CIS2 token (``user_access_token``).
+    The sending MHS's Spine client certificate and key (PEM files) and the CA bundle that
+    verifies Spine are ``ERS_TLS_CERT``, ``ERS_TLS_KEY``, ``ERS_TLS_CA_BUNDLE``: ebXML envelopes
+    carry these paths in ``envelope.tls``, never the files' contents.
     """
 
-    model_config = SettingsConfigDict(env_prefix="ERS_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="ERS_")
+    configures: ClassVar[str] = "e-RS"
+    url_fields: ClassVar[tuple[str, ...]] = ("base_url", "token_url")
 
     env: Literal["sandbox", "int", "prod"] = "sandbox"
     base_url: str | None = None
     access_mode: AccessMode = "application-restricted"
-    client_id: SecretStr | None = None
-    api_key: SecretStr | None = None
-    private_key_file: Path | None = None
-    private_key: SecretStr | None = None
-    kid: str | None = None
-    token_url: str | None = None
     token_timeout_s: float = Field(default=10.0, gt=0)
     #: Default ``NHSD-eRS-Business-Function`` when a route gives no ``business_function``
     #: (user-restricted mode only).
@@ -53,36 +51,6 @@ class ErsSettings(BaseSettings):
     #: ``from_asid`` (a system sends from one MHS, so configuration is the usual place).
     from_party_key: str | None = None
     from_asid: str | None = None
-    #: The sending MHS's Spine client certificate and key (PEM files) and the CA bundle that
-    #: verifies Spine (``ERS_TLS_CERT``, ``ERS_TLS_KEY``, ``ERS_TLS_CA_BUNDLE``): ebXML
-    #: envelopes carry these paths in ``envelope.tls``, never the files' contents.
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca_bundle: Path | None = None
-
-    def client_tls(self) -> ClientTls | None:
-        """The Spine client TLS these settings describe, or ``None`` when none is configured."""
-        if self.tls_key is not None and self.tls_cert is None:
-            raise ConfigurationError("ERS_TLS_KEY is set without ERS_TLS_CERT")
-        if self.tls_cert is None and self.tls_ca_bundle is None:
-            return None
-        return ClientTls(
-            cert_path=self.tls_cert, key_path=self.tls_key, ca_bundle_path=self.tls_ca_bundle
-        )
-
-    @model_validator(mode="after")
-    def _check_urls(self) -> ErsSettings:
-        # Checked when the settings load, with the core's rules (ASCII, no credentials...):
-        # a bad ERS_BASE_URL fails at start, naming the variable, not inside a route.
-        for name, value in (("ERS_BASE_URL", self.base_url), ("ERS_TOKEN_URL", self.token_url)):
-            if value is not None and "://" not in value:
-                raise ConfigurationError(f"{name} must be an http(s) URL")
-            if value is not None:
-                try:
-                    resolve_base_url(value)
-                except ConfigurationError as exc:
-                    raise ConfigurationError(f"{name}: {exc}") from None
-        return self
 
     def resolved_base_url(self) -> str:
         return (self.base_url or ERS_ENVIRONMENTS[self.env]).rstrip("/")
@@ -93,29 +61,8 @@ class ErsSettings(BaseSettings):
         parts = urlsplit(self.resolved_base_url())
         return f"{parts.scheme}://{parts.netloc}/oauth2/token"
 
-    def configured_auth(self) -> bool:
-        """Whether any signed-JWT setting is given (then all of them must be)."""
-        return any(
-            (self.client_id, self.api_key, self.private_key_file, self.private_key, self.kid)
-        )
-
     def build_auth(self) -> SignedJwtAuth | None:
         """The signed-JWT auth these settings describe, or ``None`` when none is configured."""
-        if not self.configured_auth():
+        if not (self.configured_auth() or self.api_key):
             return None
-        client_id = self.client_id or self.api_key
-        key = self.private_key.get_secret_value() if self.private_key else self.private_key_file
-        missing = [
-            name
-            for name, value in (
-                ("ERS_CLIENT_ID (or ERS_API_KEY)", client_id),
-                ("ERS_PRIVATE_KEY_FILE (or ERS_PRIVATE_KEY)", key),
-                ("ERS_KID", self.kid),
-            )
-            if not value
-        ]
-        if missing or client_id is None or key is None or self.kid is None:
-            raise ConfigurationError("e-RS signed-JWT auth needs " + ", ".join(missing))
-        return SignedJwtAuth(
-            client_id=client_id, private_key=key, kid=self.kid, token_url=self.resolved_token_url()
-        )
+        return self.signed_jwt_auth(self.resolved_token_url(), purpose="e-RS signed-JWT auth")

@@ -373,7 +373,7 @@ def test_documented_interactions_match_spines_forwarding_lists() -> None:
 
 def test_the_entry_point_is_declared() -> None:
     [entry_point] = [ep for ep in entry_points(group="sds_plugins") if ep.name == "ers"]
-    assert entry_point.value == "sds_plugins_ers.plugin"
+    assert entry_point.value == "sds_plugins_ers.plugin:plugin"
 
 
 async def test_ebxml_envelopes_carry_the_senders_spine_client_tls(

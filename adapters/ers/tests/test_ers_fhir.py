@@ -305,7 +305,7 @@ def test_invalid_settings_name_the_variable_not_its_value(
 
     monkeypatch.setenv("ERS_TOKEN_TIMEOUT_S", "secret-looking-value")
     with pytest.raises(ConfigurationError) as info:
-        ErsPlugin().settings()
+        ErsPlugin().settings  # noqa: B018 - reading it loads
     assert "ERS_TOKEN_TIMEOUT_S" in str(info.value)
     assert "secret-looking-value" not in str(info.value)
 

@@ -6,6 +6,7 @@ from ._jwt import JWT_LIFETIME_S, access_token, claims, local_user_system
 from ._migrate import NHS_NUMBER_SYSTEM, migrate_parameters
 from ._options import GpConnectOptions
 from ._settings import GpConnectSettings
+from .plugin import GpConnectPlugin
 
 __all__ = [
     "INTERACTIONS",
@@ -13,6 +14,7 @@ __all__ = [
     "NHS_NUMBER_SYSTEM",
     "GpConnectAdapter",
     "GpConnectOptions",
+    "GpConnectPlugin",
     "GpConnectSettings",
     "Interaction",
     "access_token",

@@ -7,17 +7,16 @@ needs (a Spine-issued client certificate and NHS England's CA chain).
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import ClassVar
 
-from pydantic import ValidationError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
 
-from sds_plugins import ClientTls, ConfigurationError
+from sds_plugins import ClientTlsSettings
 
-__all__ = ["GpConnectSettings", "load_settings"]
+__all__ = ["GpConnectSettings"]
 
 
-class GpConnectSettings(BaseSettings):
+class GpConnectSettings(ClientTlsSettings):
     """``SDS_GPCONNECT_<FIELD>`` for each field.
 
     - ``shared_cache``: reuse SDS answers across encounters (see the README's trade-off);
@@ -28,32 +27,8 @@ class GpConnectSettings(BaseSettings):
       the real SSP is TLS with a client certificate).
     """
 
-    model_config = SettingsConfigDict(env_prefix="SDS_GPCONNECT_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SDS_GPCONNECT_")
+    configures: ClassVar[str] = "GP Connect"
 
     shared_cache: bool = False
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca_bundle: Path | None = None
     allow_insecure_ssp: bool = False
-
-    def client_tls(self) -> ClientTls | None:
-        """The client TLS these settings describe, or ``None`` when none is configured."""
-        if self.tls_key is not None and self.tls_cert is None:
-            raise ConfigurationError("SDS_GPCONNECT_TLS_KEY is set without SDS_GPCONNECT_TLS_CERT")
-        if self.tls_cert is None and self.tls_ca_bundle is None:
-            return None
-        return ClientTls(
-            cert_path=self.tls_cert, key_path=self.tls_key, ca_bundle_path=self.tls_ca_bundle
-        )
-
-
-def load_settings() -> GpConnectSettings:
-    """The settings from the environment; errors name the variable, never its value."""
-    try:
-        return GpConnectSettings()
-    except ValidationError as exc:
-        where = ", ".join(
-            "SDS_GPCONNECT_" + "__".join(str(part) for part in error["loc"]).upper()
-            for error in exc.errors()
-        )
-        raise ConfigurationError(f"invalid GP Connect settings: {where}") from None

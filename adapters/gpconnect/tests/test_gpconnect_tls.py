@@ -85,15 +85,15 @@ async def test_the_envelope_reaches_a_mutual_tls_ssp_with_the_consumers_certific
 def test_settings_errors_name_the_variable_never_its_value(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from sds_plugins_gpconnect.plugin import sds_register_adapters
+    from sds_plugins_gpconnect.plugin import GpConnectPlugin
 
     monkeypatch.setenv("SDS_GPCONNECT_SHARED_CACHE", "secret-looking-value")
     _host()  # loading the plugin reads nothing; a starting router's registration does
     with pytest.raises(ConfigurationError) as info:
-        sds_register_adapters(lambda adapter: None)
+        GpConnectPlugin().settings  # noqa: B018 - reading it loads
     assert "SDS_GPCONNECT_SHARED_CACHE" in str(info.value)
     assert "secret-looking-value" not in str(info.value)
     monkeypatch.delenv("SDS_GPCONNECT_SHARED_CACHE")
     monkeypatch.setenv("SDS_GPCONNECT_TLS_KEY", str(tmp_path / "key.pem"))
     with pytest.raises(ConfigurationError, match="SDS_GPCONNECT_TLS_CERT"):
-        sds_register_adapters(lambda adapter: None)
+        GpConnectPlugin().settings  # noqa: B018 - reading it loads

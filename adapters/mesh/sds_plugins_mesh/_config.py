@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
-from sds_plugins import ConfigurationError, InvalidInputError, resolve_base_url, safe_url
+from pydantic_settings import SettingsConfigDict
+from sds_plugins import (
+    ConfigurationError,
+    InvalidInputError,
+    PluginSettings,
+    resolve_base_url,
+    safe_url,
+)
 
 from ._validation import normalise_mailbox_id
 
@@ -136,7 +143,7 @@ def _text(value: str | SecretStr) -> str:
     return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
-class MeshSettings(BaseSettings):
+class MeshSettings(PluginSettings):
     """MESH configuration; each field reads ``MESH_<FIELD>`` from the environment.
 
     ``url`` (``MESH_URL``) is ``int``, ``dep``, ``prod`` or any URL (the mesh-sandbox's).
@@ -147,9 +154,8 @@ class MeshSettings(BaseSettings):
     or URL). ``lookup_api_version`` picks the lookup response format asked for (both parse).
     """
 
-    model_config = SettingsConfigDict(
-        env_prefix="MESH_", env_nested_delimiter="__", frozen=True, extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="MESH_", env_nested_delimiter="__")
+    configures: ClassVar[str] = "MESH"
 
     url: str | None = None
     mailbox: str | None = None

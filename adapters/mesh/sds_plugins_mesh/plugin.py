@@ -1,27 +1,19 @@
-"""The ``sds_plugins`` entry point: the ``mesh`` adapter, its directory source and lookup auth.
+"""The ``mesh`` plugin: what the ``sds_plugins`` entry point loads (``plugin``).
 
-Installed, this distribution's entry point (``mesh = "sds_plugins_mesh.plugin:plugin"``) hands
-every router that starts a :class:`MeshPlugin` reading ``MESH_*`` from the environment. To
-configure it in code instead (tests, one process talking to two environments), register your own
-``MeshPlugin(MeshSettings(...))`` on a host that does not load entry points, or block this one
-with ``SDS_PLUGINS_DISABLE=mesh``.
+Registers the ``mesh`` adapter, its mailbox-lookup directory source, and the lookups' auth
+(real MESH wants every request signed), from ``MESH_*`` settings read when a router starts.
+To configure it in code (tests, one process talking to two environments), register
+``MeshPlugin(MeshSettings(...))`` on a host that does not load entry points, or block this
+one with ``SDS_PLUGINS_DISABLE=mesh``. Bad settings make the adapter refuse every route with
+the error that names the setting; other adapters keep working.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Iterable
 
 import httpx
-from pydantic import ValidationError
-from sds_plugins import (
-    Adapter,
-    ConfigurationError,
-    DirectorySource,
-    RetryPolicy,
-    Settings,
-    SourceContext,
-    hookimpl,
-)
+from sds_plugins import Adapter, ConfiguredPlugin, DirectorySource, RetryPolicy, SourceContext
 
 from ._adapter import MeshAdapter
 from ._auth import MeshAuth
@@ -31,61 +23,38 @@ from ._lookup import MeshLookupSource
 __all__ = ["MeshPlugin", "plugin"]
 
 
-class MeshPlugin:
-    """Registers the ``mesh`` adapter and source, and signs mailbox lookups.
+class MeshPlugin(ConfiguredPlugin[MeshSettings]):
+    """The ``mesh`` adapter and source, and the signing of mailbox lookups, from ``settings``."""
 
-    ``settings=None`` reads :class:`MeshSettings` (``MESH_*``) each time a router starts, not at
-    import, so loading the plugin has no side effects and a changed environment is picked up.
-    """
+    settings_class = MeshSettings
+    adapter_names = ("mesh",)
 
-    def __init__(self, settings: MeshSettings | None = None) -> None:
-        self._settings = settings
+    def check(self, settings: MeshSettings) -> None:
+        settings.resolved_url()  # each raises naming MESH_URL, MESH_MAILBOX...
+        settings.credentials()
 
-    @property
-    def settings(self) -> MeshSettings:
-        if self._settings is not None:
-            return self._settings
-        try:
-            return MeshSettings()
-        except ValidationError as exc:
-            # Name the variables, not their values: MESH_* may hold secrets.
-            where = ", ".join(
-                "MESH_" + "__".join(str(part) for part in error["loc"]).upper()
-                for error in exc.errors()
-            )
-            raise ConfigurationError(f"invalid MESH settings: {where}") from None
+    def adapters(self, settings: MeshSettings) -> Iterable[Adapter]:
+        return (MeshAdapter(settings),)
 
-    @hookimpl
-    def sds_register_adapters(self, register: Callable[[Adapter], None]) -> None:
-        register(MeshAdapter(self.settings))
-
-    @hookimpl
-    def sds_register_sources(
-        self, register: Callable[[DirectorySource], None], context: SourceContext
-    ) -> None:
+    def sources(self, settings: MeshSettings, context: SourceContext) -> Iterable[DirectorySource]:
         engine = context.settings
-        register(
-            MeshLookupSource(
-                self.settings,
-                auth=context.auth_for("mesh"),
-                # The router's retry budget and timeouts apply to every directory it asks.
-                retry=RetryPolicy(attempts=engine.retry_attempts, budget_s=engine.retry_budget_s),
-                connect_timeout_s=engine.connect_timeout_s,
-                read_timeout_s=engine.read_timeout_s,
-            )
+        lookup = MeshLookupSource(
+            settings,
+            auth=context.auth_for("mesh"),
+            # The router's retry budget and timeouts apply to every directory it asks.
+            retry=RetryPolicy(attempts=engine.retry_attempts, budget_s=engine.retry_budget_s),
+            connect_timeout_s=engine.connect_timeout_s,
+            read_timeout_s=engine.read_timeout_s,
         )
+        return (lookup,)
 
-    @hookimpl(trylast=True)
-    def sds_provide_auth(self, source: str, settings: Settings) -> httpx.Auth | None:
-        # Real MESH wants every request signed, lookups included; without credentials the
-        # lookup goes unsigned (mesh-sandbox accepts that; real MESH answers 403).
+    def auth(self, settings: MeshSettings, source: str) -> httpx.Auth | None:
+        # Without credentials the lookup goes unsigned (mesh-sandbox accepts that; real MESH
+        # answers 403).
         if source != "mesh":
             return None
-        credentials = self.settings.credentials()
+        credentials = settings.credentials()
         return MeshAuth(credentials) if credentials is not None else None
-
-    def __repr__(self) -> str:
-        return "MeshPlugin(configured)" if self._settings is not None else "MeshPlugin(env)"
 
 
 #: What the entry point loads: configured from ``MESH_*`` when a router starts.
