@@ -89,6 +89,9 @@ if TYPE_CHECKING:
         Router as Router,
     )
     from ._envelope import (
+        ENVELOPE_TTL as ENVELOPE_TTL,
+    )
+    from ._envelope import (
         ClientTls as ClientTls,
     )
     from ._envelope import (
@@ -175,6 +178,21 @@ if TYPE_CHECKING:
     from ._models import (
         parse_endpoints as parse_endpoints,
     )
+    from ._option_types import (
+        AdapterOptions as AdapterOptions,
+    )
+    from ._option_types import (
+        Asid as Asid,
+    )
+    from ._option_types import (
+        HeaderText as HeaderText,
+    )
+    from ._option_types import (
+        OdsCode as OdsCode,
+    )
+    from ._option_types import (
+        PartyKey as PartyKey,
+    )
     from ._plugin_settings import (
         ClientTlsSettings as ClientTlsSettings,
     )
@@ -243,6 +261,9 @@ if TYPE_CHECKING:
     )
     from ._validation import (
         invalid_input as invalid_input,
+    )
+    from ._validation import (
+        normalise_asid as normalise_asid,
     )
     from ._validation import (
         normalise_correlation_id as normalise_correlation_id,

@@ -26,10 +26,17 @@ from email.generator import BytesGenerator
 from email.message import EmailMessage, MIMEPart
 from enum import StrEnum
 from io import BytesIO
-from typing import Any
+from typing import Annotated, Any
 from xml.etree import ElementTree
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from ._envelope import EnvelopeReliability
 from ._exceptions import InvalidInputError
@@ -41,6 +48,7 @@ __all__ = [
     "ACK_ACTOR_NEXT_MSH",
     "ACK_ACTOR_TO_PARTY_MSH",
     "EBXML_HEADER_CONTENT_ID",
+    "EBXML_PATTERNS",
     "EB_NS",
     "FORWARDED_SERVICES",
     "FORWARD_EXPRESS_ACTIONS",
@@ -49,6 +57,7 @@ __all__ = [
     "SOAP_NS",
     "XLINK_NS",
     "Attachment",
+    "EbxmlPattern",
     "EbxmlRouting",
     "MessagingPattern",
     "ebxml_routing",
@@ -106,6 +115,28 @@ class MessagingPattern(StrEnum):
     FORWARD_EXPRESS = "forward-express"
     #: Synchronous SOAP request/response: not an ebXML message at all (``synchronous.py``).
     SYNCHRONOUS = "synchronous"
+
+
+def _ebxml_pattern(value: object) -> object:
+    if isinstance(value, MessagingPattern) and value is not MessagingPattern.SYNCHRONOUS:
+        return value
+    try:
+        pattern = MessagingPattern(value) if isinstance(value, str) else None
+    except ValueError:
+        pattern = None
+    if pattern is None or pattern is MessagingPattern.SYNCHRONOUS:
+        raise InvalidInputError(
+            f"pattern: {value!r} is not an ebXML messaging pattern ({', '.join(EBXML_PATTERNS)})",
+            field="pattern",
+        )
+    return pattern
+
+
+#: The patterns an ebXML message can take (every one but synchronous), by name.
+EBXML_PATTERNS = tuple(p.value for p in MessagingPattern if p is not MessagingPattern.SYNCHRONOUS)
+#: A caller's choice of messaging pattern, as an option type (``pattern: EbxmlPattern | None``):
+#: one of :data:`EBXML_PATTERNS`, refused otherwise with an :class:`InvalidInputError`.
+EbxmlPattern = Annotated[MessagingPattern, BeforeValidator(_ebxml_pattern)]
 
 
 class _Flags(BaseModel):

@@ -9,7 +9,7 @@ masked in its ``repr``, its ``str`` and its default JSON form; ``to_message()`` 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
@@ -28,6 +28,7 @@ from ._models import DirectoryRecord
 from ._validation import check_header_value, has_control_characters
 
 __all__ = [
+    "ENVELOPE_TTL",
     "SENSITIVE_HEADERS",
     "ClientTls",
     "EnvelopeReliability",
@@ -41,6 +42,11 @@ __all__ = [
 #: Header names (lower case) whose values are credentials and never printed.
 SENSITIVE_HEADERS = frozenset({"authorization", "apikey", "proxy-authorization", "cookie"})
 MASK = "**********"
+
+#: How long a sender may use an envelope (``expires_at = resolved.now + ENVELOPE_TTL``): long
+#: enough for one send with its retries, short enough that a practice changing supplier or MHS
+#: is noticed by the next message. Every adapter of this project uses it.
+ENVELOPE_TTL = timedelta(minutes=5)
 
 CacheStatus = Literal["miss", "hit", "stale", "bypass"]
 

@@ -17,6 +17,7 @@ from ._exceptions import InvalidInputError
 __all__ = [
     "check_header_value",
     "invalid_input",
+    "normalise_asid",
     "normalise_correlation_id",
     "normalise_interaction",
     "normalise_ods_code",
@@ -30,6 +31,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # ODS codes are 3 to 10 letters and digits (YES, X26, B82617, 8HK52, RXX01...). Patterns are
 # applied with fullmatch: "$" would also match before a trailing newline.
 _ODS = re.compile(r"[A-Z0-9]{3,10}")
+_ASID = re.compile(r"[0-9]{12}")
 _PARTY_KEY = re.compile(r"[A-Z0-9]{3,10}-[0-9]{1,12}")
 # Spine interaction ids: urn:nhs:names:services:<service>:<action>[:...]; the action may carry
 # dots, dashes and underscores (gpc.getstructuredrecord-1, patient_appointments-1).
@@ -93,6 +95,16 @@ def normalise_party_key(value: object, field: str = "party_key") -> str:
             field=field,
         )
     return key
+
+
+def normalise_asid(value: object, field: str = "asid") -> str:
+    """Strip an accredited system id (ASID): twelve ASCII digits."""
+    asid = _clean(value, field)
+    if not _ASID.fullmatch(asid):
+        raise InvalidInputError(
+            f"{field}: {asid!r} is not an ASID (12 digits, e.g. 200000000359)", field=field
+        )
+    return asid
 
 
 def normalise_interaction(value: object, field: str = "interaction") -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from sds_plugins import (
+    ENVELOPE_TTL,
     AmbiguousError,
     InvalidInputError,
     NotFoundError,
@@ -124,7 +125,7 @@ async def test_routes_against_the_sandbox_when_loaded_from_its_entry_point(
         "ack_actor": "urn:oasis:names:tc:ebxml-msg:actor:toPartyMSH",
         "sync_reply": True,
     }
-    assert envelope.expires_at - envelope.provenance.resolved_at == example.ENVELOPE_TTL
+    assert envelope.expires_at - envelope.provenance.resolved_at == ENVELOPE_TTL
     assert [record.kind for record in envelope.provenance.records] == ["endpoint", "device"]
     assert len(envelope.provenance.lookups) == 2
     assert envelope.extensions == {

@@ -13,48 +13,35 @@ and its ``sds_register_adapters`` hook hands the adapter to each router that sta
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import timedelta
-from typing import Annotated, Any, ClassVar
-
-from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 
 from sds_plugins import (
+    ENVELOPE_TTL,
     Adapter,
+    AdapterOptions,
+    Asid,
     HttpRequestSpec,
     Lookup,
     Party,
+    PartyKey,
     Resolution,
     RouteRequest,
     RoutingEnvelope,
     hookimpl,
-    normalise_party_key,
 )
-from sds_plugins.ebxml import MessagingPattern, envelope_reliability, pattern_for
+from sds_plugins.ebxml import EbxmlPattern, envelope_reliability, pattern_for
 
-__all__ = ["ENVELOPE_TTL", "EbxmlExampleAdapter", "ExampleOptions", "sds_register_adapters"]
-
-#: How long a sender may use an envelope before resolving the route again: long enough for one
-#: send with its retries, short enough that a practice changing supplier is noticed.
-ENVELOPE_TTL = timedelta(minutes=5)
+__all__ = ["EbxmlExampleAdapter", "ExampleOptions", "sds_register_adapters"]
 
 
-class ExampleOptions(BaseModel):
+class ExampleOptions(AdapterOptions):
     """The options: checked once, by the engine, before ``plan`` (bad input costs no lookup)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
-
     #: Which MHS, when the organisation has several (the selection policy reads it).
-    party_key: str | None = None
-    #: The sender's own ASID, for the source party. (pydantic's regex engine is Rust's, where
-    #: "$" is the end of the text, never before a trailing newline as in Python's.)
-    from_asid: Annotated[str, StringConstraints(pattern=r"^[0-9]{12}$")] | None = None
+    party_key: PartyKey | None = None
+    #: The sender's own ASID, for the source party.
+    from_asid: Asid | None = None
     #: The messaging pattern, where Spine's lists and SDS's data leave it undetermined.
-    pattern: MessagingPattern | None = None
-
-    @field_validator("party_key", mode="before")
-    @classmethod
-    def _party_key(cls, value: object) -> object:
-        return None if value is None else normalise_party_key(value)
+    pattern: EbxmlPattern | None = None
 
 
 class EbxmlExampleAdapter(Adapter):
@@ -68,7 +55,7 @@ class EbxmlExampleAdapter(Adapter):
     options_model = ExampleOptions
     options_help = "see ExampleOptions"
     #: Shown by ``sds-plugins demo`` (Spine's own PSIS system in the sandbox's reference data).
-    example: ClassVar[Mapping[str, Any] | None] = {
+    example = {
         "org": "YES",
         "interaction": "urn:nhs:names:services:psis:REPC_IN150016UK05",
         "from_asid": "200000000359",

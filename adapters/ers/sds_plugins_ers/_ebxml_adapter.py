@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from datetime import timedelta
-from typing import Any, ClassVar
-
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
 
 from sds_plugins import (
+    ENVELOPE_TTL,
     Adapter,
+    AdapterOptions,
+    Asid,
     HttpRequestSpec,
     InvalidInputError,
     Lookup,
     Party,
+    PartyKey,
     Resolution,
     RouteRequest,
     RoutingEnvelope,
+    normalise_asid,
     normalise_party_key,
 )
-from sds_plugins.ebxml import MessagingPattern, ebxml_routing
+from sds_plugins.ebxml import EbxmlPattern, MessagingPattern, ebxml_routing
 
 from ._settings import ErsSettings
 
@@ -39,58 +40,19 @@ EBS_INTERACTIONS: Mapping[str, MessagingPattern] = {
     f"{EBS_SERVICE}:PRSC_IN080000UK03": MessagingPattern.FORWARD_EXPRESS,
     f"{EBS_SERVICE}:PRSC_IN040000UK03": MessagingPattern.FORWARD_EXPRESS,
 }
-#: How long a sender may use an envelope: one send with its retries, not a supplier change.
-ENVELOPE_TTL = timedelta(minutes=5)
-
 _HL7_ACTION = re.compile(r"^[A-Z]{4}_IN[0-9]{6}[A-Z]{2}[0-9]{2}$")
-_ASID = re.compile(r"^[0-9]{12}$")
 
 
-class ErsEbxmlOptions(BaseModel):
+class ErsEbxmlOptions(AdapterOptions):
     """An ``ers`` route's options (each also from ``ERS_*`` settings where it says)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
-
     #: Which recipient MHS, when SDS lists several.
-    party_key: str | None = None
+    party_key: PartyKey | None = None
     #: The sender's MHS party key and ASID (default: ERS_FROM_PARTY_KEY, ERS_FROM_ASID).
-    from_party_key: str | None = None
-    from_asid: str | None = None
+    from_party_key: PartyKey | None = None
+    from_asid: Asid | None = None
     #: The messaging pattern, where Spine's lists and SDS's data leave it undetermined.
-    pattern: MessagingPattern | None = None
-
-    @field_validator("party_key", "from_party_key", mode="before")
-    @classmethod
-    def _party_key(cls, value: object, info: ValidationInfo) -> object:
-        return None if value is None else normalise_party_key(value, str(info.field_name))
-
-    @field_validator("from_asid", mode="before")
-    @classmethod
-    def _asid(cls, value: object) -> object:
-        if value is None:
-            return None
-        if not isinstance(value, str) or not _ASID.fullmatch(value.strip()):
-            raise InvalidInputError(
-                f"from_asid: {value!r} is not an ASID (12 digits)", field="from_asid"
-            )
-        return value.strip()
-
-    @field_validator("pattern", mode="before")
-    @classmethod
-    def _pattern(cls, value: object) -> object:
-        if value is None:
-            return None
-        try:
-            pattern = MessagingPattern(value) if isinstance(value, str) else None
-        except ValueError:
-            pattern = None
-        if pattern is None or pattern is MessagingPattern.SYNCHRONOUS:
-            ebxml = [p.value for p in MessagingPattern if p is not MessagingPattern.SYNCHRONOUS]
-            raise InvalidInputError(
-                f"pattern: {value!r} is not an ebXML messaging pattern ({', '.join(ebxml)})",
-                field="pattern",
-            )
-        return pattern
+    pattern: EbxmlPattern | None = None
 
 
 class ErsEbxmlAdapter(Adapter):
@@ -106,7 +68,7 @@ class ErsEbxmlAdapter(Adapter):
     description = "e-RS HL7 V3 (ebs) over Spine ebXML: address, party key, CPA id, ASID, flags"
     options_model = ErsEbxmlOptions
     options_help = "see the e-RS adapters' README"
-    example: ClassVar[Mapping[str, Any] | None] = {
+    example = {
         "org": "X26",
         "interaction": f"{EBS_SERVICE}:PRSC_IN080000UK03",
         "from_party_key": "R69-0000001",
@@ -152,12 +114,7 @@ class ErsEbxmlAdapter(Adapter):
                 field="from_asid",
             )
         # Settings are checked here, options by the model already.
-        party_key = normalise_party_key(party_key, "from_party_key")
-        if not _ASID.fullmatch(asid.strip()):
-            raise InvalidInputError(
-                f"from_asid: {asid!r} is not an ASID (12 digits)", field="from_asid"
-            )
-        return party_key, asid.strip()
+        return normalise_party_key(party_key, "from_party_key"), normalise_asid(asid, "from_asid")
 
     @staticmethod
     def _pattern(request: RouteRequest) -> MessagingPattern | None:

@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from datetime import timedelta
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationInfo, field_validator
 
 from sds_plugins import (
+    ENVELOPE_TTL,
     Adapter,
     HttpRequestSpec,
     InvalidInputError,
@@ -81,8 +81,6 @@ ON_BEHALF_OF_HEADER = "NHSD-eRS-On-Behalf-Of-User-ID"
 USER_CONTEXT_HEADERS = frozenset({BUSINESS_FUNCTION_HEADER, ODS_HEADER, ON_BEHALF_OF_HEADER})
 
 FHIR_JSON = "application/fhir+json"
-#: Envelopes older than this are resolved again (and never outlive their token).
-ENVELOPE_TTL = timedelta(minutes=5)
 
 # Path parameters: option name -> (pattern, description). Each value is first checked as one
 # plain path segment (check_path_segment: no "..", "%2e%2e", "..;", encoded "/"...), then must
@@ -293,7 +291,7 @@ class ErsFhirAdapter(Adapter):
     description = "e-RS FHIR API requests (A005, A008, A030, A033, A042) with a bearer token"
     options_model = ErsFhirOptions
     options_help = "see the e-RS adapters' README"
-    example: ClassVar[Mapping[str, Any] | None] = {
+    example = {
         "org": "R69",
         "interaction": f"{FHIR_INTERACTION_PREFIX}a005-retrieve-referral-request",
         "ubrn": "000000070000",

@@ -56,7 +56,7 @@ class GpConnectAdapter(Adapter):
     description = "GP Connect: Spine Secure Proxy requests with SDS-resolved provider and consumer"
     options_model = GpConnectOptions
     options_help = "see the GP Connect adapter's README for every option"
-    example: ClassVar[Mapping[str, Any] | None] = {
+    example = {
         "org": "B82617",
         "interaction": "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1",
         "encounter": "demo-encounter-1",

@@ -6,46 +6,45 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import field_validator, model_validator
 
 from sds_plugins import (
+    AdapterOptions,
+    Asid,
     InvalidInputError,
+    OdsCode,
+    PartyKey,
     check_header_value,
     check_relative_path,
-    normalise_ods_code,
-    normalise_party_key,
 )
 
 __all__ = ["GpConnectOptions"]
 
-_ASID = re.compile(r"^[0-9]{12}$")
 _SCOPE = re.compile(r"^(patient|organization)/\*\.(read|write)( conf/[NR])?$")
 # Characters a FHIR path and query may carry unencoded; check_relative_path does the structural
 # checks (dot segments, literal or encoded; ';' path parameters; empty segments...).
 _PATH = re.compile(r"[A-Za-z0-9$._~\-/?&=%:+,;*@!']+")
 
 
-class GpConnectOptions(BaseModel):
+class GpConnectOptions(AdapterOptions):
     """Everything a consumer supplies. Names are the portable option names of the README."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", str_strip_whitespace=True)
-
     # The consumer system: its ASID directly, or looked up in SDS.
-    consumer_asid: str | None = None
-    consumer_ods: str | None = None
-    consumer_supplier_ods: str | None = None
+    consumer_asid: Asid | None = None
+    consumer_ods: OdsCode | None = None
+    consumer_supplier_ods: OdsCode | None = None
     # Where and what.
     ssp_url: str
     fhir_path: str | None = None
     method: Literal["GET", "POST", "PUT", "DELETE", "PATCH"] | None = None
-    party_key: str | None = None
+    party_key: PartyKey | None = None
     encounter: str | None = None
     # JWT claims.
     system_url: str
     system_name: str
     system_version: str
     device_identifier: str | None = None
-    organization_ods: str
+    organization_ods: OdsCode
     organization_name: str
     practitioner_id: str
     practitioner_sds_user_id: str = "UNK"
@@ -73,23 +72,6 @@ class GpConnectOptions(BaseModel):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
-
-    @field_validator("consumer_asid")
-    @classmethod
-    def _asid(cls, value: str | None) -> str | None:
-        if value is not None and not _ASID.match(value):
-            raise ValueError(f"{value!r} is not an ASID (12 digits)")
-        return value
-
-    @field_validator("consumer_ods", "consumer_supplier_ods", "organization_ods")
-    @classmethod
-    def _ods(cls, value: str | None, info: Any) -> str | None:
-        return None if value is None else normalise_ods_code(value, info.field_name)
-
-    @field_validator("party_key")
-    @classmethod
-    def _party_key(cls, value: str | None) -> str | None:
-        return None if value is None else normalise_party_key(value)
 
     @field_validator("ssp_url", "system_url", "practitioner_local_user_id_system")
     @classmethod

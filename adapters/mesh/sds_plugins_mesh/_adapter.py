@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from cachetools import LRUCache
 from pydantic import BaseModel, ConfigDict, SecretStr, ValidationInfo, field_validator
 from sds_plugins import (
+    ENVELOPE_TTL,
     Adapter,
     AmbiguousError,
     Candidate,
@@ -57,7 +57,6 @@ __all__ = [
 #: tokens up to two hours from its own clock; five minutes stays far inside that window even with
 #: a skewed clock, and is also how stale a mailbox choice may get before the route is resolved
 #: again (mailbox lookups themselves are cached by the engine's TTL).
-ENVELOPE_TTL = timedelta(minutes=5)
 
 #: MESH's limit per request (after compression). Larger payloads go in chunks: chunk_requests().
 MAX_REQUEST_BYTES = 100 * 1000 * 1000
@@ -198,9 +197,8 @@ class MeshAdapter(Adapter):
     )
     options_model = MeshOptions
     options_help = "see the MESH adapter's README"
-    # No example route: `sds-plugins demo` routes examples against the embedded SDS sandbox,
-    # and MESH needs a mesh-sandbox; sds_plugins_mesh.demo() shows this adapter instead.
-    example: ClassVar[Mapping[str, Any] | None] = None
+    # No example route (the base's None): `sds-plugins demo` routes examples against the
+    # embedded SDS sandbox, and MESH needs a mesh-sandbox; sds_plugins_mesh.demo() shows it.
 
     def __init__(self, settings: MeshSettings | None = None) -> None:
         self.settings = settings if settings is not None else MeshSettings()
