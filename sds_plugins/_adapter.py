@@ -129,10 +129,22 @@ class Candidate(BaseModel):
     address: str | None = None
     asid: str | None = None
     records: tuple[Any, ...] = ()
+    #: What a caller's choice (the selection's ``option``) is compared with: a MESH mailbox id,
+    #: for example. ``None``: the party key.
+    key: str | None = None
+
+    @property
+    def choice(self) -> str | None:
+        """The value a caller names to choose this candidate: :attr:`key`, else the party key."""
+        return self.key if self.key is not None else self.party_key
 
     def describe(self) -> dict[str, Any]:
-        """Party key, address and ASID, for messages and ``AmbiguousError.candidates``."""
-        return {"party_key": self.party_key, "address": self.address, "asid": self.asid}
+        """Party key, address and ASID (and key, when set), for messages and
+        ``AmbiguousError.candidates``."""
+        described = {"party_key": self.party_key, "address": self.address, "asid": self.asid}
+        if self.key is not None:
+            described["key"] = self.key
+        return described
 
     @property
     def endpoint(self) -> MessageHandlingEndpoint | None:
@@ -200,7 +212,7 @@ class Resolution:
         self,
         request: RouteRequest,
         outcomes: Mapping[str, LookupOutcome],
-        select: Callable[[Sequence[Candidate], RouteRequest, str], Candidate],
+        select: Callable[[Sequence[Candidate], RouteRequest, str, str | None], Candidate],
         now: datetime | None = None,
         *,
         memo: dict[Any, Any] | None = None,
@@ -218,13 +230,21 @@ class Resolution:
         """Records of the planned lookup ``name``."""
         return self.outcomes[name].records
 
-    def select(self, candidates: Sequence[Candidate], *, role: str = "target") -> Candidate:
+    def select(
+        self,
+        candidates: Sequence[Candidate],
+        *,
+        role: str = "target",
+        option: str | None = "party_key",
+    ) -> Candidate:
         """Apply the selection policy (the ``sds_select_candidate`` hook) to ``candidates``.
 
-        ``role`` says what is being chosen ("provider", "consumer", "recipient"...) for messages.
-        Raises :class:`NotFoundError` or :class:`AmbiguousError` when the policy cannot choose.
+        ``role`` says what is being chosen ("provider", "consumer", "recipient"...) for messages;
+        ``option`` is the route option through which the caller may name one (compared with
+        :attr:`Candidate.choice`), ``None`` when there is none. Raises :class:`NotFoundError`
+        or :class:`AmbiguousError` when the policy cannot choose.
         """
-        return self._select(candidates, self.request, role)
+        return self._select(candidates, self.request, role, option)
 
     def recipient(
         self,

@@ -91,16 +91,21 @@ class ExactlyOnePolicy:
 
     @hookimpl(trylast=True)
     def sds_select_candidate(
-        self, candidates: Sequence[Candidate], request: RouteRequest, role: str
+        self,
+        candidates: Sequence[Candidate],
+        request: RouteRequest,
+        role: str,
+        option: str | None,
     ) -> Candidate:
-        wanted = request.option("party_key")
+        wanted = request.option(option) if option else None
         pool = list(candidates)
         if wanted is not None:
-            key = normalise_party_key(wanted)
-            pool = [candidate for candidate in pool if candidate.party_key == key]
+            key = normalise_party_key(wanted) if option == "party_key" else str(wanted).strip()
+            pool = [candidate for candidate in pool if candidate.choice == key]
             if not pool:
+                what = "party key" if option == "party_key" else option
                 raise NotFoundError(
-                    f"no {role} record has party key {key} for {request.org} "
+                    f"no {role} record has {what} {key} for {request.org} "
                     f"(candidates: {_describe(candidates)})",
                     correlation_id=request.correlation_id,
                 )
@@ -111,9 +116,10 @@ class ExactlyOnePolicy:
                 f"no {role} record for {request.org} and {request.interaction}",
                 correlation_id=request.correlation_id,
             )
+        how = f"pass the {option} option to choose" if option else "candidates"
         raise AmbiguousError(
             f"{len(pool)} {role} records for {request.org} and {request.interaction}; "
-            f"pass the party_key option to choose: {_describe(pool)}",
+            f"{how}: {_describe(pool)}",
             candidates=[candidate.describe() for candidate in pool],
             correlation_id=request.correlation_id,
         )
@@ -129,11 +135,15 @@ class LowestPartyKeyPolicy:
 
     @hookimpl
     def sds_select_candidate(
-        self, candidates: Sequence[Candidate], request: RouteRequest, role: str
+        self,
+        candidates: Sequence[Candidate],
+        request: RouteRequest,
+        role: str,
+        option: str | None,
     ) -> Candidate | None:
-        if request.option("party_key") is not None or len(candidates) < 2:
+        if (option and request.option(option) is not None) or len(candidates) < 2:
             return None  # leave the usual rules to the default policy
-        chosen = min(candidates, key=lambda c: (c.party_key or "", c.address or ""))
+        chosen = min(candidates, key=lambda c: (c.choice or "", c.address or ""))
         logger.warning(
             "%d %s records for %s and %s; chose party key %s by policy (correlation_id=%s)",
             len(candidates),
@@ -148,7 +158,9 @@ class LowestPartyKeyPolicy:
 
 def _describe(candidates: Sequence[Candidate]) -> str:
     return "; ".join(
-        f"party_key={c.party_key} address={c.address} asid={c.asid}" for c in candidates
+        f"party_key={c.party_key} address={c.address} asid={c.asid}"
+        + (f" key={c.key}" if c.key is not None else "")
+        for c in candidates
     )
 
 

@@ -490,10 +490,14 @@ class Router:
         }
 
     def _select(
-        self, candidates: Sequence[Candidate], request: RouteRequest, role: str
+        self,
+        candidates: Sequence[Candidate],
+        request: RouteRequest,
+        role: str,
+        option: str | None,
     ) -> Candidate:
         chosen = self.host.hook.sds_select_candidate(
-            candidates=list(candidates), request=request, role=role
+            candidates=list(candidates), request=request, role=role, option=option
         )
         if chosen is None:
             raise NotFoundError(

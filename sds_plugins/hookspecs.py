@@ -112,18 +112,25 @@ def sds_provide_rate_limiter(settings: Settings) -> RateLimiter | None:
 
 @hookspec(firstresult=True)
 def sds_select_candidate(
-    candidates: Sequence[Candidate], request: RouteRequest, role: str
+    candidates: Sequence[Candidate], request: RouteRequest, role: str, option: str | None
 ) -> Candidate | None:
     """Choose one of several candidate destinations, or return ``None`` to defer.
 
-    Stops at first non-None result. The default policy accepts exactly one candidate (after
-    narrowing by a caller-supplied ``party_key`` option) and otherwise raises
+    Stops at first non-None result. Candidates are not only SDS's joined MHS records: MESH
+    mailboxes (role ``"recipient mailbox"``) and GP Connect consumer systems (``"consumer"``)
+    come through here too, each with its records. The default policy accepts exactly one
+    candidate (after narrowing by the caller's ``option``) and otherwise raises
     :class:`sds_plugins.AmbiguousError` listing them, or :class:`sds_plugins.NotFoundError` when
     there are none. Raise those yourself to refuse.
 
     :param role: what is being chosen ("provider", "consumer", "recipient"...).
+    :param option: the route option through which a caller chooses among such candidates
+        (``"party_key"`` for MHS records, ``"mailbox_id"`` for MESH mailboxes; its value is
+        compared with :attr:`Candidate.key`), or ``None`` when callers choose otherwise (GP
+        Connect narrows consumer systems by ``consumer_supplier_ods`` in the lookup itself).
 
     .. versionadded:: 0.1
+    .. versionchanged:: 0.2 ``option``, and candidates that are not MHS records.
     """
 
 

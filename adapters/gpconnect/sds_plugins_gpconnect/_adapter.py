@@ -13,6 +13,7 @@ from sds_plugins import (
     AccreditedSystem,
     Adapter,
     AmbiguousError,
+    Candidate,
     ClientTls,
     HttpRequestSpec,
     InvalidInputError,
@@ -235,7 +236,17 @@ class GpConnectAdapter(Adapter):
                 ),
                 correlation_id=request.correlation_id,
             )
-        if len(systems) > 1:
+        if len(systems) == 1:
+            return systems[0]
+        # Several: the selection policy decides (a deployment may install one, e.g. to prefer
+        # its own supplier's system); the default refuses, re-worded to name the options a GP
+        # Connect caller has (the lookup already narrowed by consumer_supplier_ods).
+        candidates = [
+            Candidate(asid=s.asid, party_key=s.party_key, key=s.asid, records=(s,)) for s in systems
+        ]
+        try:
+            chosen = resolved.select(candidates, role="consumer", option=None)
+        except AmbiguousError as exc:
             raise AmbiguousError(
                 f"{len(systems)} consumer systems at {options.consumer_ods} for "
                 f"{request.interaction}; pass consumer_supplier_ods (the system's supplier ODS "
@@ -250,8 +261,10 @@ class GpConnectAdapter(Adapter):
                     for s in systems
                 ],
                 correlation_id=request.correlation_id,
-            )
-        return systems[0]
+            ) from exc
+        system = chosen.device
+        assert system is not None  # we built the candidates above
+        return system
 
 
 def requested_scope(spec: Interaction, options: GpConnectOptions) -> tuple[str, bool | None]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import jwt
@@ -30,12 +31,14 @@ from sds_plugins_gpconnect._jwt import access_token
 
 from sds_plugins import (
     AmbiguousError,
+    Candidate,
     InvalidInputError,
     NotFoundError,
     PluginHost,
     Router,
     RoutingEnvelope,
     Settings,
+    hookimpl,
 )
 from sds_plugins.sandbox import Sandbox
 from sds_plugins.testing import ManualClock
@@ -242,6 +245,36 @@ async def test_consumer_lookup(router: Router, gpc_sandbox: Sandbox) -> None:
     assert gpc_sandbox.stats()["requests"] == {DEVICE: 2, ENDPOINT: 1}
     with pytest.raises(NotFoundError, match="made by X26"):
         await _route(router, **options, consumer_supplier_ods="X26")
+
+
+class PreferAsid:
+    """A deployment's policy: among several consumer systems, the one with this ASID."""
+
+    def __init__(self, asid: str) -> None:
+        self.asid = asid
+        self.seen: list[tuple[str, str | None, list[str | None]]] = []
+
+    @hookimpl
+    def sds_select_candidate(
+        self, candidates: Sequence[Candidate], role: str, option: str | None
+    ) -> Candidate | None:
+        self.seen.append((role, option, [c.choice for c in candidates]))
+        return next((c for c in candidates if c.asid == self.asid), None)
+
+
+async def test_the_consumer_system_is_chosen_by_the_selection_policy(gpc_sandbox: Sandbox) -> None:
+    policy = PreferAsid("200000000501")
+    host = PluginHost(environ={"SDS_PLUGINS_LOAD": "sds-plugins-gpconnect"})
+    host.register(policy)
+    async with Router(Settings(base_url=gpc_sandbox.base_url), host=host) as router:
+        envelope = await _route(router, consumer_asid=None, consumer_ods=CONSUMER)
+    assert envelope.request.headers["Ssp-From"] == "200000000501"
+    assert envelope.source.asid == "200000000501"
+    # The consumer systems came through the hook, with no option to narrow them by (the
+    # provider's party_key option is not theirs).
+    assert ("consumer", None, ["200000000501", "200000000502"]) in [
+        (role, option, sorted(choices, key=str)) for role, option, choices in policy.seen
+    ]
 
 
 @pytest.mark.parametrize(

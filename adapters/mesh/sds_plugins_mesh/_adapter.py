@@ -291,9 +291,9 @@ class MeshAdapter(Adapter):
             return pool[0]
         # Several: the selection policy decides (a deployment may install one); the default
         # refuses, and the refusal is re-worded to name the option MESH callers have.
-        candidates = [Candidate(address=m.mailbox_id, records=(m,)) for m in pool]
+        candidates = [Candidate(key=m.mailbox_id, records=(m,)) for m in pool]
         try:
-            chosen = resolved.select(candidates, role="recipient mailbox")
+            chosen = resolved.select(candidates, role="recipient mailbox", option="mailbox_id")
         except AmbiguousError as exc:
             raise AmbiguousError(
                 f"{len(pool)} MESH mailboxes receive {where}; pass the mailbox_id option to "
