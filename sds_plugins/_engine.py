@@ -156,17 +156,17 @@ class Router:
         """Ask the plugins for sources, adapters, cache and rate limiter (no network I/O)."""
         if self._started:
             return
-        hook = self.host.hook
+        host = self.host
         settings = self.settings
-        self.rate_limiter = hook.sds_provide_rate_limiter(settings=settings)
+        self.rate_limiter = host.provide_rate_limiter(settings)
         context = SourceContext(
             settings,
             self.rate_limiter,
-            lambda name: hook.sds_provide_auth(source=name, settings=settings),
+            lambda name: host.provide_auth(name, settings),
         )
-        hook.sds_register_sources(register=self._add_source, context=context)
-        hook.sds_register_adapters(register=self._add_adapter)
-        backend = hook.sds_provide_cache(settings=settings)
+        host.register_sources(self._add_source, context)
+        host.register_adapters(self._add_adapter)
+        backend = host.provide_cache(settings)
         if backend is None:
             raise ConfigurationError("no plugin provided a cache backend")
         self._cache = LookupCache(
@@ -178,6 +178,7 @@ class Router:
             clock=self.clock,
         )
         self._started = True
+        host.router_started()
 
     async def aclose(self) -> None:
         closers = [source.aclose() for source in self.sources.values()]
@@ -195,6 +196,8 @@ class Router:
         self._cache = None
         self.rate_limiter = None
         self._prepared.clear()  # they hold the adapters and sources just forgotten
+        if self._started:
+            self.host.router_closed()
         self._started = False
 
     @property
@@ -353,7 +356,7 @@ class Router:
         records: int = 0,
         error: DirectoryError | None = None,
     ) -> None:
-        if not self.host.hook.sds_lookup_completed.get_hookimpls():
+        if not self.host.has_listeners("sds_lookup_completed"):
             return  # nobody listens: skip building the event on the hot path
         event = LookupEvent(
             time=datetime.now(UTC),
@@ -415,7 +418,7 @@ class Router:
                 memo=prepared.memo,
             )
             envelope = prepared.adapter.build(request, resolution)
-            final = self.host.hook.sds_finalize_envelope(envelope=envelope, request=request)
+            final = self.host.finalize_envelope(envelope, request)
             if final is None:
                 raise EnvelopeVetoedError(
                     "a plugin returned no envelope from sds_finalize_envelope"
@@ -424,7 +427,7 @@ class Router:
             self._emit_route(adapter, request, resolution, started, exc, org, interaction)
             raise
         self._emit_route(adapter, request, resolution, started, None, org, interaction)
-        return final  # type: ignore[no-any-return]
+        return final
 
     def _prepare(
         self,
@@ -496,15 +499,13 @@ class Router:
         role: str,
         option: str | None,
     ) -> Candidate:
-        chosen = self.host.hook.sds_select_candidate(
-            candidates=list(candidates), request=request, role=role, option=option
-        )
+        chosen = self.host.select_candidate(list(candidates), request, role, option)
         if chosen is None:
             raise NotFoundError(
                 f"no selection policy chose a {role} for {request.org}",
                 correlation_id=request.correlation_id,
             )
-        return chosen  # type: ignore[no-any-return]
+        return chosen
 
     def _emit_route(
         self,
@@ -516,7 +517,7 @@ class Router:
         org: str,
         interaction: str,
     ) -> None:
-        if not self.host.hook.sds_route_completed.get_hookimpls():
+        if not self.host.has_listeners("sds_route_completed"):
             return
         outcome: RouteOutcome = "ok"
         details: dict[str, Any] = {}

@@ -7,9 +7,14 @@ plugins, ``trylast``), then, unless told not to, the ``sds_plugins`` entry point
 - ``SDS_PLUGINS_DISABLE``: comma-separated plugin names to block (built-ins included);
 - ``SDS_PLUGINS_TRACE``: any non-empty value logs every hook call to stderr.
 
-Every registration is checked: ``check_pending()`` (a misspelt hook name fails loudly) and no
+Every registration is checked: ``check_pending()`` (a misspelt hook name fails loudly), no
 ``async def`` hook implementations (hooks are synchronous; a coroutine would always "win" a
-first-result hook).
+first-result hook), and no plugin implementing a start-time hook (``hookspecs.START_HOOKS``)
+while a router on this host is running (it would silently do nothing).
+
+The engine and tools call hooks through the typed methods below (``host.register_adapters``,
+``host.select_candidate``...), so a type checker sees what each hook takes and returns;
+``host.hook`` is pluggy's untyped relay, for anything else.
 """
 
 from __future__ import annotations
@@ -19,13 +24,25 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
 
 from . import hookspecs
 from ._exceptions import PluginError
+
+if TYPE_CHECKING:
+    import httpx
+    from rich.console import Console
+
+    from ._adapter import Adapter, Candidate, RouteRequest
+    from ._cache import CacheBackend
+    from ._envelope import RoutingEnvelope
+    from ._events import LookupEvent, RouteEvent
+    from ._ratelimit import RateLimiter
+    from ._settings import Settings
+    from ._sources import DirectorySource, SourceContext
 
 __all__ = ["PluginHost"]
 
@@ -54,6 +71,7 @@ class PluginHost:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._distributions: dict[str, tuple[str, str]] = {}
+        self._running = 0  # routers started on this host and not closed
         self._only = {_normalise_dist(name) for name in _names(env.get("SDS_PLUGINS_LOAD"))}
         for name in _names(env.get("SDS_PLUGINS_DISABLE")):
             self.pm.set_blocked(name)
@@ -111,7 +129,89 @@ class PluginHost:
             raise PluginError(
                 f"plugin {registered or name!r} implements unknown hooks: {exc}", plugin=name
             ) from exc
+        if self._running:
+            late = hookspecs.START_HOOKS.intersection(
+                caller.name for caller in self.pm.get_hookcallers(plugin) or []
+            )
+            if late:
+                self.pm.unregister(plugin)
+                raise PluginError(
+                    f"plugin {registered or name!r} implements {', '.join(sorted(late))}, which "
+                    "a router calls only when it starts, and a router on this host is running: "
+                    "register it before starting the router (or on a new host)",
+                    plugin=name,
+                )
         return registered
+
+    def router_started(self) -> None:
+        """Called by a router when it has started (from then on, start-time hooks are closed)."""
+        self._running += 1
+
+    def router_closed(self) -> None:
+        """Called by a router when it has closed."""
+        self._running = max(0, self._running - 1)
+
+    @property
+    def running(self) -> bool:
+        """Whether a router on this host is running (then start-time plugins are refused)."""
+        return self._running > 0
+
+    # -- the hooks, typed ---------------------------------------------------------------------
+
+    def register_adapters(self, register: Callable[[Adapter], None]) -> None:
+        self.pm.hook.sds_register_adapters(register=register)
+
+    def register_sources(
+        self, register: Callable[[DirectorySource], None], context: SourceContext
+    ) -> None:
+        self.pm.hook.sds_register_sources(register=register, context=context)
+
+    def provide_auth(self, source: str, settings: Settings) -> httpx.Auth | None:
+        return cast(
+            "httpx.Auth | None", self.pm.hook.sds_provide_auth(source=source, settings=settings)
+        )
+
+    def provide_cache(self, settings: Settings) -> CacheBackend | None:
+        return cast("CacheBackend | None", self.pm.hook.sds_provide_cache(settings=settings))
+
+    def provide_rate_limiter(self, settings: Settings) -> RateLimiter | None:
+        return cast("RateLimiter | None", self.pm.hook.sds_provide_rate_limiter(settings=settings))
+
+    def select_candidate(
+        self,
+        candidates: Sequence[Candidate],
+        request: RouteRequest,
+        role: str,
+        option: str | None,
+    ) -> Candidate | None:
+        return cast(
+            "Candidate | None",
+            self.pm.hook.sds_select_candidate(
+                candidates=candidates, request=request, role=role, option=option
+            ),
+        )
+
+    def finalize_envelope(
+        self, envelope: RoutingEnvelope, request: RouteRequest
+    ) -> RoutingEnvelope | None:
+        return cast(
+            "RoutingEnvelope | None",
+            self.pm.hook.sds_finalize_envelope(envelope=envelope, request=request),
+        )
+
+    def has_listeners(self, hook_name: str) -> bool:
+        """Whether any plugin implements notification hook ``hook_name`` (events are built only
+        when someone listens)."""
+        return bool(getattr(self.pm.hook, hook_name).get_hookimpls())
+
+    def lookup_completed(self, event: LookupEvent) -> None:
+        self.pm.hook.sds_lookup_completed(event=event)
+
+    def route_completed(self, event: RouteEvent) -> None:
+        self.pm.hook.sds_route_completed(event=event)
+
+    def register_demos(self, register: Callable[[str, Callable[[Console], None]], None]) -> None:
+        self.pm.hook.sds_register_demos(register=register)
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)

@@ -29,6 +29,7 @@ import pluggy
 
 if TYPE_CHECKING:
     import httpx
+    from rich.console import Console
 
     from ._adapter import Adapter, Candidate, RouteRequest
     from ._cache import CacheBackend
@@ -38,7 +39,7 @@ if TYPE_CHECKING:
     from ._settings import Settings
     from ._sources import DirectorySource, SourceContext
 
-__all__ = ["PROJECT", "hookimpl", "hookspec"]
+__all__ = ["PROJECT", "START_HOOKS", "hookimpl", "hookspec"]
 
 #: The pluggy project name, and the entry-point group plugins are discovered under.
 PROJECT = "sds_plugins"
@@ -46,6 +47,19 @@ PROJECT = "sds_plugins"
 hookspec = pluggy.HookspecMarker(PROJECT)
 #: Mark a plugin's hook implementations with this.
 hookimpl = pluggy.HookimplMarker(PROJECT)
+
+#: The hooks a router calls once, when it starts. A plugin implementing one of them cannot be
+#: registered on a host while a router it serves is running (it would silently do nothing):
+#: :meth:`PluginHost.register` raises :class:`~sds_plugins.PluginError` instead.
+START_HOOKS = frozenset(
+    {
+        "sds_register_adapters",
+        "sds_register_sources",
+        "sds_provide_auth",
+        "sds_provide_cache",
+        "sds_provide_rate_limiter",
+    }
+)
 
 
 @hookspec
@@ -167,4 +181,20 @@ def sds_route_completed(event: RouteEvent) -> None:
     :param event: a :class:`sds_plugins.RouteEvent`. Must not raise or block.
 
     .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def sds_register_demos(register: Callable[[str, Callable[[Console], None]], None]) -> None:
+    """Called by ``sds-plugins demo`` (never by a router); call ``register(name, show)`` for each
+    demonstration your plugin offers.
+
+    :param register: takes a name and ``show(console)``, a callable the demo command calls with
+        a ``rich.console.Console`` after its own part. ``show`` is tooling, not routing: it may
+        start servers and do I/O (the hook itself does not). One demo failing does not stop
+        the others. Adapters the embedded SDS sandbox can route need no demo: their
+        ``Adapter.example`` is routed already; this is for those that need more (the MESH
+        adapter starts NHS's mesh-sandbox).
+
+    .. versionadded:: 0.2
     """

@@ -71,18 +71,6 @@ __all__ = [
     "mtls_server",
 ]
 
-# Hooks the router calls once, in ``start()``: a plugin implementing one of these that is
-# registered after its router started would silently have no effect.
-_START_HOOKS = frozenset(
-    {
-        "sds_register_adapters",
-        "sds_register_sources",
-        "sds_provide_auth",
-        "sds_provide_cache",
-        "sds_provide_rate_limiter",
-    }
-)
-
 # The only SDS_PLUGINS_* variable a test host honours: tracing helps debug a failing test, while
 # SDS_PLUGINS_DISABLE/LOAD in a developer's shell would make results depend on who runs them.
 _HOST_ENV_PASSTHROUGH = ("SDS_PLUGINS_TRACE",)
@@ -358,7 +346,8 @@ def sds_register_plugin(
     Everything registered is unregistered when the test ends, so no plugin leaks into another
     test. Register before the router starts (in a fixture, e.g. ``autouse=True``, rather than in
     the test body when the test also uses ``sds_router``): adapters, sources, auth, cache and
-    rate limiter are collected once, at start; registering such a plugin later raises.
+    rate limiter are collected once, at start; registering such a plugin while the router runs
+    raises :class:`sds_plugins.PluginError` (the host refuses it).
     """
     host = sds_plugin_host
     names: list[str] = []
@@ -367,16 +356,6 @@ def sds_register_plugin(
         registered = host.register(plugin, name=name)
         if registered is None:
             raise ValueError(f"plugin name {name!r} is blocked on this host")
-        late = _START_HOOKS.intersection(
-            caller.name for caller in host.pm.get_hookcallers(plugin) or []
-        )
-        if late and any(router.host is host for router in _sds_test_routers.started):
-            host.unregister(registered)
-            raise RuntimeError(
-                f"plugin {registered!r} implements {', '.join(sorted(late))}, which the router "
-                "calls only when it starts, and the test's router has already started. Register "
-                "it in a fixture the test requests before sds_router (autouse=True works)."
-            )
         names.append(registered)
         return registered
 

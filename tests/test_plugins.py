@@ -6,6 +6,7 @@ import importlib.metadata
 import subprocess
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -158,3 +159,30 @@ def test_importing_has_no_side_effects() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+async def test_a_start_time_plugin_is_refused_while_a_router_runs_and_accepted_after() -> None:
+    from sds_plugins import Adapter, Router, Settings
+    from sds_plugins.hookspecs import START_HOOKS
+
+    class Late:
+        @hookimpl
+        def sds_register_adapters(self, register: Callable[[Adapter], None]) -> None:
+            pass
+
+    class Observer:
+        @hookimpl
+        def sds_route_completed(self, event: object) -> None:
+            pass
+
+    assert "sds_register_adapters" in START_HOOKS
+    host = PluginHost(load_entrypoints=False, environ={})
+    router = Router(Settings(base_url="http://127.0.0.1:9"), host=host)
+    async with router:
+        assert host.running
+        with pytest.raises(PluginError, match="a router on this host is running") as refused:
+            host.register(Late(), name="late")
+        assert refused.value.plugin == "late" and not host.pm.has_plugin("late")
+        host.register(Observer(), name="observer")  # per-route hooks may come at any time
+    assert not host.running
+    assert host.register(Late(), name="late") == "late"  # before the next start: fine

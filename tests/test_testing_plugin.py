@@ -17,6 +17,7 @@ from sds_plugins import (
     Lookup,
     MessageHandlingEndpoint,
     Party,
+    PluginError,
     PluginHost,
     Resolution,
     Router,
@@ -166,7 +167,7 @@ async def test_registering_a_start_time_plugin_after_the_router_started_is_refus
         def sds_register_adapters(self, register: Callable[[Adapter], None]) -> None:
             raise AssertionError("never called")
 
-    with pytest.raises(RuntimeError, match="already started"):
+    with pytest.raises(PluginError, match="a router on this host is running"):
         sds_register_plugin(Late(), name="late")
     assert not sds_plugin_host.pm.has_plugin("late")
 

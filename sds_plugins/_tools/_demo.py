@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
 import json
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -20,6 +20,7 @@ from .._auth import SignedJwtAuth
 from .._client import RetryPolicy, SdsClient
 from .._engine import Router
 from .._exceptions import InvalidInputError, SdsPluginsError
+from .._plugins import PluginHost
 from .._settings import Settings
 from ..hookspecs import hookimpl
 
@@ -86,16 +87,15 @@ def run_demo(console: Console | None = None) -> None:
 
 
 def _adapter_demos(console: Console) -> None:
-    """Demos of adapters that need more than the SDS sandbox (MESH needs a mesh-sandbox).
-
-    An adapter distribution offers one under the ``sds_plugins_demo`` entry-point group: a
-    callable taking the rich ``Console``. It is demo tooling, not routing, so it is not a hook.
-    """
-    for entry in importlib.metadata.entry_points(group="sds_plugins_demo"):
+    """Demos of adapters that need more than the SDS sandbox (MESH needs a mesh-sandbox): what
+    the installed plugins register through ``sds_register_demos``."""
+    demos: list[tuple[str, Callable[[Console], None]]] = []
+    PluginHost().register_demos(lambda name, show: demos.append((name, show)))
+    for name, show in demos:
         try:
-            entry.load()(console)
+            show(console)
         except Exception as exc:  # one adapter's demo must not end the others'
-            console.print(f"[red]demo {entry.name} failed:[/] {type(exc).__name__}: {exc}")
+            console.print(f"[red]demo {name} failed:[/] {type(exc).__name__}: {exc}")
 
 
 async def _lookups(console: Console, base_url: str) -> None:

@@ -45,7 +45,7 @@ class _Lookups:
 def demo(console: Console | None = None, *, sandbox: MeshSandbox | None = None) -> None:
     """Start mesh-sandbox on a free port, route a MESH envelope, send it and receive it.
 
-    ``sds-plugins demo`` calls this through the ``sds_plugins_demo`` entry point. Pass a
+    ``sds-plugins demo`` calls this through the ``sds_register_demos`` hook. Pass a
     running ``sandbox`` to reuse it (one process runs one mesh-sandbox at a time).
     """
     from rich.console import Console

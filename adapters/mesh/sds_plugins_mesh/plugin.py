@@ -10,15 +10,26 @@ the error that names the setting; other adapters keep working.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import httpx
-from sds_plugins import Adapter, ConfiguredPlugin, DirectorySource, RetryPolicy, SourceContext
+from sds_plugins import (
+    Adapter,
+    ConfiguredPlugin,
+    DirectorySource,
+    RetryPolicy,
+    SourceContext,
+    hookimpl,
+)
 
 from ._adapter import MeshAdapter
 from ._auth import MeshAuth
 from ._config import MeshSettings
 from ._lookup import MeshLookupSource
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = ["MeshPlugin", "plugin"]
 
@@ -55,6 +66,15 @@ class MeshPlugin(ConfiguredPlugin[MeshSettings]):
             return None
         credentials = settings.credentials()
         return MeshAuth(credentials) if credentials is not None else None
+
+    @hookimpl
+    def sds_register_demos(
+        self, register: Callable[[str, Callable[[Console], None]], None]
+    ) -> None:
+        # The SDS sandbox cannot show MESH: the demo starts NHS's mesh-sandbox itself.
+        from ._demo import demo
+
+        register("mesh", demo)
 
 
 #: What the entry point loads: configured from ``MESH_*`` when a router starts.
