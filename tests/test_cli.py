@@ -346,3 +346,36 @@ def test_prewarm_summary(make_sandbox: Callable[..., Sandbox], tmp_path: Path) -
         assert failure["error"] in {"DirectoryUnavailableError", "BreakerOpenError"}
         assert failure["message"]
         assert failure["correlation_id"]
+
+
+def test_without_the_sandbox_extra_routing_works_and_the_sandbox_says_what_to_install() -> None:
+    # Run as if starlette were not installed: a deployment that only routes.
+    blocked = "import sys; sys.modules['starlette'] = None; "
+    routing = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            blocked + "import sds_plugins, sds_plugins.testing, sds_plugins.adapters; "
+            "from sds_plugins import Router, Settings; Router(Settings()); print('ok')",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert routing.returncode == 0, routing.stderr
+    assert routing.stdout.strip() == "ok"
+    for command in ("sandbox", "demo"):
+        refused = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                blocked + f"from sds_plugins._tools._cli import main; main([{command!r}])",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.strip().splitlines() == [
+            "error: the SDS sandbox needs starlette: pip install 'sds-plugins[sandbox]'"
+        ]

@@ -303,3 +303,22 @@ def test_public_classes_and_functions_have_docstrings() -> None:
         and not _own_docstring(obj)
     ]
     assert not undocumented, f"public names without a docstring: {', '.join(undocumented)}"
+
+
+def test_the_authors_toolbox_is_the_same_objects_as_the_package() -> None:
+    """``sds_plugins.adapters`` holds what an adapter author needs, nothing of its own."""
+    import sds_plugins.adapters as toolbox
+
+    for name in toolbox.__all__:
+        assert getattr(toolbox, name) is getattr(sds_plugins, name), name
+    # What the example adapter and the walkthrough use is all there.
+    example = ROOT / "examples" / "sds-plugins-example-ebxml" / "sds_plugins_example_ebxml.py"
+    tree = ast.parse(example.read_text(encoding="utf-8"))
+    imported = {
+        alias.name
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        and node.module in ("sds_plugins", "sds_plugins.adapters")
+        for alias in node.names
+    }
+    assert imported and imported <= set(toolbox.__all__)

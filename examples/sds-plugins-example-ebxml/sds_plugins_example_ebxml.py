@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from sds_plugins import (
+from sds_plugins.adapters import (
     ENVELOPE_TTL,
     Adapter,
     AdapterOptions,

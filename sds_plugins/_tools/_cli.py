@@ -38,6 +38,14 @@ def _fail(exc: SdsPluginsError) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
+def _need_sandbox() -> None:
+    """The sandbox is the ``sandbox`` extra: without it, one line naming what to install."""
+    try:
+        import sds_plugins._sandbox  # noqa: F401
+    except ModuleNotFoundError as exc:
+        _fail(ConfigurationError(str(exc)))
+
+
 def _run(coro_factory: Callable[[], Awaitable[_T]]) -> _T:
     async def runner() -> _T:
         return await coro_factory()
@@ -247,6 +255,7 @@ def sandbox(
     synthetic: int,
 ) -> None:
     """Run a local SDS FHIR API that behaves like NHS England's."""
+    _need_sandbox()
     from .._sandbox._config import (
         LIVE_QUOTA_PER_MIN,
         LIVE_RESPONSE_CACHE_S,
@@ -453,6 +462,7 @@ def plugins() -> None:
 @cli.command()
 def demo() -> None:
     """Start the embedded sandbox and show real lookups against it."""
+    _need_sandbox()
     from ._demo import run_demo
 
     try:
