@@ -262,6 +262,7 @@ class RedisLink:
         role: str,
         reconnect_after_s: float = 5.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if reconnect_after_s < 0 or max_connections < 1:
             raise ConfigurationError("Redis needs reconnect_after_s >= 0 and max_connections >= 1")
@@ -272,7 +273,9 @@ class RedisLink:
         self.reconnect_after_s = reconnect_after_s
         self.max_connections = max_connections
         self._client: aioredis.Redis | None = self._new_client()  # parses the URL; no I/O
-        self._down_until = 0.0  # time.monotonic() before which Redis is not tried
+        # What the pause after a failure goes by (tests advance their own instead of sleeping).
+        self._clock = clock
+        self._down_until = 0.0  # clock() before which Redis is not tried
         self.down = False
 
     def __repr__(self) -> str:
@@ -301,7 +304,7 @@ class RedisLink:
 
     def client(self) -> aioredis.Redis | None:
         """The client, or ``None`` while Redis is considered down."""
-        if self.down and time.monotonic() < self._down_until:
+        if self.down and self._clock() < self._down_until:
             return None
         if self._client is None:
             self._client = self._new_client()
@@ -312,7 +315,7 @@ class RedisLink:
 
     def failed(self, exc: BaseException, fallback: str) -> None:
         """Redis failed: stop trying for ``reconnect_after_s``; warn once per outage."""
-        self._down_until = time.monotonic() + self.reconnect_after_s
+        self._down_until = self._clock() + self.reconnect_after_s
         if not self.down:
             self.down = True
             logger.warning(
@@ -368,6 +371,7 @@ class RedisCache(CacheBackend):
         fallback: CacheBackend | None = None,
         reconnect_after_s: float = 5.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if lock_ttl_s <= 0 or wait_timeout_s <= 0:
             raise ConfigurationError("RedisCache needs lock_ttl_s > 0 and wait_timeout_s > 0")
@@ -376,6 +380,7 @@ class RedisCache(CacheBackend):
             role="cache",
             reconnect_after_s=reconnect_after_s,
             max_connections=max_connections,
+            clock=clock,
         )
         self.location = self.link.location
         self.prefix = prefix

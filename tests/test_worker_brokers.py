@@ -9,7 +9,6 @@ wait for conditions, with generous limits.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import signal
@@ -275,7 +274,8 @@ async def test_a_directory_outage_mid_batch_ends_in_envelopes(
     for index, request_id in enumerate(during):
         await broker.publish(_request(f"W{index + 5:04d}"), request_id)
     await outcomes.until(lambda: len(_retry_lines(worker)) >= 10, "retries during the outage")
-    await asyncio.sleep(3)  # the outage lasts a few seconds more
+    # The outage lasts until each of those requests has been retried once more (not a time).
+    await outcomes.until(lambda: len(_retry_lines(worker)) >= 20, "a second round of retries")
     sandbox.set_faults(outage=False)
 
     everything = before + during
