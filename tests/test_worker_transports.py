@@ -20,7 +20,7 @@ class FakeSubscription:
         self.stop = stop
         self.fetches = 0
 
-    async def fetch(self, batch: int, timeout: float) -> list[str]:  # noqa: ASYNC109 - nats-py's
+    async def fetch(self, batch: int, timeout: float) -> list[str]:  # noqa: ASYNC109 - nats-py's API
         self.fetches += 1
         if not self.answers:
             self.stop.set()  # nothing more to say: the worker is told to stop
