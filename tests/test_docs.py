@@ -4,7 +4,9 @@ Code blocks in ``docs/`` are checked one of two ways. A block preceded by
 ``<!-- from: <path> -->`` must be a verbatim excerpt of that file (lines compared without
 indentation; a line ``...`` skips ahead), so the walkthrough cannot drift from the tested
 example. Any other ``python`` block must run on its own; in ``docs/hooks.md`` every hook
-implementation it defines must also register cleanly on a real ``PluginHost``.
+implementation it defines must also register cleanly on a real ``PluginHost``. A block
+preceded by ``<!-- not run: <why> -->`` needs what tests do not have (a Kafka cluster, a
+broker): it is compiled and type-checked with mypy (strict, the project's settings), not run.
 """
 
 from __future__ import annotations
@@ -162,7 +164,9 @@ def test_every_built_in_plugin_is_named_in_the_hooks_reference() -> None:
 
 
 SANDBOX_DOC = DOCS / "sandbox.md"
-DOCS_WITH_CODE = (ADAPTER_DOC, HOOKS_DOC, EXAMPLE_README, SANDBOX_DOC)
+WORKER_DOC = DOCS / "worker.md"
+DOCS_WITH_CODE = (ADAPTER_DOC, HOOKS_DOC, EXAMPLE_README, SANDBOX_DOC, WORKER_DOC)
+_NOT_RUN = re.compile(r"^<!--\s*not run:\s*\S.*-->$")
 
 
 def _all_blocks() -> list[Block]:
@@ -229,10 +233,20 @@ def _needs_a_running_sandbox(block: Block) -> bool:
     return "127.0.0.1:9000" in block.source
 
 
-def _is_pytest_module(block: Block) -> bool:
+def _marker(block: Block) -> str:
+    """The line just before the block's opening fence."""
     lines = block.path.read_text(encoding="utf-8").splitlines()
     fence = block.line - 1  # 0-based index of the opening fence
-    return fence > 0 and lines[fence - 1].strip() == "<!-- pytest -->"
+    return lines[fence - 1].strip() if fence > 0 else ""
+
+
+def _is_pytest_module(block: Block) -> bool:
+    return _marker(block) == "<!-- pytest -->"
+
+
+def _is_not_run(block: Block) -> bool:
+    """A block for what tests do not have (``<!-- not run: why -->``): type-checked instead."""
+    return _NOT_RUN.match(_marker(block)) is not None
 
 
 @pytest.mark.parametrize(
@@ -245,11 +259,39 @@ def _is_pytest_module(block: Block) -> bool:
     ids=str,
 )
 def test_code_samples_run(block: Block, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    if block.path == EXAMPLE_README or _needs_a_running_sandbox(block):
+    if block.path == EXAMPLE_README or _needs_a_running_sandbox(block) or _is_not_run(block):
         compile(block.source, str(block), "exec")  # it needs a server: compiling is enough
     else:
         monkeypatch.chdir(tmp_path)  # samples write files (keys, JWKS) where a reader runs them
         _run(block)
+
+
+def test_blocks_that_are_not_run_type_check(tmp_path: Path) -> None:
+    """What cannot run here (a Kafka consumer, a worker on a broker) still has to be right
+    about this project's API: mypy --strict with the project's settings, on each block as a
+    module. Libraries the tests do not install (aiokafka) are ignored in pyproject.toml."""
+    from mypy import api
+
+    blocks = [b for b in _all_blocks() if b.language == "python" and _is_not_run(b)]
+    assert blocks, "no <!-- not run --> blocks found"
+    files = []
+    for block in blocks:
+        path = tmp_path / f"{block.path.stem.replace('-', '_')}_line_{block.line}.py"
+        path.write_text(block.source, encoding="utf-8")
+        files.append(str(path))
+    stdout, stderr, status = api.run(
+        [
+            "--config-file",
+            str(ROOT / "pyproject.toml"),
+            "--cache-dir",
+            str(ROOT / ".mypy_cache"),
+            "--no-error-summary",
+            *files,
+        ]
+    )
+    for generated, block in zip(files, blocks, strict=True):
+        stdout = stdout.replace(generated, str(block))  # errors point at the document
+    assert status == 0, stdout + stderr
 
 
 @pytest.mark.parametrize(

@@ -298,6 +298,53 @@ async def test_a_directory_outage_mid_batch_ends_in_envelopes(
     assert await broker.requests_left() == 0
 
 
+# --------------------------------------------------------------------------- giving up
+
+
+async def test_an_outage_that_outlasts_max_attempts_ends_in_gave_up_failures(
+    broker: Broker,
+    make_sandbox: Callable[..., Sandbox],
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    """Retries go round the broker (RabbitMQ's retry queue and dead-lettering; NATS's nak with
+    delay), each counted, until --max-attempts: then one failure with gave_up, nothing more."""
+    sandbox = _practices(3, make_sandbox)
+    sandbox.set_faults(outage=True)
+    worker = workers(
+        sandbox.base_url,
+        "--concurrency", "4",
+        "--max-attempts", "3",
+        "--retry-initial-s", "0.2",
+        "--retry-max-s", "0.4",
+        # The first 503 reaches the worker; no breaker, so every attempt asks the directory.
+        env={"SDS_RETRY_ATTEMPTS": "1", "SDS_BREAKER_COOLDOWN_S": "0"},
+    )  # fmt: skip
+    await worker.ready()
+    ids = [f"give-up-{index}" for index in range(3)]
+    for index, request_id in enumerate(ids):
+        await broker.publish(_request(f"W{index:04d}"), request_id)
+
+    outcomes = Outcomes(broker)
+    await outcomes.until(lambda: outcomes.answered(ids) == set(ids), "an outcome for every id")
+    await outcomes.collect()
+    assert sorted(r.message_id or "" for r in outcomes.received) == sorted(ids)
+    for received in outcomes.received:
+        assert (received.destination, received.kind, received.attempts) == (
+            broker.failures,
+            "failure",
+            3,
+        )
+        document = received.json()
+        assert document["gave_up"] is True
+        assert document["attempts"] == 3
+        assert document["error"]["retryable"] is True
+        assert document["error"]["exit_code"] == 5
+        assert document["error"]["correlation_id"] == received.correlation_id
+    assert len(_retry_lines(worker)) == 2 * len(ids)
+    assert sandbox.stats()["statuses"].get("503", 0) >= 3 * len(ids)
+    assert await broker.requests_left() == 0
+
+
 # --------------------------------------------------------------------------- shutdown
 
 
