@@ -575,7 +575,12 @@ def test_two_processes_routing_different_practices_share_one_pace(
     )
     assert [output["outcomes"] for output in outputs] == [{"ok": 60}, {"ok": 60}]
     gateway = sb.stats()["gateway"]
-    assert gateway["spike_arrest_refused"] == 0  # 240 requests, none closer than 25 ms
+    # 240 requests on one shared timeline, one slot per 25 ms. A slot is when a request may
+    # go, and the process writes it a moment later: on a loaded machine two processes' lags
+    # can differ by more than the slot's width, so once in a while the gateway sees two
+    # requests under 25 ms apart and refuses one (it goes again in the next slot; every route
+    # above succeeded). Uncoordinated, two processes draw hundreds of refusals here.
+    assert gateway["spike_arrest_refused"] <= 2
     assert gateway["quota_refused"] == 0
     assert sum(_requests(sb).values()) == 240
 
