@@ -462,9 +462,11 @@ def demo() -> None:
 
 
 # The routing worker lives in its own subpackage; its command joins the group here.
+from .._service._command import serve  # noqa: E402
 from .._worker._command import worker  # noqa: E402
 
 cli.add_command(worker)
+cli.add_command(serve)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
