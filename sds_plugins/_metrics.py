@@ -39,8 +39,10 @@ if TYPE_CHECKING:
 __all__ = ["PrometheusMetrics"]
 
 # Lookups range from a fresh hit (microseconds) to a retried cold lookup (the 20 s budget).
-_LOOKUP_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-_LOOKUP_BUCKETS += (2.5, 5.0, 10.0, 20.0, 30.0)
+_LOOKUP_BUCKETS: tuple[float, ...] = (
+    *(0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5),
+    *(1.0, 2.5, 5.0, 10.0, 20.0, 30.0),
+)
 _BREAKER_STATES = ("closed", "half-open", "open")
 
 

@@ -13,7 +13,7 @@ import hmac
 import logging
 import uuid
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 from starlette.applications import Starlette
@@ -170,8 +170,7 @@ class _Service:
         if self.metrics is None:
             return problem_response(
                 "not-enabled",
-                "metrics are off: install the 'metrics' extra (pip install "
-                "'sds-plugins[metrics]')",
+                "metrics are off: install the 'metrics' extra (pip install 'sds-plugins[metrics]')",
                 error="MetricsUnavailable",
                 correlation_id=None,
                 retryable=False,
@@ -216,9 +215,7 @@ def create_service_app(
         token=secret,
         with_secrets=with_secrets,
         metrics=metrics,
-        readiness=Readiness(
-            router, interval_s=readiness_interval_s, timeout_s=readiness_timeout_s
-        ),
+        readiness=Readiness(router, interval_s=readiness_interval_s, timeout_s=readiness_timeout_s),
     )
     if metrics is not None:
         metrics.watch(router)

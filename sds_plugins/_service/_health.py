@@ -77,13 +77,17 @@ class Readiness:
             "ready": ready,
             "router": {"started": True, "adapters": sorted(router.adapters)},
             "directory": directory,
-            "breakers": {namespace.split(":", 1)[0]: state for namespace, state in breakers.items()},
+            "breakers": {
+                namespace.split(":", 1)[0]: state for namespace, state in breakers.items()
+            },
             "redis": redis,
         }
 
     async def directory(self) -> dict[str, Any]:
         breaker = self.router.cache.breaker_states()
-        open_sds = [ns for ns, state in breaker.items() if ns.startswith("sds:") and state == "open"]
+        open_sds = [
+            ns for ns, state in breaker.items() if ns.startswith("sds:") and state == "open"
+        ]
         if open_sds:
             return {"ok": False, "detail": "breaker open: the directory failed moments ago"}
         now = self._clock()
