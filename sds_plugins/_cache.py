@@ -266,7 +266,8 @@ class LookupCache:
 
     def breaker_states(self) -> dict[str, str]:
         """``{source namespace: closed | open | half-open}`` for every source asked so far."""
-        return {namespace: breaker.state for namespace, breaker in self._breakers.items()}
+        # list() copies in one step: a metrics scrape may call this from another thread.
+        return {namespace: breaker.state for namespace, breaker in list(self._breakers.items())}
 
     def _entry(self, data: bytes, empty: bool) -> CacheEntry:
         now = self._clock()

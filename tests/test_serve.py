@@ -537,3 +537,99 @@ def test_serve_runs_and_stops_on_sigterm(sandbox: Sandbox, tmp_path: Path) -> No
         for stream in (process.stdout, process.stderr):
             if stream is not None:
                 stream.close()
+
+
+# --------------------------------------------------------------------------- traces
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+class RecordingHeaders:
+    """ASGI middleware: keeps the headers of every request the wrapped app receives."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: list[dict[str, str]] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            self.seen.append({k.decode(): v.decode() for k, v in scope["headers"]})
+        await self.app(scope, receive, send)
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[Any, Any]]:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()
+
+
+async def test_a_trace_context_sent_in_is_the_route_spans_parent_and_reaches_the_directory(
+    start_service: ServiceFactory, spans: tuple[Any, Any]
+) -> None:
+    from sds_plugins import OpenTelemetryTracing
+    from sds_plugins.sandbox import SandboxConfig, create_app
+
+    provider, exporter = spans
+    directory = RecordingHeaders(create_app(SandboxConfig()))
+    with AppServer(directory) as sandbox_server:
+        service = start_service(
+            sandbox_server.url + "/spine-directory/FHIR/R4",
+            plugins=(OpenTelemetryTracing(tracer_provider=provider),),
+        )
+        headers = {"traceparent": f"00-{TRACE_ID}-{CALLER_SPAN}-01"}
+        async with service.client() as client:
+            response = await client.post(f"/route/{ADAPTER}", json=_request(), headers=headers)
+    assert response.status_code == 200, response.text
+
+    finished = exporter.get_finished_spans()
+    [route] = [span for span in finished if span.name == f"sds route {ADAPTER}"]
+    lookups = [span for span in finished if span.name == "sds lookup sds"]
+    assert format(route.context.trace_id, "032x") == TRACE_ID
+    assert route.parent is not None and format(route.parent.span_id, "016x") == CALLER_SPAN
+    assert len(lookups) == 2
+    assert all(span.parent.span_id == route.context.span_id for span in lookups)
+    assert all(span.context.trace_id == route.context.trace_id for span in lookups)
+    assert route.attributes["sds.adapter"] == ADAPTER
+    assert route.attributes["sds.organisation"] == "YES"
+    assert route.attributes["sds.interaction"] == PSIS
+    assert route.attributes["sds.outcome"] == "ok"
+    assert {span.attributes["sds.cache"] for span in lookups} == {"miss"}
+    assert all(span.attributes["sds.attempts"] == 1 for span in lookups)
+    assert all(
+        route.start_time <= span.start_time <= span.end_time <= route.end_time for span in lookups
+    )
+    every_attribute = " ".join(str(dict(span.attributes)) for span in finished)
+    assert SECRET not in every_attribute and SERVICE_TOKEN not in every_attribute
+
+    sent = [h for h in directory.seen if h.get("x-correlation-id")]
+    assert len(sent) == 2
+    assert all(h["traceparent"].startswith(f"00-{TRACE_ID}-") for h in sent)
+
+
+async def test_a_failed_route_span_is_marked_as_an_error(
+    sandbox: Sandbox, start_service: ServiceFactory, spans: tuple[Any, Any]
+) -> None:
+    from opentelemetry.trace import StatusCode
+
+    from sds_plugins import OpenTelemetryTracing
+
+    provider, exporter = spans
+    service = start_service(
+        sandbox.base_url, plugins=(OpenTelemetryTracing(tracer_provider=provider),)
+    )
+    sandbox.set_faults(outage=True)
+    async with service.client() as client:
+        response = await client.post(f"/route/{ADAPTER}", json=_request())
+    assert response.status_code == 503
+    [route] = [s for s in exporter.get_finished_spans() if s.name.startswith("sds route")]
+    assert route.parent is None  # no trace context sent: a new trace
+    assert route.status.status_code is StatusCode.ERROR
+    assert route.attributes["sds.error"] == "DirectoryUnavailableError"
