@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import socket
-from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
@@ -39,14 +39,11 @@ def _check_lines(output: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # A developer's SDS_* settings must not decide these tests.
-    import os
-
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's SDS_* settings must not decide these tests."""
     for name in list(os.environ):
         if name.startswith("SDS_"):
             monkeypatch.delenv(name)
-    yield
 
 
 def test_doctor_passes_against_the_sandbox(make_sandbox: SandboxFactory, clean_env: None) -> None:
