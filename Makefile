@@ -37,6 +37,7 @@ test: lint typecheck pytest
 bench: install
 	$(BIN)/python bench/lookups.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -116,6 +116,16 @@ class _Metrics:
         )
         self.routers: weakref.WeakSet[Router] = weakref.WeakSet()
         registry.register(_RouterCollector(self.routers, prometheus))
+        # labels() validates and locks on every call; the few label sets seen are kept.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(*labels)``, remembered (label sets are few: no organisations)."""
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
 
 _by_registry: weakref.WeakKeyDictionary[Any, _Metrics] = weakref.WeakKeyDictionary()
@@ -165,18 +175,20 @@ class PrometheusMetrics:
     @hookimpl
     def sds_lookup_completed(self, event: LookupEvent) -> None:
         metrics = self._metrics
-        metrics.lookups.labels(event.source, event.outcome, event.cache).inc()
-        metrics.lookup_seconds.labels(event.source, event.cache).observe(event.duration_s)
+        labels = metrics.child
+        labels(metrics.lookups, event.source, event.outcome, event.cache).inc()
+        labels(metrics.lookup_seconds, event.source, event.cache).observe(event.duration_s)
         if event.error is not None:
-            metrics.lookup_errors.labels(event.source, event.error.split(":", 1)[0]).inc()
+            labels(metrics.lookup_errors, event.source, event.error.split(":", 1)[0]).inc()
         if event.cache == "stale":
-            metrics.stale.labels(event.source).inc()
+            labels(metrics.stale, event.source).inc()
 
     @hookimpl
     def sds_route_completed(self, event: RouteEvent) -> None:
         metrics = self._metrics
-        metrics.routes.labels(event.adapter, event.outcome).inc()
-        metrics.route_seconds.labels(event.adapter, event.outcome).observe(event.duration_s)
+        labels = metrics.child
+        labels(metrics.routes, event.adapter, event.outcome).inc()
+        labels(metrics.route_seconds, event.adapter, event.outcome).observe(event.duration_s)
 
     @hookimpl(wrapper=True)
     def sds_provide_auth(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -74,6 +75,11 @@ class OpenTelemetryTracing:
         self._context = context
         self._propagate = propagate
         self._tracer = trace.get_tracer("sds_plugins", _own_version(), tracer_provider)
+        self._provider = tracer_provider
+        # Providers that never record: with one of these (no SDK configured), events are
+        # dropped at once instead of being turned into spans nobody keeps.
+        self._silent = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+        self._ask_again_at = 0.0
         self._pending: OrderedDict[str, list[LookupEvent]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -82,8 +88,25 @@ class OpenTelemetryTracing:
 
     # -- hooks --------------------------------------------------------------------------------
 
+    def _recording(self) -> bool:
+        if self._provider is not None:
+            return True
+        # The global provider may be set after this plugin was made (the SDK set-up runs
+        # later in many applications), but looking it up costs an environment lookup while
+        # none is set: ask again at most once a second, and never again once one is set.
+        now = time.monotonic()
+        if now >= self._ask_again_at:
+            if isinstance(self._trace.get_tracer_provider(), self._silent):
+                self._ask_again_at = now + 1.0
+            else:
+                self._provider = self._trace.get_tracer_provider()
+                return True
+        return False
+
     @hookimpl
     def sds_lookup_completed(self, event: LookupEvent) -> None:
+        if not self._recording():
+            return
         with self._lock:
             waiting = self._pending.get(event.correlation_id)
             if waiting is None:
@@ -94,6 +117,8 @@ class OpenTelemetryTracing:
 
     @hookimpl
     def sds_route_completed(self, event: RouteEvent) -> None:
+        if not self._recording():
+            return
         lookups: list[LookupEvent] = []
         if event.correlation_id is not None:
             with self._lock:

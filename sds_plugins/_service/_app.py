@@ -48,8 +48,10 @@ class _TooLarge(Exception):
 
 async def _bounded_body(request: Request) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise _TooLarge
+    if declared is not None and declared.isdigit():
+        if int(declared) > MAX_BODY_BYTES:
+            raise _TooLarge
+        return await request.body()  # the server stops at Content-Length
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -100,7 +102,8 @@ class _Service:
         if not self._authorised(request):
             return self._unauthorised()
         adapter = request.path_params["adapter"]
-        correlation_id = request.headers.get("x-correlation-id") or str(uuid.uuid4())
+        # The router checks and normalises it; an error document falls back on it.
+        correlation_id = request.headers.get("x-correlation-id")
         try:
             try:
                 raw = _decode(await _bounded_body(request))
@@ -120,10 +123,10 @@ class _Service:
                         field="adapter",
                     )
                 raw = {"adapter": adapter, **raw}
-                if raw.get("correlation_id") is None:
+                if raw.get("correlation_id") is None and correlation_id is not None:
                     raw["correlation_id"] = correlation_id
             parsed = _parse(raw)
-            correlation_id = normalise_correlation_id(parsed.correlation_id)
+            correlation_id = parsed.correlation_id
             with incoming_trace_context(request.headers):
                 envelope = await self.router.route(
                     parsed.adapter,
@@ -151,7 +154,7 @@ class _Service:
         return Response(
             body,
             media_type="application/json",
-            headers={"X-Correlation-ID": correlation_id},
+            headers={"X-Correlation-ID": envelope.provenance.correlation_id},
         )
 
     async def adapters(self, request: Request) -> Response:
@@ -183,12 +186,13 @@ class _Service:
         return JSONResponse(openapi_document())
 
 
-def _plain(correlation_id: str) -> str | None:
-    """The correlation id for a problem document, only if it is a well-formed one."""
+def _plain(correlation_id: str | None) -> str:
+    """The correlation id for a problem document: the caller's when well-formed, else a new
+    one, so that every failed request can be found in the logs."""
     try:
         return normalise_correlation_id(correlation_id)
     except InvalidInputError:
-        return None
+        return str(uuid.uuid4())
 
 
 def create_service_app(
