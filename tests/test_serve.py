@@ -633,3 +633,70 @@ async def test_a_failed_route_span_is_marked_as_an_error(
     assert route.parent is None  # no trace context sent: a new trace
     assert route.status.status_code is StatusCode.ERROR
     assert route.attributes["sds.error"] == "DirectoryUnavailableError"
+
+
+@pytest.mark.redis
+@pytest.mark.slow
+async def test_several_workers_share_redis_and_look_each_route_up_once(
+    make_sandbox: SandboxFactory, tmp_path: Path
+) -> None:
+    redis_url = os.environ.get("SDS_TEST_REDIS_URL")
+    if not redis_url:
+        pytest.skip("needs a real Redis: set SDS_TEST_REDIS_URL")
+    import redis
+
+    sandbox = make_sandbox(latency_ms=300)
+    prefix = f"sds-test-serve-{uuid.uuid4().hex}:"
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith("SDS_")},
+        "SDS_BASE_URL": sandbox.base_url,
+        "SDS_REDIS_URL": redis_url,
+        "SDS_REDIS_PREFIX": prefix,
+        "SDS_FLEET_SIZE": "2",
+        "SDS_PLUGINS_LOAD": "sds-plugins-example-ebxml",
+    }
+    log = (tmp_path / "serve.log").open("w")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "sds_plugins", "serve", "--port", "0", "--workers", "2"),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=log,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), 60)).decode()
+        assert line.startswith("serving on "), (tmp_path / "serve.log").read_text()
+        url = line.split()[2]
+        limits = httpx.Limits(max_connections=100)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+            async with asyncio.timeout(60):
+                while True:  # both workers start in their own time; connections wait meanwhile
+                    try:
+                        if (await client.get("/healthz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.1)
+            responses = await asyncio.gather(
+                *(client.post(f"/route/{ADAPTER}", json=_request()) for _ in range(100))
+            )
+        assert [r.status_code for r in responses] == [200] * 100
+        assert sandbox.stats()["requests"] == {
+            "/spine-directory/FHIR/R4/Endpoint": 1,
+            "/spine-directory/FHIR/R4/Device": 1,
+        }
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 60) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        log.close()
+        client_redis = redis.Redis.from_url(redis_url)
+        try:
+            keys = list(client_redis.scan_iter(match=f"{prefix}*"))
+            if keys:
+                client_redis.delete(*keys)
+        finally:
+            client_redis.close()

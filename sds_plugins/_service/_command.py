@@ -263,12 +263,18 @@ def _run_workers(
             os.environ[f"{_ENV_PREFIX}{name}"] = value
     if base_url:
         os.environ["SDS_BASE_URL"] = base_url
-    click.echo(f"serving on {host}:{port} with {workers} workers")
-    uvicorn.run(
+    from uvicorn.supervisors import Multiprocess
+
+    from .._sandbox._server import _bind, _url
+
+    try:
+        # Bound here rather than by uvicorn: port 0 then works, and the port is known early.
+        sock = _bind(host, port)
+    except OSError as exc:
+        _exit(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+    server_config = uvicorn.Config(
         "sds_plugins._service._command:app_from_environment",
         factory=True,
-        host=host,
-        port=port,
         workers=workers,
         lifespan="on",
         log_config=None,
@@ -276,3 +282,9 @@ def _run_workers(
         proxy_headers=False,
         timeout_graceful_shutdown=30,
     )
+    click.echo(f"serving on {_url(host, sock.getsockname()[1])} with {workers} workers")
+    try:
+        # The supervisor restarts a worker that dies and stops them all on SIGTERM/SIGINT.
+        Multiprocess(server_config, sockets=[sock]).run()
+    finally:
+        sock.close()
