@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import socket
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -158,3 +159,43 @@ def test_sandbox_on_a_busy_port_is_one_clear_line(sandbox: Sandbox) -> None:
     assert result.stderr.strip().count("\n") == 0
     assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
     assert "Traceback" not in result.output + result.stderr
+
+
+@pytest.mark.parametrize("kid", ["kid-1", "unknown-kid"])
+def test_doctor_obtains_a_signed_jwt_token_or_names_the_refusal(
+    make_sandbox: SandboxFactory, clean_env: None, tmp_path: Path, kid: str
+) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from jwt.algorithms import RSAAlgorithm
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    jwk.update({"kid": "kid-1", "use": "sig", "alg": "RS512"})
+    sandbox = make_sandbox(api_key="app-key", jwks={"keys": [jwk]})
+    pem = tmp_path / "private.pem"
+    pem.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    env = {
+        "SDS_BASE_URL": sandbox.base_url,
+        "SDS_AUTH": "jwt",
+        "SDS_CLIENT_ID": "app-key",
+        "SDS_PRIVATE_KEY_FILE": str(pem),
+        "SDS_KID": kid,
+        "SDS_TOKEN_URL": sandbox.token_url,
+    }
+    code, out, err = _doctor(env)
+    checks = _check_lines(out)
+    if kid == "kid-1":
+        assert code == 0, out + err
+        assert "token obtained" in out
+    else:
+        assert code == 1
+        assert checks["credentials accepted"] == "FAIL"
+    assert "BEGIN PRIVATE KEY" not in out + err
+    assert "app-key" not in out.split("ok   plugins")[0]  # the client id is a secret too

@@ -1,21 +1,18 @@
 """Errors as RFC 9457 problem documents (``application/problem+json``).
 
-=========================================  ======  ===============================
-error                                      status  ``type`` (anchor in operations.md)
-=========================================  ======  ===============================
-InvalidInputError (and a bad request body)  400    ``#problem-invalid-input``
-missing or wrong service token               401    ``#problem-unauthorized``
-EnvelopeVetoedError                          403    ``#problem-vetoed``
-NotFoundError                                404    ``#problem-not-found``
-AmbiguousError (``candidates`` listed)        409    ``#problem-ambiguous``
-/metrics without the ``metrics`` extra      404    ``#problem-not-enabled``
-body too large                               413    ``#problem-too-large``
-ConfigurationError, anything unexpected      500    ``#problem-internal``
-AuthenticationError, RequestRejectedError,   502    ``#problem-bad-directory-answer``
-MalformedResponseError, other DirectoryError
-DirectoryUnavailableError (rate limited,     503    ``#problem-directory-unavailable``
-timeout, breaker open, unreachable)                 (with ``Retry-After``)
-=========================================  ======  ===============================
+Status by error (the ``type`` is docs/operations.md with the anchor ``#problem-<slug>``):
+
+- 400 ``invalid-input``: :class:`InvalidInputError`, a body that is not a route request;
+- 401 ``unauthorized``: no or wrong service token;
+- 403 ``vetoed``: :class:`EnvelopeVetoedError`;
+- 404 ``not-found``: :class:`NotFoundError` (``not-enabled``: ``/metrics`` without the extra);
+- 409 ``ambiguous``: :class:`AmbiguousError`, with its ``candidates``;
+- 413 ``too-large``: a body over the limit;
+- 500 ``internal``: :class:`ConfigurationError`, or anything unexpected;
+- 502 ``bad-directory-answer``: the directory answered unusably (:class:`MalformedResponseError`,
+  :class:`AuthenticationError`, :class:`RequestRejectedError`);
+- 503 ``directory-unavailable``, with ``Retry-After``: any other
+  :class:`DirectoryUnavailableError` (unreachable, 5xx, timeout, rate limited, breaker open).
 
 Every document has ``type``, ``title``, ``status``, ``detail`` and the extension members
 ``error`` (the class name), ``correlation_id``, ``retryable`` and ``retry_after_s``; an
