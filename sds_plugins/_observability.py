@@ -28,19 +28,20 @@ def _installed(module: str) -> bool:
         return True
 
 
-def register_observability(router: Router) -> PrometheusMetrics | None:
-    """Register metrics and tracing on ``router`` (before it starts); the metrics plugin, if
-    there is one, for a ``/metrics`` endpoint."""
+def register_observability(router: Router, *, metrics: bool = True) -> PrometheusMetrics | None:
+    """Register tracing and (unless ``metrics`` is false) metrics on ``router`` before it
+    starts; returns the metrics plugin, if there is one, for a ``/metrics`` endpoint."""
     pm = router.host.pm
-    metrics: PrometheusMetrics | None = None
-    if _installed("prometheus_client") and not pm.is_blocked(METRICS_PLUGIN):
+    plugin: PrometheusMetrics | None = None
+    if metrics and _installed("prometheus_client") and not pm.is_blocked(METRICS_PLUGIN):
+        from ._metrics import PrometheusMetrics
+
         existing = pm.get_plugin(METRICS_PLUGIN)
         if existing is None:
-            from ._metrics import PrometheusMetrics
-
             existing = PrometheusMetrics()
             router.host.register(existing, name=METRICS_PLUGIN)
-        metrics = existing
+        # A plugin of another kind under that name is the user's: it serves no /metrics here.
+        plugin = existing if isinstance(existing, PrometheusMetrics) else None
     if (
         _installed("opentelemetry")
         and not pm.is_blocked(TRACING_PLUGIN)
@@ -49,6 +50,6 @@ def register_observability(router: Router) -> PrometheusMetrics | None:
         from ._tracing import OpenTelemetryTracing
 
         router.host.register(OpenTelemetryTracing(), name=TRACING_PLUGIN)
-    if metrics is not None:
-        metrics.watch(router)
-    return metrics
+    if plugin is not None:
+        plugin.watch(router)
+    return plugin

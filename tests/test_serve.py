@@ -700,3 +700,17 @@ async def test_several_workers_share_redis_and_look_each_route_up_once(
                 client_redis.delete(*keys)
         finally:
             client_redis.close()
+
+
+def test_metrics_and_tracing_register_like_the_defaults_and_can_be_disabled() -> None:
+    from sds_plugins._observability import register_observability
+
+    host = PluginHost(load_entrypoints=False, environ={})
+    assert isinstance(register_observability(Router(Settings(), host=host)), PrometheusMetrics)
+    assert host.pm.has_plugin("sds_plugins.metrics") and host.pm.has_plugin("sds_plugins.tracing")
+    blocked = PluginHost(
+        load_entrypoints=False,
+        environ={"SDS_PLUGINS_DISABLE": "sds_plugins.metrics,sds_plugins.tracing"},
+    )
+    assert register_observability(Router(Settings(), host=blocked)) is None
+    assert not blocked.pm.has_plugin("sds_plugins.tracing")

@@ -208,7 +208,8 @@ async def run_worker(
     if own_router or settings.metrics_port is not None:
         from .._observability import register_observability
 
-        metrics = register_observability(active)
+        # Metrics only with an endpoint to read them from; tracing whenever installed.
+        metrics = register_observability(active, metrics=settings.metrics_port is not None)
     if settings.metrics_port is not None and metrics is None:
         raise ConfigurationError(
             "--metrics-port needs the 'metrics' extra: pip install 'sds-plugins[metrics]' "
