@@ -139,13 +139,14 @@ class _Service:
         except SdsPluginsError as exc:
             return problem_for(exc, _plain(correlation_id))
         except Exception as exc:
+            known = _plain(correlation_id)  # the same id in the log and the answer
             logger.error(
                 "unexpected %s while routing (correlation_id=%s)",
                 type(exc).__name__,
-                _plain(correlation_id),
+                known,
                 exc_info=True,
             )
-            return problem_for(exc, _plain(correlation_id))
+            return problem_for(exc, known)
         body = (
             envelope.model_dump_json(context={"reveal_secrets": True})
             if self.with_secrets
