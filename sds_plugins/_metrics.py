@@ -17,6 +17,7 @@ may create several.
 
 from __future__ import annotations
 
+import bisect
 import threading
 import weakref
 from collections.abc import Generator, Iterable
@@ -56,76 +57,112 @@ def _import_prometheus() -> Any:
     return prometheus_client
 
 
+class _Counter:
+    """A counter family kept as plain numbers: ``{label values: count}``."""
+
+    kind = "counter"
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.values: dict[tuple[str, ...], float] = {}
+
+
+class _Histogram(_Counter):
+    """A histogram family: ``{label values: [count per bucket..., count above, sum]}``."""
+
+    kind = "histogram"
+
+    def __init__(
+        self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]
+    ) -> None:
+        super().__init__(name, documentation, labels)
+        self.buckets = buckets
+        self.series: dict[tuple[str, ...], list[float]] = {}
+
+
 class _Metrics:
-    """The metric objects of one registry."""
+    """The metrics of one registry, updated with plain arithmetic under one lock.
+
+    The hooks run for every lookup and route, cache hits included, so they stay cheap:
+    prometheus-client's own metric objects take a lock per value and validate labels on every
+    call, several microseconds per event. Here an update is a dict lookup and an addition;
+    the exposition is built when Prometheus scrapes (:class:`_Collector`).
+    """
 
     def __init__(self, registry: CollectorRegistry) -> None:
         prometheus = _import_prometheus()
-        counter, histogram = prometheus.Counter, prometheus.Histogram
-        self.lookups = counter(
+        self.lock = threading.Lock()
+        self.lookups = _Counter(
             "sds_plugins_lookups",
             "Directory lookups by source, outcome (found, not_found, error) and cache state.",
-            ["source", "outcome", "cache"],
-            registry=registry,
+            ("source", "outcome", "cache"),
         )
-        self.lookup_errors = counter(
+        self.lookup_errors = _Counter(
             "sds_plugins_lookup_errors",
             "Failed lookups by source and error class (RateLimitedError, BreakerOpenError...).",
-            ["source", "error"],
-            registry=registry,
+            ("source", "error"),
         )
-        self.lookup_seconds = histogram(
+        self.lookup_seconds = _Histogram(
             "sds_plugins_lookup_duration_seconds",
             "Lookup duration (cache hits included) by source and cache state.",
-            ["source", "cache"],
-            buckets=_LOOKUP_BUCKETS,
-            registry=registry,
+            ("source", "cache"),
+            _LOOKUP_BUCKETS,
         )
-        self.stale = counter(
+        self.stale = _Counter(
             "sds_plugins_cache_fallbacks",
             "Lookups answered from a stale cache entry because the directory failed.",
-            ["source"],
-            registry=registry,
+            ("source",),
         )
-        self.routes = counter(
+        self.routes = _Counter(
             "sds_plugins_routes",
             "Routes by adapter and outcome (ok, not_found, ambiguous, invalid, vetoed, error).",
-            ["adapter", "outcome"],
-            registry=registry,
+            ("adapter", "outcome"),
         )
-        self.route_seconds = histogram(
+        self.route_seconds = _Histogram(
             "sds_plugins_route_duration_seconds",
             "Route duration by adapter and outcome.",
-            ["adapter", "outcome"],
-            buckets=_LOOKUP_BUCKETS,
-            registry=registry,
+            ("adapter", "outcome"),
+            _LOOKUP_BUCKETS,
         )
-        self.responses = counter(
+        self.responses = _Counter(
             "sds_plugins_directory_responses",
             "HTTP answers from directories (and their token endpoints) by source and status; "
             "status 429 counts every rate-limited answer, retried or not.",
-            ["source", "status"],
-            registry=registry,
+            ("source", "status"),
         )
-        self.worker = counter(
+        self.worker = _Counter(
             "sds_plugins_worker_messages",
             "Broker worker messages: in (received), out (envelope published), retried, failed "
             "(failure document published).",
-            ["event"],
-            registry=registry,
+            ("event",),
+        )
+        self.families: tuple[_Counter, ...] = (
+            self.lookups,
+            self.lookup_errors,
+            self.lookup_seconds,
+            self.stale,
+            self.routes,
+            self.route_seconds,
+            self.responses,
+            self.worker,
         )
         self.routers: weakref.WeakSet[Router] = weakref.WeakSet()
-        registry.register(_RouterCollector(self.routers, prometheus))
-        # labels() validates and locks on every call; the few label sets seen are kept.
-        self._children: dict[tuple[Any, ...], Any] = {}
+        registry.register(_Collector(self, prometheus))
 
-    def child(self, metric: Any, *labels: str) -> Any:
-        """``metric.labels(*labels)``, remembered (label sets are few: no organisations)."""
-        key = (id(metric), *labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
+    def count(self, family: _Counter, labels: tuple[str, ...]) -> None:
+        with self.lock:
+            family.values[labels] = family.values.get(labels, 0.0) + 1.0
+
+    def observe(self, family: _Histogram, labels: tuple[str, ...], value: float) -> None:
+        with self.lock:
+            series = family.series.get(labels)
+            if series is None:
+                series = family.series[labels] = [0.0] * (len(family.buckets) + 2)
+            # le is inclusive: the first bucket whose bound is at least the value.
+            series[bisect.bisect_left(family.buckets, value)] += 1.0
+            series[-1] += value
 
 
 _by_registry: weakref.WeakKeyDictionary[Any, _Metrics] = weakref.WeakKeyDictionary()
@@ -168,52 +205,87 @@ class PrometheusMetrics:
 
     def worker_message(self, event: str) -> None:
         """Count one broker message: ``in``, ``out``, ``retried`` or ``failed``."""
-        self._metrics.worker.labels(event).inc()
+        self._metrics.count(self._metrics.worker, (event,))
 
     # -- hooks --------------------------------------------------------------------------------
 
     @hookimpl
     def sds_lookup_completed(self, event: LookupEvent) -> None:
         metrics = self._metrics
-        labels = metrics.child
-        labels(metrics.lookups, event.source, event.outcome, event.cache).inc()
-        labels(metrics.lookup_seconds, event.source, event.cache).observe(event.duration_s)
+        source = event.source
+        metrics.count(metrics.lookups, (source, event.outcome, event.cache))
+        metrics.observe(metrics.lookup_seconds, (source, event.cache), event.duration_s)
         if event.error is not None:
-            labels(metrics.lookup_errors, event.source, event.error.split(":", 1)[0]).inc()
+            metrics.count(metrics.lookup_errors, (source, event.error.split(":", 1)[0]))
         if event.cache == "stale":
-            labels(metrics.stale, event.source).inc()
+            metrics.count(metrics.stale, (source,))
 
     @hookimpl
     def sds_route_completed(self, event: RouteEvent) -> None:
         metrics = self._metrics
-        labels = metrics.child
-        labels(metrics.routes, event.adapter, event.outcome).inc()
-        labels(metrics.route_seconds, event.adapter, event.outcome).observe(event.duration_s)
+        labels = (event.adapter, event.outcome)
+        metrics.count(metrics.routes, labels)
+        metrics.observe(metrics.route_seconds, labels, event.duration_s)
 
     @hookimpl(wrapper=True)
     def sds_provide_auth(
         self, source: str, settings: Settings
     ) -> Generator[None, httpx.Auth | None, httpx.Auth | None]:
         auth = yield
-        responses = self._metrics.responses
+        metrics = self._metrics
 
         def count(response: httpx.Response) -> None:
-            responses.labels(source, str(response.status_code)).inc()
+            metrics.count(metrics.responses, (source, str(response.status_code)))
 
         return ObservedAuth(auth, after_response=count)
 
 
-class _RouterCollector:
-    """Gauges read from the watched routers at scrape time."""
+class _Collector:
+    """Builds the exposition when Prometheus scrapes: the counted families, and gauges read
+    from the watched routers."""
 
-    def __init__(self, routers: weakref.WeakSet[Router], prometheus: Any) -> None:
-        self._routers = routers
+    def __init__(self, metrics: _Metrics, prometheus: Any) -> None:
+        self._metrics = metrics
+        self._routers = metrics.routers
         self._core = prometheus.metrics_core
 
     def describe(self) -> Iterable[Metric]:
         return ()  # collected on demand: nothing to check against at registration
 
+    def _counted(self) -> Iterable[Metric]:
+        core = self._core
+        with self._metrics.lock:  # a consistent copy; the hooks wait microseconds at most
+            copies = [
+                (
+                    family,
+                    dict(family.values),
+                    {k: list(v) for k, v in getattr(family, "series", {}).items()},
+                )
+                for family in self._metrics.families
+            ]
+        for family, values, series in copies:
+            labels = list(family.labels)
+            if isinstance(family, _Histogram):
+                histogram = core.HistogramMetricFamily(
+                    family.name, family.documentation, labels=labels
+                )
+                for key, counts in sorted(series.items()):
+                    cumulative = 0.0
+                    buckets = []
+                    for bound, count in zip(family.buckets, counts, strict=False):
+                        cumulative += count
+                        buckets.append((_bound(bound), cumulative))
+                    buckets.append(("+Inf", cumulative + counts[-2]))
+                    histogram.add_metric(list(key), buckets, counts[-1])
+                yield histogram
+            else:
+                counter = core.CounterMetricFamily(family.name, family.documentation, labels=labels)
+                for key, value in sorted(values.items()):
+                    counter.add_metric(list(key), value)
+                yield counter
+
     def collect(self) -> Iterable[Metric]:
+        yield from self._counted()
         core = self._core
         breaker = core.GaugeMetricFamily(
             "sds_plugins_breaker_state",
@@ -267,3 +339,8 @@ class _RouterCollector:
         if redis_states:
             redis.add_metric([], 1.0 if all(redis_states) else 0.0)
             yield redis
+
+
+def _bound(bound: float) -> str:
+    """A bucket bound as Prometheus clients write it (``0.005``, ``1.0``)."""
+    return repr(float(bound))

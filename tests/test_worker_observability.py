@@ -147,3 +147,37 @@ async def test_worker_metrics_port_serves_metrics_that_move_with_messages(
     finally:
         worker.stop()
         await broker.close()
+
+
+def test_histograms_are_cumulative_with_count_and_sum() -> None:
+    from datetime import UTC, datetime
+
+    from sds_plugins import LookupEvent
+
+    metrics = PrometheusMetrics(registry=CollectorRegistry())
+    for seconds in (0.0003, 0.003, 0.3, 50.0):
+        metrics.sds_lookup_completed(
+            LookupEvent(
+                time=datetime.now(UTC),
+                source="sds",
+                query="Device?organization=YES",
+                namespace="n",
+                cache="miss",
+                attempts=1,
+                duration_s=seconds,
+                outcome="found",
+                records=1,
+                correlation_id="c",
+            )
+        )
+    text = metrics.render()[0].decode()
+    bucket = "sds_plugins_lookup_duration_seconds_bucket"
+    assert _value(text, bucket, le="0.0001") == 0
+    assert _value(text, bucket, le="0.0005") == 1
+    assert _value(text, bucket, le="0.005") == 2
+    assert _value(text, bucket, le="0.5") == 3
+    assert _value(text, bucket, le="30.0") == 3
+    assert _value(text, bucket, le="+Inf") == 4
+    assert _value(text, "sds_plugins_lookup_duration_seconds_count") == 4
+    assert abs(_value(text, "sds_plugins_lookup_duration_seconds_sum") - 50.3033) < 1e-9
+    assert _value(text, "sds_plugins_lookups_total", outcome="found", cache="miss") == 4
