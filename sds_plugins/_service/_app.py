@@ -127,7 +127,9 @@ class _Service:
                     raw["correlation_id"] = correlation_id
             parsed = _parse(raw)
             correlation_id = parsed.correlation_id
-            with incoming_trace_context(request.headers):
+            # Only a request that carries a trace context pays for reading it.
+            traced = "traceparent" in request.headers
+            with incoming_trace_context(request.headers) if traced else contextlib.nullcontext():
                 envelope = await self.router.route(
                     parsed.adapter,
                     org=parsed.org,
