@@ -39,6 +39,7 @@ bench: install
 	$(BIN)/python bench/gateway.py
 	$(BIN)/python bench/warm_path.py
 	$(BIN)/python bench/worker.py
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -163,6 +163,9 @@ if TYPE_CHECKING:
     from ._exceptions import (
         SdsPluginsError as SdsPluginsError,
     )
+    from ._metrics import (
+        PrometheusMetrics as PrometheusMetrics,
+    )
     from ._models import (
         AccreditedSystem as AccreditedSystem,
     )
@@ -217,6 +220,9 @@ if TYPE_CHECKING:
     from ._ratelimit import (
         RateLimiter as RateLimiter,
     )
+    from ._service._app import (
+        create_service_app as create_service_app,
+    )
     from ._settings import (
         Settings as Settings,
     )
@@ -237,6 +243,9 @@ if TYPE_CHECKING:
     )
     from ._sync import (
         SyncSdsClient as SyncSdsClient,
+    )
+    from ._tracing import (
+        OpenTelemetryTracing as OpenTelemetryTracing,
     )
     from ._transport import (
         EnvelopeClients as EnvelopeClients,

@@ -264,6 +264,11 @@ class LookupCache:
             breaker = self._breakers[namespace] = _Breaker(self.breaker_cooldown_s, self._clock)
         return breaker
 
+    def breaker_states(self) -> dict[str, str]:
+        """``{source namespace: closed | open | half-open}`` for every source asked so far."""
+        # list() copies in one step: a metrics scrape may call this from another thread.
+        return {namespace: breaker.state for namespace, breaker in list(self._breakers.items())}
+
     def _entry(self, data: bytes, empty: bool) -> CacheEntry:
         now = self._clock()
         ttl = self.negative_ttl_s if empty else self.ttl_s

@@ -476,7 +476,10 @@ async def get_with_retries(
             ) from exc
         except httpx.TransportError as exc:
             raise DirectoryUnavailableError(
-                f"{service} is unreachable ({type(exc).__name__}: {_scrubbed(exc)})",
+                # The URL tried (without its query or credentials): with nothing configured,
+                # that is the public sandbox, which is rarely what the caller expected.
+                f"{service} is unreachable at {safe_url(url).split('?', 1)[0]} "
+                f"({type(exc).__name__}: {_scrubbed(exc)})",
                 correlation_id=correlation_id,
                 method="GET",
                 url=safe_url(url),

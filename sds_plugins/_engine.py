@@ -321,8 +321,8 @@ class Router:
         """
         outcomes = {}
         cache, memo = self.cache, prepared.memo
+        started = time.perf_counter()
         for planned in prepared.lookups:
-            started = time.perf_counter()
             records = cache.fresh_nowait(planned.cache_key, planned.source.decode)
             if records is None:
                 return None
@@ -333,6 +333,9 @@ class Router:
                     lookup=planned.lookup, records=records, cache="hit", attempts=0, duration_s=0.0
                 )
             outcomes[planned.name] = remembered
+        # Events only once every lookup was a hit: a plan that falls back to the full path
+        # half-way reports its lookups there, and must not report the first ones twice.
+        for planned in prepared.lookups:
             self._emit_lookup(
                 planned.source,
                 planned.query_key,
@@ -340,7 +343,7 @@ class Router:
                 0,
                 started,
                 correlation_id,
-                records=len(records),
+                records=len(outcomes[planned.name].records),
             )
         return outcomes
 

@@ -364,7 +364,12 @@ def test_without_the_sandbox_extra_routing_works_and_the_sandbox_says_what_to_in
     )
     assert routing.returncode == 0, routing.stderr
     assert routing.stdout.strip() == "ok"
-    for command in ("sandbox", "demo"):
+    expected = {
+        "sandbox": "error: the SDS sandbox needs starlette: pip install 'sds-plugins[sandbox]'",
+        "demo": "error: the SDS sandbox needs starlette: pip install 'sds-plugins[sandbox]'",
+        "serve": "error: serve needs starlette: pip install 'sds-plugins[serve]'",
+    }
+    for command, line in expected.items():
         refused = subprocess.run(
             [
                 sys.executable,
@@ -376,6 +381,4 @@ def test_without_the_sandbox_extra_routing_works_and_the_sandbox_says_what_to_in
             timeout=60,
         )
         assert refused.returncode == 2, refused.stderr
-        assert refused.stderr.strip().splitlines() == [
-            "error: the SDS sandbox needs starlette: pip install 'sds-plugins[sandbox]'"
-        ]
+        assert refused.stderr.strip().splitlines() == [line]

@@ -257,6 +257,24 @@ async def test_lookup_events_describe_each_lookup(make_sandbox: Callable[..., Sa
     assert {first.query.split("?")[0], second.query.split("?")[0]} == {"Device", "Endpoint"}
 
 
+async def test_a_half_warm_route_reports_each_lookup_once(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
+    # The endpoint lookup is cached and the device lookup is not: the warm path gives up
+    # half-way, and the full path must not report the endpoint lookup a second time.
+    sb = make_sandbox()
+    recorder = Recorder()
+    async with _router(sb, recorder) as router:
+        await router.lookup(Lookup.endpoints(org="YES", interaction=PSIS))
+        recorder.lookups.clear()
+        await router.route("join", org="YES", interaction=PSIS)
+    assert sorted(event.query.split("?")[0] for event in recorder.lookups) == [
+        "Device",
+        "Endpoint",
+    ]
+    assert sorted(event.cache for event in recorder.lookups) == ["hit", "miss"]
+
+
 async def test_lookups_wait_for_the_pacer(make_sandbox: Callable[..., Sandbox]) -> None:
     sb = make_sandbox()
     async with _router(sb, rate_limit_per_s=20, retry_attempts=1) as router:

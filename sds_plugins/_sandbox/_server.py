@@ -84,11 +84,11 @@ class _HeaderDeadline(H11Protocol):
             self.transport.close()
 
 
-def _server(app: Any, access_log: bool) -> uvicorn.Server:
+def _server(app: Any, access_log: bool, lifespan: bool = False) -> uvicorn.Server:
     return uvicorn.Server(
         uvicorn.Config(
             app,
-            lifespan="off",
+            lifespan="on" if lifespan else "off",
             # None leaves the host application's logging configuration alone.
             log_config=None,
             log_level="warning",
@@ -110,13 +110,21 @@ class AppServer:
 
     ``with AppServer(app) as server: httpx.get(server.url)``. Starting blocks until connections
     are accepted; the port is free-chosen unless given. The sandbox runs on it, and so can a
-    test's stub services (an SSP, a provider, NHS's mesh-sandbox).
+    test's stub services (an SSP, a provider, NHS's mesh-sandbox). ``lifespan=True`` runs the
+    app's startup and shutdown (the routing service starts and closes its router there).
     """
 
     def __init__(
-        self, app: Any, *, host: str = "127.0.0.1", port: int = 0, access_log: bool = False
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        access_log: bool = False,
+        lifespan: bool = False,
     ) -> None:
         self.app = app
+        self._lifespan = lifespan
         self._host = host
         self._port = port
         self._access_log = access_log
@@ -142,7 +150,7 @@ class AppServer:
             raise RuntimeError("server already started")
         sock = _bind(self._host, self._port)
         try:
-            server = _server(self.app, self._access_log)
+            server = _server(self.app, self._access_log, self._lifespan)
         except BaseException:
             sock.close()
             raise

@@ -1,8 +1,9 @@
 """The ``sds-plugins`` command line.
 
-Exit codes (stable, for scripts): 0 records found; 2 invalid input or configuration (nothing
-sent); 3 no matching records; 4 ambiguous; 5 directory unavailable or failing (5xx, timeout,
-unreachable, malformed body, request refused); 6 authentication refused.
+Exit codes (stable, for scripts; ``--help`` lists them): 0 success; 1 unexpected failure or
+a failed doctor check; 2 invalid input or configuration (nothing sent); 3 no matching records;
+4 ambiguous; 5 directory unavailable or failing (5xx, timeout, unreachable, malformed body,
+request refused); 6 authentication refused; 7 vetoed by a plugin.
 """
 
 from __future__ import annotations
@@ -88,11 +89,21 @@ def _print_records(result: LookupResult[Any]) -> None:
         sys.exit(EXIT_NOT_FOUND)
 
 
+_base_url_option = click.option(
+    "--base-url",
+    envvar="SDS_BASE_URL",
+    show_envvar=True,
+    help="SDS base URL or environment name (sandbox, int, dep, prod; else SDS_ENV).",
+)
+_api_key_option = click.option(
+    "--api-key",
+    envvar="SDS_API_KEY",
+    show_envvar=True,
+    help="API key (better in the environment: a command line shows in ps).",
+)
 _connection_options = [
-    click.option(
-        "--base-url", help="SDS base URL or environment name (default: SDS_BASE_URL/SDS_ENV)."
-    ),
-    click.option("--api-key", help="API key (default: SDS_API_KEY)."),
+    _base_url_option,
+    _api_key_option,
     click.option("--correlation-id", help="UUID to send as X-Correlation-ID (default: a new one)."),
     click.option("--no-cache", is_flag=True, help="Ask the API gateway to skip its cache."),
 ]
@@ -104,15 +115,42 @@ def _with_connection(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+def _with_connection_settings(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--base-url`` and ``--api-key`` only."""
+    return _base_url_option(_api_key_option(func))
+
+
+def _set_verbosity(ctx: click.Context, verbose: int) -> None:
+    """-v before or after the subcommand: the counts add up (-v info, -vv debug)."""
+    root = ctx.find_root()
+    total = root.meta.get("sds_plugins.verbose", 0) + verbose
+    root.meta["sds_plugins.verbose"] = total
+    logging.getLogger().setLevel(logging.WARNING - 10 * min(total, 2))
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+@click.option(
+    "-v", "--verbose", count=True, help="Log more (-v info, -vv debug); also after a command."
+)
 @click.version_option(package_name="sds-plugins")
-def cli(verbose: int) -> None:
-    """Find where to send NHS messages: SDS lookups, routing envelopes, a local SDS sandbox."""
-    level = logging.WARNING - 10 * min(verbose, 2)
-    logging.basicConfig(
-        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """Find where to send NHS messages: SDS lookups, routing envelopes, a local SDS sandbox,
+    an HTTP routing service and a broker worker.
+
+    \b
+    Exit codes (stable, for scripts):
+      0  success
+      1  unexpected failure, a doctor check failed, or the broker was lost
+      2  invalid input or configuration (nothing sent), or a busy port
+      3  no matching records
+      4  ambiguous: several candidates (pass a party_key option)
+      5  directory unavailable or failing (5xx, timeout, unreachable, malformed, refused)
+      6  directory refused the credentials
+      7  a plugin vetoed the envelope
+    """
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _set_verbosity(ctx, verbose)
 
 
 @cli.command()
@@ -294,7 +332,11 @@ def sandbox(
         jwks=jwks_doc,
         synthetic=synthetic,
     )
-    serve(config, host=host, port=port)
+    try:
+        serve(config, host=host, port=port)
+    except OSError as exc:  # the port is taken, or the address is not this machine's
+        click.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
+        sys.exit(2)
 
 
 def _options(pairs: Sequence[str], config: Path | None, adapter: str) -> dict[str, Any]:
@@ -344,8 +386,8 @@ def _options(pairs: Sequence[str], config: Path | None, adapter: str) -> dict[st
     is_flag=True,
     help="Print credentials in headers too (for piping to a sender).",
 )
-@click.option("--base-url", help="SDS base URL or environment name.")
-@click.option("--api-key", help="SDS API key.")
+@_base_url_option
+@_api_key_option
 @click.option("--correlation-id", help="UUID for X-Correlation-ID and the envelope.")
 def route(
     adapter: str,
@@ -402,8 +444,8 @@ def route(
     type=click.IntRange(min=1),
     help="Routes in flight at once (the rate limiter still applies).",
 )
-@click.option("--base-url", help="SDS base URL or environment name.")
-@click.option("--api-key", help="SDS API key.")
+@_base_url_option
+@_api_key_option
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def prewarm(
     adapter: str,
@@ -460,6 +502,45 @@ def plugins() -> None:
 
 
 @cli.command()
+def adapters() -> None:
+    """List the installed adapters and their options as JSON (as GET /adapters does)."""
+    from .._engine import Router
+    from .._service._catalogue import describe_adapters
+
+    settings = _settings(None, None)
+
+    async def listing() -> list[dict[str, Any]]:
+        async with Router(settings) as router:  # starting asks the plugins; no network I/O
+            return describe_adapters(router)
+
+    click.echo(json.dumps({"adapters": _run(listing)}, indent=2))
+
+
+@cli.command()
+@_with_connection_settings
+def doctor(base_url: str | None, api_key: str | None) -> None:
+    """Show the effective configuration (secrets hidden), the plugins and adapters that
+    loaded, and check live: the directory answers, the credentials are accepted (a token is
+    obtained), Redis answers, the clock agrees with the directory's. One line per check.
+
+    Exit status: 0 every check passed; 1 at least one failed; 2 invalid configuration.
+    """
+    from ._doctor import run_doctor
+
+    settings = _settings(base_url, api_key)
+    lines, checks = _run(lambda: run_doctor(settings))
+    click.echo("configuration:")
+    for line in lines:
+        click.echo(line)
+    for check in checks:
+        click.echo(check.line())
+    failed = [check.name for check in checks if not check.ok]
+    if failed:
+        click.echo(f"error: {len(failed)} check(s) failed: {', '.join(failed)}", err=True)
+        sys.exit(1)
+
+
+@cli.command()
 def demo() -> None:
     """Start the embedded sandbox and show real lookups against it."""
     _need_sandbox()
@@ -472,9 +553,29 @@ def demo() -> None:
 
 
 # The routing worker lives in its own subpackage; its command joins the group here.
+from .._service._command import serve  # noqa: E402
 from .._worker._command import worker  # noqa: E402
 
 cli.add_command(worker)
+cli.add_command(serve)
+
+
+def _verbose_after_command(ctx: click.Context, param: click.Parameter, value: int) -> None:
+    if value:
+        _set_verbosity(ctx, value)
+
+
+# Every command also takes -v after its name (`sds-plugins route ... -v`), as users type it.
+for _command in cli.commands.values():
+    _command.params.append(
+        click.Option(
+            ["-v", "--verbose"],
+            count=True,
+            expose_value=False,
+            callback=_verbose_after_command,
+            help="Log more (-v info, -vv debug).",
+        )
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -180,6 +180,7 @@ class AmqpTransport:
             request_id=request_id,
             attempt=_int(headers.get(ATTEMPTS_HEADER)) + 1,
             first_seen=_float(headers.get(FIRST_SEEN_HEADER)),
+            headers=headers,
         )
         try:
             if outcome.disposition == "retry":

@@ -78,9 +78,18 @@ def _option(name: str, help_text: str, **kwargs: Any) -> Callable[[_F], _F]:
     "NATS: the durable consumer's ack wait (when the worker creates it).",
     type=click.FloatRange(min=1),
 )
+@_option(
+    "metrics-port",
+    "Serve Prometheus metrics at http://METRICS_HOST:PORT/metrics (0: a free port, logged); "
+    "needs the 'metrics' extra.",
+    type=click.IntRange(0, 65535),
+)
+@_option("metrics-host", "Address the metrics endpoint listens on.")
 @click.option(
     "--base-url",
-    help="SDS base URL or environment name (default: SDS_BASE_URL/SDS_ENV).",
+    envvar="SDS_BASE_URL",
+    show_envvar=True,
+    help="SDS base URL or environment name (default: SDS_ENV).",
 )
 @click.option(
     "--log-level",

@@ -29,11 +29,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .._adapter import SECRET_OPTIONS
 from .._exceptions import ConfigurationError, InvalidInputError, SdsPluginsError
+from .._tracing import incoming_trace_context
 from .._validation import normalise_correlation_id
 
 if TYPE_CHECKING:
     from .._engine import Router
     from .._envelope import RoutingEnvelope
+    from .._metrics import PrometheusMetrics
 
 __all__ = [
     "REQUEST_FIELDS",
@@ -61,6 +63,7 @@ _MASK = "**********"
 # What a log line shows unquoted: letters, digits and "-_.:/@+" (one regex: this runs for
 # several fields of every request's log line).
 _PLAIN = re.compile(r"[\w\-.:/@+]+")
+_METRIC_EVENTS: dict[str, str] = {"envelope": "out", "failure": "failed", "retry": "retried"}
 # Correlation ids derived from request ids live in their own UUID namespace (uuid5), so every
 # attempt and every redelivery of a request sends SDS the same X-Correlation-ID.
 _CORRELATION_NAMESPACE = uuid.UUID("5d1b7a4e-3f0c-4c1e-9a55-6f2d8e1b9c07")
@@ -167,6 +170,10 @@ class RouteWorker:
     when the request was first seen (epoch seconds; ``None`` means now), then publishes or
     redelivers as the outcome says. ``handle`` never raises for a bad request or a failed
     route: those are outcomes.
+
+    ``metrics`` counts messages in, out (envelopes), retried and failed. A message's
+    ``headers`` (any mapping; values may be bytes) may carry a W3C ``traceparent``: with the
+    ``otel`` extra, the route's span becomes its child.
     """
 
     def __init__(
@@ -176,8 +183,10 @@ class RouteWorker:
         *,
         clock: Callable[[], float] = time.time,
         rng: random.Random | None = None,
+        metrics: PrometheusMetrics | None = None,
     ) -> None:
         self.router = router
+        self.metrics = metrics
         self.policy = policy if policy is not None else WorkerPolicy()
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()  # noqa: S311 - jitter, not crypto
@@ -189,8 +198,25 @@ class RouteWorker:
         request_id: str | None = None,
         attempt: int = 1,
         first_seen: float | None = None,
+        headers: Mapping[str, Any] | None = None,
     ) -> WorkerOutcome:
         """Route one request body; say whether to publish an envelope, a failure, or retry."""
+        metrics = self.metrics
+        if metrics is not None:
+            metrics.worker_message("in")
+        with incoming_trace_context(headers):
+            outcome = await self._handle(body, request_id, attempt, first_seen)
+        if metrics is not None:
+            metrics.worker_message(_METRIC_EVENTS[outcome.disposition])
+        return outcome
+
+    async def _handle(
+        self,
+        body: bytes | str,
+        request_id: str | None,
+        attempt: int,
+        first_seen: float | None,
+    ) -> WorkerOutcome:
         started = time.perf_counter()
         now = self._clock()
         if request_id is None or not request_id:

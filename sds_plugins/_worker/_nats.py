@@ -281,6 +281,7 @@ class NatsTransport:
                 request_id=request_id,
                 attempt=metadata.num_delivered,
                 first_seen=metadata.timestamp.timestamp(),
+                headers=headers,
             )
         finally:
             keep_alive.cancel()

@@ -10,7 +10,7 @@ import signal
 import threading
 from collections.abc import Awaitable, Callable
 from types import ModuleType
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .._exceptions import ConfigurationError, SdsPluginsError
 from ._core import RouteWorker, WorkerOutcome, _text
@@ -18,6 +18,7 @@ from ._settings import WorkerSettings
 
 if TYPE_CHECKING:
     from .._engine import Router
+    from .._metrics import PrometheusMetrics
     from .._settings import Settings
 
 __all__ = ["BrokerError", "run_worker"]
@@ -203,9 +204,21 @@ async def run_worker(
     """
     own_router = router is None
     active = build_router(settings, sds_settings) if router is None else router
-    worker = RouteWorker(active, settings.policy())
+    metrics = None
+    if own_router or settings.metrics_port is not None:
+        from .._observability import register_observability
+
+        # Metrics only with an endpoint to read them from; tracing whenever installed.
+        metrics = register_observability(active, metrics=settings.metrics_port is not None)
+    if settings.metrics_port is not None and metrics is None:
+        raise ConfigurationError(
+            "--metrics-port needs the 'metrics' extra: pip install 'sds-plugins[metrics]' "
+            "(and sds_plugins.metrics must not be in SDS_PLUGINS_DISABLE)"
+        )
+    worker = RouteWorker(active, settings.policy(), metrics=metrics)
     transport = _transport(settings, worker)
     stop_event = stop if stop is not None else asyncio.Event()
+    endpoint = _serve_metrics(metrics, settings) if metrics is not None else None
     restore = _handle_signals(stop_event) if stop is None else (lambda: None)
     try:
         await active.start()
@@ -217,8 +230,32 @@ async def run_worker(
         await transport.run(stop_event)
     finally:
         restore()
+        if endpoint is not None:
+            # shutdown() waits for the serving thread's loop to notice (about half a second).
+            await asyncio.to_thread(endpoint.shutdown)
+            endpoint.server_close()
         if own_router:
             await active.aclose()
+
+
+def _serve_metrics(metrics: PrometheusMetrics, settings: WorkerSettings) -> Any:
+    """Prometheus' own small HTTP server, in a thread: it answers scrapes even while the event
+    loop is busy routing (and the worker has no HTTP server of its own to add a route to)."""
+    if settings.metrics_port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    try:
+        server, _thread = start_http_server(
+            settings.metrics_port, addr=settings.metrics_host, registry=metrics.registry
+        )
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: "
+            f"{exc.strerror or exc}"
+        ) from None
+    logger.info("metrics on http://%s:%d/metrics", settings.metrics_host, server.server_address[1])
+    return server
 
 
 def _handle_signals(stop: asyncio.Event) -> Callable[[], None]:

@@ -52,6 +52,10 @@ class WorkerSettings(BaseSettings):
     drain_timeout_s: float = Field(default=30.0, gt=0)
     #: JetStream only: the durable consumer's ack wait (``in_progress()`` extends it).
     ack_wait_s: float = Field(default=30.0, ge=1)
+    #: Serve Prometheus metrics at ``http://metrics_host:metrics_port/metrics`` (0: a free
+    #: port, logged at start); ``None``: no metrics endpoint. Needs the ``metrics`` extra.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = Field(default="127.0.0.1", min_length=1, max_length=255)
 
     @field_validator("broker_url")
     @classmethod

@@ -1,0 +1,1 @@
+"""``sds-plugins serve``: the routing engine as an HTTP service (starlette on uvicorn)."""
