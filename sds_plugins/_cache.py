@@ -269,14 +269,18 @@ class LookupCache:
         # list() copies in one step: a metrics scrape may call this from another thread.
         return {namespace: breaker.state for namespace, breaker in list(self._breakers.items())}
 
-    def _entry(self, data: bytes, empty: bool) -> CacheEntry:
+    def _entry(
+        self, data: bytes, empty: bool, ttl_s: float | None = None, stale: bool = True
+    ) -> CacheEntry:
         now = self._clock()
-        ttl = self.negative_ttl_s if empty else self.ttl_s
+        ttl = self.negative_ttl_s if empty else (self.ttl_s if ttl_s is None else ttl_s)
+        if empty and ttl_s is not None:
+            ttl = min(ttl, ttl_s)  # a source's shorter life applies to "nothing found" too
         return CacheEntry(
             data=data,
             stored_at=now,
             fresh_until=now + ttl,
-            stale_until=now + ttl + (0.0 if empty else self.stale_if_error_s),
+            stale_until=now + ttl + (0.0 if empty or not stale else self.stale_if_error_s),
             negative=empty,
         )
 
@@ -301,11 +305,15 @@ class LookupCache:
         decode: Callable[[bytes], tuple[Any, ...]],
         bypass: bool = False,
         store: bool = True,
+        ttl_s: float | None = None,
+        stale: bool = True,
     ) -> Cached:
         """Serve ``key`` from the cache or ``fetch`` it (once, however many callers ask).
 
         ``bypass`` skips reading (and serving stale) but still stores the fresh answer;
-        ``store=False`` neither reads nor writes (results must not be reused).
+        ``store=False`` neither reads nor writes (results must not be reused). ``ttl_s``
+        overrides the cache's lifetime for this entry (a source's own); ``stale=False`` keeps
+        it from being served after that, even during an outage.
         """
         now = self._clock()
         entry = None
@@ -327,7 +335,9 @@ class LookupCache:
         async def fetch_entry() -> _Fetched:
             records, attempts = await fetch()
             # An unstored answer is never read back, so it is not serialised either.
-            fresh = self._entry(encode(records) if store else b"", empty=not records)
+            fresh = self._entry(
+                encode(records) if store else b"", empty=not records, ttl_s=ttl_s, stale=stale
+            )
             if store:
                 await self._set(key, fresh)
                 self._decoded[key] = (fresh.stored_at, records)  # the next hit skips decoding

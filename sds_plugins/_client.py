@@ -421,6 +421,7 @@ async def get_with_retries(
     rate_limiter: RateLimiter | None = None,
     service: str = "SDS",
     max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+    shown_url: str | None = None,
 ) -> tuple[bytes, int]:
     """An idempotent GET with the project's retry rules; ``(body, attempts)`` on a 200.
 
@@ -439,9 +440,11 @@ async def get_with_retries(
     arrest is retried on the pacer's next slot without back-off and without counting as an
     attempt (up to a few times); a spent quota is waited out until the gateway's next calendar
     minute when that fits the budget. ``before_attempt`` runs just before each request is sent
-    (counting). Never use this for a request that is not idempotent.
+    (counting). ``shown_url`` is what logs and errors say instead of ``url`` (PDS's path holds
+    an NHS number). Never use this for a request that is not idempotent.
     """
     deadline = time.monotonic() + policy.budget_s
+    shown = shown_url if shown_url is not None else safe_url(url)
     sent = spikes = 0
 
     async def attempt() -> bytes:
@@ -458,31 +461,39 @@ async def get_with_retries(
         try:
             async with asyncio.timeout(max(limit_s, 0.0)):
                 body, error = await _fetch(
-                    http, url, params, headers, ticket, correlation_id, error_for, max_bytes
+                    http,
+                    url,
+                    params,
+                    headers,
+                    ticket,
+                    correlation_id,
+                    error_for,
+                    max_bytes,
+                    shown_url,
                 )
         except TimeoutError:
             raise DirectoryTimeoutError(
                 f"{service} did not answer in full within {limit_s:.3g}s",
                 correlation_id=correlation_id,
                 method="GET",
-                url=safe_url(url),
+                url=shown,
             ) from None
         except httpx.TimeoutException as exc:
             raise DirectoryTimeoutError(
                 f"{service} did not answer in time ({type(exc).__name__})",
                 correlation_id=correlation_id,
                 method="GET",
-                url=safe_url(url),
+                url=shown,
             ) from exc
         except httpx.TransportError as exc:
             raise DirectoryUnavailableError(
                 # The URL tried (without its query or credentials): with nothing configured,
                 # that is the public sandbox, which is rarely what the caller expected.
-                f"{service} is unreachable at {safe_url(url).split('?', 1)[0]} "
+                f"{service} is unreachable at {shown.split('?', 1)[0]} "
                 f"({type(exc).__name__}: {_scrubbed(exc)})",
                 correlation_id=correlation_id,
                 method="GET",
-                url=safe_url(url),
+                url=shown,
             ) from exc
         finally:
             if ticket is not None:
@@ -530,7 +541,7 @@ async def get_with_retries(
             f"{service} gave no usable answer within the {policy.budget_s:g}s budget",
             correlation_id=correlation_id,
             method="GET",
-            url=safe_url(url),
+            url=shown,
             attempts=sent,
         ) from None
     except DirectoryError as exc:
@@ -548,6 +559,7 @@ async def _fetch(
     correlation_id: str,
     error_for: Callable[[httpx.Response, str], DirectoryError],
     max_bytes: int,
+    shown: str | None = None,
 ) -> tuple[bytes, DirectoryError | None]:
     """One GET, its body read within ``max_bytes``: ``(body, None)`` on a 200, else
     ``(b"", the typed error)`` (the error body read only as far as an OperationOutcome needs)."""
@@ -560,7 +572,7 @@ async def _fetch(
     ) as response:
         logger.debug(
             "GET %s -> %s (correlation_id=%s)",
-            safe_url(str(response.request.url)),
+            shown or safe_url(str(response.request.url)),
             response.status_code,
             correlation_id,
         )
@@ -574,18 +586,18 @@ async def _fetch(
                     status_code=200,
                     correlation_id=correlation_id,
                     method="GET",
-                    url=safe_url(url),
+                    url=shown,
                 ) from None
             except MalformedResponseError as exc:
                 exc.status_code, exc.correlation_id = 200, correlation_id
-                exc.method, exc.url = "GET", safe_url(url)
+                exc.method, exc.url = "GET", shown or safe_url(url)
                 raise
         try:
             error_body = await read_body(response, ERROR_BODY_BYTES)
         except (TooLarge, MalformedResponseError):
             error_body = b""  # an unreadable error body: the status alone tells the story
         error = error_for(bounded_response(response, error_body), correlation_id)
-        error.url = safe_url(error.url) if error.url else error.url
+        error.url = shown or (safe_url(error.url) if error.url else error.url)
         return b"", error
 
 

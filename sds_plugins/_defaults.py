@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING
 import httpx
 
 from ._cache import CacheBackend, MemoryCache
-from ._client import SdsClient
-from ._exceptions import AmbiguousError, NotFoundError
+from ._client import RetryPolicy, SdsClient, default_token_url
+from ._exceptions import AmbiguousError, ConfigurationError, NotFoundError
+from ._patients import PDS_SOURCE, PatientRefs, PdsSource
 from ._ratelimit import Pacer, RateLimiter
 from ._sources import DirectorySource, SdsSource, SourceContext
 from ._validation import normalise_party_key
@@ -45,6 +46,49 @@ class SdsDirectory:
             context.settings, auth=context.auth_for("sds"), rate_limiter=context.rate_limiter
         )
         register(SdsSource(client))
+
+
+class PdsDirectory:
+    """Registers the ``pds`` directory source (PDS FHIR API: a patient's registered practice),
+    with its own pacing (``SDS_PDS_RATE_LIMIT_PER_S``, shared by ``SDS_FLEET_SIZE`` processes)
+    and the platform's signed-JWT auth when the SDS settings configure it."""
+
+    @hookimpl(trylast=True)
+    def sds_provide_auth(self, source: str, settings: Settings) -> httpx.Auth | None:
+        if source != PDS_SOURCE or not settings.configured_auth():
+            return None  # PDS takes no API key; its sandbox takes no credentials at all
+        token_url = settings.token_url or default_token_url(settings.resolved_pds_base_url())
+        return settings.signed_jwt_auth(token_url, purpose="PDS (signed-JWT auth)")
+
+    @hookimpl(trylast=True)
+    def sds_register_sources(
+        self, register: Callable[[DirectorySource], None], context: SourceContext
+    ) -> None:
+        settings = context.settings
+        try:
+            base_url = settings.resolved_pds_base_url()
+        except ConfigurationError as exc:
+            # Organisation routing does not need PDS; patient routes say what to set.
+            logger.debug("no pds source: %s", exc)
+            return
+        per_second = settings.pds_rate_limit_per_s / settings.fleet_size
+        register(
+            PdsSource(
+                base_url,
+                refs=PatientRefs.for_settings(settings),
+                auth=context.auth_for(PDS_SOURCE),
+                rate_limiter=Pacer(per_second=per_second, per_minute=max(1, int(per_second * 60))),
+                retry=RetryPolicy(
+                    attempts=settings.retry_attempts,
+                    budget_s=settings.retry_budget_s,
+                    attempt_timeout_s=settings.attempt_timeout_s,
+                ),
+                cache_ttl_s=settings.pds_cache_ttl_s,
+                end_user_org=settings.pds_end_user_org,
+                connect_timeout_s=settings.connect_timeout_s,
+                read_timeout_s=settings.read_timeout_s,
+            )
+        )
 
 
 class DefaultCache:
@@ -177,6 +221,7 @@ class PassThroughEnvelope:
 def default_plugins() -> Iterator[tuple[str, object]]:
     """The built-in plugins, by the names ``SDS_PLUGINS_DISABLE`` and ``plugins`` use."""
     yield "sds_plugins.sds", SdsDirectory()
+    yield "sds_plugins.pds", PdsDirectory()
     yield "sds_plugins.cache", DefaultCache()
     yield "sds_plugins.ratelimit", DefaultRateLimiter()
     yield "sds_plugins.selection", ExactlyOnePolicy()

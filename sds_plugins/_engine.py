@@ -36,7 +36,7 @@ from ._adapter import (
 )
 from ._adapter_options import AdapterOptions, check_adapter_options
 from ._cache import LookupCache
-from ._envelope import RoutingEnvelope
+from ._envelope import ForeignRecord, RoutingEnvelope
 from ._events import LookupEvent, RouteEvent, RouteOutcome
 from ._exceptions import (
     AmbiguousError,
@@ -45,8 +45,16 @@ from ._exceptions import (
     EnvelopeVetoedError,
     InvalidInputError,
     NotFoundError,
+    PatientNotFoundError,
     PluginError,
     SdsPluginsError,
+)
+from ._patients import (
+    PDS_SOURCE,
+    PatientQuery,
+    PatientRefs,
+    PatientRegistration,
+    check_nhs_number,
 )
 from ._plugins import PluginHost
 from ._ratelimit import RateLimiter
@@ -133,6 +141,8 @@ class Router:
         self._cache: LookupCache | None = None
         self._started = False
         self._prepared: LRUCache[tuple[Any, ...], _Prepared] = LRUCache(_PREPARED_ROUTES)
+        #: Names patients in logs, events, errors and cache keys (never the NHS number).
+        self.patient_refs = PatientRefs.for_settings(self.settings)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None, **kwargs: Any) -> Router:
@@ -284,6 +294,8 @@ class Router:
                 decode=source.decode,
                 bypass=bypass_cache,
                 store=scope is not None,
+                ttl_s=source.cache_ttl_s,
+                stale=source.stale_if_error,
             )
         except DirectoryError as exc:
             if exc.correlation_id is None:
@@ -388,26 +400,42 @@ class Router:
         self,
         adapter: str,
         *,
-        org: str,
+        org: str | None = None,
+        patient: str | None = None,
         interaction: str,
         correlation_id: str | None = None,
         encounter: str | None = None,
         bypass_cache: bool = False,
         **options: Any,
     ) -> RoutingEnvelope:
-        """Resolve a ready-to-send envelope for ``interaction`` to organisation ``org``."""
+        """Resolve a ready-to-send envelope for ``interaction`` to organisation ``org``, or to
+        ``patient``'s registered GP practice (an NHS number, looked up in PDS first)."""
         started = time.perf_counter()
         defaults = self.adapter_options.get(adapter)
         if defaults:
             options = {**defaults, **options}
         request: RouteRequest | None = None
         resolution: Resolution | None = None
+        registration: tuple[PatientRegistration, str, str] | None = None
         try:
             await self.start()
+            cid = normalise_correlation_id(correlation_id)
+            if patient is not None:
+                if org is not None:
+                    raise InvalidInputError(
+                        "pass org (an ODS code) or patient (an NHS number), not both",
+                        field="patient",
+                    )
+                registration = await self._patient_for_route(
+                    adapter, patient, interaction, encounter, bypass_cache, options, cid
+                )
+                org = registration[0].practice
+            if org is None:
+                raise InvalidInputError(
+                    "org (an ODS code) or patient (an NHS number) is required", field="org"
+                )
             prepared = self._prepare(adapter, org, interaction, encounter, bypass_cache, options)
-            request = prepared.request_for(
-                normalise_correlation_id(correlation_id), correlation_id is not None
-            )
+            request = prepared.request_for(cid, correlation_id is not None)
             outcomes = None
             if prepared.scope is not None and not bypass_cache:
                 outcomes = self._fresh_from_cache(prepared, request.correlation_id)
@@ -421,16 +449,132 @@ class Router:
                 memo=prepared.memo,
             )
             envelope = prepared.adapter.build(request, resolution)
+            if registration is not None:
+                envelope = _with_patient(envelope, *registration)
             final = self.host.finalize_envelope(envelope, request)
             if final is None:
                 raise EnvelopeVetoedError(
                     "a plugin returned no envelope from sds_finalize_envelope"
                 )
         except SdsPluginsError as exc:
-            self._emit_route(adapter, request, resolution, started, exc, org, interaction)
+            self._emit_route(
+                adapter, request, resolution, started, exc, org, interaction, registration
+            )
             raise
-        self._emit_route(adapter, request, resolution, started, None, org, interaction)
+        self._emit_route(
+            adapter, request, resolution, started, None, org, interaction, registration
+        )
         return final
+
+    # -- patients -----------------------------------------------------------------------------
+
+    async def patient(
+        self,
+        nhs_number: str,
+        *,
+        correlation_id: str | None = None,
+        scope: str | None = "",
+        bypass_cache: bool = False,
+    ) -> PatientRegistration:
+        """The current registration of patient ``nhs_number`` from PDS, checked for routing.
+
+        Raises :class:`InvalidNhsNumberError` (nothing sent), :class:`PatientNotFoundError`
+        (unknown; no registered practice; registration ended), :class:`PatientInvalidatedError`
+        and :class:`PatientRestrictedError`, or the usual directory errors. ``scope`` partitions
+        the cache as for :meth:`lookup`.
+        """
+        number = check_nhs_number(nhs_number)
+        await self.start()
+        registration, _ = await self._patient_lookup(
+            number, normalise_correlation_id(correlation_id), scope, bypass_cache
+        )
+        return registration
+
+    async def _patient_for_route(
+        self,
+        adapter: str,
+        patient: str,
+        interaction: str,
+        encounter: str | None,
+        bypass_cache: bool,
+        options: Mapping[str, Any],
+        correlation_id: str,
+    ) -> tuple[PatientRegistration, str, str]:
+        number = check_nhs_number(patient)
+        # The PDS answer is reused exactly as far as the route's own lookups are (GP Connect:
+        # within the encounter), so a patient's practice is never remembered beyond that.
+        scope = self._route_scope(adapter, interaction, encounter, bypass_cache, options)
+        registration, key = await self._patient_lookup(number, correlation_id, scope, bypass_cache)
+        return registration, key, number
+
+    def _route_scope(
+        self,
+        adapter: str,
+        interaction: str,
+        encounter: str | None,
+        bypass_cache: bool,
+        options: Mapping[str, Any],
+    ) -> str | None:
+        chosen = self.adapters.get(adapter)
+        if chosen is None:
+            raise InvalidInputError(
+                f"no adapter named {adapter!r} "
+                f"(installed: {', '.join(sorted(self.adapters)) or 'none'})",
+                field="adapter",
+            )
+        request = RouteRequest.model_construct(
+            adapter=adapter,
+            org="",
+            interaction=chosen.normalise_interaction(interaction),
+            options=chosen.parse_options(options),
+            correlation_id="",
+            correlation_id_given=False,
+            encounter=encounter,
+            bypass_cache=bypass_cache,
+        )
+        return chosen.cache_scope(request)
+
+    async def _patient_lookup(
+        self, number: str, correlation_id: str, scope: str | None, bypass_cache: bool
+    ) -> tuple[PatientRegistration, str]:
+        if PDS_SOURCE not in self.sources:
+            raise ConfigurationError(
+                "routing to a patient needs the pds directory source (PDS FHIR API): set "
+                "SDS_PDS_BASE_URL, or check SDS_PLUGINS_DISABLE"
+            )
+        ref = self.patient_refs.ref(number)
+        lookup = Lookup(source=PDS_SOURCE, query=PatientQuery(nhs_number=number, ref=ref))
+        planned = self._plan_lookup("patient", lookup, scope)
+        outcome = await self._lookup(planned, correlation_id, scope, bypass_cache)
+        today = datetime.fromtimestamp(self.clock(), UTC).date()
+        if not outcome.records:
+            raise PatientNotFoundError(
+                f"PDS knows no patient {ref}", reason="unknown", correlation_id=correlation_id
+            )
+        registration = outcome.records[0]
+        assert isinstance(registration, PatientRegistration)  # the pds source's record type
+        if registration.practice is None:
+            raise PatientNotFoundError(
+                f"patient {ref} has no registered GP practice in PDS",
+                reason="no_registration",
+                correlation_id=correlation_id,
+            )
+        if registration.current_practice(today) is None:
+            raise PatientNotFoundError(
+                f"patient {ref}'s registration with {registration.practice} ended on "
+                f"{registration.registration_end}; PDS gives no current practice",
+                reason="registration_ended",
+                correlation_id=correlation_id,
+            )
+        if registration.superseded:
+            logger.info(
+                "patient %s: PDS answered with record %s (the number was superseded); routing "
+                "to that record's practice (correlation_id=%s)",
+                ref,
+                registration.record,
+                correlation_id,
+            )
+        return registration, lookup.key()
 
     def _prepare(
         self,
@@ -517,13 +661,19 @@ class Router:
         resolution: Resolution | None,
         started: float,
         error: SdsPluginsError | None,
-        org: str,
+        org: str | None,
         interaction: str,
+        registration: tuple[PatientRegistration, str, str] | None = None,
     ) -> None:
         if not self.host.has_listeners("sds_route_completed"):
             return
         outcome: RouteOutcome = "ok"
         details: dict[str, Any] = {}
+        if registration is not None:
+            details["patient"] = registration[0].patient
+            details["superseded"] = registration[0].superseded
+            if self.settings.audit_nhs_numbers:  # the operator's governance asks for it
+                details["nhs_number"] = registration[2]
         if isinstance(error, AmbiguousError):
             outcome = "ambiguous"
             details["candidates"] = error.candidates
@@ -554,3 +704,22 @@ class Router:
             details=details,
         )
         self._notify("sds_route_completed", event)
+
+
+def _with_patient(
+    envelope: RoutingEnvelope, registration: PatientRegistration, key: str, _number: str
+) -> RoutingEnvelope:
+    """The envelope with the PDS record it was routed by first in its provenance (the
+    patient's and the record's references, the practice; never the number)."""
+    provenance = envelope.provenance
+    record = ForeignRecord(**registration.model_dump(mode="json"))
+    return envelope.model_copy(
+        update={
+            "provenance": provenance.model_copy(
+                update={
+                    "records": (record, *provenance.records),
+                    "lookups": (key, *provenance.lookups),
+                }
+            )
+        }
+    )

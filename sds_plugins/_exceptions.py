@@ -2,11 +2,15 @@
 
     SdsPluginsError
     ├── InvalidInputError            bad ODS code, interaction, party key... (nothing was sent)
+    │   └── InvalidNhsNumberError    not an NHS number (10 digits, modulus-11 check digit)
     ├── ConfigurationError           settings or plugins that cannot work (unknown env, no key)
     │   └── PluginError              a plugin that cannot be loaded (async hook, unknown hook...)
     ├── EnvelopeVetoedError          a plugin refused to let an envelope out
     └── DirectoryError               a directory lookup did not give a usable answer
         ├── NotFoundError            the directory answered: no matching records
+        │   ├── PatientNotFoundError     PDS: no such patient, or no current registered practice
+        │   ├── PatientInvalidatedError  PDS: the record was invalidated (warn the user)
+        │   └── PatientRestrictedError   PDS: a restricted record; its practice is not given
         ├── AmbiguousError           several candidates and nothing to choose between them
         ├── AuthenticationError      the directory or its token endpoint refused our credentials
         ├── RequestRejectedError     the directory refused the request itself (400, 404, 405, 406)
@@ -42,8 +46,12 @@ __all__ = [
     "DirectoryUnavailableError",
     "EnvelopeVetoedError",
     "InvalidInputError",
+    "InvalidNhsNumberError",
     "MalformedResponseError",
     "NotFoundError",
+    "PatientInvalidatedError",
+    "PatientNotFoundError",
+    "PatientRestrictedError",
     "PluginError",
     "RateLimitedError",
     "RequestRejectedError",
@@ -74,6 +82,11 @@ class InvalidInputError(SdsPluginsError, ValueError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class InvalidNhsNumberError(InvalidInputError):
+    """Not an NHS number: 10 digits whose last is the modulus-11 check digit of the others.
+    Refused before anything is sent; the message never repeats the value."""
 
 
 class ConfigurationError(SdsPluginsError):
@@ -159,6 +172,28 @@ class NotFoundError(DirectoryError):
     """The directory answered, and nothing matched (or nothing usable matched)."""
 
     exit_code = 3
+
+
+class PatientNotFoundError(NotFoundError):
+    """PDS knows no such patient (``reason="unknown"``), or the patient has no current
+    registered practice (``"no_registration"``: none recorded; ``"registration_ended"``).
+
+    Messages never carry the NHS number: they name the patient by its reference.
+    """
+
+    def __init__(self, message: str, *, reason: str, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.reason = reason
+
+
+class PatientInvalidatedError(NotFoundError):
+    """PDS says the record was invalidated (404 ``INVALIDATED_RESOURCE``). PDS's conformance
+    asks that the user be warned: it is its own error so callers can."""
+
+
+class PatientRestrictedError(NotFoundError):
+    """A restricted patient (``meta.security`` R): PDS withholds the registered practice, and
+    nothing more about the record is logged or said."""
 
 
 class AmbiguousError(DirectoryError):

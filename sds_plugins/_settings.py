@@ -13,8 +13,13 @@ from ._auth import ApiKeyAuth
 from ._client import default_token_url, resolve_base_url
 from ._exceptions import ConfigurationError
 from ._plugin_settings import SignedJwtSettings
+from ._validation import normalise_ods_code
 
 __all__ = ["Settings"]
+
+#: Where SDS and PDS live under an NHS API platform host.
+SDS_PATH = "/spine-directory/FHIR/R4"
+PDS_PATH = "/personal-demographics/FHIR/R4"
 
 
 class Settings(SignedJwtSettings):
@@ -64,11 +69,43 @@ class Settings(SignedJwtSettings):
     rate_limit_per_min: int = Field(default=2400, ge=1)
     fleet_size: int = Field(default=1, ge=1, le=10_000)
     audit_log: Path | None = None
+    # PDS (routing to a patient's registered practice). The base URL defaults to PDS on the
+    # SDS host (NHS serves both from one API platform host per environment); PDS's application
+    # limit is its own (5/s by default), paced apart from SDS; answers are cached briefly and
+    # within the route's cache scope (GP Connect: the encounter).
+    pds_base_url: str | None = None
+    pds_rate_limit_per_s: float = Field(default=5, gt=0, le=10_000)
+    pds_cache_ttl_s: float = Field(default=60.0, ge=0, le=86_400)
+    #: ``NHSD-End-User-Organisation-ODS``, for an application that serves several organisations.
+    pds_end_user_org: str | None = None
+    #: The key of the hash that names patients in logs, events, errors and cache keys (hex or
+    #: text). Unset: a random key per process (share one across a fleet to share PDS answers).
+    patient_hash_key: SecretStr | None = None
+    #: Write NHS numbers in clear to the audit log (only where the operator's governance
+    #: requires it; everywhere else they stay hashed).
+    audit_nhs_numbers: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         resolve_base_url(self.base_url or self.env)  # fail early on a typo or a bad URL
+        if self.pds_base_url is not None:
+            resolve_base_url(self.pds_base_url)
+        if self.pds_end_user_org is not None:
+            normalise_ods_code(self.pds_end_user_org, "SDS_PDS_END_USER_ORG")
         return self
+
+    def resolved_pds_base_url(self) -> str:
+        """PDS's FHIR base: ``pds_base_url``, else PDS on the SDS host of the environment."""
+        if self.pds_base_url is not None:
+            return resolve_base_url(self.pds_base_url)
+        sds = self.resolved_base_url()
+        head, found, _ = sds.rpartition(SDS_PATH)
+        if not found:
+            raise ConfigurationError(
+                "SDS_PDS_BASE_URL is needed: the SDS base URL does not end in "
+                f"{SDS_PATH}, so PDS's cannot be derived from it"
+            )
+        return head + PDS_PATH
 
     def resolved_base_url(self) -> str:
         return resolve_base_url(self.base_url or self.env)

@@ -59,6 +59,11 @@ class DirectorySource:
     name: str
     namespace: str
     record_type: Any
+    #: How long its answers stay fresh (``None``: the router's ``cache_ttl_s``).
+    cache_ttl_s: float | None = None
+    #: Whether its answers may be served stale while it fails (SDS's may: routing data changes
+    #: rarely; a patient's registration is not served past its short life).
+    stale_if_error: bool = True
 
     def __init__(self) -> None:
         self._adapter: TypeAdapter[tuple[Any, ...]] | None = None

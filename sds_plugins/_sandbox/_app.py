@@ -38,6 +38,7 @@ from ._control import Controls, _StatsMiddleware
 from ._fhir import FhirSearch, _intermediary
 from ._gateway import Gateway, GatewayGuard
 from ._oauth import TokenEndpoint, _load_keys
+from ._pds import PDS_BASE, PdsEndpoint
 from ._records import load_directory
 from ._state import _State
 
@@ -70,6 +71,7 @@ class _Sandbox:
             gateway=Gateway(config.gateway_config()),
         )
         self.fhir = FhirSearch(self.state, GatewayGuard(self.state))
+        self.pds = PdsEndpoint(self.state, GatewayGuard(self.state))
         self.oauth = TokenEndpoint(self.state)
         self.controls = Controls(self.state)
 
@@ -88,6 +90,7 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     routes = [
         _AnyMethodRoute(f"{FHIR_BASE}/Device", sandbox.fhir.device),
         _AnyMethodRoute(f"{FHIR_BASE}/Endpoint", sandbox.fhir.endpoint),
+        _AnyMethodRoute(f"{PDS_BASE}/Patient/{{id}}", sandbox.pds.patient),
         _AnyMethodRoute(TOKEN_PATH, sandbox.oauth.token),
         _AnyMethodRoute(f"{CONTROL_PREFIX}stats", sandbox.controls.stats),
         _AnyMethodRoute(f"{CONTROL_PREFIX}faults", sandbox.controls.faults),

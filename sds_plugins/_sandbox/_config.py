@@ -42,8 +42,12 @@ class SandboxConfig:
     synthetic: int = 0
     token_ttl_s: int = 599
     seed: int = 0
+    #: PDS's application rate limit (smoothed, like a spike arrest); ``None``: no limit.
+    pds_rate_per_s: float | None = None
 
     def __post_init__(self) -> None:
+        if self.pds_rate_per_s is not None and not 0 < self.pds_rate_per_s <= 10_000:
+            raise ValueError("pds_rate_per_s must be above 0 and at most 10,000")
         if not 0 <= self.latency_ms <= MAX_LATENCY_MS:
             raise ValueError(f"latency_ms must be between 0 and {MAX_LATENCY_MS}")
         if not 0 <= self.error_rate <= 1:

@@ -13,6 +13,8 @@ from ._common import CONTROL_PREFIX, _bounded_body, _control_json
 from ._config import MAX_CONTROL_BODY, MAX_STATS_PATHS, OTHER_PATHS, _updated_faults
 from ._state import _State
 
+PDS_PATIENT = "/personal-demographics/FHIR/R4/Patient/"
+
 
 class Controls:
     """``GET /_sandbox/stats``, ``GET|POST /_sandbox/faults``, ``POST /_sandbox/reset``."""
@@ -74,6 +76,8 @@ class _StatsMiddleware:
         async def counting_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 path = scope["path"]
+                if path.startswith(PDS_PATIENT):
+                    path = PDS_PATIENT + "{id}"  # one counter, and no NHS number in the stats
                 if path not in state.requests and len(state.requests) >= MAX_STATS_PATHS:
                     path = OTHER_PATHS  # bounded: one entry per unique path would grow for ever
                 state.requests[path] += 1

@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from .._client import LookupResult, SdsClient
-from .._exceptions import ConfigurationError, DirectoryError, SdsPluginsError
+from .._exceptions import ConfigurationError, DirectoryError, InvalidInputError, SdsPluginsError
 from .._models import records_as_json
 from .._settings import Settings
 
@@ -359,7 +359,12 @@ def _options(pairs: Sequence[str], config: Path | None, adapter: str) -> dict[st
 
 @cli.command()
 @click.argument("adapter")
-@click.option("--org", required=True, help="ODS code of the target organisation.")
+@click.option("--org", help="ODS code of the target organisation.")
+@click.option(
+    "--patient",
+    metavar="NHS_NUMBER",
+    help="Route to this patient's registered GP practice (looked up in PDS) instead of --org.",
+)
 @click.option("--interaction", required=True, help="Interaction id (or MESH workflow id).")
 @click.option(
     "-o",
@@ -391,7 +396,8 @@ def _options(pairs: Sequence[str], config: Path | None, adapter: str) -> dict[st
 @click.option("--correlation-id", help="UUID for X-Correlation-ID and the envelope.")
 def route(
     adapter: str,
-    org: str,
+    org: str | None,
+    patient: str | None,
     interaction: str,
     pairs: tuple[str, ...],
     config: Path | None,
@@ -405,6 +411,8 @@ def route(
     """Resolve a ready-to-send routing envelope and print it as JSON."""
     from .._engine import Router
 
+    if (org is None) == (patient is None):
+        _fail(InvalidInputError("pass --org ODS_CODE or --patient NHS_NUMBER (one of them)"))
     options = _options(pairs, config, adapter)
     settings = _settings(base_url, api_key)
 
@@ -413,6 +421,7 @@ def route(
             return await router.route(
                 adapter,
                 org=org,
+                patient=patient,
                 interaction=interaction,
                 correlation_id=correlation_id,
                 encounter=encounter,
@@ -423,6 +432,34 @@ def route(
     envelope = _run(resolve)
     data = envelope.to_message() if with_secrets else envelope.model_dump(mode="json")
     click.echo(json.dumps(data, indent=2))
+
+
+@cli.command()
+@click.argument("nhs_number")
+@click.option("--encounter", help="Cache scope: the GP Connect encounter the lookup is for.")
+@_base_url_option
+@_api_key_option
+@click.option("--correlation-id", help="UUID for X-Correlation-ID.")
+def patient(
+    nhs_number: str,
+    encounter: str | None,
+    base_url: str | None,
+    api_key: str | None,
+    correlation_id: str | None,
+) -> None:
+    """Look a patient up in PDS and print the registered practice (the NHS number is shown
+    only as its reference, as everywhere else)."""
+    from .._engine import Router
+
+    settings = _settings(base_url, api_key)
+
+    async def resolve() -> Any:
+        async with Router(settings) as router:
+            scope = f"encounter:{encounter}" if encounter else ""
+            return await router.patient(nhs_number, correlation_id=correlation_id, scope=scope)
+
+    registration = _run(resolve)
+    click.echo(json.dumps(registration.model_dump(mode="json"), indent=2))
 
 
 @cli.command()

@@ -1,0 +1,356 @@
+"""Patients: from an NHS number to the registered GP practice, through PDS.
+
+The Personal Demographics Service (PDS FHIR API, ``GET /Patient/{nhs_number}``) is a directory
+source like SDS: cached, coalesced, paced (at PDS's own application limit), retried and
+observed by the engine. What it answers is reduced at once to a :class:`PatientRegistration`:
+the practice, whether the number was superseded, whether the registration has ended or the
+record is restricted. Nothing else from the record is kept.
+
+NHS numbers are personal data. They are sent to PDS and nowhere else: logs, events, errors,
+cache keys and envelopes name a patient by a keyed hash (:meth:`PatientRefs.ref`,
+``pt-<16 hex>``), unless the operator's governance requires the number in the audit log
+(``SDS_AUDIT_NHS_NUMBERS``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import re
+import secrets
+import uuid
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field
+
+from ._client import RetryPolicy, get_with_retries
+from ._envelope import ForeignRecord
+from ._exceptions import (
+    AuthenticationError,
+    DirectoryError,
+    DirectoryTimeoutError,
+    DirectoryUnavailableError,
+    InvalidNhsNumberError,
+    MalformedResponseError,
+    PatientInvalidatedError,
+    PatientRestrictedError,
+    RateLimitedError,
+    RequestRejectedError,
+)
+from ._ratelimit import Pacer, RateLimiter
+from ._sources import DirectorySource, FetchResult
+from ._upstream import load_json, operation_outcome, parse_retry_after
+
+__all__ = [
+    "PDS_SOURCE",
+    "PatientQuery",
+    "PatientRefs",
+    "PatientRegistration",
+    "PdsSource",
+    "check_nhs_number",
+]
+
+logger = logging.getLogger("sds_plugins.pds")
+
+#: The directory source name PDS is registered under.
+PDS_SOURCE = "pds"
+ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+_CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+_DIGITS = re.compile(r"[0-9]{10}")
+# Without a configured key, one per process: the router and its pds source agree, and no two
+# processes' references can be matched (nor cached answers shared).
+_PROCESS_KEY = secrets.token_bytes(32)
+# Ten digits in a row: what an NHS number looks like in a path or a message from PDS.
+_NUMBER_LIKE = re.compile(r"(?<![0-9])[0-9]{10}(?![0-9])")
+
+
+def check_nhs_number(value: object, field: str = "patient") -> str:
+    """An NHS number: ten ASCII digits (spaces between groups allowed, ``943 476 5919``) whose
+    last is the modulus-11 check digit of the first nine (weights 10 to 2; 10 is no digit).
+
+    Raises :class:`InvalidNhsNumberError` before anything is sent; the message never repeats
+    the value (it may be a real number with one digit mistyped).
+    """
+    if not isinstance(value, str):
+        raise InvalidNhsNumberError(
+            f"{field} must be a string of 10 digits, got {type(value).__name__}", field=field
+        )
+    compact = value.strip().replace(" ", "")
+    if len(value) > 32 or not compact.isascii() or not _DIGITS.fullmatch(compact):
+        raise InvalidNhsNumberError(f"{field} is not an NHS number (10 digits)", field=field)
+    total = sum(
+        int(digit) * weight for digit, weight in zip(compact[:9], range(10, 1, -1), strict=True)
+    )
+    check = (11 - total % 11) % 11
+    if check == 10 or check != int(compact[9]):
+        raise InvalidNhsNumberError(
+            f"{field} is not an NHS number (its check digit does not match)", field=field
+        )
+    return compact
+
+
+class PatientRefs:
+    """Names patients without their NHS number: ``pt-`` and 16 hex digits of an HMAC-SHA256.
+
+    The same key gives the same reference (a fleet sharing PDS answers through Redis needs one
+    key: ``SDS_PATIENT_HASH_KEY``); without one, each process draws its own.
+    """
+
+    def __init__(self, key: str | bytes | None = None) -> None:
+        if key is None:
+            key = secrets.token_bytes(32)
+        self._key = key.encode() if isinstance(key, str) else key
+
+    def ref(self, nhs_number: str) -> str:
+        digest = hmac.new(self._key, nhs_number.encode("ascii"), hashlib.sha256).hexdigest()
+        return f"pt-{digest[:16]}"
+
+    def scrub(self, text: str) -> str:
+        """``text`` with anything that looks like an NHS number replaced by its reference."""
+        return _NUMBER_LIKE.sub(lambda match: self.ref(match.group(0)), text)
+
+    @classmethod
+    def for_settings(cls, settings: Any) -> PatientRefs:
+        """The references ``settings`` describe: ``patient_hash_key``, else this process's."""
+        key = settings.patient_hash_key
+        return cls(key.get_secret_value() if key is not None else _PROCESS_KEY)
+
+    def __repr__(self) -> str:
+        return "PatientRefs(<key>)"
+
+
+class PatientQuery(BaseModel):
+    """``GET /Patient/{nhs_number}``, keyed by the patient's reference (never the number)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    nhs_number: str = Field(repr=False)
+    ref: str
+
+    def key(self) -> str:
+        return f"Patient/{self.ref}"
+
+
+class PatientRegistration(ForeignRecord):
+    """What routing needs from a PDS record, and nothing more.
+
+    ``patient`` is the reference of the number asked for and ``record`` that of the record PDS
+    answered with: they differ when the number was superseded (merged), and ``superseded`` says
+    so. ``practice`` is the ODS code of the registered practice (``None`` when PDS gives none);
+    ``registration_end`` is set when that registration has ended; ``restricted`` records carry
+    no practice.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    kind: Literal["pds_patient"] = "pds_patient"
+    patient: str
+    record: str
+    superseded: bool = False
+    practice: str | None = None
+    registration_start: date | None = None
+    registration_end: date | None = None
+    restricted: bool = False
+
+    def current_practice(self, today: date) -> str | None:
+        """The practice, when the registration has not ended by ``today``."""
+        if self.practice is None:
+            return None
+        if self.registration_end is not None and self.registration_end <= today:
+            return None
+        return self.practice
+
+
+def _date(value: object) -> date | None:
+    if not isinstance(value, str) or len(value) > 40:
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def parse_patient(body: bytes, asked: str, refs: PatientRefs) -> PatientRegistration:
+    """The registration in a PDS ``Patient`` (bounded JSON already read)."""
+    data = load_json(body, what="PDS answer")
+    if not isinstance(data, dict) or data.get("resourceType") != "Patient":
+        raise MalformedResponseError("PDS answered with something other than a Patient")
+    record_id = data.get("id")
+    if not isinstance(record_id, str) or not _DIGITS.fullmatch(record_id):
+        raise MalformedResponseError("PDS answered with a Patient without a valid id", field="id")
+    meta = data.get("meta")
+    security = meta.get("security") if isinstance(meta, dict) else None
+    restricted = isinstance(security, list) and any(
+        isinstance(item, dict)
+        and item.get("system") == _CONFIDENTIALITY
+        and item.get("code") in ("R", "V")
+        for item in security
+    )
+    practice = start = end = None
+    practices = data.get("generalPractitioner")
+    if isinstance(practices, list):
+        for item in practices:  # zero or one item; the first with an ODS code counts
+            identifier = item.get("identifier") if isinstance(item, dict) else None
+            if not isinstance(identifier, dict) or identifier.get("system") != ODS_SYSTEM:
+                continue
+            value = identifier.get("value")
+            if isinstance(value, str) and 3 <= len(value) <= 10 and value.isalnum():
+                period = identifier.get("period")
+                period = period if isinstance(period, dict) else {}
+                practice = value.upper()
+                start, end = _date(period.get("start")), _date(period.get("end"))
+                break
+    return PatientRegistration(
+        patient=refs.ref(asked),
+        record=refs.ref(record_id),
+        superseded=record_id != asked,
+        practice=None if restricted else practice,
+        registration_start=start,
+        registration_end=end,
+        restricted=restricted,
+    )
+
+
+class PdsSource(DirectorySource):
+    """The PDS FHIR API as the ``pds`` directory source (application-restricted reads).
+
+    Every request carries a fresh ``X-Request-ID`` (a UUID), reused as it is when the same
+    request is re-sent after a failure, as PDS asks; ``X-Correlation-ID`` is the route's.
+    """
+
+    name = PDS_SOURCE
+    record_type = PatientRegistration
+    stale_if_error = False
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        refs: PatientRefs,
+        auth: httpx.Auth | None = None,
+        rate_limiter: RateLimiter | None = None,
+        retry: RetryPolicy | None = None,
+        cache_ttl_s: float = 60.0,
+        end_user_org: str | None = None,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 10.0,
+        max_response_bytes: int = 1024 * 1024,
+    ) -> None:
+        super().__init__()
+        self.base_url = base_url.rstrip("/")
+        self.namespace = self.base_url
+        self.refs = refs
+        self.rate_limiter = rate_limiter if rate_limiter is not None else Pacer(per_second=5)
+        self.retry = retry or RetryPolicy()
+        self.cache_ttl_s = cache_ttl_s
+        self.end_user_org = end_user_org
+        self.max_response_bytes = max_response_bytes
+        self.requests_sent = 0
+        self._http = httpx.AsyncClient(
+            auth=auth,
+            timeout=httpx.Timeout(read_timeout_s, connect=connect_timeout_s),
+            follow_redirects=False,
+        )
+
+    async def fetch(
+        self, query: Any, *, correlation_id: str, no_cache: bool = False
+    ) -> FetchResult:
+        if not isinstance(query, PatientQuery):
+            raise TypeError(f"the pds source takes a PatientQuery, not {type(query).__name__}")
+        headers = {
+            "Accept": "application/fhir+json",
+            # One id for this request, the same on every retry of it (PDS's rule).
+            "X-Request-ID": str(uuid.uuid4()),
+            "X-Correlation-ID": correlation_id,
+        }
+        if self.end_user_org:
+            headers["NHSD-End-User-Organisation-ODS"] = self.end_user_org
+        if no_cache:
+            headers["Cache-Control"] = "no-cache"
+        shown = f"{self.base_url}/Patient/{query.ref}"
+
+        async def count() -> None:
+            self.requests_sent += 1
+
+        try:
+            body, attempts = await get_with_retries(
+                self._http,
+                f"{self.base_url}/Patient/{query.nhs_number}",
+                headers=headers,
+                policy=self.retry,
+                correlation_id=correlation_id,
+                error_for=lambda response, cid: self._error(response, cid, query, shown),
+                before_attempt=count,
+                rate_limiter=self.rate_limiter,
+                service="PDS",
+                max_bytes=self.max_response_bytes,
+                shown_url=shown,
+            )
+        except DirectoryError as exc:
+            if exc.spine_code == "RESOURCE_NOT_FOUND":
+                return FetchResult(records=(), attempts=exc.attempts)
+            raise
+        registration = parse_patient(body, query.nhs_number, self.refs)
+        if registration.restricted:
+            # Raised, not returned: an error is never cached, and nothing more about the
+            # record is said or kept.
+            raise PatientRestrictedError(
+                f"PDS: patient {query.ref} is restricted; its registered practice is withheld",
+                correlation_id=correlation_id,
+                status_code=200,
+                method="GET",
+                url=shown,
+                attempts=attempts,
+            )
+        return FetchResult(records=(registration,), attempts=attempts)
+
+    def _error(
+        self, response: httpx.Response, correlation_id: str, query: PatientQuery, shown: str
+    ) -> DirectoryError:
+        status = response.status_code
+        try:
+            body: object = load_json(response.content)
+        except MalformedResponseError:
+            body = None
+        code, diagnostics = operation_outcome(body)
+        kwargs: dict[str, Any] = {
+            "correlation_id": correlation_id,
+            "status_code": status,
+            "spine_code": code,
+            # PDS's diagnostics may quote the number: it is replaced by its reference.
+            "diagnostics": self.refs.scrub(diagnostics) if diagnostics else None,
+            "method": "GET",
+            "url": shown,
+        }
+        who = f"patient {query.ref}"
+        if status == 404 and code == "INVALIDATED_RESOURCE":
+            return PatientInvalidatedError(
+                f"PDS: the record of {who} has been invalidated; it must not be used "
+                "(warn the user)",
+                **kwargs,
+            )
+        if status == 404 and code == "RESOURCE_NOT_FOUND":
+            return RequestRejectedError(f"PDS knows no {who}", **kwargs)  # → no records
+        if status in (401, 403):
+            return AuthenticationError(f"PDS refused the credentials ({status})", **kwargs)
+        if status == 408:
+            return DirectoryTimeoutError("PDS could not reach a service in time", **kwargs)
+        if status == 429:
+            kwargs["retry_after_s"] = parse_retry_after(response.headers.get("Retry-After"))
+            return RateLimitedError("PDS is rate limiting this application", **kwargs)
+        if status < 500:
+            return RequestRejectedError(f"PDS rejected the request for {who} ({status})", **kwargs)
+        kwargs["retry_after_s"] = parse_retry_after(response.headers.get("Retry-After"))
+        if status == 504:
+            return DirectoryTimeoutError("PDS timed out upstream", **kwargs)
+        return DirectoryUnavailableError(f"PDS failed with {status}", **kwargs)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def today() -> date:
+    return datetime.now(UTC).date()
