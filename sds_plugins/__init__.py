@@ -146,10 +146,22 @@ if TYPE_CHECKING:
         InvalidInputError as InvalidInputError,
     )
     from ._exceptions import (
+        InvalidNhsNumberError as InvalidNhsNumberError,
+    )
+    from ._exceptions import (
         MalformedResponseError as MalformedResponseError,
     )
     from ._exceptions import (
         NotFoundError as NotFoundError,
+    )
+    from ._exceptions import (
+        PatientInvalidatedError as PatientInvalidatedError,
+    )
+    from ._exceptions import (
+        PatientNotFoundError as PatientNotFoundError,
+    )
+    from ._exceptions import (
+        PatientRestrictedError as PatientRestrictedError,
     )
     from ._exceptions import (
         PluginError as PluginError,
@@ -195,6 +207,18 @@ if TYPE_CHECKING:
     )
     from ._option_types import (
         PartyKey as PartyKey,
+    )
+    from ._patients import (
+        PatientRefs as PatientRefs,
+    )
+    from ._patients import (
+        PatientRegistration as PatientRegistration,
+    )
+    from ._patients import (
+        PdsSource as PdsSource,
+    )
+    from ._patients import (
+        check_nhs_number as check_nhs_number,
     )
     from ._plugin_settings import (
         ClientTlsSettings as ClientTlsSettings,

@@ -78,7 +78,7 @@ def check_nhs_number(value: object, field: str = "patient") -> str:
         raise InvalidNhsNumberError(
             f"{field} must be a string of 10 digits, got {type(value).__name__}", field=field
         )
-    compact = value.strip().replace(" ", "")
+    compact = value.replace(" ", "")  # spaces between groups; anything else is refused
     if len(value) > 32 or not compact.isascii() or not _DIGITS.fullmatch(compact):
         raise InvalidNhsNumberError(f"{field} is not an NHS number (10 digits)", field=field)
     total = sum(
@@ -90,6 +90,30 @@ def check_nhs_number(value: object, field: str = "patient") -> str:
             f"{field} is not an NHS number (its check digit does not match)", field=field
         )
     return compact
+
+
+class _RedactPatientPaths(logging.Filter):
+    """Masks the NHS number in a PDS URL that a library logs (httpx logs every request's URL
+    at INFO): the one place the number travels that this project does not write itself."""
+
+    _PATH = re.compile(r"(/Patient/)[0-9]{10}")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "/Patient/" in message:
+            record.msg, record.args = self._PATH.sub(r"\1**********", message), None
+        return True
+
+
+_REDACT = _RedactPatientPaths()
+
+
+def redact_library_logs() -> None:
+    """Install the redaction on httpx's and httpcore's loggers (once; idempotent)."""
+    for name in ("httpx", "httpcore"):
+        library = logging.getLogger(name)
+        if _REDACT not in library.filters:
+            library.addFilter(_REDACT)
 
 
 class PatientRefs:
@@ -240,6 +264,7 @@ class PdsSource(DirectorySource):
         max_response_bytes: int = 1024 * 1024,
     ) -> None:
         super().__init__()
+        redact_library_logs()
         self.base_url = base_url.rstrip("/")
         self.namespace = self.base_url
         self.refs = refs
