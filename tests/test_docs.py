@@ -166,7 +166,16 @@ def test_every_built_in_plugin_is_named_in_the_hooks_reference() -> None:
 SANDBOX_DOC = DOCS / "sandbox.md"
 WORKER_DOC = DOCS / "worker.md"
 OPERATIONS_DOC = DOCS / "operations.md"
-DOCS_WITH_CODE = (ADAPTER_DOC, HOOKS_DOC, EXAMPLE_README, SANDBOX_DOC, WORKER_DOC, OPERATIONS_DOC)
+PATIENTS_DOC = DOCS / "patients.md"
+DOCS_WITH_CODE = (
+    ADAPTER_DOC,
+    HOOKS_DOC,
+    EXAMPLE_README,
+    SANDBOX_DOC,
+    WORKER_DOC,
+    OPERATIONS_DOC,
+    PATIENTS_DOC,
+)
 _NOT_RUN = re.compile(r"^<!--\s*not run:\s*\S.*-->$")
 
 

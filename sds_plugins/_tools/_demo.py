@@ -83,7 +83,39 @@ def run_demo(console: Console | None = None) -> None:
         asyncio.run(_lookups(console, sandbox.base_url))
         asyncio.run(_resilience(console, sandbox))
         asyncio.run(_engine(console, sandbox, _DemoCredentials(key, sandbox.token_url)))
+        asyncio.run(_patients(console, sandbox, _DemoCredentials(key, sandbox.token_url)))
     _adapter_demos(console)
+
+
+async def _patients(console: Console, sandbox: Any, credentials: _DemoCredentials) -> None:
+    """A GP Connect request "to the patient's GP": NHS number → PDS → practice → envelope."""
+    from ..sandbox import SANDBOX_PATIENTS
+
+    sandbox.reset()
+    async with Router(Settings(base_url=sandbox.base_url), plugins=[credentials]) as router:
+        adapter = router.adapters.get("gpconnect")
+        if adapter is None or not adapter.example:
+            return
+        example = {k: v for k, v in adapter.example.items() if k != "org"}
+        envelope = await router.route("gpconnect", patient=SANDBOX_PATIENTS["gpconnect"], **example)
+        pds = envelope.provenance.records[0].model_dump(mode="json")
+        console.print(
+            Panel.fit(
+                f"patient {pds['patient']} (the NHS number is never shown or logged)\n"
+                f"  PDS: registered at {pds['practice']} since {pds['registration_start']}\n"
+                f"  GP Connect: {envelope.request.method} {envelope.request.url}\n"
+                f"  to ASID {envelope.target.asid}; lookups: "
+                + ", ".join(key.split("?")[0] for key in envelope.provenance.lookups),
+                title="to the patient's GP (PDS, then SDS)",
+            )
+        )
+        for case in ("superseded", "restricted", "ended"):
+            try:
+                moved = await router.route("gpconnect", patient=SANDBOX_PATIENTS[case], **example)
+                console.print(f"  {case}: routed to {moved.target.ods_code}, flagged superseded")
+            except SdsPluginsError as exc:
+                console.print(f"  {case}: [yellow]{type(exc).__name__}[/] {exc.args[0]}")
+        console.print(f"  requests: {dict(sandbox.stats()['requests'])}\n")
 
 
 def _adapter_demos(console: Console) -> None:

@@ -25,6 +25,7 @@ from .plugin import MeshPlugin
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ._config import MeshSettings
     from .sandbox import MeshSandbox
 
 __all__ = ["demo"]
@@ -107,6 +108,8 @@ async def _demo(console: Console, sandbox: MeshSandbox) -> None:
         message = await asyncio.to_thread(_receive, sandbox, "X26ABC2", message_id)
         console.print(f"  X26ABC2 received it with mesh-client: {message}\n")
 
+        await _to_the_patients_gp(console, settings, client, sandbox)
+
         try:
             await router.route("mesh", org="X26", interaction="TEST_WORKFLOW2")
         except AmbiguousError as exc:
@@ -129,6 +132,32 @@ async def _demo(console: Console, sandbox: MeshSandbox) -> None:
             chunked.first_request()
         except Exception as exc:
             console.print(f"  first POST asked for twice: [yellow]{type(exc).__name__}[/]\n")
+
+
+async def _to_the_patients_gp(
+    console: Console, settings: MeshSettings, client: httpx.AsyncClient, sandbox: MeshSandbox
+) -> None:
+    """A discharge summary to the patient's GP: the SDS sandbox's PDS names the practice."""
+    from sds_plugins.sandbox import SANDBOX_PATIENTS, Sandbox
+
+    host = PluginHost(load_entrypoints=False)
+    host.register(MeshPlugin(settings), name="mesh")
+    with Sandbox() as sds:
+        async with Router(Settings(base_url=sds.base_url), host=host) as router:
+            envelope = await router.route(
+                "mesh", patient=SANDBOX_PATIENTS["mesh"], interaction=WORKFLOW
+            )
+    pds = envelope.provenance.records[0].model_dump(mode="json")
+    message_id = parse_send_response(
+        await client.send(envelope.build_request(b"Discharge summary for your patient."))
+    )
+    received = await asyncio.to_thread(
+        _receive, sandbox, envelope.target.mailbox_id or "", message_id
+    )
+    console.print(
+        f"  to the GP of patient {pds['patient']}: PDS says {pds['practice']}, MESH mailbox "
+        f"{envelope.target.mailbox_id}; {received}\n"
+    )
 
 
 def _receive(sandbox: MeshSandbox, mailbox: str, message_id: str, *, body: bool = True) -> str:
