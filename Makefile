@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python bench/warm_path.py
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/serve.py
+	$(BIN)/python bench/patients.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -10,6 +10,7 @@ is refused as PDS refuses it. ``X-Request-ID`` is required (a UUID) and echoed; 
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -152,6 +153,8 @@ class PdsEndpoint:
             return self._answer(
                 400, _outcome(400, "INVALID_VALUE", "X-Request-ID is not a UUID"), headers
             )
+        if self.state.faults.latency_ms > 0:  # the same network round trip as SDS's
+            await asyncio.sleep(self.state.faults.latency_ms / 1000)
         fault = self.guard.injected_fault(request, correlation_id)
         if fault is not None:
             return fault
