@@ -28,6 +28,7 @@ import uuid
 from typing import Any
 
 import redis
+from sds_plugins_gpconnect import EXAMPLE_CONSUMER
 
 from sds_plugins import RateLimiter, Router, Settings, hookimpl
 from sds_plugins._sandbox._records import AS_FILE, MHS_FILE, iter_synthetic, packaged_raw
@@ -37,18 +38,7 @@ from sds_plugins.sandbox import SandboxProcess
 GPC = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1"
 PSIS = "urn:nhs:names:services:psis:REPC_IN150016UK05"
 RATE = 40.0
-CONSUMER = {
-    "consumer_asid": "200000000359",
-    "ssp_url": "https://proxy.intspineservices.nhs.uk",
-    "system_url": "https://consumer.example.org",
-    "system_name": "Example Consumer",
-    "system_version": "2.1",
-    "organization_ods": "Y12345",
-    "organization_name": "Example Surgery",
-    "practitioner_id": "10019",
-    "practitioner_family_name": "Jones",
-    "practitioner_given_name": "Ann",
-}
+CONSUMER = dict(EXAMPLE_CONSUMER)
 
 
 def _line(label: str, value: str) -> None:

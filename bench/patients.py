@@ -18,21 +18,13 @@ import time
 import uuid
 from typing import Any
 
+from sds_plugins_gpconnect import EXAMPLE_CONSUMER
+
 from sds_plugins import PluginHost, Router, Settings
 from sds_plugins.sandbox import SANDBOX_PATIENTS, SandboxProcess
 
 GPC = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1"
-CONSUMER: dict[str, Any] = {
-    "consumer_asid": "200000000359",
-    "ssp_url": "https://proxy.intspineservices.nhs.uk",
-    "system_url": "https://consumer.example.org",
-    "system_name": "Example Consumer",
-    "system_version": "2.1",
-    "organization_ods": "Y12345",
-    "organization_name": "Example Surgery",
-    "practitioner_id": "10019",
-    "practitioner_family_name": "Jones",
-}
+CONSUMER: dict[str, Any] = dict(EXAMPLE_CONSUMER)
 
 
 async def _cold(base_url: str, routes: int, **target: str) -> list[float]:

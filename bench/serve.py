@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from sds_plugins_gpconnect import EXAMPLE_CONSUMER
+
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
 PSIS = "urn:nhs:names:services:psis:REPC_IN150016UK05"
@@ -38,20 +40,7 @@ CASES: dict[str, dict[str, object]] = {
     "gpconnect": {
         "org": "B82617",
         "interaction": GPC,
-        "options": {
-            "consumer_asid": "200000000359",
-            "ssp_url": "https://proxy.intspineservices.nhs.uk",
-            "system_url": "https://consumer.example.org",
-            "system_name": "Example Consumer",
-            "system_version": "2.1",
-            "organization_ods": "Y12345",
-            "organization_name": "Example Surgery",
-            "practitioner_id": "1",
-            "practitioner_family_name": "Jones",
-            "practitioner_given_name": "Ann",
-            "practitioner_sds_user_id": "111111111111",
-            "practitioner_sds_role_profile_id": "222222222222",
-        },
+        "options": dict(EXAMPLE_CONSUMER),
     },
     "example-ebxml": {"org": "YES", "interaction": PSIS},
 }

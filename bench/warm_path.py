@@ -29,26 +29,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from sds_plugins_gpconnect import EXAMPLE_CONSUMER
+
 from sds_plugins import PluginHost, Router, Settings
 from sds_plugins.sandbox import SandboxProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 GPC = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1"
 PSIS = "urn:nhs:names:services:psis:REPC_IN150016UK05"
-GPC_OPTIONS: dict[str, Any] = {
-    "consumer_asid": "200000000359",
-    "ssp_url": "https://proxy.intspineservices.nhs.uk",
-    "system_url": "https://consumer.example.org",
-    "system_name": "Example Consumer",
-    "system_version": "2.1",
-    "organization_ods": "Y12345",
-    "organization_name": "Example Surgery",
-    "practitioner_id": "1",
-    "practitioner_family_name": "Jones",
-    "practitioner_given_name": "Ann",
-    "practitioner_sds_user_id": "111111111111",
-    "practitioner_sds_role_profile_id": "222222222222",
-}
+GPC_OPTIONS: dict[str, Any] = dict(EXAMPLE_CONSUMER)
 
 
 def _b64(data: bytes) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sds_plugins_gpconnect import GpConnectPlugin
+from sds_plugins_gpconnect import EXAMPLE_CONSUMER, GpConnectPlugin
 
 from sds_plugins import (
     DirectoryUnavailableError,
@@ -38,17 +38,7 @@ from sds_plugins.testing import ManualClock, RegisterPlugin, RouterFactory
 GPC = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1"
 PSIS = "urn:nhs:names:services:psis:REPC_IN150016UK05"
 PATIENT = "/personal-demographics/FHIR/R4/Patient/{id}"
-CONSUMER: dict[str, Any] = {
-    "consumer_asid": "200000000359",
-    "ssp_url": "https://proxy.intspineservices.nhs.uk",
-    "system_url": "https://consumer.example.org",
-    "system_name": "Example Consumer",
-    "system_version": "2.1",
-    "organization_ods": "Y12345",
-    "organization_name": "Example Surgery",
-    "practitioner_id": "10019",
-    "practitioner_family_name": "Jones",
-}
+CONSUMER: dict[str, Any] = dict(EXAMPLE_CONSUMER)
 
 
 class Events:

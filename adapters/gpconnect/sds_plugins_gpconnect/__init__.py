@@ -1,6 +1,6 @@
 """GP Connect adapter for sds-plugins: SSP-ready envelopes from the Spine Directory Service."""
 
-from ._adapter import GpConnectAdapter, requested_scope, ssp_url
+from ._adapter import EXAMPLE_CONSUMER, GpConnectAdapter, requested_scope, ssp_url
 from ._interactions import INTERACTIONS, Interaction, interaction
 from ._jwt import JWT_LIFETIME_S, access_token, claims, local_user_system
 from ._migrate import NHS_NUMBER_SYSTEM, migrate_parameters
@@ -9,6 +9,7 @@ from ._settings import GpConnectSettings
 from .plugin import GpConnectPlugin
 
 __all__ = [
+    "EXAMPLE_CONSUMER",
     "INTERACTIONS",
     "JWT_LIFETIME_S",
     "NHS_NUMBER_SYSTEM",

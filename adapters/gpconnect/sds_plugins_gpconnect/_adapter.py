@@ -6,6 +6,7 @@ import functools
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
+from types import MappingProxyType
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
@@ -35,6 +36,26 @@ __all__ = ["GpConnectAdapter"]
 _FHIR_JSON = "application/fhir+json"
 
 
+#: The consumer options of the examples, demos and benches (an invented consumer system and
+#: practitioner): everything a route needs besides its target, interaction and encounter.
+EXAMPLE_CONSUMER: Mapping[str, str] = MappingProxyType(
+    {
+        "consumer_asid": "200000000359",
+        "ssp_url": "https://proxy.intspineservices.nhs.uk",
+        "system_url": "https://consumer.example.org",
+        "system_name": "Example Consumer",
+        "system_version": "2.1",
+        "organization_ods": "Y12345",
+        "organization_name": "Example Surgery",
+        "practitioner_id": "1",
+        "practitioner_family_name": "Jones",
+        "practitioner_given_name": "Ann",
+        "practitioner_sds_user_id": "111111111111",
+        "practitioner_sds_role_profile_id": "222222222222",
+    }
+)
+
+
 class GpConnectAdapter(Adapter):
     """``router.route("gpconnect", org=<provider ODS>, interaction=<GP Connect id>, **options)``.
 
@@ -61,16 +82,7 @@ class GpConnectAdapter(Adapter):
         "org": "B82617",
         "interaction": "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1",
         "encounter": "demo-encounter-1",
-        "consumer_asid": "200000000359",
-        "ssp_url": "https://proxy.intspineservices.nhs.uk",
-        "system_url": "https://consumer.example.org",
-        "system_name": "Example Consumer",
-        "system_version": "1.0",
-        "organization_ods": "A11111",
-        "organization_name": "Example Surgery",
-        "practitioner_id": "1",
-        "practitioner_family_name": "Jones",
-        "practitioner_given_name": "Ann",
+        **EXAMPLE_CONSUMER,
     }
 
     unstored_reason: ClassVar[str] = (
