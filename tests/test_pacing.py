@@ -278,13 +278,18 @@ async def test_a_prewarm_behind_the_gateway_meets_no_spike_arrest(
         require_shared_cache=False,
     )
     assert summary["resolved"] == 40
-    assert summary["directory_requests"] == 80
-    assert summary["gateway_429s"] == {"spike_arrest": 0, "quota": 0}
-    assert _refused(gateway) == (0, 0)
-    # What the gateway saw follows from what the client did: no two requests were written to
-    # the wire closer than the pace's interval.
+    # What the client controls, exactly: no two requests were written to the wire closer than
+    # the pace's interval (25 ms plus a 2 ms guard for jitter).
     assert keep.pacer is not None
     assert keep.pacer.spacer.closest_s >= keep.pacer.interval_s
+    # What the gateway saw follows from that, within what the OS adds on the way: on a loaded
+    # CI machine a request can reach the sandbox's process more than the guard late, so the
+    # next one seems early and is refused once (then sent on the next slot, unpenalised).
+    # Without pacing, a prewarm like this draws refusals on nearly every request.
+    spike_arrest, quota = _refused(gateway)
+    assert spike_arrest <= 1 and quota == 0
+    assert summary["gateway_429s"] == {"spike_arrest": spike_arrest, "quota": 0}
+    assert summary["directory_requests"] == 80 + spike_arrest
 
 
 async def test_a_cold_route_s_lookups_go_one_interval_apart(gateway: SandboxProcess) -> None:
@@ -292,8 +297,9 @@ async def test_a_cold_route_s_lookups_go_one_interval_apart(gateway: SandboxProc
     async with Router(Settings(base_url=gateway.base_url), plugins=[JoinPlugin()]) as router:
         for org in _practices(10):
             await router.route("join", org=org, interaction=GPC_STRUCTURED)
-    assert _refused(gateway) == (0, 0)
-    assert sum(gateway.stats()["requests"].values()) == 20
+    spike_arrest, quota = _refused(gateway)  # at most one, from OS jitter (see above)
+    assert spike_arrest <= 1 and quota == 0
+    assert sum(gateway.stats()["requests"].values()) == 20 + spike_arrest  # refusals counted
 
 
 async def test_without_pacing_the_gateway_refuses_and_the_client_recovers(
