@@ -472,8 +472,13 @@ async def get_with_retries(
                     shown_url,
                 )
         except TimeoutError:
+            # Cut by the lookup's budget (what was left of it), or by the attempt's own limit:
+            # the message says which, whichever of the two timers happened to fire.
+            cut_by_budget = limit_s < policy.attempt_timeout_s
             raise DirectoryTimeoutError(
-                f"{service} did not answer in full within {limit_s:.3g}s",
+                f"{service} gave no usable answer within the {policy.budget_s:g}s budget"
+                if cut_by_budget
+                else f"{service} did not answer in full within {limit_s:.3g}s",
                 correlation_id=correlation_id,
                 method="GET",
                 url=shown,
