@@ -72,21 +72,18 @@ class HttpRequestSpec(_Frozen):
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("headers")
-    @classmethod
-    def _no_control_characters(cls, headers: dict[str, str]) -> dict[str, str]:
-        # One search over everything (the usual case: nothing found), then one by one to name
-        # the culprit.
-        if has_control_characters(" ".join((*headers, *headers.values()))):
+    @model_validator(mode="after")
+    def _no_control_characters(self) -> HttpRequestSpec:
+        # One search over everything (the usual case, on every route: nothing found), then one
+        # by one to name the culprit.
+        headers = self.headers
+        if has_control_characters(" ".join((self.method, self.url, *headers, *headers.values()))):
+            check_header_value(self.method, "method")
+            check_header_value(self.url, "url")
             for name, value in headers.items():
                 check_header_value(name, "header name")
                 check_header_value(value, f"header {name}")
-        return headers
-
-    @field_validator("method", "url")
-    @classmethod
-    def _plain(cls, value: str, info: Any) -> str:
-        return check_header_value(value, info.field_name)
+        return self
 
     @field_serializer("headers")
     def _mask(self, headers: dict[str, str], info: SerializationInfo) -> dict[str, str]:
