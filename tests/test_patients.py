@@ -324,13 +324,27 @@ def _code(response: httpx.Response) -> str:
 # -- privacy -------------------------------------------------------------------------------------
 
 
-async def test_no_nhs_number_in_clear_in_logs_audit_events_errors_or_envelopes(
+async def test_no_nhs_number_in_clear_in_logs_audit_metrics_traces_errors_or_envelopes(
     tmp_path: Path,
     sds_sandbox: Sandbox,
     events: Events,
     everything_logged: pytest.LogCaptureFixture,
+    sds_register_plugin: RegisterPlugin,
     sds_router_factory: RouterFactory,
 ) -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from prometheus_client import CollectorRegistry
+
+    from sds_plugins import OpenTelemetryTracing, PrometheusMetrics
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    metrics = PrometheusMetrics(registry=CollectorRegistry())
+    sds_register_plugin(metrics, name="sds_plugins.metrics")
+    sds_register_plugin(OpenTelemetryTracing(tracer_provider=provider), name="sds_plugins.tracing")
     audit = tmp_path / "audit.jsonl"
     router = await sds_router_factory(audit_log=audit)
     written: list[str] = []
@@ -349,8 +363,13 @@ async def test_no_nhs_number_in_clear_in_logs_audit_events_errors_or_envelopes(
     written += [e.model_dump_json() for e in (*events.lookups, *events.routes)]
     written.append(everything_logged.text)
     written.append(audit.read_text())
+    written.append(metrics.render()[0].decode())
+    finished = exporter.get_finished_spans()
+    written += [json.dumps({"name": span.name, **dict(span.attributes or {})}) for span in finished]
+    provider.shutdown()
     everything = "\n".join(written)
     assert "pds:Patient/pt-" in everything and "B82617" in everything  # it did log
+    assert any(span.name.startswith("sds route") for span in finished)  # and trace
     for number in SANDBOX_PATIENTS.values():
         assert number not in everything
 
