@@ -20,7 +20,7 @@ import logging
 import re
 import secrets
 import uuid
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any, Literal
 
 import httpx
@@ -375,7 +375,3 @@ class PdsSource(DirectorySource):
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-
-def today() -> date:
-    return datetime.now(UTC).date()
