@@ -65,18 +65,24 @@ class PdsDirectory:
         self, register: Callable[[DirectorySource], None], context: SourceContext
     ) -> None:
         settings = context.settings
+        # Organisation routing does not need PDS: it keeps working either way, and routes to a
+        # patient fail saying PDS is not available.
         try:
             base_url = settings.resolved_pds_base_url()
         except ConfigurationError as exc:
-            # Organisation routing does not need PDS; patient routes say what to set.
-            logger.debug("no pds source: %s", exc)
+            logger.debug("no pds source: %s", exc)  # a custom SDS URL and no SDS_PDS_BASE_URL
+            return
+        try:
+            auth = context.auth_for(PDS_SOURCE)
+        except ConfigurationError as exc:
+            logger.warning("no pds source (routes to a patient are refused): %s", exc)
             return
         per_second = settings.pds_rate_limit_per_s / settings.fleet_size
         register(
             PdsSource(
                 base_url,
                 refs=PatientRefs.for_settings(settings),
-                auth=context.auth_for(PDS_SOURCE),
+                auth=auth,
                 rate_limiter=Pacer(per_second=per_second, per_minute=max(1, int(per_second * 60))),
                 retry=RetryPolicy(
                     attempts=settings.retry_attempts,

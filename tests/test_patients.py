@@ -19,6 +19,7 @@ import pytest
 from sds_plugins_gpconnect import EXAMPLE_CONSUMER, GpConnectPlugin
 
 from sds_plugins import (
+    ConfigurationError,
     DirectoryUnavailableError,
     InvalidNhsNumberError,
     LookupEvent,
@@ -393,3 +394,17 @@ def test_references_are_keyed() -> None:
     assert one.scrub(f"Patient {number} not found") == f"Patient {one.ref(number)} not found"
     settings = Settings(patient_hash_key="k")  # type: ignore[arg-type]
     assert PatientRefs.for_settings(settings).ref(number) == PatientRefs("k").ref(number)
+
+
+async def test_half_configured_pds_credentials_leave_organisation_routes_working(
+    events: Events, sds_router_factory: RouterFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A key id alone: signed-JWT auth cannot be built for PDS. SDS (no auth here) still routes.
+    router = await sds_router_factory(kid="only-a-kid")
+    assert "pds" not in router.sources and "no pds source" in caplog.text
+    envelope = await router.route(
+        "gpconnect", org="B82617", interaction=GPC, encounter="e", **CONSUMER
+    )
+    assert envelope.target.ods_code == "B82617"
+    with pytest.raises(ConfigurationError, match="pds directory source"):
+        await _gpc(router, SANDBOX_PATIENTS["gpconnect"])
