@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -391,7 +392,16 @@ def serve(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: in
     """
     sock = _bind(host, port)
     server = _server(create_app(config or SandboxConfig()), access_log=False)
-    actual_port = sock.getsockname()[1]
+    url = _url(host, sock.getsockname()[1])
+    run_in_foreground(server, sock, lambda: print(f"sandbox listening on {url}", flush=True))
+
+
+def run_in_foreground(
+    server: uvicorn.Server, sock: socket.socket, started: Callable[[], None]
+) -> bool:
+    """Serve on ``sock`` until SIGINT/SIGTERM, calling ``started()`` once connections are
+    accepted; closes the socket. Returns whether the server ever started (the sandbox and
+    ``sds-plugins serve`` both run this way)."""
 
     async def main() -> None:
         task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -400,7 +410,7 @@ def serve(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: in
             if done:
                 break
         if server.started:
-            print(f"sandbox listening on {_url(host, actual_port)}", flush=True)
+            started()
         await task
 
     # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal; routing
@@ -415,3 +425,4 @@ def serve(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: in
         sock.close()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    return bool(server.started)

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import importlib.util
 import ipaddress
 import logging
 import os
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
@@ -203,7 +199,7 @@ def _fields(exc: ValidationError) -> str:
 def _run_one(app: Starlette, host: str, port: int) -> None:
     import uvicorn
 
-    from .._sandbox._server import _bind, _url
+    from .._sandbox._server import _bind, _url, run_in_foreground
 
     try:
         sock = _bind(host, port)
@@ -220,28 +216,7 @@ def _run_one(app: Starlette, host: str, port: int) -> None:
         )
     )
     actual = _url(host, sock.getsockname()[1])
-
-    async def main() -> None:
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            done, _ = await asyncio.wait({task}, timeout=0.05)
-            if done:
-                break
-        if server.started:
-            click.echo(f"serving on {actual}")
-        await task
-
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(main())
-    finally:
-        sock.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    if not server.started:
+    if not run_in_foreground(server, sock, lambda: click.echo(f"serving on {actual}")):
         _exit("the service did not start (see the log above)", 1)
 
 
