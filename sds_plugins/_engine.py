@@ -466,6 +466,16 @@ class Router:
         )
         return final
 
+    def _adapter(self, name: str) -> Adapter:
+        chosen = self.adapters.get(name)
+        if chosen is None:
+            raise InvalidInputError(
+                f"no adapter named {name!r} "
+                f"(installed: {', '.join(sorted(self.adapters)) or 'none'})",
+                field="adapter",
+            )
+        return chosen
+
     # -- patients -----------------------------------------------------------------------------
 
     async def patient(
@@ -503,30 +513,32 @@ class Router:
         number = check_nhs_number(patient)
         # The PDS answer is reused exactly as far as the route's own lookups are (GP Connect:
         # within the encounter), so a patient's practice is never remembered beyond that.
-        scope = self._route_scope(adapter, interaction, encounter, bypass_cache, options)
+        scope = self.cache_scope(
+            adapter, interaction, encounter=encounter, bypass_cache=bypass_cache, options=options
+        )
         registration, key = await self._patient_lookup(number, correlation_id, scope, bypass_cache)
         return registration, key, number
 
-    def _route_scope(
+    def cache_scope(
         self,
         adapter: str,
         interaction: str,
-        encounter: str | None,
-        bypass_cache: bool,
-        options: Mapping[str, Any],
+        *,
+        org: str | None = None,
+        encounter: str | None = None,
+        bypass_cache: bool = False,
+        options: Mapping[str, Any] | None = None,
     ) -> str | None:
-        chosen = self.adapters.get(adapter)
-        if chosen is None:
-            raise InvalidInputError(
-                f"no adapter named {adapter!r} "
-                f"(installed: {', '.join(sorted(self.adapters)) or 'none'})",
-                field="adapter",
-            )
+        """The cache scope of routes to ``adapter`` with these arguments: ``""`` shared,
+        ``None`` not stored. ``org`` may be unknown yet (a route to a patient asks before PDS
+        names the practice). Checks adapter, interaction and options first
+        (:class:`InvalidInputError`)."""
+        chosen = self._adapter(adapter)
         request = RouteRequest.model_construct(
             adapter=adapter,
-            org="",
+            org=normalise_ods_code(org) if org is not None else "",
             interaction=chosen.normalise_interaction(interaction),
-            options=chosen.parse_options(options),
+            options=chosen.parse_options(options or {}),
             correlation_id="",
             correlation_id_given=False,
             encounter=encounter,
@@ -592,13 +604,7 @@ class Router:
             prepared = self._prepared.get(key)
             if prepared is not None:
                 return prepared
-        chosen = self.adapters.get(adapter)
-        if chosen is None:
-            raise InvalidInputError(
-                f"no adapter named {adapter!r} "
-                f"(installed: {', '.join(sorted(self.adapters)) or 'none'})",
-                field="adapter",
-            )
+        chosen = self._adapter(adapter)
         request = RouteRequest(
             adapter=adapter,
             org=normalise_ods_code(org),

@@ -26,7 +26,6 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from .._adapter import RouteRequest
 from .._engine import Router
 from .._events import LookupEvent
 from .._exceptions import (
@@ -84,26 +83,14 @@ def _check_outlives(
     router: Router, adapter: str, interaction: str, org: str, options: dict[str, Any]
 ) -> None:
     """Refuse (before any request) a prewarm whose results would die with it."""
-    chosen = router.adapters.get(adapter)
-    if chosen is None:
-        raise InvalidInputError(
-            f"no adapter named {adapter!r} "
-            f"(installed: {', '.join(sorted(router.adapters)) or 'none'})",
-            field="adapter",
-        )
+    scope = router.cache_scope(adapter, interaction, org=org, options=options)
+    chosen = router.adapters[adapter]
     if not router.cache.backend.shared:
         raise ConfigurationError(
             f"nothing to prewarm into: the {router.cache.backend.name} cache lives in this "
             "process and dies with the command; set SDS_REDIS_URL to warm a shared cache"
         )
-    request = RouteRequest(
-        adapter=adapter,
-        org=org,
-        interaction=chosen.normalise_interaction(interaction),
-        options=options,
-        correlation_id="00000000-0000-4000-8000-000000000000",
-    )
-    if chosen.cache_scope(request) is None:
+    if scope is None:
         raise ConfigurationError(
             f"nothing to prewarm: {chosen.unstored_reason or f'{adapter} stores no lookups'}"
         )
