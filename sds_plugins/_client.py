@@ -395,7 +395,7 @@ class SdsClient:
             headers=headers,
             policy=self.retry,
             correlation_id=correlation_id,
-            error_for=_error_from_response,
+            error_for=error_from_response,
             before_attempt=count,
             rate_limiter=self.rate_limiter,
             max_bytes=self.max_response_bytes,
@@ -690,7 +690,12 @@ def seconds_to_next_minute(date_header: str | None, now: float | None = None) ->
     return 60.0 - (when % 60.0)
 
 
-def _error_from_response(response: httpx.Response, correlation_id: str) -> DirectoryError:
+def error_from_response(
+    response: httpx.Response, correlation_id: str, *, service: str = "SDS"
+) -> DirectoryError:
+    """The typed error for a non-200 answer from an NHS API behind the API platform: 401/403,
+    other 4xx, 429 (the gateway's spike arrest and quota told apart from the service's own
+    limit), 504 and other 5xx; the OperationOutcome's code and diagnostics kept."""
     status = response.status_code
     try:
         body: object = load_json(response.content)
@@ -706,9 +711,9 @@ def _error_from_response(response: httpx.Response, correlation_id: str) -> Direc
         "url": safe_url(str(response.request.url)),
     }
     if status in (401, 403):
-        return AuthenticationError("SDS refused the credentials", **kwargs)
+        return AuthenticationError(f"{service} refused the credentials", **kwargs)
     if status < 500 and status != 429:
-        return RequestRejectedError(f"SDS rejected the request with {status}", **kwargs)
+        return RequestRejectedError(f"{service} rejected the request with {status}", **kwargs)
     # 429, 503 and friends may say when to come back; the retry policy honours it.
     kwargs["retry_after_s"] = parse_retry_after(response.headers.get("Retry-After"))
     if status == 429:
@@ -726,7 +731,7 @@ def _error_from_response(response: httpx.Response, correlation_id: str) -> Direc
             return RateLimitedError(
                 "the API gateway's quota for this minute is spent", limit=throttle, **kwargs
             )
-        return RateLimitedError("SDS is rate limiting this application", **kwargs)
+        return RateLimitedError(f"{service} is rate limiting this application", **kwargs)
     if status == 504:
-        return DirectoryTimeoutError("SDS timed out upstream", **kwargs)
-    return DirectoryUnavailableError(f"SDS failed with {status}", **kwargs)
+        return DirectoryTimeoutError(f"{service} timed out upstream", **kwargs)
+    return DirectoryUnavailableError(f"{service} failed with {status}", **kwargs)

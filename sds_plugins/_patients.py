@@ -26,23 +26,20 @@ from typing import Any, Literal
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from ._client import RetryPolicy, get_with_retries
+from ._client import RetryPolicy, error_from_response, get_with_retries
 from ._envelope import ForeignRecord
 from ._exceptions import (
-    AuthenticationError,
     DirectoryError,
     DirectoryTimeoutError,
-    DirectoryUnavailableError,
     InvalidNhsNumberError,
     MalformedResponseError,
     PatientInvalidatedError,
     PatientRestrictedError,
-    RateLimitedError,
     RequestRejectedError,
 )
 from ._ratelimit import Pacer, RateLimiter
 from ._sources import DirectorySource, FetchResult
-from ._upstream import load_json, operation_outcome, parse_retry_after
+from ._upstream import load_json
 
 __all__ = [
     "PDS_SOURCE",
@@ -335,43 +332,33 @@ class PdsSource(DirectorySource):
     def _error(
         self, response: httpx.Response, correlation_id: str, query: PatientQuery, shown: str
     ) -> DirectoryError:
-        status = response.status_code
-        try:
-            body: object = load_json(response.content)
-        except MalformedResponseError:
-            body = None
-        code, diagnostics = operation_outcome(body)
+        # The platform's mapping (401/403, 429 from the gateway or PDS, 5xx...), then PDS's own
+        # codes; the URL shown is the one without the number, and PDS's diagnostics, which may
+        # quote it, name the patient by its reference instead.
+        error = error_from_response(response, correlation_id, service="PDS")
+        error.url = shown
+        if error.diagnostics:
+            error.diagnostics = self.refs.scrub(error.diagnostics)
+        status, code = response.status_code, error.spine_code
         kwargs: dict[str, Any] = {
-            "correlation_id": correlation_id,
+            "correlation_id": error.correlation_id,
             "status_code": status,
             "spine_code": code,
-            # PDS's diagnostics may quote the number: it is replaced by its reference.
-            "diagnostics": self.refs.scrub(diagnostics) if diagnostics else None,
+            "diagnostics": error.diagnostics,
             "method": "GET",
             "url": shown,
         }
-        who = f"patient {query.ref}"
         if status == 404 and code == "INVALIDATED_RESOURCE":
             return PatientInvalidatedError(
-                f"PDS: the record of {who} has been invalidated; it must not be used "
-                "(warn the user)",
+                f"PDS: the record of patient {query.ref} has been invalidated; it must not be "
+                "used (warn the user)",
                 **kwargs,
             )
         if status == 404 and code == "RESOURCE_NOT_FOUND":
-            return RequestRejectedError(f"PDS knows no {who}", **kwargs)  # → no records
-        if status in (401, 403):
-            return AuthenticationError(f"PDS refused the credentials ({status})", **kwargs)
+            return RequestRejectedError(f"PDS knows no patient {query.ref}", **kwargs)  # → none
         if status == 408:
             return DirectoryTimeoutError("PDS could not reach a service in time", **kwargs)
-        if status == 429:
-            kwargs["retry_after_s"] = parse_retry_after(response.headers.get("Retry-After"))
-            return RateLimitedError("PDS is rate limiting this application", **kwargs)
-        if status < 500:
-            return RequestRejectedError(f"PDS rejected the request for {who} ({status})", **kwargs)
-        kwargs["retry_after_s"] = parse_retry_after(response.headers.get("Retry-After"))
-        if status == 504:
-            return DirectoryTimeoutError("PDS timed out upstream", **kwargs)
-        return DirectoryUnavailableError(f"PDS failed with {status}", **kwargs)
+        return error
 
     async def aclose(self) -> None:
         await self._http.aclose()

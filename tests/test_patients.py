@@ -19,6 +19,7 @@ import pytest
 from sds_plugins_gpconnect import EXAMPLE_CONSUMER, GpConnectPlugin
 
 from sds_plugins import (
+    AuthenticationError,
     ConfigurationError,
     DirectoryUnavailableError,
     InvalidNhsNumberError,
@@ -26,6 +27,7 @@ from sds_plugins import (
     PatientInvalidatedError,
     PatientNotFoundError,
     PatientRestrictedError,
+    RateLimitedError,
     RouteEvent,
     Router,
     Settings,
@@ -408,3 +410,42 @@ async def test_half_configured_pds_credentials_leave_organisation_routes_working
     assert envelope.target.ods_code == "B82617"
     with pytest.raises(ConfigurationError, match="pds directory source"):
         await _gpc(router, SANDBOX_PATIENTS["gpconnect"])
+
+
+def test_pds_behind_the_api_gateway_gets_the_platforms_error_mapping() -> None:
+    # PDS sits behind the same API platform as SDS: a spike-arrest fault is the gateway's
+    # (retried on the pacer's next slot, without counting as an attempt), not PDS's own limit;
+    # no error's URL or text shows the number.
+    fault = {
+        "fault": {
+            "faultstring": "Spike arrest violation. Allowed rate : 15ps",
+            "detail": {"errorcode": "policies.ratelimit.SpikeArrestViolation"},
+        }
+    }
+    refs = PatientRefs(b"k")
+    number = SANDBOX_PATIENTS["mesh"]
+    query = PatientQuery(nhs_number=number, ref=refs.ref(number))
+    base = "https://pds.example/personal-demographics/FHIR/R4"
+    source = PdsSource(base, refs=refs)
+    shown = f"{base}/Patient/{query.ref}"
+
+    def error(status: int, body: Any) -> Any:
+        request = httpx.Request("GET", f"{base}/Patient/{number}")
+        response = httpx.Response(status, json=body, request=request)
+        return source._error(response, "c", query, shown)
+
+    spike = error(429, fault)
+    assert isinstance(spike, RateLimitedError) and spike.limit == "spike_arrest"
+    refused = error(403, {})
+    assert isinstance(refused, AuthenticationError)
+    gone = error(404, _outcome_body("INVALIDATED_RESOURCE", f"Patient {number} invalidated"))
+    assert isinstance(gone, PatientInvalidatedError)
+    for each in (spike, refused, gone):
+        assert each.url == shown
+        assert number not in f"{each} {each!r} {each.diagnostics}"
+
+
+def _outcome_body(code: str, diagnostics: str) -> dict[str, Any]:
+    coding = {"system": "https://fhir.nhs.uk/R4/CodeSystem/Spine-ErrorOrWarningCode", "code": code}
+    issue = {"severity": "error", "code": "not-found", "details": {"coding": [coding]}}
+    return {"resourceType": "OperationOutcome", "issue": [{**issue, "diagnostics": diagnostics}]}
