@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from sds_plugins import DirectoryError, MalformedResponseError, parse_devices, parse_endpoints
 from sds_plugins._auth import parse_token_response
 from sds_plugins._client import (
-    _error_from_response,
+    error_from_response,
     gateway_throttle,
     seconds_to_next_minute,
 )
@@ -140,7 +140,7 @@ def test_error_answers(status: int, body: bytes, retry_after: str) -> None:
         response = httpx.Response(status, content=body, headers=headers, request=request)
     except (UnicodeEncodeError, ValueError):
         response = httpx.Response(status, content=body, request=request)
-    error = _error_from_response(response, "6b1a2c3d-0000-4000-8000-000000000000")
+    error = error_from_response(response, "6b1a2c3d-0000-4000-8000-000000000000")
     assert isinstance(error, DirectoryError)
     str(error)
     if hasattr(error, "retry_after_s") and error.retry_after_s is not None:
