@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -54,6 +54,9 @@ from ._upstream import (
     safe_url,
 )
 from ._validation import normalise_correlation_id
+
+if TYPE_CHECKING:
+    from ._settings import Settings
 
 __all__ = [
     "ENVIRONMENTS",
@@ -152,6 +155,16 @@ class RetryPolicy(BaseModel):
     #: The whole answer of one attempt (headers and body) must arrive within this.
     attempt_timeout_s: float = Field(default=10.0, gt=0)
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        """The router's policy (``SDS_RETRY_ATTEMPTS``, ``SDS_RETRY_BUDGET_S``,
+        ``SDS_ATTEMPT_TIMEOUT_S``), which applies to every directory it asks."""
+        return cls(
+            attempts=settings.retry_attempts,
+            budget_s=settings.retry_budget_s,
+            attempt_timeout_s=settings.attempt_timeout_s,
+        )
+
     def wait(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
             return max(retry_after, 0.0)
@@ -224,11 +237,7 @@ class SdsClient:
             "auth": settings.build_auth(),
             "connect_timeout_s": settings.connect_timeout_s,
             "read_timeout_s": settings.read_timeout_s,
-            "retry": RetryPolicy(
-                attempts=settings.retry_attempts,
-                budget_s=settings.retry_budget_s,
-                attempt_timeout_s=settings.attempt_timeout_s,
-            ),
+            "retry": RetryPolicy.from_settings(settings),
             "max_pages": settings.max_pages,
             "max_response_bytes": settings.max_response_bytes,
         }

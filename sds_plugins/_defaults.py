@@ -84,11 +84,7 @@ class PdsDirectory:
                 refs=PatientRefs.for_settings(settings),
                 auth=auth,
                 rate_limiter=Pacer(per_second=per_second, per_minute=max(1, int(per_second * 60))),
-                retry=RetryPolicy(
-                    attempts=settings.retry_attempts,
-                    budget_s=settings.retry_budget_s,
-                    attempt_timeout_s=settings.attempt_timeout_s,
-                ),
+                retry=RetryPolicy.from_settings(settings),
                 cache_ttl_s=settings.pds_cache_ttl_s,
                 end_user_org=settings.pds_end_user_org,
                 connect_timeout_s=settings.connect_timeout_s,

@@ -53,7 +53,7 @@ class MeshPlugin(ConfiguredPlugin[MeshSettings]):
             settings,
             auth=context.auth_for("mesh"),
             # The router's retry budget and timeouts apply to every directory it asks.
-            retry=RetryPolicy(attempts=engine.retry_attempts, budget_s=engine.retry_budget_s),
+            retry=RetryPolicy.from_settings(engine),
             connect_timeout_s=engine.connect_timeout_s,
             read_timeout_s=engine.read_timeout_s,
         )
