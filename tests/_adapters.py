@@ -1,4 +1,5 @@
-"""A minimal adapter for engine tests: the GP Connect lookup pattern without GP Connect's rules."""
+"""What engine tests share: a minimal adapter (the GP Connect lookup pattern without GP
+Connect's rules) and an observer of the engine's events."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from sds_plugins import (
     Adapter,
     HttpRequestSpec,
     Lookup,
+    LookupEvent,
     NotFoundError,
     Party,
     Resolution,
+    RouteEvent,
     RouteRequest,
     RoutingEnvelope,
     hookimpl,
@@ -73,3 +76,19 @@ class JoinPlugin:
     @hookimpl
     def sds_register_adapters(self, register: object) -> None:
         register(self.adapter)  # type: ignore[operator]
+
+
+class Recorder:
+    """Collects every event the engine emits."""
+
+    def __init__(self) -> None:
+        self.lookups: list[LookupEvent] = []
+        self.routes: list[RouteEvent] = []
+
+    @hookimpl
+    def sds_lookup_completed(self, event: LookupEvent) -> None:
+        self.lookups.append(event)
+
+    @hookimpl
+    def sds_route_completed(self, event: RouteEvent) -> None:
+        self.routes.append(event)

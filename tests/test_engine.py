@@ -26,7 +26,6 @@ from sds_plugins import (
     Party,
     PluginError,
     Resolution,
-    RouteEvent,
     Router,
     RouteRequest,
     RoutingEnvelope,
@@ -37,27 +36,11 @@ from sds_plugins import (
 from sds_plugins.sandbox import Sandbox
 from sds_plugins.testing import ManualClock
 
-from ._adapters import JoinPlugin
+from ._adapters import JoinPlugin, Recorder
 from ._reference import GP2GP, GPC_STRUCTURED, PSIS
 
 DEVICE_PATH = "/spine-directory/FHIR/R4/Device"
 ENDPOINT_PATH = "/spine-directory/FHIR/R4/Endpoint"
-
-
-class Recorder:
-    """Collects every event the engine emits."""
-
-    def __init__(self) -> None:
-        self.lookups: list[LookupEvent] = []
-        self.routes: list[RouteEvent] = []
-
-    @hookimpl
-    def sds_lookup_completed(self, event: LookupEvent) -> None:
-        self.lookups.append(event)
-
-    @hookimpl
-    def sds_route_completed(self, event: RouteEvent) -> None:
-        self.routes.append(event)
 
 
 def _router(sb: Sandbox, *plugins: object, **settings: Any) -> Router:

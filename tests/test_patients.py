@@ -23,20 +23,19 @@ from sds_plugins import (
     ConfigurationError,
     DirectoryUnavailableError,
     InvalidNhsNumberError,
-    LookupEvent,
     PatientInvalidatedError,
     PatientNotFoundError,
     PatientRestrictedError,
     RateLimitedError,
-    RouteEvent,
     Router,
     Settings,
     check_nhs_number,
-    hookimpl,
 )
 from sds_plugins._patients import PatientQuery, PatientRefs, PdsSource
 from sds_plugins.sandbox import SANDBOX_PATIENTS, Sandbox
 from sds_plugins.testing import ManualClock, RegisterPlugin, RouterFactory
+
+from ._adapters import Recorder
 
 GPC = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1"
 PSIS = "urn:nhs:names:services:psis:REPC_IN150016UK05"
@@ -44,23 +43,9 @@ PATIENT = "/personal-demographics/FHIR/R4/Patient/{id}"
 CONSUMER: dict[str, Any] = dict(EXAMPLE_CONSUMER)
 
 
-class Events:
-    def __init__(self) -> None:
-        self.lookups: list[LookupEvent] = []
-        self.routes: list[RouteEvent] = []
-
-    @hookimpl
-    def sds_lookup_completed(self, event: LookupEvent) -> None:
-        self.lookups.append(event)
-
-    @hookimpl
-    def sds_route_completed(self, event: RouteEvent) -> None:
-        self.routes.append(event)
-
-
 @pytest.fixture
-def events(sds_register_plugin: RegisterPlugin) -> Events:
-    recorder = Events()
+def events(sds_register_plugin: RegisterPlugin) -> Recorder:
+    recorder = Recorder()
     sds_register_plugin(recorder)
     sds_register_plugin(GpConnectPlugin(), name="gpconnect")
     return recorder
@@ -99,7 +84,7 @@ def test_invalid_numbers_are_refused_without_repeating_them(number: object) -> N
 
 
 async def test_an_invalid_number_sends_nothing(
-    sds_sandbox: Sandbox, events: Events, sds_router_factory: RouterFactory
+    sds_sandbox: Sandbox, events: Recorder, sds_router_factory: RouterFactory
 ) -> None:
     router = await sds_router_factory()
     with pytest.raises(InvalidNhsNumberError):
@@ -114,7 +99,7 @@ async def test_an_invalid_number_sends_nothing(
 
 
 async def test_a_registered_patient_routes_to_the_practice_with_provenance(
-    sds_sandbox: Sandbox, events: Events, sds_router_factory: RouterFactory
+    sds_sandbox: Sandbox, events: Recorder, sds_router_factory: RouterFactory
 ) -> None:
     router = await sds_router_factory()
     envelope = await _gpc(router, SANDBOX_PATIENTS["gpconnect"])
@@ -143,7 +128,7 @@ async def test_a_registered_patient_routes_to_the_practice_with_provenance(
 
 
 async def test_a_superseded_number_routes_to_the_surviving_record_and_says_so(
-    events: Events, sds_router_factory: RouterFactory, caplog: pytest.LogCaptureFixture
+    events: Recorder, sds_router_factory: RouterFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="sds_plugins")
     router = await sds_router_factory()
@@ -172,7 +157,7 @@ async def test_patients_without_a_current_practice_are_typed_errors(
     error: type[Exception],
     reason: str | None,
     sds_sandbox: Sandbox,
-    events: Events,
+    events: Recorder,
     sds_router_factory: RouterFactory,
 ) -> None:
     router = await sds_router_factory()
@@ -188,7 +173,7 @@ async def test_patients_without_a_current_practice_are_typed_errors(
 
 
 async def test_org_or_patient_one_of_them(
-    events: Events, sds_router_factory: RouterFactory
+    events: Recorder, sds_router_factory: RouterFactory
 ) -> None:
     router = await sds_router_factory()
     with pytest.raises(Exception, match="not both"):
@@ -201,7 +186,7 @@ async def test_org_or_patient_one_of_them(
 
 
 async def test_a_thousand_concurrent_routes_for_one_patient_ask_pds_once(
-    sds_sandbox: Sandbox, events: Events, sds_router_factory: RouterFactory
+    sds_sandbox: Sandbox, events: Recorder, sds_router_factory: RouterFactory
 ) -> None:
     router = await sds_router_factory()
     envelopes = await asyncio.gather(
@@ -216,7 +201,7 @@ async def test_a_thousand_concurrent_routes_for_one_patient_ask_pds_once(
 
 
 async def test_gp_connect_reuses_a_pds_answer_only_within_the_encounter(
-    sds_sandbox: Sandbox, events: Events, sds_router_factory: RouterFactory
+    sds_sandbox: Sandbox, events: Recorder, sds_router_factory: RouterFactory
 ) -> None:
     router = await sds_router_factory()
     number = SANDBOX_PATIENTS["gpconnect"]
@@ -330,7 +315,7 @@ def _code(response: httpx.Response) -> str:
 async def test_no_nhs_number_in_clear_in_logs_audit_metrics_traces_errors_or_envelopes(
     tmp_path: Path,
     sds_sandbox: Sandbox,
-    events: Events,
+    events: Recorder,
     everything_logged: pytest.LogCaptureFixture,
     sds_register_plugin: RegisterPlugin,
     sds_router_factory: RouterFactory,
@@ -378,7 +363,7 @@ async def test_no_nhs_number_in_clear_in_logs_audit_metrics_traces_errors_or_env
 
 
 async def test_the_audit_log_holds_numbers_only_when_the_operator_says_so(
-    tmp_path: Path, events: Events, sds_router_factory: RouterFactory
+    tmp_path: Path, events: Recorder, sds_router_factory: RouterFactory
 ) -> None:
     audit = tmp_path / "audit.jsonl"
     router = await sds_router_factory(audit_log=audit, audit_nhs_numbers=True)
@@ -399,7 +384,7 @@ def test_references_are_keyed() -> None:
 
 
 async def test_half_configured_pds_credentials_leave_organisation_routes_working(
-    events: Events, sds_router_factory: RouterFactory, caplog: pytest.LogCaptureFixture
+    events: Recorder, sds_router_factory: RouterFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     # A key id alone: signed-JWT auth cannot be built for PDS. SDS (no auth here) still routes.
     router = await sds_router_factory(kid="only-a-kid")
