@@ -7,6 +7,7 @@ sandbox fixtures, shared by every test.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -44,3 +45,18 @@ async def slept(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
     monkeypatch.setattr("asyncio.sleep", fake_sleep)
     return waits
+
+
+@pytest.fixture
+def spans() -> Iterator[tuple[Any, Any]]:
+    """``(tracer_provider, exporter)``: an OpenTelemetry SDK keeping finished spans in memory
+    (the library itself never configures one)."""
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield provider, exporter
+    provider.shutdown()

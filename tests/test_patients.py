@@ -319,17 +319,13 @@ async def test_no_nhs_number_in_clear_in_logs_audit_metrics_traces_errors_or_env
     everything_logged: pytest.LogCaptureFixture,
     sds_register_plugin: RegisterPlugin,
     sds_router_factory: RouterFactory,
+    spans: tuple[Any, Any],
 ) -> None:
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from prometheus_client import CollectorRegistry
 
     from sds_plugins import OpenTelemetryTracing, PrometheusMetrics
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider, exporter = spans
     metrics = PrometheusMetrics(registry=CollectorRegistry())
     sds_register_plugin(metrics, name="sds_plugins.metrics")
     sds_register_plugin(OpenTelemetryTracing(tracer_provider=provider), name="sds_plugins.tracing")
@@ -354,7 +350,6 @@ async def test_no_nhs_number_in_clear_in_logs_audit_metrics_traces_errors_or_env
     written.append(metrics.render()[0].decode())
     finished = exporter.get_finished_spans()
     written += [json.dumps({"name": span.name, **dict(span.attributes or {})}) for span in finished]
-    provider.shutdown()
     everything = "\n".join(written)
     assert "pds:Patient/pt-" in everything and "B82617" in everything  # it did log
     assert any(span.name.startswith("sds route") for span in finished)  # and trace

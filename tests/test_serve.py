@@ -558,19 +558,6 @@ class RecordingHeaders:
         await self.app(scope, receive, send)
 
 
-@pytest.fixture
-def spans() -> Iterator[tuple[Any, Any]]:
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    yield provider, exporter
-    provider.shutdown()
-
-
 async def test_a_trace_context_sent_in_is_the_route_spans_parent_and_reaches_the_directory(
     start_service: ServiceFactory, spans: tuple[Any, Any]
 ) -> None:
