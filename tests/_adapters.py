@@ -3,7 +3,7 @@ Connect's rules) and an observer of the engine's events."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from datetime import timedelta
 
 from sds_plugins import (
@@ -92,3 +92,17 @@ class Recorder:
     @hookimpl
     def sds_route_completed(self, event: RouteEvent) -> None:
         self.routes.append(event)
+
+
+class BearerToken:
+    """Adds ``Authorization: <secret>`` to every envelope, as an auth-bearing adapter would."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+
+    @hookimpl(wrapper=True)
+    def sds_finalize_envelope(
+        self, envelope: RoutingEnvelope, request: RouteRequest
+    ) -> Generator[None, RoutingEnvelope, RoutingEnvelope]:
+        final: RoutingEnvelope = yield
+        return final.with_headers(Authorization=self.secret)

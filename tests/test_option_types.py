@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from sds_plugins import (
     Adapter,
@@ -53,7 +54,7 @@ def test_values_are_normalised_once() -> None:
         "200000000001",
     )
     assert _parse().org_code is None and _parse().required_asid == "200000000359"
-    with pytest.raises(Exception):  # noqa: B017, PT011 - frozen: the engine memoises options
+    with pytest.raises(ValidationError, match="frozen"):  # the engine memoises options
         parsed.mhs = "Y1-1"  # type: ignore[misc]
 
 

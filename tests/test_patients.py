@@ -28,6 +28,7 @@ from sds_plugins import (
     PatientRestrictedError,
     RateLimitedError,
     Router,
+    SdsPluginsError,
     Settings,
     check_nhs_number,
 )
@@ -332,14 +333,18 @@ async def test_no_nhs_number_in_clear_in_logs_audit_metrics_traces_errors_or_env
     audit = tmp_path / "audit.jsonl"
     router = await sds_router_factory(audit_log=audit)
     written: list[str] = []
+    routed = []
     for case in SANDBOX_PATIENTS:
         try:
             envelope = await _gpc(router, SANDBOX_PATIENTS[case])
-            written.append(envelope.model_dump_json())
-            written.append(json.dumps(envelope.to_message()))
-            written.append(repr(envelope))
-        except Exception as exc:  # every case that has no practice
+        except SdsPluginsError as exc:  # no practice, or one without GP Connect
             written.append(f"{exc!s} {exc!r} {getattr(exc, 'url', '')}")
+            continue
+        routed.append(case)
+        written.append(envelope.model_dump_json())
+        written.append(json.dumps(envelope.to_message()))
+        written.append(repr(envelope))
+    assert routed == ["gpconnect", "superseded"]  # the two registered at B82617
     sds_sandbox.set_faults(outage=True)  # and the failures' messages and retry logs
     with pytest.raises(DirectoryUnavailableError) as outage:
         await router.patient(SANDBOX_PATIENTS["mesh"], bypass_cache=True)

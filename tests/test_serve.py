@@ -42,25 +42,16 @@ from sds_plugins._tools._cli import cli
 from sds_plugins.sandbox import AppServer, Sandbox
 from sds_plugins.testing import SandboxFactory, accredited_system_record, mhs_record
 
+from ._adapters import BearerToken
 from ._hostile import Case, HostileServer
 from ._reference import PSIS
 
 ADAPTER = "example-ebxml"
+
 SECRET = "Bearer s3cr3t-envelope-t0ken"
 SERVICE_TOKEN = "service-t0ken-0123456789abcdef"
 VETOED_ASID = "999999999999"
 PROBLEM_KEYS = {"type", "title", "status", "detail", "error", "correlation_id", "retryable"}
-
-
-class BearerToken:
-    """Adds a credential to every envelope, as an auth-bearing adapter would."""
-
-    @hookimpl(wrapper=True)
-    def sds_finalize_envelope(
-        self, envelope: RoutingEnvelope, request: RouteRequest
-    ) -> RoutingEnvelope:
-        final: RoutingEnvelope = yield
-        return final.with_headers(Authorization=SECRET)
 
 
 class Policy:
@@ -118,7 +109,7 @@ def start_service() -> Iterator[ServiceFactory]:
     ) -> Service:
         host = PluginHost(load_entrypoints=False, environ={})
         host.register(example, name="example_ebxml")
-        host.register(BearerToken())
+        host.register(BearerToken(SECRET))
         host.register(Policy())
         metrics = PrometheusMetrics(registry=CollectorRegistry())
         host.register(metrics, name="sds_plugins.metrics")

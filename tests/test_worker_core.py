@@ -36,9 +36,11 @@ from sds_plugins import (
 )
 from sds_plugins.sandbox import Sandbox
 
+from ._adapters import BearerToken
 from ._reference import GP2GP, PSIS
 
 EXAMPLE = "example-ebxml"
+
 SECRET = "Bearer s3cr3t-t0ken"
 FAILURE_KEYS = {"request_id", "error", "attempts", "gave_up", "request"}
 ERROR_KEYS = {"type", "message", "retryable", "retry_after_s", "exit_code", "correlation_id"}
@@ -56,17 +58,6 @@ def _document(outcome: WorkerOutcome) -> dict[str, Any]:
     return document
 
 
-class BearerToken:
-    """Adds a credential to every envelope, as an auth-bearing adapter would."""
-
-    @hookimpl(wrapper=True)
-    def sds_finalize_envelope(
-        self, envelope: RoutingEnvelope, request: RouteRequest
-    ) -> RoutingEnvelope:
-        final: RoutingEnvelope = yield
-        return final.with_headers(Authorization=SECRET)
-
-
 class VetoUnknown:
     @hookimpl
     def sds_finalize_envelope(
@@ -81,7 +72,7 @@ class VetoUnknown:
 async def router(sandbox: Sandbox) -> AsyncIterator[Router]:
     host = PluginHost(load_entrypoints=False, environ={})
     host.register(example, name="example_ebxml")
-    host.register(BearerToken())
+    host.register(BearerToken(SECRET))
     host.register(VetoUnknown())
     async with Router(Settings(base_url=sandbox.base_url, retry_attempts=1), host=host) as router:
         yield router
