@@ -73,6 +73,11 @@ class CacheBackend:
     #: a warm route skip the event loop altogether.
     answers_nowait = False
 
+    #: For a backend that answers without I/O: a number that changes whenever an entry is
+    #: stored, deleted or evicted (``None``: not tracked). While it stays the same, a record
+    #: read before is still the current one, so the warm path need not read it again.
+    generation: int | None = None
+
     async def get(self, key: str) -> CacheEntry | None:
         raise NotImplementedError
 
@@ -105,11 +110,16 @@ class MemoryCache(CacheBackend):
 
     name = "memory"
     answers_nowait = True
+    generation: int = 0
 
     def __init__(self, maxsize: int = 100_000) -> None:
         self._entries: TLRUCache[str, CacheEntry] = TLRUCache(
             maxsize=maxsize, ttu=lambda _key, entry, _now: entry.stale_until, timer=time.time
         )
+        # Entries leave only by set (size eviction, expiry sweeps), delete and clear: each
+        # counts a generation. An entry expiring unseen was past its freshness before, which
+        # readers check themselves.
+        self.generation = 0
 
     async def get(self, key: str) -> CacheEntry | None:
         return self._entries.get(key)
@@ -119,12 +129,15 @@ class MemoryCache(CacheBackend):
 
     async def set(self, key: str, entry: CacheEntry) -> None:
         self._entries[key] = entry
+        self.generation += 1
 
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
+        self.generation += 1
 
     async def clear(self) -> None:
         self._entries.clear()
+        self.generation += 1
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -288,12 +301,24 @@ class LookupCache:
         self, key: str, decode: Callable[[bytes], tuple[Any, ...]]
     ) -> tuple[Any, ...] | None:
         """The records of a fresh entry the backend holds in process, else ``None``."""
+        found = self.fresh_entry_nowait(key, decode)
+        return None if found is None else found[0]
+
+    def fresh_entry_nowait(
+        self, key: str, decode: Callable[[bytes], tuple[Any, ...]]
+    ) -> tuple[tuple[Any, ...], float] | None:
+        """``(records, fresh until)`` of a fresh entry the backend holds in process, else
+        ``None``."""
         if not self.backend.answers_nowait:
             return None
         entry = self.backend.get_nowait(key)
         if entry is None or not entry.is_fresh(self._clock()):
             return None
-        return self._records(key, entry, decode)
+        return self._records(key, entry, decode), entry.fresh_until
+
+    def now(self) -> float:
+        """The time freshness is judged by (the router's clock)."""
+        return self._clock()
 
     async def get_or_fetch(
         self,

@@ -213,6 +213,10 @@ def _describe(candidates: Sequence[Candidate]) -> str:
 class PassThroughEnvelope:
     """Default ``sds_finalize_envelope``: the envelope as the adapter built it."""
 
+    #: Tells the plugin host that, alone, this implementation changes nothing (the host then
+    #: skips the call).
+    passes_through = True
+
     @hookimpl(trylast=True)
     def sds_finalize_envelope(
         self, envelope: RoutingEnvelope, request: RouteRequest

@@ -42,7 +42,7 @@ from ._envelope import EnvelopeReliability
 from ._exceptions import InvalidInputError
 from ._forwarding import FORWARD_EXPRESS_ACTIONS, FORWARD_RELIABLE_ACTIONS, FORWARDED_SERVICES
 from ._models import MessageHandlingEndpoint
-from ._validation import check_header_value, normalise_interaction
+from ._validation import check_header_value, new_uuid, normalise_interaction
 
 __all__ = [
     "ACK_ACTOR_NEXT_MSH",
@@ -306,7 +306,7 @@ def envelope_reliability(
 def _new_message_id() -> str:
     # Upper-case UUIDs, as NHS's MHS adaptor generates every id it sends to Spine
     # (NHSDigital/integration-adaptor-mhs, common/utilities/message_utilities.py, get_uuid).
-    return str(uuid.uuid4()).upper()
+    return new_uuid().upper()
 
 
 def _upper_uuid(value: str, field: str) -> str:

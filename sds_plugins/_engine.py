@@ -23,8 +23,6 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
 
-from cachetools import LRUCache
-
 from ._adapter import (
     Adapter,
     Candidate,
@@ -33,6 +31,7 @@ from ._adapter import (
     Resolution,
     RouteRequest,
     options_key,
+    replaced,
 )
 from ._adapter_options import AdapterOptions, check_adapter_options
 from ._cache import LookupCache
@@ -69,6 +68,8 @@ logger = logging.getLogger("sds_plugins.engine")
 _CACHE_KEY_VERSION = "v1"
 #: How many distinct (adapter, org, interaction, options...) routes keep their prepared form.
 _PREPARED_ROUTES = 4096
+#: A prepared route's memo key for its last warm outcomes (a memo's other keys are strings).
+_HOT = ("hot",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,8 +99,8 @@ class _Prepared:
     memo: dict[Any, Any] = field(default_factory=dict)
 
     def request_for(self, correlation_id: str, given: bool) -> RouteRequest:
-        return self.request.model_copy(
-            update={"correlation_id": correlation_id, "correlation_id_given": given}
+        return replaced(
+            self.request, {"correlation_id": correlation_id, "correlation_id_given": given}
         )
 
 
@@ -140,7 +141,9 @@ class Router:
         self.rate_limiter: RateLimiter | None = None
         self._cache: LookupCache | None = None
         self._started = False
-        self._prepared: LRUCache[tuple[Any, ...], _Prepared] = LRUCache(_PREPARED_ROUTES)
+        # A plain dict, oldest first out: an LRU's bookkeeping would cost more per warm route
+        # than it saves for a caller with more distinct routes than this holds.
+        self._prepared: dict[tuple[Any, ...], _Prepared] = {}
         #: Names patients in logs, events, errors and cache keys (never the NHS number).
         self.patient_refs = PatientRefs.for_settings(self.settings)
 
@@ -328,25 +331,46 @@ class Router:
     ) -> dict[str, LookupOutcome] | None:
         """Every lookup of the plan as a fresh in-process cache hit, or ``None``.
 
-        The warm path: no task, no await, no decoding (the cache keeps decoded records).
-        Anything else (a miss, a stale entry, a shared backend) takes the full path.
+        The warm path: no task, no await, no decoding (the cache keeps decoded records), and
+        while the in-process backend has stored, deleted and evicted nothing since this route
+        last read its entries (its ``generation``), not even a read: the outcomes of last time
+        stand until the first of their entries stops being fresh. Anything else (a miss, a
+        stale entry, a shared backend) takes the full path.
         """
-        outcomes = {}
         cache, memo = self.cache, prepared.memo
-        started = time.perf_counter()
-        for planned in prepared.lookups:
-            records = cache.fresh_nowait(planned.cache_key, planned.source.decode)
-            if records is None:
-                return None
-            # A hit on the same records is the same outcome (no attempts, no wait).
-            remembered = memo.get(planned.cache_key)
-            if remembered is None or remembered.records is not records:
-                remembered = memo[planned.cache_key] = LookupOutcome.model_construct(
-                    lookup=planned.lookup, records=records, cache="hit", attempts=0, duration_s=0.0
-                )
-            outcomes[planned.name] = remembered
+        generation = cache.backend.generation
+        now = cache.now()
+        hot = memo.get(_HOT)
+        if hot is not None and generation is not None and hot[0] == generation and now < hot[1]:
+            outcomes: dict[str, LookupOutcome] = dict(hot[2])
+        else:
+            outcomes = {}
+            fresh_until = float("inf")
+            for planned in prepared.lookups:
+                found = cache.fresh_entry_nowait(planned.cache_key, planned.source.decode)
+                if found is None:
+                    return None
+                records, until = found
+                fresh_until = min(fresh_until, until)
+                # A hit on the same records is the same outcome (no attempts, no wait).
+                remembered = memo.get(planned.cache_key)
+                if remembered is None or remembered.records is not records:
+                    remembered = memo[planned.cache_key] = LookupOutcome.model_construct(
+                        lookup=planned.lookup,
+                        records=records,
+                        cache="hit",
+                        attempts=0,
+                        duration_s=0.0,
+                    )
+                outcomes[planned.name] = remembered
+            if generation is not None:
+                memo[_HOT] = (generation, fresh_until, outcomes)
+                outcomes = dict(outcomes)
+        if not self.host.has_listeners("sds_lookup_completed"):
+            return outcomes
         # Events only once every lookup was a hit: a plan that falls back to the full path
         # half-way reports its lookups there, and must not report the first ones twice.
+        started = time.perf_counter()
         for planned in prepared.lookups:
             self._emit_lookup(
                 planned.source,
@@ -623,6 +647,8 @@ class Router:
             scope,
         )
         if plain is not None:
+            if len(self._prepared) >= _PREPARED_ROUTES:
+                del self._prepared[next(iter(self._prepared))]
             self._prepared[key] = prepared
         return prepared
 

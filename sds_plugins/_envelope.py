@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializationInfo,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -72,18 +73,23 @@ class HttpRequestSpec(_Frozen):
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
 
-    @model_validator(mode="after")
-    def _no_control_characters(self) -> HttpRequestSpec:
-        # One search over everything (the usual case, on every route: nothing found), then one
-        # by one to name the culprit.
-        headers = self.headers
-        if has_control_characters(" ".join((self.method, self.url, *headers, *headers.values()))):
-            check_header_value(self.method, "method")
-            check_header_value(self.url, "url")
-            for name, value in headers.items():
+    # Field validators, not one for the model: pydantic runs a model's after-validator again
+    # whenever an instance is nested in another model (every envelope holds one).
+    @field_validator("method", "url")
+    @classmethod
+    def _no_control_characters(cls, value: str, info: ValidationInfo) -> str:
+        return check_header_value(value, str(info.field_name))
+
+    @field_validator("headers")
+    @classmethod
+    def _no_control_characters_in_headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        # Part by part (not one joined string): a long value seen before (the route's bearer
+        # token) is then recognised without scanning it again.
+        for name, value in headers.items():
+            if has_control_characters(name) or has_control_characters(value):
                 check_header_value(name, "header name")
                 check_header_value(value, f"header {name}")
-        return self
+        return headers
 
     @field_serializer("headers")
     def _mask(self, headers: dict[str, str], info: SerializationInfo) -> dict[str, str]:

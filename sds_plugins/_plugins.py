@@ -75,7 +75,8 @@ class PluginHost:
         self._only = {_normalise_dist(name) for name in _names(env.get("SDS_PLUGINS_LOAD"))}
         for name in _names(env.get("SDS_PLUGINS_DISABLE")):
             self.pm.set_blocked(name)
-        if env.get("SDS_PLUGINS_TRACE"):
+        self._traced = bool(env.get("SDS_PLUGINS_TRACE"))
+        if self._traced:
             self.pm.trace.root.setwriter(sys.stderr.write)
             self.pm.enable_tracing()
         if defaults:
@@ -194,6 +195,13 @@ class PluginHost:
     def finalize_envelope(
         self, envelope: RoutingEnvelope, request: RouteRequest
     ) -> RoutingEnvelope | None:
+        hook = self.pm.hook.sds_finalize_envelope
+        if not self._traced:
+            # Only the built-in pass-through implements it (the usual case, on every route):
+            # its answer is known without the call.
+            impls = hook.get_hookimpls()
+            if len(impls) == 1 and getattr(impls[0].plugin, "passes_through", False):
+                return envelope
         return cast(
             "RoutingEnvelope | None",
             self.pm.hook.sds_finalize_envelope(envelope=envelope, request=request),

@@ -579,3 +579,64 @@ async def test_a_stale_answer_still_builds_with_what_was_derived(sandbox: Sandbo
     assert stale.provenance.cache == "stale"
     assert stale.request.url == fresh.request.url
     assert plugin.adapter.derived == 1
+
+
+async def test_a_warm_route_sees_every_change_to_the_in_process_cache(
+    make_sandbox: Callable[..., Sandbox],
+) -> None:
+    sb, plugin = make_sandbox(), RecipientPlugin()
+    async with Router(Settings(base_url=sb.base_url), plugins=[plugin]) as router:
+        first = await router.route("recipient", org="YES", interaction=PSIS)
+        for _ in range(3):
+            assert (
+                await router.route("recipient", org="YES", interaction=PSIS)
+            ).provenance.cache == "hit"
+        # Another route storing its answers changes nothing for this one.
+        with pytest.raises(NotFoundError):
+            await router.route("recipient", org="ZZZ99", interaction=PSIS)
+        again = await router.route("recipient", org="YES", interaction=PSIS)
+        assert (again.provenance.cache, plugin.adapter.derived) == ("hit", 1)
+        assert again.provenance.records == first.provenance.records
+        # A refreshed answer (new record objects) is what the next warm route builds from.
+        await router.route("recipient", org="YES", interaction=PSIS, bypass_cache=True)
+        assert plugin.adapter.derived == 2
+        after = await router.route("recipient", org="YES", interaction=PSIS)
+        assert (after.provenance.cache, plugin.adapter.derived) == ("hit", 3)
+        assert (
+            await router.route("recipient", org="YES", interaction=PSIS)
+        ).provenance.cache == "hit"
+        assert plugin.adapter.derived == 3
+        # An emptied cache is noticed: the directory is asked again.
+        await router.cache.backend.clear()
+        emptied = await router.route("recipient", org="YES", interaction=PSIS)
+        assert emptied.provenance.cache == "miss"
+    assert _requests(sb) == {DEVICE_PATH: 4, ENDPOINT_PATH: 4}
+
+
+def test_remembered_options_keep_their_types() -> None:
+    from sds_plugins._adapter import options_key
+
+    # Equal and hashing alike, but an int and a bool may validate differently.
+    assert options_key({"n": 1}) != options_key({"n": True})
+    assert options_key({"n": 1}) != options_key({"n": 1.0})
+    assert options_key({"a": "x", "b": None}) == options_key({"a": "x", "b": None})
+    assert options_key({"a": ["x"]}) is None  # not plain: validated afresh every time
+
+
+def test_replaced_is_model_copy_for_plain_models_and_falls_back_otherwise() -> None:
+    from sds_plugins import ForeignRecord
+    from sds_plugins._adapter import replaced
+
+    request = RouteRequest(adapter="a", org="YES", interaction=PSIS, correlation_id="c")
+    changes = {"correlation_id": "d", "correlation_id_given": True}
+    fast, copied = replaced(request, changes), request.model_copy(update=changes)
+    assert fast == copied
+    assert fast.model_fields_set == copied.model_fields_set
+    assert (request.correlation_id, fast.correlation_id) == ("c", "d")
+    with pytest.raises(ValueError, match="frozen"):
+        fast.org = "X26"  # type: ignore[misc]
+    record = ForeignRecord(kind="mailbox", mailbox_id="X26HC005")
+    assert replaced(record, {"kind": "other"}).model_dump() == {
+        "kind": "other",
+        "mailbox_id": "X26HC005",
+    }

@@ -104,6 +104,43 @@ def test_envelopes_are_frozen_and_refuse_header_injection() -> None:
         HttpRequestSpec(method="GET", url="https://x", headers={"Ssp-From": "1\r\nInjected: yes"})
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"method": "GET\r\nX: y"},
+        {"url": "https://x/\npath"},
+        {"headers": {"X-Evil\r\n": "v"}},
+        {"headers": {"Authorization": "Bearer " + "t" * 1500 + "\r\nSet-Cookie: x"}},
+    ],
+)
+def test_every_part_of_a_request_is_checked_for_control_characters(
+    fields: dict[str, object],
+) -> None:
+    given: dict[str, object] = {"method": "GET", "url": "https://x", "headers": {}, **fields}
+    with pytest.raises(ValueError, match="control character"):
+        HttpRequestSpec.model_validate(given)
+
+
+def test_a_request_nested_in_an_envelope_is_not_checked_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sds_plugins import _envelope as envelope_module
+
+    whole = _envelope()
+    spec = HttpRequestSpec(method="GET", url="https://x", headers={"A": "b"})
+    checked: list[str] = []
+    real = envelope_module.has_control_characters
+
+    def counting(value: str) -> bool:
+        checked.append(value)
+        return real(value)
+
+    monkeypatch.setattr(envelope_module, "has_control_characters", counting)
+    envelope = RoutingEnvelope(**{**dict(whole), "request": spec})
+    assert envelope.request is spec
+    assert checked == []
+
+
 def test_expiry() -> None:
     assert not _envelope().expired
     assert (

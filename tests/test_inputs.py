@@ -9,7 +9,11 @@ import pytest
 
 from sds_plugins import DeviceQuery, EndpointQuery, InvalidInputError
 from sds_plugins._validation import (
+    _REMEMBERED,
+    _known_clean,
     check_header_value,
+    has_control_characters,
+    new_uuid,
     normalise_correlation_id,
     normalise_interaction,
     normalise_ods_code,
@@ -98,6 +102,35 @@ def test_header_values_refuse_crlf() -> None:
     assert check_header_value("fine value", "x") == "fine value"
     with pytest.raises(InvalidInputError, match="control character"):
         check_header_value("a\r\nSet-Cookie: x", "x")
+
+
+def test_generated_ids_are_random_version_4_uuids_in_canonical_form() -> None:
+    ids = [new_uuid() for _ in range(2000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant) == (4, uuid.RFC_4122)
+        assert str(parsed) == text  # lower case, dashed: what str(uuid.uuid4()) gives
+    # Every variant digit appears: the two variant bits are set, the other two stay random.
+    assert {text[19] for text in ids} == set("89ab")
+
+
+def test_a_long_value_is_remembered_only_once_found_clean() -> None:
+    token = "Bearer " + "e" * 1500
+    assert not has_control_characters(token)
+    assert token in _known_clean
+    # A value that differs by one control character is a different string: scanned, refused.
+    for bad in (token[:-1] + "\n", token + "\r\nSet-Cookie: x", "\x00" + token[1:]):
+        assert has_control_characters(bad)
+        assert bad not in _known_clean
+        with pytest.raises(InvalidInputError, match="control character"):
+            check_header_value(bad, "Authorization")
+    # Short values are never remembered, and what is remembered stays bounded.
+    assert not has_control_characters("short")
+    assert "short" not in _known_clean
+    for n in range(2 * _REMEMBERED):
+        has_control_characters(f"{n:0200d}")
+    assert len(_known_clean) <= _REMEMBERED
 
 
 def test_device_query_params_and_key() -> None:

@@ -21,7 +21,6 @@ from sds_plugins import (
     Lookup,
     NotFoundError,
     Party,
-    Recipient,
     Resolution,
     RouteRequest,
     RoutingEnvelope,
@@ -152,13 +151,12 @@ class GpConnectAdapter(Adapter):
             )
 
     def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
-        options: GpConnectOptions = request.options
-        provider = resolved.recipient("provider_endpoints", "provider_devices", role="provider")
-        consumer = self._consumer(request, options, resolved)
-        # Everything but the trace id and the token's times follows from the request and
-        # these records: worked out once while the cache hands back the same records.
+        # Everything but the trace id and the token's times follows from the request and the
+        # records of its lookups: worked out once while the cache hands back the same records.
         fixed = resolved.derive(
-            "gpconnect", (provider, consumer), lambda: self._fixed(request, provider, consumer)
+            "gpconnect",
+            [outcome.records for outcome in resolved.outcomes.values()],
+            lambda: self._fixed(request, resolved),
         )
         # One id per request: the SSP trace id, and the SDS correlation id unless the caller
         # chose one (then both are still logged together in the provenance).
@@ -185,10 +183,10 @@ class GpConnectAdapter(Adapter):
             extensions={"ssp_trace_id": trace_id, **fixed.extensions},
         )
 
-    def _fixed(
-        self, request: RouteRequest, provider: Recipient, consumer: AccreditedSystem | None
-    ) -> _Fixed:
+    def _fixed(self, request: RouteRequest, resolved: Resolution) -> _Fixed:
         options: GpConnectOptions = request.options
+        provider = resolved.recipient("provider_endpoints", "provider_devices", role="provider")
+        consumer = self._consumer(request, options, resolved)
         spec = interaction(request.interaction)
         consumer_asid = options.consumer_asid or (consumer.asid if consumer else None)
         # _consumer and recipient() raised otherwise.
