@@ -11,6 +11,7 @@ adapters testable without a network.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
@@ -160,8 +161,15 @@ class Candidate(BaseModel):
 _M = TypeVar("_M", bound=BaseModel)
 
 
+# The slots every pydantic model has, set the way model_construct sets them (through their
+# descriptors: the models are frozen, and their own __setattr__ refuses).
+_SET_FIELDS_SET = BaseModel.__dict__["__pydantic_fields_set__"].__set__
+_SET_EXTRA = BaseModel.__dict__["__pydantic_extra__"].__set__
+_SET_PRIVATE = BaseModel.__dict__["__pydantic_private__"].__set__
+
+
 def replaced(model: _M, changes: Mapping[str, Any]) -> _M:
-    """``model.model_copy(update=changes)`` for a per-route copy, at half the cost.
+    """``model.model_copy(update=changes)`` for a per-route copy, at a third of the cost.
 
     For values already checked (a correlation id made or normalised, a time): like
     ``model_copy`` it validates nothing. Models with extra or private attributes take
@@ -169,14 +177,16 @@ def replaced(model: _M, changes: Mapping[str, Any]) -> _M:
     """
     if model.__pydantic_extra__ or model.__pydantic_private__:
         return model.model_copy(update=changes)
-    cls = type(model)
-    new = cls.__new__(cls)
-    # The attributes pydantic's own model_construct and model_copy set, nothing else.
-    object.__setattr__(new, "__dict__", {**model.__dict__, **changes})
-    fields_set = model.__pydantic_fields_set__ | changes.keys()
-    object.__setattr__(new, "__pydantic_fields_set__", fields_set)
-    object.__setattr__(new, "__pydantic_extra__", None)
-    object.__setattr__(new, "__pydantic_private__", None)
+    new = object.__new__(type(model))
+    values = model.__dict__.copy()
+    values.update(changes)
+    object.__setattr__(new, "__dict__", values)
+    fields_set = model.__pydantic_fields_set__
+    _SET_FIELDS_SET(
+        new, fields_set if changes.keys() <= fields_set else fields_set | changes.keys()
+    )
+    _SET_EXTRA(new, None)
+    _SET_PRIVATE(new, None)
     return new
 
 
@@ -336,14 +346,14 @@ class Resolution:
         if (
             remembered is not None
             and len(remembered[0]) == len(depends)
-            and all(a is b for a, b in zip(remembered[0], depends, strict=True))
+            and all(map(operator.is_, remembered[0], depends))
         ):
             return remembered[1]  # type: ignore[no-any-return]
         value = compute()
         memo[name] = (depends, value)  # holding them keeps their identities unique
         return value
 
-    @property
+    @functools.cached_property
     def cache(self) -> CacheStatus:
         """The least fresh status among the lookups (stale > miss > bypass > hit)."""
         statuses = {outcome.cache for outcome in self.outcomes.values()}

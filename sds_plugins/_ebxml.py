@@ -178,6 +178,8 @@ _PATTERN_FLAGS: Mapping[MessagingPattern, _Flags] = {
         duplicate_elimination=False, ack_requested=False, ack_actor=None, sync_reply=False
     ),
 }
+#: The same, as keyword arguments for :class:`EnvelopeReliability` (built on every route).
+_FLAG_VALUES = {pattern: flags.model_dump() for pattern, flags in _PATTERN_FLAGS.items()}
 
 
 def _split(interaction: str) -> tuple[str, str]:
@@ -299,7 +301,7 @@ def envelope_reliability(
         retries=reliability.retries if reliability else None,
         retry_interval_s=reliability.retry_interval_s if reliability else None,
         persist_duration_s=reliability.persist_duration_s if reliability else None,
-        **flags.model_dump(),
+        **_FLAG_VALUES[pattern],
     )
 
 

@@ -369,18 +369,28 @@ class Router:
         if not self.host.has_listeners("sds_lookup_completed"):
             return outcomes
         # Events only once every lookup was a hit: a plan that falls back to the full path
-        # half-way reports its lookups there, and must not report the first ones twice.
-        started = time.perf_counter()
+        # half-way reports its lookups there, and must not report the first ones twice. A hit
+        # on the same outcome says the same but for its time and correlation id.
+        changes = {"time": datetime.now(UTC), "duration_s": 0.0, "correlation_id": correlation_id}
         for planned in prepared.lookups:
-            self._emit_lookup(
-                planned.source,
-                planned.query_key,
-                "hit",
-                0,
-                started,
-                correlation_id,
-                records=len(outcomes[planned.name].records),
-            )
+            outcome = outcomes[planned.name]
+            remembered = memo.get(("event", planned.cache_key))
+            if remembered is None or remembered[0] is not outcome:
+                count = len(outcome.records)
+                remembered = memo[("event", planned.cache_key)] = (
+                    outcome,
+                    LookupEvent(
+                        source=planned.source.name,
+                        query=planned.query_key,
+                        namespace=planned.source.namespace,
+                        cache="hit",
+                        attempts=0,
+                        outcome="found" if count else "not_found",
+                        records=count,
+                        **changes,
+                    ),
+                )
+            self.host.lookup_completed(replaced(remembered[1], changes))
         return outcomes
 
     def _emit_lookup(
@@ -410,13 +420,7 @@ class Router:
             error=f"{type(error).__name__}: {error.message}" if error is not None else None,
             correlation_id=correlation_id,
         )
-        self._notify("sds_lookup_completed", event)
-
-    def _notify(self, hook_name: str, event: Any) -> None:
-        try:
-            getattr(self.host.hook, hook_name)(event=event)
-        except Exception:  # an observer must never break routing
-            logger.exception("a plugin's %s failed", hook_name)
+        self.host.lookup_completed(event)
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -486,7 +490,15 @@ class Router:
             )
             raise
         self._emit_route(
-            adapter, request, resolution, started, None, org, interaction, registration
+            adapter,
+            request,
+            resolution,
+            started,
+            None,
+            org,
+            interaction,
+            registration,
+            prepared.memo,
         )
         return final
 
@@ -696,6 +708,7 @@ class Router:
         org: str | None,
         interaction: str,
         registration: tuple[PatientRegistration, str, str] | None = None,
+        memo: dict[Any, Any] | None = None,
     ) -> None:
         if not self.host.has_listeners("sds_route_completed"):
             return
@@ -717,6 +730,29 @@ class Router:
             outcome = "vetoed"
         elif error is not None:
             outcome = "error"
+        if memo is not None and error is None and request and resolution and not details:
+            # A route that went well says what the last one with the same cache status said
+            # (adapter, organisation, interaction and lookups are the prepared route's own),
+            # but for its time, duration and correlation id.
+            changes = {
+                "time": datetime.now(UTC),
+                "duration_s": time.perf_counter() - started,
+                "correlation_id": request.correlation_id,
+            }
+            cache = resolution.cache
+            template = memo.get(("route", cache))
+            if template is None:
+                template = memo[("route", cache)] = RouteEvent(
+                    adapter=adapter,
+                    org=request.org,
+                    interaction=request.interaction,
+                    outcome="ok",
+                    cache=cache,
+                    lookups=tuple(o.lookup.key() for o in resolution.outcomes.values()),
+                    **changes,
+                )
+            self.host.route_completed(replaced(template, changes))
+            return
         correlation_id = (
             request.correlation_id if request else getattr(error, "correlation_id", None)
         )
@@ -735,7 +771,7 @@ class Router:
             error=f"{type(error).__name__}: {error}" if error is not None else None,
             details=details,
         )
-        self._notify("sds_route_completed", event)
+        self.host.route_completed(event)
 
 
 def _with_patient(

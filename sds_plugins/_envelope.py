@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializationInfo,
+    SerializeAsAny,
     ValidationInfo,
     field_serializer,
     field_validator,
@@ -59,7 +60,20 @@ class _Frozen(BaseModel):
 
 
 def _masked(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: (MASK if k.lower() in SENSITIVE_HEADERS else v) for k, v in headers.items()}
+    return {k: (MASK if _sensitive(k) else v) for k, v in headers.items()}
+
+
+_seen_names: dict[str, bool] = {}
+
+
+def _sensitive(name: str) -> bool:
+    # Answers remembered per spelling (every envelope's JSON asks for each of its headers).
+    known = _seen_names.get(name)
+    if known is None:
+        if len(_seen_names) >= 1024:
+            _seen_names.clear()  # bounded: header names come from adapters and callers
+        known = _seen_names[name] = name.lower() in SENSITIVE_HEADERS
+    return known
 
 
 def _reveal(info: SerializationInfo) -> bool:
@@ -184,7 +198,9 @@ class Provenance(_Frozen):
     correlation_id: str
     resolved_at: datetime
     cache: CacheStatus
-    records: tuple[ProvenanceRecord, ...] = ()
+    # Serialised as what each record is (validation still takes only these types): a union's
+    # serialiser tries its members one by one, a third of an envelope's JSON time.
+    records: tuple[SerializeAsAny[ProvenanceRecord], ...] = ()
     lookups: tuple[str, ...] = ()
 
 

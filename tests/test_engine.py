@@ -27,6 +27,7 @@ from sds_plugins import (
     PluginError,
     Resolution,
     Router,
+    RouteEvent,
     RouteRequest,
     RoutingEnvelope,
     Settings,
@@ -338,6 +339,43 @@ async def test_a_failing_observer_does_not_break_routing(sandbox: Sandbox) -> No
 
     async with _router(sandbox, Broken()) as router:
         assert await router.route("join", org="YES", interaction=PSIS)
+
+
+async def test_every_observer_sees_each_event_even_when_another_fails(
+    sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[str] = []
+
+    class Broken:
+        @hookimpl
+        def sds_route_completed(self, event: RouteEvent) -> None:
+            seen.append("broken")
+            raise RuntimeError("observer bug")
+
+    class Bare:
+        @hookimpl
+        def sds_route_completed(self) -> None:  # pluggy lets an observer take no argument
+            seen.append("bare")
+
+    class Wrapping:
+        @hookimpl(wrapper=True)
+        def sds_lookup_completed(self, event: LookupEvent) -> Generator[None, None, None]:
+            seen.append(f"around {event.cache}")
+            yield
+
+    recorder = Recorder()
+    # Registered last, called first (pluggy's order): the failure comes before the others.
+    async with _router(sandbox, recorder, Bare(), Wrapping(), Broken()) as router:
+        for _ in range(2):
+            assert await router.route("join", org="YES", interaction=PSIS)
+    assert [event.outcome for event in recorder.routes] == ["ok", "ok"]
+    assert [event.cache for event in recorder.lookups] == ["miss", "miss", "hit", "hit"]
+    assert seen == [
+        *(["around miss"] * 2 + ["broken", "bare"]),
+        *(["around hit"] * 2 + ["broken", "bare"]),
+    ]
+    assert caplog.text.count("sds_route_completed failed") == 2
+    assert "observer bug" in caplog.text
 
 
 async def test_audit_log(sandbox: Sandbox, tmp_path: Path) -> None:

@@ -62,6 +62,24 @@ async def _bounded_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
+class _EnvelopeResponse(Response):
+    """200 with an envelope: its three headers written straight away (starlette's general
+    header handling is a tenth of a warm route's time in the service)."""
+
+    media_type = "application/json"
+
+    def __init__(self, body: bytes, correlation_id: str) -> None:
+        self.status_code = 200
+        self.background = None
+        self.body = body
+        # A correlation id is a canonical UUID here (the router made or normalised it).
+        self.raw_headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+            (b"x-correlation-id", correlation_id.encode("ascii")),
+        ]
+
+
 class _Service:
     def __init__(
         self,
@@ -154,11 +172,7 @@ class _Service:
             if self.with_secrets
             else envelope.model_dump_json()
         )
-        return Response(
-            body,
-            media_type="application/json",
-            headers={"X-Correlation-ID": envelope.provenance.correlation_id},
-        )
+        return _EnvelopeResponse(body.encode(), envelope.provenance.correlation_id)
 
     async def adapters(self, request: Request) -> Response:
         if not self._authorised(request):
