@@ -53,6 +53,14 @@ def _names(value: str | None) -> set[str]:
     return {part.strip() for part in (value or "").split(",") if part.strip()}
 
 
+#: What the host knows of a notification hook's implementations (see PluginHost._observers).
+_Observers = tuple[
+    list[Any],
+    tuple[tuple[Callable[..., object], bool, str], ...] | None,
+    tuple[Callable[[], bool], ...] | None,
+]
+
+
 def _describe(plugin: object) -> str:
     """A plugin as a log line names it: a module by its name, an object by its class."""
     if inspect.ismodule(plugin):
@@ -83,9 +91,7 @@ class PluginHost:
         for name in _names(env.get("SDS_PLUGINS_DISABLE")):
             self.pm.set_blocked(name)
         self._traced = bool(env.get("SDS_PLUGINS_TRACE"))
-        self._observed: dict[
-            str, tuple[list[Any], tuple[tuple[Callable[..., object], bool, str], ...] | None]
-        ] = {}
+        self._observed: dict[str, _Observers] = {}
         if self._traced:
             self.pm.trace.root.setwriter(sys.stderr.write)
             self.pm.enable_tracing()
@@ -218,15 +224,21 @@ class PluginHost:
         )
 
     def has_listeners(self, hook_name: str) -> bool:
-        """Whether any plugin implements notification hook ``hook_name`` (events are built only
-        when someone listens)."""
-        return bool(self._observers(hook_name)[0])
+        """Whether any plugin implements notification hook ``hook_name`` and wants its events
+        now (events are built only when someone listens).
 
-    def _observers(
-        self, hook_name: str
-    ) -> tuple[list[Any], tuple[tuple[Callable[..., object], bool, str], ...] | None]:
-        """The implementations of ``hook_name`` and, unless pluggy must call them (wrappers,
-        tracing), each as ``(function, takes the event, plugin name)`` in pluggy's order.
+        An observer may define ``wants_events()``: while every implementation of the hook
+        answers ``False`` (a tracer with no SDK configured, say), nothing is built for it.
+        """
+        impls, _, gates = self._observers(hook_name)
+        if not impls:
+            return False
+        return gates is None or any(wants() for wants in gates)
+
+    def _observers(self, hook_name: str) -> _Observers:
+        """The implementations of ``hook_name``; unless pluggy must call them (wrappers,
+        tracing), each as ``(function, takes the event, plugin name)`` in pluggy's order; and
+        their ``wants_events`` methods when every one has one.
 
         Worked out again only when the implementations change (compared item by item: a
         registration anywhere is seen on the next call).
@@ -243,8 +255,13 @@ class PluginHost:
                 (impl.function, bool(impl.argnames), _describe(impl.plugin))
                 for impl in reversed(impls)
             )
-        known = self._observed[hook_name] = (impls, direct)
-        return known
+        wants = [getattr(impl.plugin, "wants_events", None) for impl in impls]
+        gates: tuple[Callable[[], bool], ...] | None = None
+        if all(callable(w) for w in wants):
+            gates = tuple(cast("Callable[[], bool]", w) for w in wants)
+        observers: _Observers = (impls, direct, gates)
+        self._observed[hook_name] = observers
+        return observers
 
     def notify(self, hook_name: str, event: object) -> None:
         """Give ``event`` to every implementation of notification hook ``hook_name``.
@@ -254,7 +271,7 @@ class PluginHost:
         rather than through pluggy's relay, which costs more than two observers together on
         every lookup of a warm route; wrappers and ``SDS_PLUGINS_TRACE`` go through pluggy.
         """
-        impls, direct = self._observers(hook_name)
+        impls, direct, _ = self._observers(hook_name)
         if direct is None:
             if impls:
                 try:

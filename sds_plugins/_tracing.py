@@ -88,6 +88,11 @@ class OpenTelemetryTracing:
 
     # -- hooks --------------------------------------------------------------------------------
 
+    def wants_events(self) -> bool:
+        """Whether a tracer provider records (the host builds no events for this plugin
+        while none is configured)."""
+        return self._recording()
+
     def _recording(self) -> bool:
         if self._provider is not None:
             return True

@@ -33,6 +33,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # applied with fullmatch: "$" would also match before a trailing newline.
 _ODS = re.compile(r"[A-Z0-9]{3,10}")
 _ASID = re.compile(r"[0-9]{12}")
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _PARTY_KEY = re.compile(r"[A-Z0-9]{3,10}-[0-9]{1,12}")
 # Spine interaction ids: urn:nhs:names:services:<service>:<action>[:...]; the action may carry
 # dots, dashes and underscores (gpc.getstructuredrecord-1, patient_appointments-1).
@@ -136,6 +137,8 @@ def normalise_correlation_id(value: object | None, field: str = "correlation_id"
     """Return a caller's correlation id as a canonical UUID string, or a fresh one."""
     if value is None:
         return new_uuid()
+    if type(value) is str and _CANONICAL_UUID.fullmatch(value):
+        return value  # already what str(uuid.UUID(...)) would make of it
     text = _clean(value, field)
     try:
         return str(uuid.UUID(text))

@@ -26,8 +26,8 @@ from sds_plugins import (
     Party,
     PluginError,
     Resolution,
-    Router,
     RouteEvent,
+    Router,
     RouteRequest,
     RoutingEnvelope,
     Settings,
@@ -376,6 +376,42 @@ async def test_every_observer_sees_each_event_even_when_another_fails(
     ]
     assert caplog.text.count("sds_route_completed failed") == 2
     assert "observer bug" in caplog.text
+
+
+async def test_no_event_is_built_while_every_observer_says_it_wants_none(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Sometimes(Recorder):
+        def __init__(self) -> None:
+            super().__init__()
+            self.wanted = False
+
+        def wants_events(self) -> bool:
+            return self.wanted
+
+    observer = Sometimes()
+    built: list[str] = []
+    real_init = RouteEvent.__init__
+
+    def counting(self: RouteEvent, **values: Any) -> None:
+        built.append("route")
+        real_init(self, **values)
+
+    monkeypatch.setattr(RouteEvent, "__init__", counting)
+    async with _router(sandbox, observer) as router:
+        await router.route("join", org="YES", interaction=PSIS)
+        await router.route("join", org="YES", interaction=PSIS)
+        assert (observer.lookups, observer.routes, built) == ([], [], [])
+        observer.wanted = True
+        await router.route("join", org="YES", interaction=PSIS)
+        assert [e.cache for e in observer.lookups] == ["hit", "hit"]
+        assert [e.outcome for e in observer.routes] == ["ok"]
+        # One observer without the method wants everything: all observers get the events.
+        observer.wanted = False
+        other = Recorder()
+        router.host.register(other)
+        await router.route("join", org="YES", interaction=PSIS)
+        assert len(other.routes) == len(observer.routes) - 1 == 1
 
 
 async def test_audit_log(sandbox: Sandbox, tmp_path: Path) -> None:

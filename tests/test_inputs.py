@@ -104,6 +104,29 @@ def test_header_values_refuse_crlf() -> None:
         check_header_value("a\r\nSet-Cookie: x", "x")
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        "0f0e0d0c-aaaa-4bbb-8ccc-123456789012",
+        "0F0E0D0C-AAAA-4BBB-8CCC-123456789012",
+        " 0f0e0d0c-aaaa-4bbb-8ccc-123456789012 ",
+        "{0f0e0d0c-aaaa-4bbb-8ccc-123456789012}",
+        "0f0e0d0caaaa4bbb8ccc123456789012",
+        "urn:uuid:0f0e0d0c-aaaa-4bbb-8ccc-123456789012",
+    ],
+)
+def test_correlation_ids_come_out_canonical_whatever_form_they_came_in(given: str) -> None:
+    assert normalise_correlation_id(given) == "0f0e0d0c-aaaa-4bbb-8ccc-123456789012"
+
+
+@pytest.mark.parametrize(
+    "given", ["0f0e0d0c-aaaa-4bbb-8ccc-123456789012\n", "0f0e0d0c-aaaa-4bbb-8ccc-12345678901g"]
+)
+def test_near_canonical_correlation_ids_are_still_checked(given: str) -> None:
+    with pytest.raises(InvalidInputError):
+        normalise_correlation_id(given)
+
+
 def test_generated_ids_are_random_version_4_uuids_in_canonical_form() -> None:
     ids = [new_uuid() for _ in range(2000)]
     assert len(set(ids)) == len(ids)

@@ -121,6 +121,15 @@ async def test_correlation_id_is_the_requests_or_derived_from_the_request_id(
     assert first.envelope.provenance.correlation_id == first.correlation_id
 
 
+@pytest.mark.parametrize(
+    "request_id", ["b", "0f0e0d0c-aaaa-4bbb-8ccc-123456789012", "ré-ünïcode/42", "x" * 300]
+)
+def test_derived_correlation_ids_are_the_uuid5_of_the_request_id(request_id: str) -> None:
+    from sds_plugins._worker._core import _CORRELATION_NAMESPACE, correlation_id_for
+
+    assert correlation_id_for(request_id) == str(uuid.uuid5(_CORRELATION_NAMESPACE, request_id))
+
+
 async def test_a_request_without_an_id_gets_one(router: Router) -> None:
     worker = RouteWorker(router)
     outcomes = [await worker.handle(_body(), request_id=None) for _ in range(2)]

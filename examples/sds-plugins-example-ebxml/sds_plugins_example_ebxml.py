@@ -19,16 +19,18 @@ from sds_plugins.adapters import (
     Adapter,
     AdapterOptions,
     Asid,
+    EnvelopeReliability,
     HttpRequestSpec,
     Lookup,
     Party,
     PartyKey,
+    Recipient,
     Resolution,
     RouteRequest,
     RoutingEnvelope,
     hookimpl,
 )
-from sds_plugins.ebxml import EbxmlPattern, envelope_reliability, pattern_for
+from sds_plugins.ebxml import EbxmlPattern, MessagingPattern, envelope_reliability, pattern_for
 
 __all__ = ["EbxmlExampleAdapter", "ExampleOptions", "sds_register_adapters"]
 
@@ -69,25 +71,18 @@ class EbxmlExampleAdapter(Adapter):
 
     def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
         options: ExampleOptions = request.options
-        # The endpoint joined with the device that has its party key (never "the first
-        # device"), chosen by the selection policy, with an address and an ASID.
-        recipient = resolved.recipient()
-        endpoint = recipient.endpoint
-        assert endpoint is not None
-        # The pattern NHS's MHS adaptor would use (the core's pattern_for, shared with the ers
-        # adapter): refused when SDS leaves it undetermined, unless the caller named one.
-        pattern = pattern_for(request.interaction, endpoint, named=options.pattern)
+        # Which MHS, its party and the messaging pattern follow from the directory's records
+        # alone: worked out once while the cache hands back the same records (derive).
+        recipient, target, pattern, reliability = resolved.derive(
+            "recipient",
+            (resolved.records("endpoints"), resolved.records("devices")),
+            lambda: self._recipient(request, resolved),
+        )
         service, _, action = request.interaction.rpartition(":")
         return RoutingEnvelope(
             adapter=self.name,
             interaction=request.interaction,
-            target=Party(
-                ods_code=request.org,
-                asid=recipient.asid,
-                party_key=recipient.party_key,
-                address=recipient.address,
-                cpa_id=endpoint.cpa_id,
-            ),
+            target=target,
             source=Party(asid=options.from_asid),
             request=HttpRequestSpec(
                 method="POST",
@@ -97,11 +92,32 @@ class EbxmlExampleAdapter(Adapter):
                     "X-Correlation-ID": request.correlation_id,
                 },
             ),
-            reliability=envelope_reliability(pattern, endpoint),
+            reliability=reliability,
             expires_at=resolved.now + ENVELOPE_TTL,
             provenance=resolved.provenance(recipient.records),
             extensions={"service": service, "action": action, "pattern": pattern.value},
         )
+
+    def _recipient(
+        self, request: RouteRequest, resolved: Resolution
+    ) -> tuple[Recipient, Party, MessagingPattern, EnvelopeReliability]:
+        options: ExampleOptions = request.options
+        # The endpoint joined with the device that has its party key (never "the first
+        # device"), chosen by the selection policy, with an address and an ASID.
+        recipient = resolved.recipient()
+        endpoint = recipient.endpoint
+        assert endpoint is not None
+        # The pattern NHS's MHS adaptor would use (the core's pattern_for, shared with the ers
+        # adapter): refused when SDS leaves it undetermined, unless the caller named one.
+        pattern = pattern_for(request.interaction, endpoint, named=options.pattern)
+        target = Party(
+            ods_code=request.org,
+            asid=recipient.asid,
+            party_key=recipient.party_key,
+            address=recipient.address,
+            cpa_id=endpoint.cpa_id,
+        )
+        return recipient, target, pattern, envelope_reliability(pattern, endpoint)
 
 
 @hookimpl

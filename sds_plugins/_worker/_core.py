@@ -16,6 +16,7 @@ with ``"gave_up": true``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -67,6 +68,20 @@ _METRIC_EVENTS: dict[str, str] = {"envelope": "out", "failure": "failed", "retry
 # Correlation ids derived from request ids live in their own UUID namespace (uuid5), so every
 # attempt and every redelivery of a request sends SDS the same X-Correlation-ID.
 _CORRELATION_NAMESPACE = uuid.UUID("5d1b7a4e-3f0c-4c1e-9a55-6f2d8e1b9c07")
+_NAMESPACE_BYTES = _CORRELATION_NAMESPACE.bytes
+
+
+def correlation_id_for(request_id: str) -> str:
+    """The correlation id of a request without one of its own: the same for every delivery
+    of the request id, so a redelivered request logs under the same id.
+
+    ``str(uuid.uuid5(namespace, request_id))``, written straight from the digest (a third of
+    the cost, on every message).
+    """
+    # SHA-1 because RFC 4122 names it for version 5: an identifier, not a security measure.
+    h = hashlib.sha1(_NAMESPACE_BYTES + request_id.encode(), usedforsecurity=False).hexdigest()
+    # Version nibble 5; the variant's two top bits 10 (the 17th digit is 8, 9, a or b).
+    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -223,7 +238,7 @@ class RouteWorker:
             request_id = str(uuid.uuid4())
         attempt = max(1, attempt)
         first_seen = now if first_seen is None else min(first_seen, now)
-        correlation_id = str(uuid.uuid5(_CORRELATION_NAMESPACE, request_id))
+        correlation_id = correlation_id_for(request_id)
         request: WorkerRequest | None = None
         raw: Any = None
         try:
