@@ -218,10 +218,7 @@ class PluginHost:
             impls = hook.get_hookimpls()
             if len(impls) == 1 and getattr(impls[0].plugin, "passes_through", False):
                 return envelope
-        return cast(
-            "RoutingEnvelope | None",
-            self.pm.hook.sds_finalize_envelope(envelope=envelope, request=request),
-        )
+        return cast("RoutingEnvelope | None", hook(envelope=envelope, request=request))
 
     def has_listeners(self, hook_name: str) -> bool:
         """Whether any plugin implements notification hook ``hook_name`` and wants its events
@@ -233,7 +230,13 @@ class PluginHost:
         impls, _, gates = self._observers(hook_name)
         if not impls:
             return False
-        return gates is None or any(wants() for wants in gates)
+        if gates is None:
+            return True
+        try:
+            return any(wants() for wants in gates)
+        except Exception:  # an observer must never break routing: it gets its events
+            logger.exception("a plugin's wants_events failed")
+            return True
 
     def _observers(self, hook_name: str) -> _Observers:
         """The implementations of ``hook_name``; unless pluggy must call them (wrappers,

@@ -149,9 +149,10 @@ def normalise_correlation_id(value: object | None, field: str = "correlation_id"
         ) from None
 
 
-#: Values at least this long are remembered once found clean (see has_control_characters).
+#: Values at least this long are remembered once found clean (see has_control_characters),
+#: a few dozen at most: they may be bearer tokens, which should not outlive their use by long.
 _REMEMBER_FROM = 128
-_REMEMBERED = 512
+_REMEMBERED = 64
 _known_clean: dict[str, None] = {}
 
 

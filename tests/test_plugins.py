@@ -186,3 +186,40 @@ async def test_a_start_time_plugin_is_refused_while_a_router_runs_and_accepted_a
         host.register(Observer(), name="observer")  # per-route hooks may come at any time
     assert not host.running
     assert host.register(Late(), name="late") == "late"  # before the next start: fine
+
+
+def test_an_observer_whose_wants_events_fails_gets_its_events(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    seen: list[object] = []
+
+    class Confused:
+        def wants_events(self) -> bool:
+            raise RuntimeError("no idea")
+
+        @hookimpl
+        def sds_route_completed(self, event: Any) -> None:
+            seen.append(event)
+
+    host = PluginHost(load_entrypoints=False)
+    assert not host.has_listeners("sds_route_completed")
+    host.register(Confused())
+    assert host.has_listeners("sds_route_completed")
+    assert "wants_events failed" in caplog.text
+    host.route_completed("event")  # type: ignore[arg-type]
+    assert seen == ["event"]
+
+
+def test_the_pass_through_finalizer_alone_is_not_called_and_any_other_is() -> None:
+    host = PluginHost(load_entrypoints=False)
+    envelope, request = object(), object()
+    # Alone, the built-in pass-through's answer is known: the envelope itself.
+    assert host.finalize_envelope(envelope, request) is envelope  # type: ignore[arg-type]
+
+    class Replacing:
+        @hookimpl
+        def sds_finalize_envelope(self, envelope: Any, request: Any) -> str:
+            return "replaced"
+
+    host.register(Replacing())
+    assert host.finalize_envelope(envelope, request) == "replaced"  # type: ignore[arg-type,comparison-overlap]

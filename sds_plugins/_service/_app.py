@@ -24,7 +24,7 @@ from starlette.routing import Route
 from .._exceptions import InvalidInputError, SdsPluginsError
 from .._tracing import incoming_trace_context
 from .._validation import normalise_correlation_id
-from .._worker._core import _decode, _parse
+from .._worker._core import WorkerRequest, _decode, _parse
 from ._catalogue import describe_adapters
 from ._health import Readiness
 from ._openapi import openapi_document
@@ -32,6 +32,7 @@ from ._problems import problem_for, problem_response
 
 if TYPE_CHECKING:
     from .._engine import Router
+    from .._envelope import RoutingEnvelope
     from .._metrics import PrometheusMetrics
 
 __all__ = ["MAX_BODY_BYTES", "create_service_app"]
@@ -46,8 +47,21 @@ class _TooLarge(Exception):
     pass
 
 
-async def _bounded_body(request: Request) -> bytes:
-    declared = request.headers.get("content-length")
+#: The request headers the routing endpoint reads (raw, lower case as ASGI gives them).
+_READ = frozenset((b"authorization", b"content-length", b"x-correlation-id", b"traceparent"))
+
+
+def _read_headers(request: Request) -> dict[bytes, str]:
+    """The headers the routing endpoint reads, in one pass over the raw list (the first of
+    each, as starlette's ``headers.get`` would give it)."""
+    found: dict[bytes, str] = {}
+    for name, value in request.scope["headers"]:
+        if name in _READ and name not in found:
+            found[name] = value.decode("latin-1")
+    return found
+
+
+async def _bounded_body(request: Request, declared: str | None) -> bytes:
     if declared is not None and declared.isdigit():
         if int(declared) > MAX_BODY_BYTES:
             raise _TooLarge
@@ -96,10 +110,12 @@ class _Service:
         self.metrics = metrics
         self.readiness = readiness
 
-    def _authorised(self, request: Request) -> bool:
+    def _authorised(self, request: Request, authorization: str | None = None) -> bool:
         if self._token is None:
             return True
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if authorization is None:
+            authorization = request.headers.get("authorization", "")
+        scheme, _, given = authorization.partition(" ")
         # Constant time: how much of a guess matched must not show in the response time.
         return scheme.lower() == "bearer" and hmac.compare_digest(
             given.strip().encode(), self._token
@@ -117,14 +133,15 @@ class _Service:
         )
 
     async def route(self, request: Request) -> Response:
-        if not self._authorised(request):
+        headers = _read_headers(request)
+        if not self._authorised(request, headers.get(b"authorization", "")):
             return self._unauthorised()
         adapter = request.path_params["adapter"]
         # The router checks and normalises it; an error document falls back on it.
-        correlation_id = request.headers.get("x-correlation-id")
+        correlation_id = headers.get(b"x-correlation-id")
         try:
             try:
-                raw = _decode(await _bounded_body(request))
+                raw = _decode(await _bounded_body(request, headers.get(b"content-length")))
             except _TooLarge:
                 return problem_response(
                     "too-large",
@@ -145,17 +162,11 @@ class _Service:
                     raw["correlation_id"] = correlation_id
             parsed = _parse(raw)
             correlation_id = parsed.correlation_id
-            # Only a request that carries a trace context pays for reading it.
-            traced = "traceparent" in request.headers
-            with incoming_trace_context(request.headers) if traced else contextlib.nullcontext():
-                envelope = await self.router.route(
-                    parsed.adapter,
-                    org=parsed.org,
-                    interaction=parsed.interaction,
-                    correlation_id=correlation_id,
-                    encounter=parsed.encounter,
-                    **parsed.options,
-                )
+            if b"traceparent" in headers:  # only a request with a trace context pays for it
+                with incoming_trace_context(request.headers):
+                    envelope = await self._route(parsed)
+            else:
+                envelope = await self._route(parsed)
         except SdsPluginsError as exc:
             return problem_for(exc, _plain(correlation_id))
         except Exception as exc:
@@ -173,6 +184,16 @@ class _Service:
             else envelope.model_dump_json()
         )
         return _EnvelopeResponse(body.encode(), envelope.provenance.correlation_id)
+
+    async def _route(self, parsed: WorkerRequest) -> RoutingEnvelope:
+        return await self.router.route(
+            parsed.adapter,
+            org=parsed.org,
+            interaction=parsed.interaction,
+            correlation_id=parsed.correlation_id,
+            encounter=parsed.encounter,
+            **parsed.options,
+        )
 
     async def adapters(self, request: Request) -> Response:
         if not self._authorised(request):
