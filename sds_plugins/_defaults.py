@@ -211,11 +211,8 @@ def _describe(candidates: Sequence[Candidate]) -> str:
 
 
 class PassThroughEnvelope:
-    """Default ``sds_finalize_envelope``: the envelope as the adapter built it."""
-
-    #: Tells the plugin host that, alone, this implementation changes nothing (the host then
-    #: skips the call).
-    passes_through = True
+    """Default ``sds_finalize_envelope``: the envelope as the adapter built it (alone, the
+    plugin host knows its answer and skips the call)."""
 
     @hookimpl(trylast=True)
     def sds_finalize_envelope(

@@ -738,6 +738,7 @@ class Router:
                 "time": datetime.now(UTC),
                 "duration_s": time.perf_counter() - started,
                 "correlation_id": request.correlation_id,
+                "details": {},  # its own: an observer writing to it must not touch the next
             }
             cache = resolution.cache
             template = memo.get(("route", cache))

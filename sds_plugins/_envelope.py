@@ -8,7 +8,8 @@ masked in its ``repr``, its ``str`` and its default JSON form; ``to_message()`` 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePath
 from typing import Annotated, Any, Literal
@@ -20,7 +21,6 @@ from pydantic import (
     Field,
     SerializationInfo,
     SerializeAsAny,
-    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -80,6 +80,14 @@ def _reveal(info: SerializationInfo) -> bool:
     return bool(isinstance(info.context, Mapping) and info.context.get("reveal_secrets"))
 
 
+def _nothing() -> None:
+    return None
+
+
+#: The request whose headers were checked last (see HttpRequestSpec._no_control_characters).
+_last_checked: list[Callable[[], object]] = [_nothing]
+
+
 class HttpRequestSpec(_Frozen):
     """Method, URL and headers of the request to send (the body is the caller's)."""
 
@@ -87,23 +95,26 @@ class HttpRequestSpec(_Frozen):
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
 
-    # Field validators, not one for the model: pydantic runs a model's after-validator again
-    # whenever an instance is nested in another model (every envelope holds one).
-    @field_validator("method", "url")
-    @classmethod
-    def _no_control_characters(cls, value: str, info: ValidationInfo) -> str:
-        return check_header_value(value, str(info.field_name))
-
-    @field_validator("headers")
-    @classmethod
-    def _no_control_characters_in_headers(cls, headers: dict[str, str]) -> dict[str, str]:
-        # Part by part (not one joined string): a long value seen before (the route's bearer
-        # token) is then recognised without scanning it again.
-        for name, value in headers.items():
-            if has_control_characters(name) or has_control_characters(value):
+    # A model validator: it runs again whenever an instance is nested in another model (every
+    # envelope holds one), so a request made without validation (model_construct, a
+    # model_copy with new headers) cannot carry CR/LF out inside an envelope. The request
+    # checked last is not scanned again (the usual case: built, then put in its envelope);
+    # it is known by a weak reference, which keeps no request, and no token, alive.
+    @model_validator(mode="after")
+    def _no_control_characters(self) -> HttpRequestSpec:
+        if _last_checked[0]() is self:
+            return self
+        # One scan over everything (the usual case, on every route: nothing found), then one
+        # by one to name the culprit.
+        headers = self.headers
+        if has_control_characters(" ".join((self.method, self.url, *headers, *headers.values()))):
+            check_header_value(self.method, "method")
+            check_header_value(self.url, "url")
+            for name, value in headers.items():
                 check_header_value(name, "header name")
                 check_header_value(value, f"header {name}")
-        return headers
+        _last_checked[0] = weakref.ref(self)
+        return self
 
     @field_serializer("headers")
     def _mask(self, headers: dict[str, str], info: SerializationInfo) -> dict[str, str]:

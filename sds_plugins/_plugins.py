@@ -61,6 +61,16 @@ _Observers = tuple[
 ]
 
 
+def _passes_through(plugin: object) -> bool:
+    """Whether ``plugin`` is the built-in pass-through finalizer, its hook not overridden."""
+    from ._defaults import PassThroughEnvelope
+
+    return (
+        isinstance(plugin, PassThroughEnvelope)
+        and type(plugin).sds_finalize_envelope is PassThroughEnvelope.sds_finalize_envelope
+    )
+
+
 def _describe(plugin: object) -> str:
     """A plugin as a log line names it: a module by its name, an object by its class."""
     if inspect.ismodule(plugin):
@@ -216,7 +226,7 @@ class PluginHost:
             # Only the built-in pass-through implements it (the usual case, on every route):
             # its answer is known without the call.
             impls = hook.get_hookimpls()
-            if len(impls) == 1 and getattr(impls[0].plugin, "passes_through", False):
+            if len(impls) == 1 and _passes_through(impls[0].plugin):
                 return envelope
         return cast("RoutingEnvelope | None", hook(envelope=envelope, request=request))
 

@@ -414,6 +414,21 @@ async def test_no_event_is_built_while_every_observer_says_it_wants_none(
         assert len(other.routes) == len(observer.routes) - 1 == 1
 
 
+async def test_each_route_event_is_its_own(sandbox: Sandbox) -> None:
+    class Scribbling(Recorder):
+        @hookimpl
+        def sds_route_completed(self, event: RouteEvent) -> None:
+            event.details.setdefault("seen", []).append(event.correlation_id)
+            super().sds_route_completed(event)
+
+    observer = Scribbling()
+    async with _router(sandbox, observer) as router:
+        for _ in range(3):
+            await router.route("join", org="YES", interaction=PSIS)
+    assert [len(event.details["seen"]) for event in observer.routes] == [1, 1, 1]
+    assert len({event.correlation_id for event in observer.routes}) == 3
+
+
 async def test_audit_log(sandbox: Sandbox, tmp_path: Path) -> None:
     log = tmp_path / "audit" / "sds.jsonl"
     async with _router(sandbox, audit_log=log, api_key="do-not-log-me") as router:

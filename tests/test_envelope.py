@@ -121,24 +121,23 @@ def test_every_part_of_a_request_is_checked_for_control_characters(
         HttpRequestSpec.model_validate(given)
 
 
-def test_a_request_nested_in_an_envelope_is_not_checked_again(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from sds_plugins import _envelope as envelope_module
-
+def test_a_request_made_without_validation_is_checked_when_put_in_an_envelope() -> None:
     whole = _envelope()
-    spec = HttpRequestSpec(method="GET", url="https://x", headers={"A": "b"})
-    checked: list[str] = []
-    real = envelope_module.has_control_characters
-
-    def counting(value: str) -> bool:
-        checked.append(value)
-        return real(value)
-
-    monkeypatch.setattr(envelope_module, "has_control_characters", counting)
-    envelope = RoutingEnvelope(**{**dict(whole), "request": spec})
-    assert envelope.request is spec
-    assert checked == []
+    fine = HttpRequestSpec(method="GET", url="https://x", headers={"A": "b"})
+    smuggled = [
+        HttpRequestSpec.model_construct(
+            method="GET", url="https://x", headers={"X": "a\r\nInjected: 1"}
+        ),
+        fine.model_copy(update={"headers": {"X": "a\r\nInjected: 1"}}),
+        fine.model_copy(update={"url": "https://x\r\nHost: evil"}),
+        whole.request.model_copy(
+            update={"headers": {**whole.request.headers, "Authorization": "Bearer t\n"}}
+        ),
+    ]
+    for request in smuggled:
+        with pytest.raises(ValueError, match="control character"):
+            RoutingEnvelope(**{**dict(whole), "request": request})
+    assert RoutingEnvelope(**{**dict(whole), "request": fine}).request is fine
 
 
 def test_expiry() -> None:

@@ -223,3 +223,17 @@ def test_the_pass_through_finalizer_alone_is_not_called_and_any_other_is() -> No
 
     host.register(Replacing())
     assert host.finalize_envelope(envelope, request) == "replaced"  # type: ignore[arg-type,comparison-overlap]
+
+    # A subclass of the built-in that overrides the hook is called like any other.
+    from sds_plugins._defaults import PassThroughEnvelope
+
+    class Stamping(PassThroughEnvelope):
+        @hookimpl(trylast=True)
+        def sds_finalize_envelope(self, envelope: Any, request: Any) -> Any:
+            return "stamped"
+
+    alone = PluginHost(
+        load_entrypoints=False, environ={"SDS_PLUGINS_DISABLE": "sds_plugins.finalize"}
+    )
+    alone.register(Stamping())
+    assert alone.finalize_envelope(envelope, request) == "stamped"  # type: ignore[arg-type,comparison-overlap]

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -170,6 +170,26 @@ async def test_route_returns_the_envelope_with_credentials_masked(
     assert response.headers["x-correlation-id"] == correlation_id
     assert SECRET not in response.text
     assert envelope["request"]["headers"]["Authorization"] != SECRET
+
+
+async def test_a_correlation_id_a_plugin_rewrote_is_answered_as_it_is(
+    sandbox: Sandbox, start_service: ServiceFactory
+) -> None:
+    class Rewriting:
+        @hookimpl(wrapper=True)
+        def sds_finalize_envelope(
+            self, envelope: RoutingEnvelope, request: RouteRequest
+        ) -> Generator[None, RoutingEnvelope, RoutingEnvelope]:
+            final = yield
+            provenance = final.provenance.model_copy(update={"correlation_id": "Tracé-42"})
+            return final.model_copy(update={"provenance": provenance})
+
+    service = start_service(sandbox.base_url, plugins=(Rewriting(),))
+    async with service.client() as client:
+        response = await client.post(f"/route/{ADAPTER}", json=_request())
+    assert response.status_code == 200, response.text
+    assert response.json()["provenance"]["correlation_id"] == "Tracé-42"
+    assert response.headers["x-correlation-id"] == "Tracé-42"  # latin-1, as HTTP has it
 
 
 async def test_with_secrets_returns_credentials(

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from .._exceptions import InvalidInputError, SdsPluginsError
 from .._tracing import incoming_trace_context
-from .._validation import normalise_correlation_id
+from .._validation import is_canonical_uuid, normalise_correlation_id
 from .._worker._core import WorkerRequest, _decode, _parse
 from ._catalogue import describe_adapters
 from ._health import Readiness
@@ -86,7 +86,8 @@ class _EnvelopeResponse(Response):
         self.status_code = 200
         self.background = None
         self.body = body
-        # A correlation id is a canonical UUID here (the router made or normalised it).
+        # The correlation id is a canonical UUID here (the router made or normalised it; the
+        # caller checks).
         self.raw_headers = [
             (b"content-length", str(len(body)).encode()),
             (b"content-type", b"application/json"),
@@ -183,7 +184,14 @@ class _Service:
             if self.with_secrets
             else envelope.model_dump_json()
         )
-        return _EnvelopeResponse(body.encode(), envelope.provenance.correlation_id)
+        correlation_id = envelope.provenance.correlation_id
+        if not is_canonical_uuid(correlation_id):
+            # Changed by a plugin into something else: starlette's general header handling
+            # (and the server's own checks) take it from here.
+            return Response(
+                body, media_type="application/json", headers={"X-Correlation-ID": correlation_id}
+            )
+        return _EnvelopeResponse(body.encode(), correlation_id)
 
     async def _route(self, parsed: WorkerRequest) -> RoutingEnvelope:
         return await self.router.route(
