@@ -63,12 +63,9 @@ _Observers = tuple[
 
 def _passes_through(plugin: object) -> bool:
     """Whether ``plugin`` is the built-in pass-through finalizer, its hook not overridden."""
-    from ._defaults import PassThroughEnvelope
-
-    return (
-        isinstance(plugin, PassThroughEnvelope)
-        and type(plugin).sds_finalize_envelope is PassThroughEnvelope.sds_finalize_envelope
-    )
+    # Compared by the hook's function: no import here (this runs on every route).
+    hook = getattr(type(plugin), "sds_finalize_envelope", None)
+    return hook is not None and getattr(hook, "__sds_passes_through__", False) is True
 
 
 def _describe(plugin: object) -> str:

@@ -125,6 +125,35 @@ def test_near_canonical_correlation_ids_are_still_checked(given: str) -> None:
         normalise_correlation_id(given)
 
 
+def test_generated_ids_differ_across_threads_and_a_fork() -> None:
+    import os
+    import threading
+
+    ids: list[str] = []
+
+    def make() -> None:
+        ids.extend(new_uuid() for _ in range(3000))
+
+    threads = [threading.Thread(target=make) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(set(ids)) == len(ids) == 12_000
+    # A forked child draws its own random bytes, not the rest of its parent's.
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, " ".join(new_uuid() for _ in range(50)).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = set(os.read(read, 65536).decode().split())
+    os.close(read)
+    os.close(write)
+    assert len(child) == 50
+    assert not child & {new_uuid() for _ in range(50)}
+
+
 def test_generated_ids_are_random_version_4_uuids_in_canonical_form() -> None:
     ids = [new_uuid() for _ in range(2000)]
     assert len(set(ids)) == len(ids)

@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from .._exceptions import InvalidInputError, SdsPluginsError
 from .._tracing import incoming_trace_context
-from .._validation import is_canonical_uuid, normalise_correlation_id
+from .._validation import normalise_correlation_id
 from .._worker._core import WorkerRequest, _decode, _parse
 from ._catalogue import describe_adapters
 from ._health import Readiness
@@ -86,8 +86,8 @@ class _EnvelopeResponse(Response):
         self.status_code = 200
         self.background = None
         self.body = body
-        # The correlation id is a canonical UUID here (the router made or normalised it; the
-        # caller checks).
+        # The correlation id is printable ASCII here (the caller checks; the router made or
+        # normalised it, unless a plugin changed it).
         self.raw_headers = [
             (b"content-length", str(len(body)).encode()),
             (b"content-type", b"application/json"),
@@ -185,7 +185,7 @@ class _Service:
             else envelope.model_dump_json()
         )
         correlation_id = envelope.provenance.correlation_id
-        if not is_canonical_uuid(correlation_id):
+        if not (correlation_id.isascii() and correlation_id.isprintable()):
             # Changed by a plugin into something else: starlette's general header handling
             # (and the server's own checks) take it from here.
             return Response(
