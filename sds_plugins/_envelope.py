@@ -102,7 +102,9 @@ class HttpRequestSpec(_Frozen):
     # envelope holds one), so a request made without validation (model_construct, a
     # model_copy with new headers) cannot carry CR/LF out inside an envelope. The request
     # checked last is not scanned again (the usual case: built, then put in its envelope);
-    # it is known by a weak reference, which keeps no request, and no token, alive.
+    # it is known by a weak reference, which keeps no request, and no token, alive. (Headers
+    # are set through with_headers or a new request; writing into a request's dict is not
+    # looked for here, and httpx refuses CR/LF when the request is sent.)
     @model_validator(mode="after")
     def _no_control_characters(self) -> HttpRequestSpec:
         if _last_checked[0]() is self:
