@@ -372,7 +372,7 @@ class LookupCache:
         # fetched after it asked, which is all "do not reuse" (GP Connect's rule) requires.
         try:
             (fresh, records, attempts), fetched_here = await self._single_flight(
-                key, fetch_entry, store
+                key, fetch_entry, store, recheck=not bypass
             )
         except DirectoryUnavailableError as exc:
             if _trips_breaker(exc):
@@ -406,7 +406,12 @@ class LookupCache:
         return Cached(records=records, cache=status, attempts=attempts if fetched_here else 0)
 
     async def _single_flight(
-        self, key: str, fetch_entry: Callable[[], Awaitable[_Fetched]], shared: bool
+        self,
+        key: str,
+        fetch_entry: Callable[[], Awaitable[_Fetched]],
+        shared: bool,
+        *,
+        recheck: bool = True,
     ) -> tuple[_Shared, bool]:
         """The shared result, and whether this process fetched it (rather than waiting for
         another task here, or another node).
@@ -425,15 +430,24 @@ class LookupCache:
                 return entry, records, attempts, True
             # Fleet-wide coalescing: the backend may find another node already fetched it.
             fetched: list[_Fetched] = []
+            found: list[CacheEntry] = []
 
             async def fetch_for_backend() -> CacheEntry:
+                if recheck:
+                    # This node holds the fleet's lock for a key it missed. Another node may
+                    # have stored the answer between that read and the lock (it stores, then
+                    # releases): read once more before asking the directory again.
+                    stored = await self.backend.get(key)
+                    if stored is not None and stored.is_fresh(self._clock()):
+                        found.append(stored)
+                        return stored
                 fetched.append(await fetch_entry())
                 return fetched[0][0]
 
             entry, fetched_here = await self.backend.coalesce(key, fetch_for_backend)
             if fetched_here and fetched:
                 return entry, fetched[0][1], fetched[0][2], True
-            return entry, None, 0, fetched_here
+            return entry, None, 0, fetched_here and not found
 
         task: asyncio.Future[tuple[CacheEntry, tuple[Any, ...] | None, int, bool]] = (
             asyncio.ensure_future(lead())

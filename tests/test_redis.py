@@ -30,6 +30,7 @@ from sds_plugins import (
     Router,
     Settings,
 )
+from sds_plugins._cache import LookupCache
 from sds_plugins._redis import RedisCache
 from sds_plugins._redis_pacer import RedisPacer
 from sds_plugins.sandbox import Sandbox
@@ -224,6 +225,50 @@ async def test_waiters_only_accept_a_result_stored_after_they_started(prefix: st
         assert waiter.calls == 0
     finally:
         await _close(a, b)
+
+
+async def test_a_node_that_wins_the_lock_after_another_stored_the_answer_does_not_fetch(
+    prefix: str,
+) -> None:
+    # The race of two nodes: B reads the cache and misses; A fetches, stores the answer and
+    # releases its lock; B then wins the free lock. B reads once more instead of fetching.
+    a, b = (LookupCache(cache) for cache in _caches(prefix, 2))
+    fetches: list[str] = []
+
+    async def fetch(node: str) -> tuple[tuple[Any, ...], int]:
+        fetches.append(node)
+        return ("record",), 1
+
+    def get_or_fetch(cache: LookupCache, node: str) -> Any:
+        return cache.get_or_fetch(
+            "k",
+            namespace="sds:test",
+            fetch=lambda: fetch(node),
+            encode=lambda records: json.dumps(list(records)).encode(),
+            decode=lambda data: tuple(json.loads(data)),
+        )
+
+    try:
+        assert (await get_or_fetch(a, "a")).cache == "miss"
+
+        async def missed(key: str) -> None:  # B's read, made before A stored the answer
+            return None
+
+        b._get = missed  # type: ignore[method-assign]
+        second = await get_or_fetch(b, "b")
+        assert (second.cache, second.records, fetches) == ("coalesced", ("record",), ["a"])
+        # An explicit refresh still asks the directory.
+        refreshed = await b.get_or_fetch(
+            "k",
+            namespace="sds:test",
+            fetch=lambda: fetch("b"),
+            encode=lambda records: json.dumps(list(records)).encode(),
+            decode=lambda data: tuple(json.loads(data)),
+            bypass=True,
+        )
+        assert (refreshed.cache, fetches) == ("bypass", ["a", "b"])
+    finally:
+        await _close(a.backend, b.backend)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -418,14 +418,8 @@ async def test_two_workers_sharing_redis_look_each_route_up_once(
         await outcomes.until(lambda: outcomes.answered(ids) == set(ids), "an outcome for each")
         assert all(worker.outcome_lines() for worker in fleet), "one worker did nothing"
         requests = sandbox.stats()["requests"]
-        devices = requests["/spine-directory/FHIR/R4/Device"]
-        endpoints = requests["/spine-directory/FHIR/R4/Endpoint"]
-        # One request per distinct lookup, but for one known race (about one run in twenty):
-        # a worker whose cache read missed just before the other stored the answer and
-        # released its lock wins the next lock and fetches again, because a first claim
-        # ignores an outcome already there (RedisCache._CLAIM). Left open in issue 11's note.
-        assert devices >= distinct + 1 and endpoints >= distinct + 1, requests
-        assert devices + endpoints <= 2 * (distinct + 1) + 1, requests
+        assert requests["/spine-directory/FHIR/R4/Device"] == distinct + 1, requests
+        assert requests["/spine-directory/FHIR/R4/Endpoint"] == distinct + 1, requests
         kinds = [r.kind for r in outcomes.received if r.message_id in set(ids)]
         assert kinds.count("failure") == 3
     finally:
