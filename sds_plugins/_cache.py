@@ -297,13 +297,6 @@ class LookupCache:
             negative=empty,
         )
 
-    def fresh_nowait(
-        self, key: str, decode: Callable[[bytes], tuple[Any, ...]]
-    ) -> tuple[Any, ...] | None:
-        """The records of a fresh entry the backend holds in process, else ``None``."""
-        found = self.fresh_entry_nowait(key, decode)
-        return None if found is None else found[0]
-
     def fresh_entry_nowait(
         self, key: str, decode: Callable[[bytes], tuple[Any, ...]]
     ) -> tuple[tuple[Any, ...], float] | None:
@@ -315,10 +308,6 @@ class LookupCache:
         if entry is None or not entry.is_fresh(self._clock()):
             return None
         return self._records(key, entry, decode), entry.fresh_until
-
-    def now(self) -> float:
-        """The time freshness is judged by (the router's clock)."""
-        return self._clock()
 
     async def get_or_fetch(
         self,

@@ -339,7 +339,7 @@ class Router:
         """
         cache, memo = self.cache, prepared.memo
         generation = cache.backend.generation
-        now = cache.now()
+        now = self.clock()  # the cache's clock too: the router hands it over
         hot = memo.get(_HOT)
         if hot is not None and generation is not None and hot[0] == generation and now < hot[1]:
             outcomes: dict[str, LookupOutcome] = dict(hot[2])

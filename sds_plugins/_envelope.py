@@ -9,7 +9,7 @@ masked in its ``repr``, its ``str`` and its default JSON form; ``to_message()`` 
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePath
 from typing import Annotated, Any, Literal
@@ -60,20 +60,7 @@ class _Frozen(BaseModel):
 
 
 def _masked(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: (MASK if _sensitive(k) else v) for k, v in headers.items()}
-
-
-_seen_names: dict[str, bool] = {}
-
-
-def _sensitive(name: str) -> bool:
-    # Answers remembered per spelling (every envelope's JSON asks for each of its headers).
-    known = _seen_names.get(name)
-    if known is None:
-        if len(_seen_names) >= 1024:
-            _seen_names.clear()  # bounded: header names come from adapters and callers
-        known = _seen_names[name] = name.lower() in SENSITIVE_HEADERS
-    return known
+    return {k: (MASK if k.lower() in SENSITIVE_HEADERS else v) for k, v in headers.items()}
 
 
 def _reveal(info: SerializationInfo) -> bool:
@@ -83,12 +70,8 @@ def _reveal(info: SerializationInfo) -> bool:
     return bool(isinstance(context, Mapping) and context.get("reveal_secrets"))
 
 
-def _nothing() -> None:
-    return None
-
-
 #: The request whose headers were checked last (see HttpRequestSpec._no_control_characters).
-_last_checked: list[Callable[[], object]] = [_nothing]
+_last_checked: list[weakref.ref[HttpRequestSpec] | None] = [None]
 
 
 class HttpRequestSpec(_Frozen):
@@ -107,7 +90,8 @@ class HttpRequestSpec(_Frozen):
     # looked for here, and httpx refuses CR/LF when the request is sent.)
     @model_validator(mode="after")
     def _no_control_characters(self) -> HttpRequestSpec:
-        if _last_checked[0]() is self:
+        last = _last_checked[0]
+        if last is not None and last() is self:
             return self
         # One scan over everything (the usual case, on every route: nothing found), then one
         # by one to name the culprit.

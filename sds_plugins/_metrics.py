@@ -155,10 +155,6 @@ class _Metrics:
         with self.lock:
             family.values[labels] = family.values.get(labels, 0.0) + 1.0
 
-    def observe(self, family: _Histogram, labels: tuple[str, ...], value: float) -> None:
-        with self.lock:
-            self._observe(family, labels, value)
-
     @staticmethod
     def _observe(family: _Histogram, labels: tuple[str, ...], value: float) -> None:
         series = family.series.get(labels)

@@ -162,16 +162,11 @@ def new_uuid() -> str:
     return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
-def is_canonical_uuid(text: str) -> bool:
-    """Whether ``text`` is a UUID exactly as ``str(uuid.UUID(...))`` writes one."""
-    return _CANONICAL_UUID.fullmatch(text) is not None
-
-
 def normalise_correlation_id(value: object | None, field: str = "correlation_id") -> str:
     """Return a caller's correlation id as a canonical UUID string, or a fresh one."""
     if value is None:
         return new_uuid()
-    if type(value) is str and is_canonical_uuid(value):
+    if type(value) is str and _CANONICAL_UUID.fullmatch(value):
         return value  # already what str(uuid.UUID(...)) would make of it
     text = _clean(value, field)
     try:

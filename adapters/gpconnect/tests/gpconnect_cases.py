@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from sds_plugins_gpconnect import EXAMPLE_CONSUMER
+
 from sds_plugins.testing import accredited_system_record, mhs_record
 
 GPC = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1"
@@ -51,16 +53,9 @@ AS_RECORDS = [
     ),
 ]
 
+#: The example consumer with a practitioner of these tests' own, and no role profile (optional).
 CONSUMER_OPTIONS: dict[str, Any] = {
-    "consumer_asid": "200000000359",
-    "ssp_url": "https://proxy.intspineservices.nhs.uk",
-    "system_url": "https://consumer.example.org",
-    "system_name": "Example Consumer",
-    "system_version": "2.1",
-    "organization_ods": "Y12345",
-    "organization_name": "Example Surgery",
+    **{k: v for k, v in EXAMPLE_CONSUMER.items() if k != "practitioner_sds_role_profile_id"},
     "practitioner_id": "10019",
-    "practitioner_family_name": "Jones",
-    "practitioner_given_name": "Ann",
     "practitioner_sds_user_id": "111222333444",
 }
