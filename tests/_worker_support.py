@@ -19,7 +19,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,6 +39,9 @@ class Received:
     kind: str | None  # "envelope" or "failure"
     attempts: int | None
     body: bytes
+    #: The documented other properties: content_type; on RabbitMQ also persistent, app_id and
+    #: timestamp (epoch seconds).
+    properties: dict[str, Any] = field(default_factory=dict)
 
     def json(self) -> dict[str, Any]:
         document = json.loads(self.body)
@@ -120,6 +123,12 @@ class AmqpBroker:
                     kind=message.type,
                     attempts=int(attempts) if attempts is not None else None,  # type: ignore[call-overload]
                     body=message.body,
+                    properties={
+                        "content_type": message.content_type,
+                        "persistent": message.delivery_mode == 2,  # DeliveryMode.PERSISTENT
+                        "app_id": message.app_id,
+                        "timestamp": message.timestamp.timestamp() if message.timestamp else None,
+                    },
                 )
             )
         return taken
@@ -195,6 +204,7 @@ class NatsBroker:
                     kind=headers.get("Sds-Outcome"),
                     attempts=int(attempts) if attempts is not None else None,
                     body=message.data,
+                    properties={"content_type": headers.get("Content-Type")},
                 )
             )
             await message.ack()

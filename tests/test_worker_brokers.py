@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -185,6 +186,11 @@ async def test_a_mixed_batch_gets_one_outcome_each_in_the_right_place(
         assert (received.destination, received.kind) == (destination, kind), request_id
         assert received.attempts == 1
         assert received.correlation_id is not None and uuid.UUID(received.correlation_id)
+        assert received.properties["content_type"] == "application/json"
+        if broker.transport == "amqp":
+            assert received.properties["persistent"] is True
+            assert received.properties["app_id"] == "sds-plugins"
+            assert abs(received.properties["timestamp"] - time.time()) < 300
         document = received.json()
         if kind == "envelope":
             assert document["provenance"]["correlation_id"] == received.correlation_id
