@@ -62,6 +62,7 @@ class Broker(Protocol):
         self, body: bytes, request_id: str | None, *, reply_to: str | None = None
     ) -> None: ...
     async def add_reply_destination(self, name: str) -> None: ...
+    async def delete_requests(self) -> None: ...
     async def take(self, destination: str) -> list[Received]: ...
     async def requests_left(self) -> int: ...
 
@@ -94,7 +95,12 @@ class AmqpBroker:
         await self._connection.close()
 
     async def publish(
-        self, body: bytes, request_id: str | None, *, reply_to: str | None = None
+        self,
+        body: bytes,
+        request_id: str | None,
+        *,
+        reply_to: str | None = None,
+        headers: dict[str, Any] | None = None,
     ) -> None:
         import aio_pika
 
@@ -102,9 +108,18 @@ class AmqpBroker:
             body,
             message_id=request_id,
             reply_to=reply_to,
+            headers=headers,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         await self._channel.default_exchange.publish(message, self.requests)
+
+    async def get(self, queue: str) -> Any:
+        """The message at the head of ``queue`` (taken off it), or ``None``."""
+        found = await self._channel.get_queue(queue, ensure=False)
+        return await found.get(no_ack=True, fail=False)
+
+    async def delete_requests(self) -> None:
+        await self._channel.queue_delete(self.requests)
 
     async def add_reply_destination(self, name: str) -> None:
         self._extra.append(name)
@@ -175,6 +190,11 @@ class NatsBroker:
         if reply_to is not None:
             headers["Reply-To"] = reply_to
         await self._js.publish(self.requests, body, headers=headers or None)
+
+    async def delete_requests(self) -> None:
+        from sds_plugins._worker._nats import stream_name
+
+        await self._js.delete_stream(stream_name(self.requests))  # and its consumer with it
 
     async def add_reply_destination(self, name: str) -> None:
         from sds_plugins._worker._nats import stream_name

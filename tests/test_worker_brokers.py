@@ -391,6 +391,27 @@ async def test_sigterm_finishes_the_requests_in_flight_and_exits_0(
     assert await second.exited() == 0
 
 
+async def test_a_worker_whose_requests_queue_is_deleted_exits_1_to_be_restarted(
+    broker: Broker,
+    make_sandbox: Callable[..., Sandbox],
+    workers: Callable[..., WorkerProcess],
+) -> None:
+    """RabbitMQ cancels the consumer and keeps the connection; JetStream answers pulls on a
+    deleted consumer as it does on an empty stream. Without an exit the worker would idle for
+    ever, even once the queue or stream is declared again."""
+    sandbox = _practices(1, make_sandbox)
+    worker = workers(sandbox.base_url)
+    await worker.ready()
+    await broker.publish(_request("W0000"), "before")
+    outcomes = Outcomes(broker)
+    await outcomes.until(lambda: outcomes.answered(["before"]) == {"before"}, "the first outcome")
+
+    await broker.delete_requests()
+
+    assert await worker.exited(timeout_s=30) == 1
+    assert re.search(r"cancelled the consumer|consumer of \S+ on \S+ is gone", worker.text())
+
+
 # --------------------------------------------------------------------------- fleet
 
 
@@ -436,3 +457,93 @@ async def test_two_workers_sharing_redis_look_each_route_up_once(
                 client.delete(*names)
         finally:
             client.close()
+
+
+# --------------------------------------------------------------------------- RabbitMQ only
+
+
+@pytest.fixture
+async def rabbitmq() -> AsyncIterator[AmqpBroker]:
+    if not AMQP_URL:
+        pytest.skip(
+            "needs RabbitMQ: set SDS_TEST_AMQP_URL (e.g. amqp://guest:guest@127.0.0.1:5672/)"
+        )
+    client = AmqpBroker(AMQP_URL, unique_prefix())
+    await client.open()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def amqp_worker(rabbitmq: AmqpBroker, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(base_url: str, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        process = WorkerProcess(
+            rabbitmq, tmp_path / "worker.log", base_url=base_url, args=args, env=env
+        )
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.mark.amqp
+async def test_a_retry_copy_keeps_headers_that_are_not_utf8_and_its_first_seen_to_the_second(
+    rabbitmq: AmqpBroker,
+    make_sandbox: Callable[..., Sandbox],
+    amqp_worker: Callable[..., WorkerProcess],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A string header that is not UTF-8 (legal AMQP; a Java or Go client may send one) reaches
+    the worker as bytes, which the client library cannot write back: the retry copy must still
+    be published, or the request comes back for ever with its attempt never counted. And the
+    first-seen time must survive the copy (a float header travels as a 32-bit float, minutes
+    out at today's epoch)."""
+    import pamqp.encode
+
+    from sds_plugins._worker._amqp import FIRST_SEEN_HEADER, retry_queue_name
+
+    sandbox = _practices(1, make_sandbox)
+    sandbox.set_faults(outage=True)
+    # A long delay: the retry copy waits in its retry queue, where the test reads it.
+    worker = amqp_worker(
+        sandbox.base_url, "--retry-initial-s", "40", "--retry-max-s", "40",
+        env={"SDS_RETRY_ATTEMPTS": "1"},
+    )  # fmt: skip
+    await worker.ready()
+
+    encode = pamqp.encode.encode_table_value
+
+    def raw_long_string(value: Any) -> bytes:
+        # What another client sends: a long string ('S') whose bytes are not UTF-8.
+        if type(value) is bytes:
+            return b"S" + len(value).to_bytes(4, "big") + value
+        return encode(value)
+
+    published = time.time()
+    with monkeypatch.context() as patch:
+        patch.setattr(pamqp.encode, "encode_table_value", raw_long_string)
+        headers = {"x-name": b"caf\xe9", "x-table": {"inner": b"\xff"}, "x-list": [b"\x80", 1]}
+        await rabbitmq.publish(_request("W0000"), "latin-1", headers=headers)
+
+    outcomes = Outcomes(rabbitmq)
+    await outcomes.until(lambda: bool(_retry_lines(worker)), "the first attempt's retry")
+    [line] = _retry_lines(worker)
+    match = re.search(r"retry_in_s=(?P<delay>[\d.]+)", line)
+    assert match, line
+    copy = await rabbitmq.get(retry_queue_name(rabbitmq.requests, float(match["delay"])))
+    assert copy is not None, worker.text()
+    assert copy.message_id == "latin-1"
+    assert copy.headers["x-name"] == b"caf\xe9"
+    assert copy.headers["x-table"] == {"inner": b"\xff"}
+    assert copy.headers["x-list"] == [b"\x80", 1]
+    assert copy.headers["x-sds-attempts"] == 1
+    first_seen = copy.headers[FIRST_SEEN_HEADER]
+    assert isinstance(first_seen, int)
+    assert published - 1 <= first_seen <= time.time()
+    assert "could not publish" not in worker.text()

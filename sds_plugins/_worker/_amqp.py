@@ -9,7 +9,8 @@ Queues (all durable, declared idempotently; ones that already exist are used as 
 
 A request is acknowledged only after its outcome (or its retry copy) is confirmed by the
 broker. Retry copies carry ``x-sds-attempts`` (attempts made so far) and ``x-sds-first-seen``
-(epoch seconds of the first attempt). Each retry queue holds delays in (N/2, N] seconds: a
+(whole epoch seconds of the first attempt, an integer: a float header travels as a 32-bit
+float, which is minutes out at today's epoch). Each retry queue holds delays in (N/2, N] seconds: a
 per-message TTL only expires at the head of a queue, so mixing 1 s and 60 s delays in one
 queue would hold the short ones back; this way a retry is late by less than its own delay at
 worst, and never early. No broker plugin is needed.
@@ -79,6 +80,7 @@ class AmqpTransport:
         self._declaring = asyncio.Lock()
         self._lost = asyncio.Event()
         self._lost_reason = ""
+        self._cancelled = asyncio.Event()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -107,6 +109,9 @@ class AmqpTransport:
             await channel.set_qos(prefetch_count=settings.concurrency)
             # aiormq's own Channel: its basic_publish takes the wait= its abstract one lacks.
             self._raw = raw = cast(RawChannel, await channel.get_underlay_channel())
+            # The broker cancels the consumer when the queue goes (deleted, or a node lost):
+            # nothing would arrive any more, yet the connection stays up.
+            raw.on_consumer_cancel_callbacks.add(self._on_cancelled)
             consuming = await raw.basic_consume(settings.requests, self._on_message)
             tag = consuming.consumer_tag
             assert tag is not None
@@ -116,9 +121,16 @@ class AmqpTransport:
                 settings.broker,
                 settings.concurrency,
             )
-            await first_of(stop.wait(), self._lost.wait())
+            await first_of(stop.wait(), self._lost.wait(), self._cancelled.wait())
             if self._lost.is_set():
                 raise BrokerError(f"lost the connection to {settings.broker}: {self._lost_reason}")
+            if self._cancelled.is_set():
+                # What was delivered is finished first; then a restart declares the queue again.
+                await self.in_flight.drained(settings.drain_timeout_s)
+                raise BrokerError(
+                    f"{settings.broker} cancelled the consumer of {settings.requests} (was the "
+                    "queue deleted?): stopping, so that a restart declares it again"
+                )
             await self._stop_consuming(raw, tag)
             if await self.in_flight.drained(settings.drain_timeout_s):
                 logger.info("stopped: every request taken was answered and acknowledged")
@@ -137,6 +149,9 @@ class AmqpTransport:
             await raw.basic_cancel(tag)
         except Exception as exc:  # the drain still waits; the broker requeues the rest anyway
             logger.warning("could not cancel the consumer: %s", explain(exc, self.settings))
+
+    def _on_cancelled(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        self._cancelled.set()
 
     def _on_close(self, sender: object, exc: BaseException | None = None) -> None:
         if exc is not None and not self._lost.is_set():
@@ -267,9 +282,9 @@ class AmqpTransport:
         await self._declare(
             queue, {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": requests}
         )
-        kept = {k: v for k, v in headers.items() if not k.startswith(_BROKER_HEADERS)}
+        kept = {k: _writable(v) for k, v in headers.items() if not k.startswith(_BROKER_HEADERS)}
         kept[ATTEMPTS_HEADER] = outcome.attempt
-        kept[FIRST_SEEN_HEADER] = outcome.first_seen
+        kept[FIRST_SEEN_HEADER] = math.floor(outcome.first_seen)
         original = message.header.properties
         properties = aiormq.spec.Basic.Properties(
             headers=kept,
@@ -313,6 +328,22 @@ async def _quietly(awaitable: Any) -> None:
         await awaitable
     except Exception as exc:
         logger.debug("ignored while closing: %s", type(exc).__name__)
+
+
+def _writable(value: Any) -> Any:
+    """A header value as pamqp can write it back.
+
+    pamqp reads a string that is not UTF-8 (legal AMQP, from a Java or Go client, say) as
+    ``bytes``, which it cannot encode: the retry copy would fail, and the request come back
+    for ever without its attempt counted. A byte array carries the same bytes.
+    """
+    if isinstance(value, bytes):
+        return bytearray(value)
+    if isinstance(value, dict):
+        return {k: _writable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_writable(v) for v in value]
+    return value
 
 
 def _int(value: Any) -> int:

@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import socket
+import time
 import uuid
 from typing import TYPE_CHECKING
 
@@ -72,6 +73,9 @@ ATTEMPTS_HEADER = "Sds-Attempts"
 _FETCH_WAIT_S = 1.0  # how long an idle fetch waits: also how soon an idle worker sees a stop
 _API_TIMEOUT_S = 10.0
 _REPUBLISH_DELAY_S = 1.0  # after a failed outcome publish, redeliver the request this soon
+# While idle, how often to ask whether the durable consumer is still there: once it (or its
+# stream) is deleted, pulls time out exactly as they do on an empty stream.
+_CONSUMER_CHECK_S = 5.0
 # Request ids the worker assigns live in their own namespace: derived from the stream sequence,
 # so a redelivered request keeps the id it had.
 _REQUEST_ID_NAMESPACE = uuid.UUID("8c4f8f0e-2b1d-4e49-a7a8-6f0f5c1c2d3b")
@@ -106,6 +110,8 @@ class NatsTransport:
         self._js: JetStreamContext | None = None
         self._requests_stream = ""
         self._closing = False
+        self._consumer_gone = False
+        self._next_check = 0.0
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -148,6 +154,14 @@ class NatsTransport:
             await self._consume(subscription, stop)
             if self._lost.is_set():
                 raise BrokerError(f"lost the connection to {settings.broker}")
+            if self._consumer_gone:
+                # What was delivered is finished first; then a restart declares them again.
+                await self.in_flight.drained(settings.drain_timeout_s)
+                raise BrokerError(
+                    f"the consumer of {settings.requests} on {settings.broker} is gone (was "
+                    f"stream {self._requests_stream} or its consumer deleted?): stopping, so "
+                    "that a restart declares them again"
+                )
             if await self.in_flight.drained(settings.drain_timeout_s):
                 logger.info("stopped: every request taken was answered and acknowledged")
         except nats.errors.Error as exc:
@@ -252,6 +266,8 @@ class NatsTransport:
             except TimeoutError:
                 # nats-py raises its own TimeoutError (a subclass) or, when the deadline runs
                 # out between its two pull requests, a plain asyncio.TimeoutError: both = idle.
+                if await self._consumer_deleted():
+                    break
                 continue
             except nats.errors.ConnectionClosedError:
                 break
@@ -260,6 +276,24 @@ class NatsTransport:
                 task = asyncio.create_task(self._on_message(message))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
+
+    async def _consumer_deleted(self) -> bool:
+        """Whether the durable consumer (or its stream) is gone; asked at most every few
+        seconds, and only while idle."""
+        now = time.monotonic()
+        if self._js is None or now < self._next_check:
+            return False
+        self._next_check = now + _CONSUMER_CHECK_S
+        try:
+            await self._js.consumer_info(
+                self._requests_stream, consumer_name(self.settings.requests)
+            )
+        except nats.js.errors.NotFoundError:
+            self._consumer_gone = True
+            return True
+        except Exception as exc:  # cannot tell now (reconnecting, a timeout): ask again later
+            logger.debug("could not check the consumer: %s", type(exc).__name__)
+        return False
 
     async def _on_message(self, message: Msg) -> None:
         try:
