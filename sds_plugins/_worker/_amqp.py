@@ -10,10 +10,10 @@ Queues (all durable, declared idempotently; ones that already exist are used as 
 A request is acknowledged only after its outcome (or its retry copy) is confirmed by the
 broker. Retry copies carry ``x-sds-attempts`` (attempts made so far) and ``x-sds-first-seen``
 (whole epoch seconds of the first attempt, an integer: a float header travels as a 32-bit
-float, which is minutes out at today's epoch). Each retry queue holds delays in (N/2, N] seconds: a
-per-message TTL only expires at the head of a queue, so mixing 1 s and 60 s delays in one
-queue would hold the short ones back; this way a retry is late by less than its own delay at
-worst, and never early. No broker plugin is needed.
+float, which is minutes out at today's epoch). Each retry queue holds delays in (N/2, N]
+seconds: a per-message TTL only expires at the head of a queue, so mixing 1 s and 60 s delays
+in one queue would hold the short ones back; this way a retry is late by less than its own
+delay at worst, and never early. No broker plugin is needed.
 
 aio-pika opens the connection and declares; messages move on its underlying aiormq channel
 (``get_underlay_channel``). aio-pika's consumer wraps each delivery in a second task and an
