@@ -149,10 +149,11 @@ def cli(ctx: click.Context, verbose: int) -> None:
       6  directory refused the credentials
       7  a plugin vetoed the envelope
     """
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # The format shows no thread or process: not collecting them for every record is the
-    # logging module's own optimisation (the worker logs a line per request).
-    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+    if not logging.getLogger().handlers:  # else logging is configured already: leave it be
+        logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        # This format shows no thread or process: not collecting them for every record is the
+        # logging module's own optimisation (the worker logs a line per request).
+        logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     _set_verbosity(ctx, verbose)
 
 
