@@ -290,7 +290,7 @@ def envelope_reliability(
     (as the MHS adaptor takes them from SDS); duplicate elimination, acknowledgement and sync
     reply from the pattern. Raises :class:`InvalidInputError` for a synchronous interaction.
     """
-    flags = _PATTERN_FLAGS.get(pattern)
+    flags = _FLAG_VALUES.get(pattern)
     if flags is None:
         raise InvalidInputError(
             f"a {pattern.value} interaction is sent as a plain SOAP request, not as ebXML",
@@ -301,7 +301,7 @@ def envelope_reliability(
         retries=reliability.retries if reliability else None,
         retry_interval_s=reliability.retry_interval_s if reliability else None,
         persist_duration_s=reliability.persist_duration_s if reliability else None,
-        **_FLAG_VALUES[pattern],
+        **flags,
     )
 
 
