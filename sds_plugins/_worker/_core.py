@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .._adapter import SECRET_OPTIONS
 from .._exceptions import ConfigurationError, InvalidInputError, SdsPluginsError
 from .._tracing import incoming_trace_context
-from .._validation import normalise_correlation_id
+from .._validation import normalise_correlation_id, uuid_text
 
 if TYPE_CHECKING:
     from .._engine import Router
@@ -79,9 +79,8 @@ def correlation_id_for(request_id: str) -> str:
     the cost, on every message).
     """
     # SHA-1 because RFC 4122 names it for version 5: an identifier, not a security measure.
-    h = hashlib.sha1(_NAMESPACE_BYTES + request_id.encode(), usedforsecurity=False).hexdigest()
-    # Version nibble 5; the variant's two top bits 10 (the 17th digit is 8, 9, a or b).
-    return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:32]}"
+    digest = hashlib.sha1(_NAMESPACE_BYTES + request_id.encode(), usedforsecurity=False)
+    return uuid_text(digest.hexdigest(), 5)
 
 
 @dataclass(frozen=True, kw_only=True)
