@@ -202,23 +202,35 @@ def _error_class(error: str | None) -> str | None:
     return error.split(":", 1)[0] if error else None
 
 
-@contextlib.contextmanager
-def incoming_trace_context(headers: Mapping[str, Any] | None) -> Iterator[None]:
+#: What incoming_trace_context gives when there is nothing to attach (reusable: it holds no
+#: state), so that a message or request without a trace context costs no generator.
+_NO_CONTEXT = contextlib.nullcontext()
+
+
+def incoming_trace_context(
+    headers: Mapping[str, Any] | None,
+) -> contextlib.AbstractContextManager[None]:
     """Make the W3C trace context in ``headers`` (HTTP or broker message headers) current.
 
     Does nothing without the ``otel`` extra or without a ``traceparent`` header. Header values
     may be bytes (AMQP); names are matched case-insensitively.
     """
+    if not headers:
+        return _NO_CONTEXT
     carrier: dict[str, str] = {}
-    for name, value in (headers or {}).items():
+    for name, value in headers.items():
         key = str(name).lower()
         if key in _TRACE_HEADERS:
             text = value.decode("latin-1") if isinstance(value, bytes) else value
             if isinstance(text, str):
                 carrier[key] = text
     if "traceparent" not in carrier:
-        yield
-        return
+        return _NO_CONTEXT
+    return _attached(carrier)
+
+
+@contextlib.contextmanager
+def _attached(carrier: dict[str, str]) -> Iterator[None]:
     try:
         from opentelemetry import context, propagate
     except ImportError:

@@ -24,7 +24,7 @@ from starlette.routing import Route
 from .._exceptions import InvalidInputError, SdsPluginsError
 from .._tracing import incoming_trace_context
 from .._validation import normalise_correlation_id
-from .._worker._core import WorkerRequest, _decode, _parse
+from .._worker._core import _decode, _parse
 from ._catalogue import describe_adapters
 from ._health import Readiness
 from ._openapi import openapi_document
@@ -32,7 +32,6 @@ from ._problems import problem_for, problem_response
 
 if TYPE_CHECKING:
     from .._engine import Router
-    from .._envelope import RoutingEnvelope
     from .._metrics import PrometheusMetrics
 
 __all__ = ["MAX_BODY_BYTES", "create_service_app"]
@@ -163,11 +162,17 @@ class _Service:
                     raw["correlation_id"] = correlation_id
             parsed = _parse(raw)
             correlation_id = parsed.correlation_id
-            if b"traceparent" in headers:  # only a request with a trace context pays for it
-                with incoming_trace_context(request.headers):
-                    envelope = await self._route(parsed)
-            else:
-                envelope = await self._route(parsed)
+            # Only a request with a trace context pays for reading all its headers.
+            traced = request.headers if b"traceparent" in headers else None
+            with incoming_trace_context(traced):
+                envelope = await self.router.route(
+                    parsed.adapter,
+                    org=parsed.org,
+                    interaction=parsed.interaction,
+                    correlation_id=correlation_id,
+                    encounter=parsed.encounter,
+                    **parsed.options,
+                )
         except SdsPluginsError as exc:
             return problem_for(exc, _plain(correlation_id))
         except Exception as exc:
@@ -192,16 +197,6 @@ class _Service:
                 body, media_type="application/json", headers={"X-Correlation-ID": correlation_id}
             )
         return _EnvelopeResponse(body.encode(), correlation_id)
-
-    async def _route(self, parsed: WorkerRequest) -> RoutingEnvelope:
-        return await self.router.route(
-            parsed.adapter,
-            org=parsed.org,
-            interaction=parsed.interaction,
-            correlation_id=parsed.correlation_id,
-            encounter=parsed.encounter,
-            **parsed.options,
-        )
 
     async def adapters(self, request: Request) -> Response:
         if not self._authorised(request):

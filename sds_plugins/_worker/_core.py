@@ -218,10 +218,7 @@ class RouteWorker:
         metrics = self.metrics
         if metrics is not None:
             metrics.worker_message("in")
-        if headers:
-            with incoming_trace_context(headers):
-                outcome = await self._handle(body, request_id, attempt, first_seen)
-        else:  # nothing to look for a traceparent in (most AMQP requests)
+        with incoming_trace_context(headers):
             outcome = await self._handle(body, request_id, attempt, first_seen)
         if metrics is not None:
             metrics.worker_message(_METRIC_EVENTS[outcome.disposition])
