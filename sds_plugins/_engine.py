@@ -376,20 +376,16 @@ class Router:
             outcome = outcomes[planned.name]
             remembered = memo.get(("event", planned.cache_key))
             if remembered is None or remembered[0] is not outcome:
-                count = len(outcome.records)
-                remembered = memo[("event", planned.cache_key)] = (
-                    outcome,
-                    LookupEvent(
-                        source=planned.source.name,
-                        query=planned.query_key,
-                        namespace=planned.source.namespace,
-                        cache="hit",
-                        attempts=0,
-                        outcome="found" if count else "not_found",
-                        records=count,
-                        **changes,
-                    ),
+                event = _lookup_event(
+                    planned.source,
+                    planned.query_key,
+                    "hit",
+                    0,
+                    0.0,
+                    correlation_id,
+                    records=len(outcome.records),
                 )
+                remembered = memo[("event", planned.cache_key)] = (outcome, event)
             self.host.lookup_completed(replaced(remembered[1], changes))
         return outcomes
 
@@ -407,20 +403,12 @@ class Router:
     ) -> None:
         if not self.host.has_listeners("sds_lookup_completed"):
             return  # nobody listens: skip building the event on the hot path
-        event = LookupEvent(
-            time=datetime.now(UTC),
-            source=source.name,
-            query=query,
-            namespace=source.namespace,
-            cache=cache,
-            attempts=attempts,
-            duration_s=time.perf_counter() - started,
-            outcome="error" if error is not None else ("found" if records else "not_found"),
-            records=records,
-            error=f"{type(error).__name__}: {error.message}" if error is not None else None,
-            correlation_id=correlation_id,
+        duration_s = time.perf_counter() - started
+        self.host.lookup_completed(
+            _lookup_event(
+                source, query, cache, attempts, duration_s, correlation_id, records, error
+            )
         )
-        self.host.lookup_completed(event)
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -730,30 +718,22 @@ class Router:
             outcome = "vetoed"
         elif error is not None:
             outcome = "error"
+        # A route that went well says what the last one with the same cache status said
+        # (adapter, organisation, interaction and lookups are the prepared route's own), but
+        # for its time, duration and correlation id: copied from the first one's event.
+        template_key = None
         if memo is not None and error is None and request and resolution and not details:
-            # A route that went well says what the last one with the same cache status said
-            # (adapter, organisation, interaction and lookups are the prepared route's own),
-            # but for its time, duration and correlation id.
-            changes = {
-                "time": datetime.now(UTC),
-                "duration_s": time.perf_counter() - started,
-                "correlation_id": request.correlation_id,
-                "details": {},  # its own: an observer writing to it must not touch the next
-            }
-            cache = resolution.cache
-            template = memo.get(("route", cache))
-            if template is None:
-                template = memo[("route", cache)] = RouteEvent(
-                    adapter=adapter,
-                    org=request.org,
-                    interaction=request.interaction,
-                    outcome="ok",
-                    cache=cache,
-                    lookups=tuple(o.lookup.key() for o in resolution.outcomes.values()),
-                    **changes,
-                )
-            self.host.route_completed(replaced(template, changes))
-            return
+            template_key = ("route", resolution.cache)
+            template = memo.get(template_key)
+            if template is not None:
+                changes = {
+                    "time": datetime.now(UTC),
+                    "duration_s": time.perf_counter() - started,
+                    "correlation_id": request.correlation_id,
+                    "details": {},  # its own: an observer writing to it must not touch the next
+                }
+                self.host.route_completed(replaced(template, changes))
+                return
         correlation_id = (
             request.correlation_id if request else getattr(error, "correlation_id", None)
         )
@@ -772,7 +752,34 @@ class Router:
             error=f"{type(error).__name__}: {error}" if error is not None else None,
             details=details,
         )
+        if template_key is not None and memo is not None:
+            memo[template_key] = replaced(event, {"details": {}})  # not the dict observers get
         self.host.route_completed(event)
+
+
+def _lookup_event(
+    source: DirectorySource,
+    query: str,
+    cache: str,
+    attempts: int,
+    duration_s: float,
+    correlation_id: str,
+    records: int = 0,
+    error: DirectoryError | None = None,
+) -> LookupEvent:
+    return LookupEvent(
+        time=datetime.now(UTC),
+        source=source.name,
+        query=query,
+        namespace=source.namespace,
+        cache=cache,
+        attempts=attempts,
+        duration_s=duration_s,
+        outcome="error" if error is not None else ("found" if records else "not_found"),
+        records=records,
+        error=f"{type(error).__name__}: {error.message}" if error is not None else None,
+        correlation_id=correlation_id,
+    )
 
 
 def _with_patient(
