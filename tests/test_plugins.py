@@ -212,9 +212,12 @@ def test_an_observer_whose_wants_events_fails_gets_its_events(
 
 def test_the_pass_through_finalizer_alone_is_not_called_and_any_other_is() -> None:
     host = PluginHost(load_entrypoints=False)
+    called: list[str] = []
+    host.pm.add_hookcall_monitoring(lambda name, *_: called.append(name), lambda *_: None)
     envelope, request = object(), object()
-    # Alone, the built-in pass-through's answer is known: the envelope itself.
+    # Alone, the built-in pass-through's answer is known: the envelope itself, uncalled.
     assert host.finalize_envelope(envelope, request) is envelope  # type: ignore[arg-type]
+    assert called == []
 
     class Replacing:
         @hookimpl
@@ -223,6 +226,7 @@ def test_the_pass_through_finalizer_alone_is_not_called_and_any_other_is() -> No
 
     host.register(Replacing())
     assert host.finalize_envelope(envelope, request) == "replaced"  # type: ignore[arg-type,comparison-overlap]
+    assert called == ["sds_finalize_envelope"]
 
     # A subclass of the built-in that overrides the hook is called like any other.
     from sds_plugins._defaults import PassThroughEnvelope
