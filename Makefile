@@ -1,23 +1,35 @@
 # Two commands: `make demo` (set up and run the main job) and `make test` (set up, lint, test).
-# Both create .venv and install the project plus every adapter under adapters/ in editable mode.
+#
+# Set-up is uv's: the development environment (.venv) is exactly what uv.lock says, for the
+# project, every adapter under adapters/ and the example under examples/ (a uv workspace, all
+# editable). `--locked` makes a uv.lock that no longer matches a pyproject.toml an error rather
+# than a silent re-resolve: moving the lock is `make lock`, a change reviewed like any other.
+# uv itself is pinned below and installed into .tools/ with the machine's own Python and pip.
 
-PYTHON ?= python3
-VENV   := .venv
-BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
-ADAPTERS := $(sort $(dir $(wildcard adapters/*/pyproject.toml)))
-EXAMPLES := $(sort $(dir $(wildcard examples/*/pyproject.toml)))
+PYTHON     ?= python3
+UV_VERSION := 0.13.10
+TOOLS      := .tools/uv-$(UV_VERSION)
+UV         := $(TOOLS)/bin/uv
+VENV       := .venv
+BIN        := $(VENV)/bin
+# Pytest workers: one per core (2 on CI's machine); `make test PYTEST_WORKERS=0` runs in-process.
+PYTEST_WORKERS ?= auto
 
-.PHONY: demo test lint typecheck pytest bench install clean
+# Never download a Python: use the one the machine has (3.11 or newer), or fail saying so.
+export UV_PYTHON_DOWNLOADS := never
+# The lock is used as written: uv never moves it on its own.
+SYNC := $(UV) sync --locked --all-packages --all-extras --python $(PYTHON)
 
-$(STAMP): pyproject.toml $(wildcard adapters/*/pyproject.toml) $(wildcard examples/*/pyproject.toml)
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --upgrade pip
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]' \
-		$(foreach adapter,$(ADAPTERS),-e '$(adapter)[test]') $(foreach example,$(EXAMPLES),-e $(example))
-	@touch $(STAMP)
+.PHONY: demo test lint typecheck pytest bench install lock upgrade clean
 
-install: $(STAMP)
+$(UV):
+	@test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check 'uv==$(UV_VERSION)'
+
+# Cheap when nothing changed (uv compares the environment with the lock), so it runs every time:
+# an environment someone changed by hand is put back to what the lock says.
+install: $(UV)
+	@$(SYNC) || { echo >&2; echo "uv.lock does not match pyproject.toml: run 'make lock' and commit uv.lock" >&2; exit 1; }
 
 demo: install
 	$(BIN)/sds-plugins demo
@@ -27,12 +39,19 @@ lint: install
 	$(BIN)/ruff format --check .
 
 typecheck: install
-	$(BIN)/mypy sds_plugins $(wildcard adapters/*/sds_plugins_*) $(EXAMPLES)
+	$(BIN)/mypy sds_plugins $(wildcard adapters/*/sds_plugins_*) $(wildcard examples/*/)
 
 pytest: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS)
 
 test: lint typecheck pytest
+
+# Move every locked version to the newest the ranges allow, then prove the suite still passes.
+lock: $(UV)
+	$(UV) lock --upgrade
+	$(MAKE) test
+
+upgrade: lock
 
 bench: install
 	$(BIN)/python bench/lookups.py
@@ -43,4 +62,4 @@ bench: install
 	$(BIN)/python bench/patients.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools .mypy_cache .pytest_cache .ruff_cache

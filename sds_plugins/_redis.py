@@ -715,4 +715,4 @@ async def _nothing() -> None:
 
 async def _close_quietly(pubsub: PubSub) -> None:
     with contextlib.suppress(*_REDIS_ERRORS):
-        await pubsub.aclose()  # type: ignore[no-untyped-call]
+        await pubsub.aclose()
