@@ -110,42 +110,59 @@ async def test_sds_router_uses_the_reference_sandbox_and_the_registered_plugins(
 
 # --------------------------------------------------------------------------- isolation
 
-_hosts_seen: list[PluginHost] = []
 
+def test_registrations_and_faults_end_with_their_test(pytester: pytest.Pytester) -> None:
+    # Pairs of tests whose order matters, run in a session of their own: the suite itself runs
+    # in parallel workers, which would separate a pair.
+    pytester.makepyfile(
+        test_isolation="""
+        import pytest
+        from sds_plugins import hookimpl
 
-def test_a_registration_lasts_for_one_test(
-    sds_register_plugin: RegisterPlugin, sds_plugin_host: PluginHost
-) -> None:
-    name = sds_register_plugin(TinyPlugin(), name="visible-here-only")
-    assert name == "visible-here-only"
-    assert sds_plugin_host.pm.has_plugin(name)
-    _hosts_seen.append(sds_plugin_host)
+        PSIS = "urn:nhs:names:services:psis:REPC_IN150016UK05"
+        HOSTS = []
+        SANDBOXES = []
 
+        class Tiny:
+            @hookimpl
+            def sds_register_adapters(self, register):
+                from tests_adapter import TinyAdapter
+                register(TinyAdapter())
 
-def test_the_previous_tests_registration_did_not_leak(sds_plugin_host: PluginHost) -> None:
-    # Runs after the test above (file order): its host was cleaned up, and this one is new.
-    assert _hosts_seen, "run together with test_a_registration_lasts_for_one_test"
-    previous = _hosts_seen[-1]
-    assert previous is not sds_plugin_host
-    assert not previous.pm.has_plugin("visible-here-only")
-    assert not previous.pm.has_plugin("tiny")
-    assert not sds_plugin_host.pm.has_plugin("visible-here-only")
+        @pytest.fixture(autouse=True)
+        def _tiny(sds_register_plugin):
+            sds_register_plugin(Tiny(), name="tiny")
 
+        def test_a_registration_lasts_for_one_test(sds_register_plugin, sds_plugin_host):
+            name = sds_register_plugin(Tiny(), name="visible-here-only")
+            assert name == "visible-here-only"
+            assert sds_plugin_host.pm.has_plugin(name)
+            HOSTS.append(sds_plugin_host)
 
-_outage_sandboxes: list[Sandbox] = []
+        def test_the_previous_tests_registration_did_not_leak(sds_plugin_host):
+            previous = HOSTS[-1]
+            assert previous is not sds_plugin_host
+            assert not previous.pm.has_plugin("visible-here-only")
+            assert not previous.pm.has_plugin("tiny")
+            assert not sds_plugin_host.pm.has_plugin("visible-here-only")
 
+        def test_faults_set_in_one_test(sds_sandbox):
+            assert sds_sandbox.set_faults(outage=True)["outage"] is True
+            SANDBOXES.append(sds_sandbox)
 
-def test_faults_set_in_one_test(sds_sandbox: Sandbox) -> None:
-    assert sds_sandbox.set_faults(outage=True)["outage"] is True
-    _outage_sandboxes.append(sds_sandbox)
-
-
-async def test_are_gone_in_the_next(sds_sandbox: Sandbox, sds_router: Router) -> None:
-    # Runs after the test above (file order) on the same shared sandbox it broke.
-    assert _outage_sandboxes == [sds_sandbox], "run together with test_faults_set_in_one_test"
-    envelope = await sds_router.route("tiny", org="YES", interaction=PSIS)
-    assert envelope.target.party_key is None  # TinyAdapter does not copy it
-    assert sds_sandbox.stats()["statuses"] == {"200": 2}
+        @pytest.mark.asyncio
+        async def test_are_gone_in_the_next(sds_sandbox, sds_router):
+            # The same shared sandbox the test above broke.
+            assert SANDBOXES == [sds_sandbox]
+            envelope = await sds_router.route("tiny", org="YES", interaction=PSIS)
+            assert envelope.target.party_key is None  # TinyAdapter does not copy it
+            assert sds_sandbox.stats()["statuses"] == {"200": 2}
+        """,
+        tests_adapter=_source_of_tiny_adapter(),
+    )
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-q")
+    result.assert_outcomes(passed=4)
 
 
 async def test_router_settings_ignore_sds_environment_variables(
