@@ -257,16 +257,22 @@ def _pem(key: rsa.RSAPrivateKey) -> bytes:
 async def test_signed_jwt_auth_one_token_for_many_requests(
     make_sandbox: Callable[..., Sandbox],
 ) -> None:
+    # PDS takes the platform's bearer token (SDS takes only its API key).
+    from sds_plugins.sandbox import SANDBOX_PATIENTS
+
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     sb = make_sandbox(api_key="app-key", jwks=_jwks(key, "kid-1"))
     auth = SignedJwtAuth(
         client_id="app-key", private_key=_pem(key), kid="kid-1", token_url=sb.token_url
     )
-    async with _client(sb, auth=auth) as client:
-        results = await asyncio.gather(
-            *(client.devices(org="YES", interaction=PSIS) for _ in range(25))
+    patient = f"{sb.url}/personal-demographics/FHIR/R4/Patient/{SANDBOX_PATIENTS['gpconnect']}"
+    async with httpx.AsyncClient(auth=auth) as http:
+        responses = await asyncio.gather(
+            *(http.get(patient, headers={"X-Request-ID": str(uuid.uuid4())}) for _ in range(25))
         )
-    assert all(r.records for r in results)
+        refused = await http.get(patient, headers={"X-Request-ID": str(uuid.uuid4())}, auth=None)
+    assert [r.status_code for r in responses] == [200] * 25
+    assert refused.status_code == 401  # no token, no patient
     assert sb.stats()["requests"]["/oauth2/token"] == 1
     assert auth.tokens_fetched == 1
 

@@ -364,6 +364,10 @@ ACCEPTS: st.SearchStrategy[str | None] = _weighted(
     (4, st.sampled_from(["*/*", FHIR_JSON, f"{FHIR_JSON}, */*;q=0.1"])),
     (2, st.just(PLAIN_JSON)),
     (1, st.sampled_from(["application/xml", "text/html"])),
+    # Media-type parameters: the server compares each comma-separated part exactly
+    # (sds/request/content_type_validator.py in NHSDigital/spine-directory-service-api), so
+    # these are 406s although the types they name are served.
+    (1, st.sampled_from([f"{FHIR_JSON};charset=utf-8", "*/*;q=0.8", f"{PLAIN_JSON};q=1"])),
 )
 # (ODS code, interaction, party key) that belong together in the reference data.
 KNOWN: dict[str, list[tuple[str, str, str]]] = {
@@ -477,11 +481,16 @@ def expected(request: Request) -> Expected:
         bad_query |= not ((org and (interaction or party_key)) or (interaction and party_key))
     sent_id = request.correlation_id
     bad_header = bool(sent_id) and not UUID_RE.fullmatch(sent_id or "")
-    offered = {part.split(";")[0].strip() for part in (request.accept or "*/*").split(",")}
+    # Whole comma-separated parts, lower-cased and stripped, compared exactly: a part with
+    # parameters matches nothing (sds/request/content_type_validator.py).
+    accept = FHIR_JSON if request.accept is None else request.accept
+    offered = {part.strip() for part in accept.lower().split(",")}
     acceptable = bool(offered & {"*/*", FHIR_JSON, PLAIN_JSON})
     if bad_query or bad_header:
-        # Which of a bad query and a bad Accept the server reports first is not documented.
-        return Expected(frozenset({400} if acceptable else {400, 406}))
+        # The handlers check the correlation id, the query and the required parameters before
+        # Accept (sds/request/accredited_system_handler.py and routing_reliability_handler.py
+        # get()), so a bad request is a 400 whatever its Accept.
+        return Expected(frozenset({400}))
     if not acceptable:
         return Expected(frozenset({406}))
     return Expected(frozenset({200}), criteria)
@@ -623,6 +632,12 @@ HAND_PICKED: list[tuple[Request, int, int]] = [
     (Request("Device", YES_PSIS, accept=PLAIN_JSON), 200, 1),
     (Request("Endpoint", YES_PSIS, accept="application/xml"), 406, 0),
     (Request("Device", YES_PSIS, accept="text/html"), 406, 0),
+    # ...compared exactly: parameters make a type unacceptable (content_type_validator.py).
+    (Request("Device", YES_PSIS, accept=f"{FHIR_JSON};charset=utf-8"), 406, 0),
+    (Request("Endpoint", YES_PSIS, accept="*/*;q=0.8"), 406, 0),
+    # A bad query is reported before a bad Accept (the handlers' order).
+    (Request("Endpoint", [_org("YES")], accept="application/xml"), 400, 0),
+    (Request("Device", YES_PSIS, correlation_id="not-a-uuid", accept="text/html"), 400, 0),
 ]
 
 

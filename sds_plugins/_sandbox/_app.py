@@ -2,7 +2,8 @@
 
 - ``_gateway.py``: the API platform in front of SDS (key check, quota, spike arrest, response
   cache);
-- ``_fhir.py``: the SDS FHIR API's searches;
+- ``_fhir.py``: the SDS FHIR API's searches and health checks, and the proxy's own ``/_ping``,
+  ``/_status`` and CORS preflight answers;
 - ``_oauth.py``: the platform's token endpoint;
 - ``_control.py``: the sandbox's own controls (stats, faults, reset);
 - ``_config.py``, ``_state.py``, ``_common.py``: what they share.
@@ -11,7 +12,6 @@
 from __future__ import annotations
 
 import random
-import uuid
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -26,6 +26,7 @@ from ._common import (
     TOKEN_PATH,
     _AnyMethodRoute,
     _error_response,
+    spine_uuid,
 )
 from ._config import (
     LIVE_QUOTA_PER_MIN,
@@ -78,7 +79,7 @@ class _Sandbox:
 
 async def _unexpected(request: Request, error: Exception) -> Response:
     """A bug still answers like NHS's server does: a 500 OperationOutcome, not plain text."""
-    return _error_response(request, 500, str(error) or type(error).__name__, str(uuid.uuid4()))
+    return _error_response(request, 500, str(error) or type(error).__name__, spine_uuid())
 
 
 def create_app(config: SandboxConfig | None = None) -> Starlette:
@@ -90,6 +91,10 @@ def create_app(config: SandboxConfig | None = None) -> Starlette:
     routes = [
         _AnyMethodRoute(f"{FHIR_BASE}/Device", sandbox.fhir.device),
         _AnyMethodRoute(f"{FHIR_BASE}/Endpoint", sandbox.fhir.endpoint),
+        _AnyMethodRoute(f"{FHIR_BASE}/healthcheck", sandbox.fhir.healthcheck),
+        _AnyMethodRoute(f"{FHIR_BASE}/healthcheck/deep", sandbox.fhir.healthcheck),
+        _AnyMethodRoute(f"{FHIR_BASE}/_ping", sandbox.fhir.ping),
+        _AnyMethodRoute(f"{FHIR_BASE}/_status", sandbox.fhir.status),
         _AnyMethodRoute(f"{PDS_BASE}/Patient/{{id}}", sandbox.pds.patient),
         _AnyMethodRoute(TOKEN_PATH, sandbox.oauth.token),
         _AnyMethodRoute(f"{CONTROL_PREFIX}stats", sandbox.controls.stats),

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -13,6 +15,7 @@ from starlette.routing import Route
 
 FHIR_PREFIX = "/spine-directory/"
 FHIR_BASE = "/spine-directory/FHIR/R4"
+PDS_PREFIX = "/personal-demographics/"
 TOKEN_PATH = "/oauth2/token"  # noqa: S105 - a URL path, not a secret
 CONTROL_PREFIX = "/_sandbox/"
 
@@ -34,11 +37,11 @@ FHIR_JSON = "application/fhir+json"
 PLAIN_JSON = "application/json"
 FORM = "application/x-www-form-urlencoded"
 
-SPINE_PROFILE = "https://fhir.nhs.uk/STU3/StructureDefinition/Spine-OperationOutcome-1"
 SPINE_CODES = "https://fhir.nhs.uk/STU3/ValueSet/Spine-ErrorOrWarningCode-1"
 GATEWAY_CODES = "https://fhir.nhs.uk/R4/CodeSystem/Spine-ErrorOrWarningCode"
 
-# NHS's server checks X-Correlation-ID against exactly this pattern (any UUID version passes).
+# NHS's server checks X-Correlation-ID against exactly this pattern (any UUID version passes):
+# NHSDigital/spine-directory-service-api, sds/request/tracking_ids_headers_reader.py.
 UUID_PATTERN = "^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 _UUID_RE = re.compile(UUID_PATTERN)
 
@@ -60,7 +63,7 @@ _OUTCOMES: dict[int, tuple[str, str, str, str, bool]] = {
         "forbidden",
         "ACCESS_DENIED",
         "Access Denied - Unauthorised",
-        "Invalid API Key or access token",
+        "Invalid API Key",
         True,
     ),
     403: (
@@ -141,12 +144,70 @@ class _BadRequest(_HttpError):
 # --------------------------------------------------------------------------- responses
 
 
+def spine_uuid() -> str:
+    """A fresh id as NHS's SDS server makes them: ``str(uuid4()).upper()``.
+
+    ``sds/utilities/message_utilities.py`` ``get_uuid()``, used for generated correlation ids,
+    bundle ids and resource ids (``sds/request/fhir_json_mapper.py``).
+    """
+    return str(uuid.uuid4()).upper()
+
+
 def _json_bytes(body: object) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode("utf-8")
 
 
+def server_json(body: object, indent: int) -> bytes:
+    """``body`` serialised as NHS's server writes it: ``json.dumps(..., indent=...)`` (ASCII).
+
+    Bundles use ``indent=2`` (the handlers), OperationOutcomes ``indent=4``
+    (``sds/request/error_handler.py`` ``OperationOutcome.to_json``).
+    """
+    return json.dumps(body, indent=indent).encode("utf-8")
+
+
+def etag(body: bytes) -> str:
+    """Tornado's default ``Etag`` for a 200 GET: the SHA-1 of the body, quoted.
+
+    ``tornado/web.py`` ``RequestHandler.compute_etag`` (tornado 6.4.2, the version in the
+    server's ``Pipfile.lock``).
+    """
+    return '"' + hashlib.sha1(body, usedforsecurity=False).hexdigest() + '"'
+
+
+_ETAGS_RE = re.compile(r'\*|(?:W/)?"[^"]*"')
+
+
+def etag_matches(if_none_match: str | None, current: str) -> bool:
+    """Whether Tornado answers 304: ``If-None-Match`` is ``*`` or names ``current`` (weakly).
+
+    ``tornado/web.py`` ``RequestHandler.check_etag_header``.
+    """
+    sent = _ETAGS_RE.findall(if_none_match or "")
+    if not sent:
+        return False
+    if sent[0] == "*":
+        return True
+    return any(tag.removeprefix("W/") == current.removeprefix("W/") for tag in sent)
+
+
+def joined_header(request: Request, name: str) -> str | None:
+    """A request header as Tornado reads it: repeated headers joined with ``,``.
+
+    ``tornado/httputil.py`` ``HTTPHeaders.add``; ``None`` when the header is absent.
+    """
+    values = request.headers.getlist(name)
+    return ",".join(values) if values else None
+
+
 def operation_outcome(status: int, diagnostics: str | None, correlation_id: str) -> dict[str, Any]:
-    """The OperationOutcome NHS's server (or, for 401/403/429, the API gateway) sends."""
+    """The OperationOutcome NHS's server (or, for 401/403/429, the API gateway) sends.
+
+    The server's (``sds/request/error_handler.py``): ``resourceType``, ``id`` (the correlation
+    id) and one issue whose coding has ``system``, ``code`` and ``display`` only, with no
+    ``meta`` and no coding ``version``. The gateway's are in the platform's R4 code system
+    with ``version: "1"``, the form of its ``AssignMessage.CatchallErrorMessage``.
+    """
     issue_code, code, display, default, gateway = _OUTCOMES.get(
         status,
         ("exception", "BAD_REQUEST", "Bad request", "Bad request", False)
@@ -159,33 +220,33 @@ def operation_outcome(status: int, diagnostics: str | None, correlation_id: str)
             False,
         ),
     )
-    outcome: dict[str, Any] = {"resourceType": "OperationOutcome", "id": correlation_id}
-    if not gateway:
-        outcome["meta"] = {"profile": [SPINE_PROFILE]}
-    outcome["issue"] = [
-        {
-            "severity": "error",
-            "code": issue_code,
-            "details": {
-                "coding": [
-                    {
-                        "system": GATEWAY_CODES if gateway else SPINE_CODES,
-                        "version": "1",
-                        "code": code,
-                        "display": display,
-                    }
-                ]
-            },
-            "diagnostics": diagnostics if diagnostics is not None else default,
-        }
-    ]
-    return outcome
+    coding: dict[str, str] = {"system": GATEWAY_CODES if gateway else SPINE_CODES}
+    if gateway:
+        coding["version"] = "1"
+    coding.update(code=code, display=display)
+    return {
+        "resourceType": "OperationOutcome",
+        "id": correlation_id,
+        "issue": [
+            {
+                "severity": "error",
+                "code": issue_code,
+                "details": {"coding": [coding]},
+                "diagnostics": diagnostics if diagnostics is not None else default,
+            }
+        ],
+    }
 
 
 def _tracking_headers(request: Request, correlation_id: str) -> dict[str, str]:
+    """``X-Correlation-ID``, and for PDS the ``X-Request-ID`` sent.
+
+    NHS's SDS server reads ``X-Request-ID`` but never sets it on a response
+    (``sds/request/tracking_ids_headers_reader.py``: it only goes to the CPM call); PDS echoes it.
+    """
     headers = {"X-Correlation-ID": correlation_id}
     request_id = request.headers.get("x-request-id")
-    if request_id:
+    if request_id and request.url.path.startswith(PDS_PREFIX):
         headers["X-Request-ID"] = request_id
     return headers
 
@@ -202,8 +263,10 @@ def _error_response(
         headers["Allow"] = "GET"
     if extra_headers:
         headers.update(extra_headers)
+    outcome = operation_outcome(status, diagnostics, correlation_id)
+    gateway = _OUTCOMES.get(status, ("", "", "", "", False))[4]
     return Response(
-        _json_bytes(operation_outcome(status, diagnostics, correlation_id)),
+        _json_bytes(outcome) if gateway else server_json(outcome, indent=4),
         status_code=status,
         headers=headers,
         media_type=FHIR_JSON,

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import re
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +22,7 @@ from .._models import INTERACTION_SYSTEM, ODS_SYSTEM, PARTY_KEY_SYSTEM
 from ._common import (
     _UUID_RE,
     EXPRESS_INTERMEDIARY,
+    FHIR_BASE,
     FHIR_JSON,
     FHIR_PREFIX,
     IDENTIFIER_PARAM,
@@ -31,23 +35,37 @@ from ._common import (
     _BadRequest,
     _error_response,
     _HttpError,
-    _json_bytes,
     _tracking_headers,
+    etag,
+    etag_matches,
+    joined_header,
+    operation_outcome,
+    server_json,
+    spine_uuid,
 )
-from ._gateway import GatewayGuard
-from ._mapping import device_resource, endpoint_resources, new_id
-from ._records import Directory, Record
+from ._gateway import ACCEPT_HEADERS, GatewayGuard
+from ._mapping import DirectoryDataError, device_resource, endpoint_resources, new_id
+from ._records import Directory, Record, value_matcher
 from ._state import _State
+
+#: A status for the stats when the caller hung up during a simulated LDAP wait (nginx's
+#: "client closed request"); nothing is sent.
+CLIENT_CLOSED = 499
 
 # --------------------------------------------------------------------------- query handling
 
 
 def _negotiate(accept: str | None) -> str:
-    """The response media type for an Accept header, as NHS's server picks it."""
-    if accept is None:
-        return FHIR_JSON
-    # Media-type parameters (q-values, charset) carry no meaning for a JSON-only API.
-    offered = {part.split(";", 1)[0].strip().lower() for part in accept.split(",")}
+    """The response media type for an Accept header, exactly as NHS's server picks it.
+
+    ``sds/request/content_type_validator.py`` ``get_valid_accept_type``: the header (absent:
+    ``application/fhir+json``) is lower-cased, split on commas and each part stripped, then
+    compared *exactly* with ``*/*``, ``application/fhir+json`` and ``application/json``. So any
+    media-type parameter (``;q=0.8``, ``;charset=utf-8``) makes a part unacceptable, and an
+    empty header (one part, ``""``) is a 406.
+    """
+    header = FHIR_JSON if accept is None else accept
+    offered = [part.strip() for part in header.lower().split(",")]
     if "*/*" in offered or FHIR_JSON in offered:
         return FHIR_JSON
     if PLAIN_JSON in offered:
@@ -77,7 +95,9 @@ def _invalid_endpoint_combination() -> _BadRequest:
     org = f"{ORG_PARAM}={ODS_SYSTEM}|value"
     interaction = f"{IDENTIFIER_PARAM}={INTERACTION_SYSTEM}|value"
     party_key = f"{IDENTIFIER_PARAM}={PARTY_KEY_SYSTEM}|value"
-    combinations = ", ".join(
+    # The server's items run together with no separator: ['A&B&C''A&B'...]
+    # (sds/request/routing_reliability_handler.py _raise_invalid_query_params_error).
+    combinations = "".join(
         f"'{combination}'"
         for combination in (
             f"{org}&{interaction}&{party_key}",
@@ -126,17 +146,46 @@ def _endpoint_criteria(query: _Query) -> _Criteria:
     return _Criteria(ods, interaction, party_key)
 
 
-class _Query:
-    """A search's query string, validated the way NHS's server validates it."""
+#: Tornado replaces these with a space in every query argument before stripping it
+#: (``tornado/web.py`` ``RequestHandler._remove_control_chars_regex``).
+_CONTROL_CHARS = re.compile(r"[\x00-\x08\x0e-\x1f]")
 
-    def __init__(self, items: Sequence[tuple[str, str]], allowed: Sequence[str]) -> None:
-        grouped: dict[str, list[str]] = {}
-        for key, value in items:
-            grouped.setdefault(key, []).append(value)
-        for key, values in grouped.items():
+
+def _query_items(raw: str) -> list[tuple[str, bytes]]:
+    """The query string as Tornado parses it for NHS's server: names as latin-1 text, values as
+    bytes (``tornado/escape.py`` ``parse_qs_bytes``)."""
+    return [
+        (name, value.encode("latin-1"))
+        for name, value in parse_qsl(
+            raw, keep_blank_values=True, encoding="latin-1", errors="strict"
+        )
+    ]
+
+
+class _Query:
+    """A search's query string, validated the way NHS's server validates it.
+
+    ``_validate_query_params`` of ``sds/request/accredited_system_handler.py`` and
+    ``routing_reliability_handler.py``: parameter by parameter, in order of first appearance,
+    an unknown name is a 400; then each value is decoded as UTF-8 (a failure escapes as a 500)
+    and must start with an allowed ``system|``, else 400.
+    """
+
+    def __init__(self, items: Sequence[tuple[str, bytes]], allowed: Sequence[str]) -> None:
+        grouped: dict[str, list[bytes]] = {}
+        for key, raw in items:
+            grouped.setdefault(key, []).append(raw)
+        decoded: dict[str, list[str]] = {}
+        for key, raw_values in grouped.items():
             if key not in allowed:
                 raise _BadRequest(f"Illegal query parameter '{key}'")
-            for value in values:
+            values = decoded.setdefault(key, [])
+            for raw_value in raw_values:
+                try:
+                    value = raw_value.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise _HttpError(500, str(error)) from None
+                values.append(value)
                 if key == ORG_PARAM and not value.startswith(f"{ODS_SYSTEM}|"):
                     raise _invalid_param(ORG_PARAM, ODS_SYSTEM)
                 if key == MANUFACTURER_PARAM and not value.startswith(f"{ODS_SYSTEM}|"):
@@ -146,19 +195,28 @@ class _Query:
                     or value.startswith(f"{PARTY_KEY_SYSTEM}|")
                 ):
                     raise _invalid_identifier()
-        self._grouped = grouped
+        self._values = decoded
 
     def get(self, param: str, system: str) -> str | None:
-        """The last non-blank value of ``param`` with ``system``, stripped."""
+        """The last non-blank value of ``param`` with ``system``, as the directory matches it.
+
+        The server reads values with Tornado's ``get_query_arguments`` (control characters
+        made spaces, then stripped) and keeps the last one whose system is ``system`` and
+        whose remainder is not blank (``sds/request/base_handler.py``
+        ``get_optional_query_param``). It puts that remainder into its LDAP filter, where
+        ldap3 strips it again (``ldap3/operation/search.py`` ``evaluate_match``): so the value
+        matched is stripped.
+        """
         found: str | None = None
-        for value in self._grouped.get(param, []):
-            head, sep, rest = value.partition("|")
+        for value in self._values.get(param, []):
+            text = _CONTROL_CHARS.sub(" ", value).strip()
+            head, sep, rest = text.partition("|")
             if sep and head == system and rest.strip():
                 found = rest.strip()
         return found
 
     def page(self) -> int:
-        values = self._grouped.get(PAGE_PARAM)
+        values = self._values.get(PAGE_PARAM)
         if not values:
             return 1
         text = values[-1].strip()
@@ -170,8 +228,87 @@ class _Query:
         return int(text)
 
 
+def _correlation_id(request: Request) -> tuple[str, bool]:
+    """The correlation id to answer with, and whether the one sent (if any) is invalid.
+
+    ``sds/request/tracking_ids_headers_reader.py``: a sent id matching the UUID pattern (any
+    case, any version) is used exactly as sent; an absent or empty one is generated with
+    ``get_uuid()`` (upper case); an invalid one is a 400, answered under a newly generated id.
+    """
+    sent = joined_header(request, "x-correlation-id")
+    if not sent:
+        return spine_uuid(), False
+    if _UUID_RE.fullmatch(sent):
+        return sent, False
+    return spine_uuid(), True
+
+
+def _no_cache(request: Request) -> bool:
+    """``request.header.cache-control = "no-cache"`` in the live cache's skip conditions.
+
+    Apigee's ``request.header.<name>`` is the header's *first* comma-separated value (Apigee's
+    "multi-value HTTP headers" antipattern page), so ``no-cache, no-store`` skips the cache and
+    ``no-store, no-cache`` does not.
+    """
+    first = request.headers.get("cache-control")
+    return first is not None and first.split(",", 1)[0].strip() == "no-cache"
+
+
+async def _ldap_wait(request: Request, seconds: float) -> bool:
+    """Wait ``seconds`` as NHS's server waits for an LDAP answer that never comes.
+
+    Returns False if the caller hangs up first (nothing is then answered or cached). The wait
+    is an ``asyncio`` timer: it blocks nothing else and ends at once when the task is cancelled
+    (for instance when the sandbox stops).
+    """
+
+    async def hung_up() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(hung_up(), timeout=seconds)
+        return False
+    return True
+
+
+#: ``AssignMessage.AddCors.xml`` of the live proxy: the headers of its CORS preflight answer.
+_CORS_HEADERS = {
+    "Access-Control-Allow-Headers": "origin, x-requested-with, accept, content-type, if-match",
+    "Access-Control-Max-Age": "3628800",
+    "Access-Control-Allow-Methods": "GET, PUT, POST, PATCH, DELETE",
+}
+#: ``AssignMessage.AddPayloadToPing.xml``'s fields; the live values name the deployed release.
+_PING = {"version": "sandbox", "revision": "1", "releaseId": "sandbox", "commitId": "sandbox"}
+#: Tornado's own error page, which the server's health-check handlers (plain
+#: ``RequestHandler``s, ``sds/request/healthcheck_handler.py``) answer other methods with.
+_TORNADO_405 = (
+    b"<html><title>405: Method Not Allowed</title><body>405: Method Not Allowed</body></html>"
+)
+_TORNADO_HTML = "text/html; charset=UTF-8"
+
+
+def _preflight(request: Request) -> Response | None:
+    """The live proxy's ``OptionsPreFlight`` flow (``proxies/default.xml``): an ``OPTIONS``
+    with ``Origin`` and ``Access-Control-Request-Method`` never reaches the target (its route
+    rule has no target) and gets ``AssignMessage.AddCors``'s headers. Apigee's answer without a
+    target is taken to be an empty 200 (an inference)."""
+    headers = request.headers
+    if (
+        request.method != "OPTIONS"
+        or "origin" not in headers
+        or "access-control-request-method" not in headers
+    ):
+        return None
+    return Response(
+        status_code=200,
+        headers={"Access-Control-Allow-Origin": headers["origin"], **_CORS_HEADERS},
+    )
+
+
 class FhirSearch:
-    """``/Device``, ``/Endpoint`` and unknown FHIR paths, behind the gateway."""
+    """``/Device``, ``/Endpoint``, the health checks and unknown FHIR paths, behind the gateway;
+    and the proxy's own ``/_ping``, ``/_status`` and CORS preflight answers."""
 
     def __init__(self, state: _State, guard: GatewayGuard) -> None:
         self.state = state
@@ -183,33 +320,56 @@ class FhirSearch:
     async def endpoint(self, request: Request) -> Response:
         return await self._search(request, "Endpoint")
 
-    async def _search(self, request: Request, kind: str) -> Response:
-        sent_id = request.headers.get("x-correlation-id")
-        valid_id = bool(sent_id) and _UUID_RE.fullmatch(sent_id or "") is not None
-        correlation_id = sent_id if valid_id and sent_id else str(uuid.uuid4())
+    async def _gateway(
+        self, request: Request, correlation_id: str
+    ) -> tuple[Response | None, tuple[str, ...], bool]:
+        """The target PreFlow (key, quota, spike arrest, then the cache lookup), then the faults
+        injected behind it: a response that ends the request there, the request's cache key,
+        and whether it skips the cache."""
+        cache_key = self.state.gateway.cache_key(
+            request.method,
+            request.url.path,
+            request.url.query,
+            [joined_header(request, name) for name in ACCEPT_HEADERS],
+        )
+        no_cache = _no_cache(request)
         blocked = await self.guard.check(request, correlation_id)
         if blocked is not None:
-            return blocked
-        gateway = self.state.gateway
-        no_cache = request.headers.get("cache-control") == "no-cache"
-        cache_key = gateway.cache_key(
-            request.method, request.url.path, request.url.query, request.headers.get("accept")
-        )
-        cached = gateway.lookup(cache_key, no_cache, time.monotonic())
+            return blocked, cache_key, no_cache
+        cached = self.state.gateway.lookup(cache_key, no_cache, time.monotonic())
         if cached is not None:
-            return Response(
-                cached.body,
-                status_code=cached.status,
-                headers=_tracking_headers(request, correlation_id),
-                media_type=cached.media_type,
+            # Apigee replays the stored response; whether its X-Correlation-ID is the caller's
+            # that filled the cache is not documented: the sandbox stamps the current one.
+            headers = _tracking_headers(request, correlation_id)
+            if cached.status == 200:
+                headers["Etag"] = etag(cached.body)
+            return (
+                Response(
+                    cached.body,
+                    status_code=cached.status,
+                    headers=headers,
+                    media_type=cached.media_type,
+                ),
+                cache_key,
+                no_cache,
             )
-        fault = self.guard.injected_fault(request, correlation_id)
-        if fault is not None:
-            return fault
+        return self.guard.injected_fault(request, correlation_id), cache_key, no_cache
+
+    async def _search(self, request: Request, kind: str) -> Response:
+        preflight = _preflight(request)
+        if preflight is not None:
+            return preflight
+        correlation_id, bad_id = _correlation_id(request)
+        ended, cache_key, no_cache = await self._gateway(request, correlation_id)
+        if ended is not None:
+            return ended
+        # The server's checks, in its handlers' order (sds/request/base_handler.py prepare,
+        # then accredited_system_handler.py / routing_reliability_handler.py get): method,
+        # correlation id, query parameters, required parameters or combination, Accept.
         try:
             if request.method != "GET":
                 raise _HttpError(405)
-            if sent_id and not valid_id:
+            if bad_id:
                 raise _BadRequest(
                     f"Invalid X-Correlation-ID header. Should be an UUIDv4 matching regex "
                     f"'{UUID_PATTERN}'"
@@ -219,18 +379,130 @@ class FhirSearch:
                 allowed.append(MANUFACTURER_PARAM)
             if self.state.config.page_size is not None:
                 allowed.append(PAGE_PARAM)
-            query = _Query(parse_qsl(request.url.query, keep_blank_values=True), allowed)
+            query = _Query(_query_items(request.url.query), allowed)
             criteria = _device_criteria(query) if kind == "Device" else _endpoint_criteria(query)
             page = query.page()
-            media_type = _negotiate(request.headers.get("accept"))
-            resources = self._devices(criteria) if kind == "Device" else self._endpoints(criteria)
+            media_type = _negotiate(joined_header(request, "accept"))
+            faults = self.state.faults
+            if faults.ldap_timeout:
+                # Where the server queries LDAP: its client gives up after 3 s and returns no
+                # records (sds/lookup/sds_client.py _get_query_result), so the answer is an
+                # ordinary empty searchset, only late.
+                if not await _ldap_wait(request, faults.ldap_timeout_ms / 1000):
+                    return Response(status_code=CLIENT_CLOSED)
+                resources: list[dict[str, Any]] = []
+            elif kind == "Device":
+                resources = self._devices(criteria)
+            else:
+                resources = self._endpoints(criteria)
         except _HttpError as error:
             return _error_response(request, error.status, error.diagnostics, correlation_id)
-        body = _json_bytes(self._bundle(request, resources, page))
-        gateway.populate(cache_key, no_cache, 200, body, media_type, time.monotonic())
-        return Response(
-            body, headers=_tracking_headers(request, correlation_id), media_type=media_type
-        )
+        except DirectoryDataError as error:
+            return _error_response(request, 500, str(error), correlation_id)
+        body = server_json(self._bundle(request, resources, page), indent=2)
+        tag = etag(body)
+        headers = {**_tracking_headers(request, correlation_id), "Etag": tag}
+        if etag_matches(joined_header(request, "if-none-match"), tag):
+            return Response(status_code=304, headers=headers)  # Tornado's finish()
+        self.state.gateway.populate(cache_key, no_cache, 200, body, media_type, time.monotonic())
+        return Response(body, headers=headers, media_type=media_type)
+
+    async def healthcheck(self, request: Request) -> Response:
+        """``/healthcheck`` (an empty 200) and ``/healthcheck/deep`` (the LDAP check's JSON).
+
+        The server's ``sds/main.py`` routes them to ``sds/request/healthcheck_handler.py``; the
+        live proxy sends them to the target like any other path, so the API key, limits and
+        response cache apply. (The cache's skip conditions name ``/healthcheck``, but Apigee's
+        ``request.path`` holds the base path too, so they are taken never to match: an
+        inference.) No correlation id is set on their answers.
+        """
+        preflight = _preflight(request)
+        if preflight is not None:
+            return preflight
+        correlation_id, _ = _correlation_id(request)
+        ended, cache_key, no_cache = await self._gateway(request, correlation_id)
+        if ended is not None:
+            return ended
+        if request.method != "GET":
+            return Response(_TORNADO_405, status_code=405, media_type=_TORNADO_HTML)
+        if request.url.path.endswith("/deep"):
+            faults = self.state.faults
+            if faults.ldap_timeout and not await _ldap_wait(request, faults.ldap_timeout_ms / 1000):
+                return Response(status_code=CLIENT_CLOSED)
+            # A timed-out LDAP query is no error to the check either: it passes.
+            body = server_json(
+                {
+                    "status": "pass",
+                    "details": {
+                        "ldap": {"status": "pass", "links": {"ldap": "sandbox"}, "output": ""}
+                    },
+                },
+                indent=4,
+            )
+            media_type = PLAIN_JSON
+        else:
+            body, media_type = b"", _TORNADO_HTML
+        tag = etag(body)
+        if etag_matches(joined_header(request, "if-none-match"), tag):
+            return Response(status_code=304, headers={"Etag": tag})
+        self.state.gateway.populate(cache_key, no_cache, 200, body, media_type, time.monotonic())
+        return Response(body, headers={"Etag": tag}, media_type=media_type)
+
+    async def ping(self, request: Request) -> Response:
+        """``/_ping``: answered by the proxy itself for GET and HEAD, before any key check
+        (``proxies/default.xml`` flow ``AddPayloadToPing``); other methods go to the target."""
+        preflight = _preflight(request)
+        if preflight is not None:
+            return preflight
+        if request.method not in ("GET", "HEAD"):
+            return await self.not_found(request)
+        return Response(json.dumps(_PING).encode(), media_type=PLAIN_JSON)
+
+    async def status(self, request: Request) -> Response:
+        """``/_status``: the proxy's own check of the target's deep health check.
+
+        ``proxies/default.xml`` flow ``StatusEndpoint``: an ``apikey`` other than the platform's
+        private status key gets ``RaiseFault.401Unauthorized`` (an empty ``text/plain`` 401);
+        otherwise ``javascript.SetStatusResponse`` reports the health check. The sandbox's
+        status key is its ``--api-key`` (none configured: any request passes).
+        """
+        preflight = _preflight(request)
+        if preflight is not None:
+            return preflight
+        if request.method not in ("GET", "HEAD"):
+            return await self.not_found(request)
+        config = self.state.config
+        if config.api_key is not None and request.headers.get("apikey") != config.api_key:
+            return Response(status_code=401, media_type="text/plain")
+        faults = self.state.faults
+        if faults.outage:
+            code: int = faults.error_status
+            outcome = server_json(operation_outcome(code, None, spine_uuid()), indent=4).decode()
+        else:
+            if faults.ldap_timeout and not await _ldap_wait(request, faults.ldap_timeout_ms / 1000):
+                return Response(status_code=CLIENT_CLOSED)
+            code, outcome = 200, ""
+        passed = 200 <= code < 300
+        deep = f"{FHIR_BASE}/healthcheck/deep"
+        report = {
+            "status": "pass" if passed else "fail",
+            "version": _PING["version"],
+            "revision": _PING["revision"],
+            "releaseId": _PING["releaseId"],
+            "commitId": _PING["commitId"],
+            "checks": {
+                "healthcheckService:status": [
+                    {
+                        "status": "pass" if passed else "fail",
+                        "timeout": "false",
+                        "responseCode": code,
+                        "outcome": outcome,
+                        "links": {"self": str(request.url.replace(path=deep, query=""))},
+                    }
+                ]
+            },
+        }
+        return Response(json.dumps(report, separators=(",", ":")).encode(), media_type=PLAIN_JSON)
 
     def _devices(self, criteria: _Criteria) -> list[dict[str, Any]]:
         records = self.state.directory.find_as(
@@ -253,7 +525,8 @@ class FhirSearch:
         interactions = record.values("nhsMhsSvcIA")
         chosen: str | None = None
         if requested:
-            chosen = next((i for i in interactions if i.lower() == requested.lower()), None)
+            test = value_matcher(requested.lower())
+            chosen = next((i for i in interactions if test(i.lower())), None)
         if chosen is None and len(interactions) == 1:
             chosen = interactions[0]
         if chosen is None:
@@ -301,9 +574,13 @@ class FhirSearch:
         }
 
     async def not_found(self, request: Request) -> Response:
-        sent_id = request.headers.get("x-correlation-id") or ""
-        correlation_id = sent_id if _UUID_RE.fullmatch(sent_id) else str(uuid.uuid4())
+        """Any other path: the server's ``ErrorHandler`` 404, for every method
+        (``sds/request/error_handler.py``); under the API's base path, behind the gateway."""
+        correlation_id, _ = _correlation_id(request)
         if request.url.path.startswith(FHIR_PREFIX):
+            preflight = _preflight(request)
+            if preflight is not None:
+                return preflight
             blocked = await self.guard.check(request, correlation_id) or self.guard.injected_fault(
                 request, correlation_id
             )

@@ -1,17 +1,28 @@
 """The API platform in front of SDS, as NHS England's live proxy configures it.
 
 ``proxies/live/apiproxy/`` of ``NHSDigital/spine-directory-service-api``: the target's PreFlow
-runs ``EnhancedVerifyApiKey`` → ``Quota`` → ``SpikeArrest`` → ``Response-Cache-SDS``, and the
-PostFlow populates the response cache. So, in this order:
+runs ``FlowCallout.EnhancedVerifyApiKey`` → ``Quota`` → ``SpikeArrest`` → ``Response-Cache-SDS``
+(``targets/target.xml``), and the PostFlow populates the response cache. So, in this order:
 
-- **quota** (``Quota.xml``): 2,400 per *calendar* minute; every request that passed the key
-  check counts, including those spike arrest then refuses and those the cache answers;
+- **API key** (the ``apikey`` header; the shared flow's bundle is not in that repository, but
+  the proxy's ``VerifyApiKey-Header.xml``, used until commit ``f6356bc``, read
+  ``request.header.apikey``). There is no bearer-token path: ``OAuthV2.VerifyAccessToken.xml``
+  is defined but no flow uses it;
+- **quota** (``Quota.xml``): every request that passed the key check counts, including those
+  spike arrest then refuses and those the cache answers. The policy's literal 2,400 per calendar
+  minute is a fallback for ``apiproduct.developer.quota.limit``: the product NHS deploys
+  (``manifest_template.yml``) sets 300 per minute;
 - **spike arrest** (``SpikeArrest.xml``: ``40ps``, no ``UseEffectiveCount``): Apigee smooths the
-  rate to one request per 25 ms; a request arriving sooner after the previously *accepted* one
-  is refused, however few came that second;
+  rate to one request per 1/rate; a request arriving sooner after the previously *accepted* one
+  is refused, however few came that second. ``40ps`` is again the fallback of
+  ``apiproduct.ratelimit``, which the product sets to ``300pm`` (one per 200 ms);
 - **response cache** (``ResponseCache.xml``): successful answers kept 1,800 s, keyed on verb,
-  path, query string and ``Accept`` (``UseAcceptHeader``); ``Cache-Control: no-cache`` skips
-  both lookup and population; error responses are not cached (``ExcludeErrorResponse``).
+  path, raw query string and, through ``UseAcceptHeader``, the ``Accept``, ``Accept-Encoding``,
+  ``Accept-Language`` and ``Accept-Charset`` headers (Apigee's ResponseCache documentation);
+  a ``Cache-Control`` whose first value is exactly ``no-cache`` skips both lookup and
+  population (Apigee's ``request.header.<name>`` is a header's first value); error
+  responses are not cached (``ExcludeErrorResponse``). ``Scope`` is ``Exclusive`` with no key
+  fragment for the app, so one cache serves every application, as the sandbox's does.
 
 Quota and spike-arrest refusals are Apigee's own fault documents (not FHIR) with status 429 and
 no ``Retry-After``.
@@ -23,6 +34,7 @@ import asyncio
 import math
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +46,10 @@ from ._common import PLAIN_JSON, _error_response, _json_bytes
 if TYPE_CHECKING:
     from ._state import _State
 
-__all__ = ["CachedResponse", "Gateway", "GatewayConfig", "GatewayGuard"]
+__all__ = ["ACCEPT_HEADERS", "CachedResponse", "Gateway", "GatewayConfig", "GatewayGuard"]
+
+#: The request headers Apigee's ``UseAcceptHeader`` adds to a response-cache key.
+ACCEPT_HEADERS = ("accept", "accept-encoding", "accept-language", "accept-charset")
 
 #: How many distinct cached answers the sandbox keeps (oldest evicted first): bounded memory.
 _CACHE_ENTRIES = 10_000
@@ -146,8 +161,11 @@ class Gateway:
 
     # -- the response cache -----------------------------------------------------------------
 
-    def cache_key(self, method: str, path: str, query: str, accept: str | None) -> tuple[str, ...]:
-        return (method, path, query, accept or "")
+    def cache_key(
+        self, method: str, path: str, query: str, accept: Sequence[str | None] = ()
+    ) -> tuple[str, ...]:
+        """Verb, path, raw query string and the ``Accept*`` headers (``UseAcceptHeader``)."""
+        return (method, path, query, *(value or "" for value in accept))
 
     def lookup(self, key: tuple[str, ...], no_cache: bool, now: float) -> CachedResponse | None:
         if self.config.response_cache_s is None:
@@ -224,26 +242,16 @@ class GatewayGuard:
         return None
 
     def _authorised(self, request: Request) -> bool:
+        """The ``apikey`` header only, as the live SDS target's PreFlow checks it.
+
+        ``Authorization: Bearer`` is ignored here, whatever ``/oauth2/token`` issued: the SDS
+        proxy verifies no access token (other APIs on the platform, such as PDS, do).
+        """
         config = self.state.config
-        if config.api_key is None:
-            return True
-        if request.headers.get("apikey") == config.api_key:
-            return True
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return False
-        expires = self.state.tokens.get(token.strip())
-        if expires is None:
-            return False
-        if expires <= time.time():
-            del self.state.tokens[token.strip()]
-            return False
-        return True
+        return config.api_key is None or request.headers.get("apikey") == config.api_key
 
 
 def _auth_diagnostics(request: Request) -> str:
-    if request.headers.get("authorization"):
-        return "Invalid access token"
     if request.headers.get("apikey"):
         return "Invalid API Key"
-    return "Missing API Key or access token"
+    return "Missing API Key"

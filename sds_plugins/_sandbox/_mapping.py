@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,6 +18,7 @@ from .._models import (
 from .._models import INTERACTION_EXT as INTERACTION_EXTENSION
 from .._models import MANUFACTURER_EXT as MANUFACTURER_EXTENSION
 from .._models import RELIABILITY_EXT as RELIABILITY_EXTENSION
+from ._common import spine_uuid
 from ._records import Record
 
 # The identifier systems and extension URLs are the API's, shared with the client's parser, so
@@ -38,8 +38,25 @@ _RELIABILITY_FIELDS: tuple[tuple[str, str], ...] = (
 )
 
 
+class DirectoryDataError(ValueError):
+    """A record NHS's mapper refuses; its server answers 500 with this text as diagnostics.
+
+    ``sds/request/fhir_json_mapper.py`` raises ``ValueError`` for more than one
+    ``uniqueIdentifier``, ``nhsAsClient`` or ``nhsMHSActor`` value, and ``int()`` fails on a
+    non-integer ``nhsMHSRetries``; the handler turns either into a 500 OperationOutcome.
+    """
+
+
 def new_id() -> str:
-    return str(uuid.uuid4())
+    """Bundle and resource ids: fresh, upper-case UUIDs (``message_utilities.get_uuid``)."""
+    return spine_uuid()
+
+
+def _single(record: Record, attribute: str) -> str | None:
+    values = record.values(attribute)
+    if len(values) > 1:
+        raise DirectoryDataError(f"LDAP returned more than 1 '{attribute}' attribute")
+    return values[0] if values else None
 
 
 def _identifier(system: str, value: str) -> dict[str, Any]:
@@ -50,11 +67,11 @@ def _reference_extension(url: str, system: str, value: str) -> dict[str, Any]:
     return {"url": url, "valueReference": {"identifier": _identifier(system, value)}}
 
 
-def _as_int(text: str) -> int | None:
+def _as_int(text: str) -> int:
     try:
-        return int(text.strip())
-    except ValueError:
-        return None
+        return int(text)  # Python's int(), as the server's mapper: surrounding blanks allowed
+    except ValueError as error:
+        raise DirectoryDataError(str(error)) from None
 
 
 def device_resource(record: Record) -> dict[str, Any]:
@@ -62,7 +79,7 @@ def device_resource(record: Record) -> dict[str, Any]:
     device: dict[str, Any] = {"resourceType": "Device", "id": new_id()}
 
     identifiers = []
-    asid = record.first("uniqueIdentifier")
+    asid = _single(record, "uniqueIdentifier")
     if asid:
         identifiers.append(_identifier(ASID_SYSTEM, asid))
     party_key = record.first("nhsMhsPartyKey")
@@ -83,23 +100,21 @@ def device_resource(record: Record) -> dict[str, Any]:
         device["extension"] = extensions
 
     # The owner is the organisation the system serves (nhsAsClient), not the record's nhsIDCode.
-    owner = record.first("nhsAsClient")
+    owner = _single(record, "nhsAsClient")
     if owner:
         device["owner"] = {"identifier": _identifier(ODS_SYSTEM, owner)}
     return device
 
 
 def _reliability(record: Record) -> list[dict[str, Any]]:
+    _single(record, "nhsMHSActor")  # checked before any value is mapped, as NHS's mapper does
     out: list[dict[str, Any]] = []
     for attribute, value_key in _RELIABILITY_FIELDS:
         text = record.first(attribute)
         if not text:
             continue
         if value_key == "valueInteger":
-            number = _as_int(text)
-            if number is None:
-                continue
-            out.append({"url": attribute, value_key: number})
+            out.append({"url": attribute, value_key: _as_int(text)})
         else:
             out.append({"url": attribute, value_key: text})
     return out
@@ -121,7 +136,7 @@ def endpoint_resources(
             (FQDN_SYSTEM, record.first("nhsMhsFQDN")),
             (PARTY_KEY_SYSTEM, record.first("nhsMHSPartyKey")),
             (CPA_ID_SYSTEM, record.first("nhsMhsCPAId")),
-            (MHS_ID_SYSTEM, record.first("uniqueIdentifier")),
+            (MHS_ID_SYSTEM, _single(record, "uniqueIdentifier")),
         )
         if value
     ]

@@ -6,6 +6,12 @@ registered at the reference data's practices, one per case a router must handle:
 restricted, registration ended, no practice. Any other valid number is unknown; an invalid one
 is refused as PDS refuses it. ``X-Request-ID`` is required (a UUID) and echoed; with
 ``pds_rate_per_s`` set, requests closer together than the rate allows get PDS's 429.
+
+Started with credentials (``api_key`` or ``jwks``), PDS takes a bearer token from the sandbox's
+own ``/oauth2/token`` and nothing else, checked first: the live proxy's target flow opens with
+``OauthV2.VerifyAccessToken`` (``proxies/live/apiproxy/targets/ig3.xml`` of
+``NHSDigital/personal-demographics-service-api``), and a missing or unknown token is a 401
+OperationOutcome (``ACCESS_DENIED``, ``AssignMessage.Errors.OAuthPolicyResponse.xml``).
 """
 
 from __future__ import annotations
@@ -111,12 +117,34 @@ def _patient(number: str) -> dict[str, Any] | None:
 
 
 def _outcome(status: int, code: str, display: str, severity: str = "error") -> dict[str, Any]:
+    if status == 401:
+        # The proxy's own answer: "Access Denied - Unauthorised", the reason as diagnostics.
+        return {
+            "resourceType": "OperationOutcome",
+            "issue": [
+                {
+                    "severity": "error",
+                    "code": "forbidden",
+                    "details": {
+                        "coding": [
+                            {
+                                "system": _CODES,
+                                "version": "1",
+                                "code": code,
+                                "display": "Access Denied - Unauthorised",
+                            }
+                        ]
+                    },
+                    "diagnostics": display,
+                }
+            ],
+        }
     return {
         "resourceType": "OperationOutcome",
         "issue": [
             {
                 "severity": severity,
-                "code": "value" if status == 400 else "not-found" if status == 404 else "throttled",
+                "code": {400: "value", 401: "forbidden", 404: "not-found"}.get(status, "throttled"),
                 "details": {
                     "coding": [{"system": _CODES, "version": "1", "code": code, "display": display}]
                 },
@@ -139,6 +167,9 @@ class PdsEndpoint:
         headers = {"X-Correlation-ID": correlation_id[:100]}
         if request_id:
             headers["X-Request-ID"] = request_id[:100]
+        refusal = self._token_refusal(request)
+        if refusal is not None:
+            return self._answer(401, _outcome(401, "ACCESS_DENIED", refusal), headers)
         if request.method != "GET":
             return self._answer(
                 405, _outcome(405, "METHOD_NOT_ALLOWED", "Method not allowed"), headers
@@ -194,6 +225,22 @@ class PdsEndpoint:
             )
         headers["ETag"] = f'W/"{resource["meta"]["versionId"]}"'
         return self._answer(200, resource, headers)
+
+    def _token_refusal(self, request: Request) -> str | None:
+        """Why the request's bearer token is refused (``None``: accepted, or none needed)."""
+        config = self.state.config
+        if config.api_key is None and config.jwks is None:
+            return None  # an open sandbox, as NHS's public one
+        authorization = request.headers.get("authorization")
+        if authorization is None:
+            return "Missing Authorization header"
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer":
+            return f"Invalid token type '{scheme[:20]}', must be 'Bearer'"
+        expires = self.state.tokens.get(token.strip())
+        if expires is None or expires <= time.time():
+            return "Invalid Access Token"
+        return None
 
     @staticmethod
     def _answer(status: int, body: dict[str, Any], headers: dict[str, str]) -> Response:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -208,20 +209,40 @@ class _Index:
                     table.setdefault(value, []).append(position)
 
     def find(self, criteria: Mapping[str, str | None]) -> list[Record]:
-        """Records whose attribute holds each given value (LDAP equality, case-insensitive)."""
+        """Records whose attribute matches each given value, as an LDAP filter item does.
+
+        Equality is case-insensitive; a value holding ``*`` is a substring (or, alone, a
+        presence) match, because NHS's server puts query values unescaped into its LDAP filter
+        (``sds/lookup/sds_client.py`` ``_build_search_filter``) and ldap3 reads ``*`` there as
+        the wildcard (``ldap3/operation/search.py`` ``evaluate_match``). Such a value cannot
+        use the index, so a search made only of wildcards scans the records.
+        """
         wanted = {key.lower(): value.lower() for key, value in criteria.items() if value}
         if not wanted:
             return []
-        buckets = [self._by[key].get(value, []) for key, value in wanted.items() if key in self._by]
+        buckets = [
+            self._by[key].get(value, [])
+            for key, value in wanted.items()
+            if key in self._by and "*" not in value
+        ]
         candidates: Sequence[int] = min(buckets, key=len) if buckets else range(len(self.records))
+        tests = [(key, value_matcher(value)) for key, value in wanted.items()]
         return [
             self.records[position]
             for position in candidates
             if all(
-                any(v.lower() == value for v in self.records[position].values(key))
-                for key, value in wanted.items()
+                any(test(v.lower()) for v in self.records[position].values(key))
+                for key, test in tests
             )
         ]
+
+
+def value_matcher(pattern: str) -> Callable[[str], bool]:
+    """A test of one lower-cased attribute value against a lower-cased filter value."""
+    if "*" not in pattern:
+        return pattern.__eq__
+    regex = re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
+    return lambda value: regex.fullmatch(value) is not None
 
 
 class Directory:

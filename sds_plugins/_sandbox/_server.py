@@ -271,7 +271,8 @@ class Sandbox(AppServer):
         return result
 
     def set_faults(self, **fields: Any) -> dict[str, Any]:
-        """Change any of latency_ms, error_rate, error_status, outage, retry_after."""
+        """Change any of latency_ms, error_rate, error_status, outage, retry_after,
+        ldap_timeout, ldap_timeout_ms."""
         result: dict[str, Any] = self._control("POST", "faults", fields)
         return result
 
@@ -287,8 +288,9 @@ class SandboxProcess:
     interpreter (and its GIL), so its answers, and the arrival times its gateway judges, wait
     whenever the test's own code runs. ``SandboxProcess(synthetic=1000, gateway=True)``.
     Options: ``synthetic``, ``latency_ms``, ``spike_arrest_per_s``, ``quota_per_min``,
-    ``response_cache_s``, ``gateway`` (NHS's live values), ``api_key``, ``page_size``,
-    ``data_dir``.
+    ``response_cache_s``, ``gateway`` (the live proxy's policy literals), ``api_key``,
+    ``page_size``, ``data_dir``, ``ldap_timeout`` (true: every search times out in LDAP) and
+    ``ldap_timeout_ms``.
     """
 
     _FLAGS = {
@@ -300,13 +302,18 @@ class SandboxProcess:
         "api_key": "--api-key",
         "page_size": "--page-size",
         "data_dir": "--data",
+        "ldap_timeout_ms": "--ldap-timeout-ms",
     }
 
-    def __init__(self, *, gateway: bool = False, **options: Any) -> None:
+    def __init__(
+        self, *, gateway: bool = False, ldap_timeout: bool = False, **options: Any
+    ) -> None:
         unknown = sorted(set(options) - set(self._FLAGS))
         if unknown:
             raise TypeError(f"SandboxProcess does not take {', '.join(unknown)}")
         self._args = ["--gateway"] if gateway else []
+        if ldap_timeout:
+            self._args.append("--ldap-timeout")
         self._api_key = options.get("api_key")
         for name, value in options.items():
             if value is not None:

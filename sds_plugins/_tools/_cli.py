@@ -248,11 +248,25 @@ def endpoint(
     help="Fraction of requests answered with an error.",
 )
 @click.option(
+    "--ldap-timeout",
+    is_flag=True,
+    help="Every /Device and /Endpoint search times out in LDAP: after --ldap-timeout-ms it "
+    "answers 200 with no records, as NHS's server does.",
+)
+@click.option(
+    "--ldap-timeout-ms",
+    default=3000.0,
+    show_default=True,
+    type=click.FloatRange(0, 60_000),
+    help="How long a timed-out LDAP search waits (NHS's server: 3 s).",
+)
+@click.option(
     "--gateway",
     "live_gateway",
     is_flag=True,
-    help="Behave like NHS's live API gateway: --spike-arrest 40 --quota 2400 "
-    "--response-cache 1800 (each may still be set on its own).",
+    help="Put the live proxy's policies in front: --spike-arrest 40 --quota 2400 "
+    "--response-cache 1800, the policies' own values (each may still be set on its own; the "
+    "standard product's limits are --spike-arrest 5 --quota 300).",
 )
 @click.option(
     "--spike-arrest",
@@ -271,7 +285,11 @@ def endpoint(
     help="Gateway response cache lifetime in seconds ('Cache-Control: no-cache' skips it).",
 )
 @click.option("--page-size", type=click.IntRange(min=1), help="Page answers (Bundle next links).")
-@click.option("--api-key", help="Require this apikey (or a bearer token from /oauth2/token).")
+@click.option(
+    "--api-key",
+    help="Require this 'apikey' header on SDS requests (SDS takes no bearer token; "
+    "/oauth2/token still issues them, for PDS).",
+)
 @click.option(
     "--jwks",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -287,6 +305,8 @@ def sandbox(
     spine_core_ods: str,
     latency_ms: float,
     error_rate: float,
+    ldap_timeout: bool,
+    ldap_timeout_ms: float,
     live_gateway: bool,
     spike_arrest: float | None,
     quota: int | None,
@@ -330,6 +350,8 @@ def sandbox(
         spine_core_ods=spine_core_ods,
         latency_ms=latency_ms,
         error_rate=error_rate,
+        ldap_timeout=ldap_timeout,
+        ldap_timeout_ms=ldap_timeout_ms,
         page_size=page_size,
         **gateway,
         api_key=api_key,

@@ -145,6 +145,8 @@ def test_outage_and_retry_after(start_sandbox: Any, http: httpx.Client) -> None:
         "error_status": 503,
         "outage": True,
         "retry_after": 7,
+        "ldap_timeout": False,
+        "ldap_timeout_ms": 3000,
     }
     response = _get(http, sandbox)
     assert response.status_code == 503
@@ -215,6 +217,12 @@ def test_stats(start_sandbox: Any, http: httpx.Client) -> None:
         {"error_status": 503.5},
         {"outage": "yes"},
         {"retry_after": -3},
+        {"ldap_timeout": 1},
+        {"ldap_timeout": "true"},
+        {"ldap_timeout_ms": -1},
+        {"ldap_timeout_ms": 60_001},
+        {"ldap_timeout_ms": True},
+        {"ldap_timeout_ms": "3s"},
     ],
 )
 def test_invalid_fault_settings_are_400(

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sds_plugins._sandbox._mapping import device_resource, endpoint_resources
+from sds_plugins._sandbox._mapping import DirectoryDataError, device_resource, endpoint_resources
 from sds_plugins._sandbox._records import (
     GPCONNECT_INTERACTIONS,
     Directory,
@@ -94,7 +94,8 @@ def test_fresh_uuid_ids() -> None:
     ids = [resource["id"] for resource in endpoint_resources(record)]
     ids += [resource["id"] for resource in endpoint_resources(record)]
     assert len(set(ids)) == 4
-    assert all(re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", i) for i in ids)
+    # Upper case, as NHS's server makes them (sds/utilities/message_utilities.py get_uuid).
+    assert all(re.fullmatch(r"[0-9A-F]{8}(-[0-9A-F]{4}){3}-[0-9A-F]{12}", i) for i in ids)
 
 
 def test_attribute_names_are_case_insensitive_and_values_normalised() -> None:
@@ -116,11 +117,34 @@ def test_attribute_names_are_case_insensitive_and_values_normalised() -> None:
     assert record.first("uniqueIdentifier") is None
 
 
-def test_retries_string_becomes_integer_and_junk_is_omitted() -> None:
+def test_retries_string_becomes_integer_and_junk_is_refused() -> None:
     [endpoint] = endpoint_resources(normalise({"nhsMHSRetries": "2"}))
     assert endpoint["extension"][0]["extension"] == [{"url": "nhsMHSRetries", "valueInteger": 2}]
-    [endpoint] = endpoint_resources(normalise({"nhsMHSRetries": "often"}))
-    assert "extension" not in endpoint
+    [endpoint] = endpoint_resources(normalise({"nhsMHSRetries": " 3 "}))  # int() allows blanks
+    assert endpoint["extension"][0]["extension"] == [{"url": "nhsMHSRetries", "valueInteger": 3}]
+    # NHS's mapper calls int() on it (sds/request/fhir_json_mapper.py): junk fails the search.
+    with pytest.raises(DirectoryDataError, match="invalid literal for int"):
+        endpoint_resources(normalise({"nhsMHSRetries": "often"}))
+
+
+@pytest.mark.parametrize(
+    ("build", "attribute"),
+    [
+        (lambda: device_resource(normalise({"uniqueIdentifier": ["1", "2"]})), "uniqueIdentifier"),
+        (lambda: device_resource(normalise({"nhsAsClient": ["A", "B"]})), "nhsAsClient"),
+        (
+            lambda: endpoint_resources(normalise({"uniqueIdentifier": ["1", "2"]})),
+            "uniqueIdentifier",
+        ),
+        (lambda: endpoint_resources(normalise({"nhsMHSActor": ["a", "b"]})), "nhsMHSActor"),
+    ],
+    ids=["device-asid", "device-client", "endpoint-id", "endpoint-actor"],
+)
+def test_more_than_one_value_of_a_single_attribute_is_refused(build: Any, attribute: str) -> None:
+    """sds/request/fhir_json_mapper.py raises ValueError for these; the server answers 500."""
+    with pytest.raises(DirectoryDataError) as info:
+        build()
+    assert str(info.value) == f"LDAP returned more than 1 '{attribute}' attribute"
 
 
 def test_device_owner_and_manufacturer_come_from_their_own_attributes() -> None:

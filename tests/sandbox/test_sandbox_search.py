@@ -333,13 +333,17 @@ def test_endpoint_refuses_other_combinations_and_lists_the_allowed_ones(
     org_form = f"organization={ODS}|value"
     interaction_form = f"identifier={INTERACTION}|value"
     party_form = f"identifier={PARTY_KEY}|value"
-    for combination in (
-        f"{org_form}&{interaction_form}&{party_form}",
-        f"{org_form}&{interaction_form}",
-        f"{org_form}&{party_form}",
-        f"{interaction_form}&{party_form}",
-    ):
-        assert f"'{combination}'" in text
+    # Exactly the server's text, whose items run together without separators
+    # (sds/request/routing_reliability_handler.py _raise_invalid_query_params_error).
+    assert text == (
+        "HTTP 400: Bad Request (Missing or invalid query parameters. "
+        "Should one of following combinations: ["
+        f"'{org_form}&{interaction_form}&{party_form}'"
+        f"'{org_form}&{interaction_form}'"
+        f"'{org_form}&{party_form}'"
+        f"'{interaction_form}&{party_form}']"
+        ")"
+    )
 
 
 def test_last_value_wins_and_values_are_stripped(client: httpx.Client) -> None:
@@ -415,8 +419,13 @@ def test_paging_follows_next_links(tmp_path: Path, start_sandbox: Any) -> None:
         ("*/*", "application/fhir+json"),
         ("application/fhir+json", "application/fhir+json"),
         ("application/json", "application/json"),
-        ("application/json, application/fhir+json;q=0.9", "application/fhir+json"),
+        ("APPLICATION/FHIR+JSON", "application/fhir+json"),
         ("text/html, application/json", "application/json"),
+        # A part with parameters matches nothing (the server compares exactly), so here only
+        # application/json is acceptable.
+        ("application/json, application/fhir+json;q=0.9", "application/json"),
+        ("application/fhir+json;charset=utf-8, */*", "application/fhir+json"),
+        ("application/json  ,text/html", "application/json"),
     ],
 )
 def test_accept_negotiation(client: httpx.Client, accept: str | None, media_type: str) -> None:
@@ -431,7 +440,21 @@ def test_accept_negotiation(client: httpx.Client, accept: str | None, media_type
     assert response.headers["content-type"] == media_type
 
 
-@pytest.mark.parametrize("accept", ["application/xml", "text/html", "application/fhir+xml"])
+@pytest.mark.parametrize(
+    "accept",
+    [
+        "application/xml",
+        "text/html",
+        "application/fhir+json+xml",
+        # sds/request/content_type_validator.py compares whole parts: parameters fail.
+        "application/fhir+json;charset=utf-8",
+        "application/fhir+json; charset=utf-8",
+        "application/json;q=1",
+        "*/*;q=0.8",
+        "application/*",
+        "",
+    ],
+)
 def test_unacceptable_accept_is_406(client: httpx.Client, accept: str) -> None:
     response = client.get(
         "/Endpoint", params=[org("X26"), interaction(GP2GP)], headers={"Accept": accept}
@@ -439,6 +462,8 @@ def test_unacceptable_accept_is_406(client: httpx.Client, accept: str) -> None:
     assert response.status_code == 406
     assert response.headers["content-type"] == "application/fhir+json"
     assert spine_code(response) == "MISSING_OR_INVALID_HEADER"
+    assert issue(response)["code"] == "not-supported"
+    assert issue(response)["diagnostics"] == "Accept type not supported"
 
 
 def test_correlation_id_is_echoed_or_generated(client: httpx.Client) -> None:
@@ -448,6 +473,7 @@ def test_correlation_id_is_echoed_or_generated(client: httpx.Client) -> None:
     assert response.headers["x-correlation-id"] == sent
     generated = client.get("/Device", params=params).headers["x-correlation-id"]
     assert uuid.UUID(generated)
+    assert generated == generated.upper()  # message_utilities.get_uuid()
     error = client.get("/Device", params=[org("X26")], headers={"X-Correlation-ID": sent})
     assert error.headers["x-correlation-id"] == sent
     assert error.json()["id"] == sent
@@ -466,11 +492,14 @@ def test_invalid_correlation_id_is_400(client: httpx.Client) -> None:
     assert response.json()["id"] == replacement
 
 
-def test_request_id_is_echoed(client: httpx.Client) -> None:
+def test_request_id_is_not_echoed(client: httpx.Client) -> None:
+    """NHS's server reads X-Request-ID but sets only X-Correlation-ID on its answers
+    (sds/request/tracking_ids_headers_reader.py and the handlers)."""
     params = [org("X26"), interaction(GP2GP)]
-    response = client.get("/Device", params=params, headers={"X-Request-ID": "req-42"})
-    assert response.headers["x-request-id"] == "req-42"
-    assert "x-request-id" not in client.get("/Device", params=params).headers
+    for path, query in [("/Device", params), ("/Device", []), ("/Nowhere", [])]:
+        response = client.get(path, params=query, headers={"X-Request-ID": str(uuid.uuid4())})
+        assert "x-request-id" not in response.headers
+        assert response.headers["x-correlation-id"]
 
 
 # ----------------------------------------------------------------------- errors
@@ -480,17 +509,17 @@ def _assert_spine_outcome(response: httpx.Response, status: int, code: str, spin
     assert response.status_code == status
     assert response.headers["content-type"] == "application/fhir+json"
     body = response.json()
-    assert list(body) == ["resourceType", "id", "meta", "issue"]
+    # The server's OperationOutcome (sds/request/error_handler.py): no meta, and codings of
+    # system, code and display only.
+    assert list(body) == ["resourceType", "id", "issue"]
     assert body["id"] == response.headers["x-correlation-id"]
-    assert body["meta"] == {
-        "profile": ["https://fhir.nhs.uk/STU3/StructureDefinition/Spine-OperationOutcome-1"]
-    }
     [only] = body["issue"]
+    assert list(only) == ["severity", "code", "details", "diagnostics"]
     assert only["severity"] == "error"
     assert only["code"] == code
     [coding] = only["details"]["coding"]
+    assert list(coding) == ["system", "code", "display"]
     assert coding["system"] == SPINE_SYSTEM
-    assert coding["version"] == "1"
     assert coding["code"] == spine
     assert coding["display"]
     assert only["diagnostics"]

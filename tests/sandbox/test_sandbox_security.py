@@ -122,7 +122,11 @@ def test_without_api_key_anything_goes(start_sandbox: Any, http: httpx.Client) -
 
 def test_api_key_is_required_when_configured(secured: Sandbox, http: httpx.Client) -> None:
     assert _search(http, secured, {"apikey": API_KEY}).status_code == 200
-    for headers in ({}, {"apikey": "wrong"}, {"Authorization": f"Bearer {API_KEY}"}):
+    for headers, diagnostics in (
+        ({}, "Missing API Key"),
+        ({"apikey": "wrong"}, "Invalid API Key"),
+        ({"Authorization": f"Bearer {API_KEY}"}, "Missing API Key"),
+    ):
         response = _search(http, secured, headers)
         assert response.status_code == 401
         body = response.json()
@@ -132,6 +136,7 @@ def test_api_key_is_required_when_configured(secured: Sandbox, http: httpx.Clien
         assert coding["system"] == GATEWAY_SYSTEM
         assert coding["code"] == "ACCESS_DENIED"
         assert coding["version"] == "1"
+        assert issue(response)["diagnostics"] == diagnostics
 
 
 def test_unknown_fhir_paths_need_credentials_too(secured: Sandbox, http: httpx.Client) -> None:
@@ -142,9 +147,13 @@ def test_unknown_fhir_paths_need_credentials_too(secured: Sandbox, http: httpx.C
 # ----------------------------------------------------------------------- token endpoint
 
 
-def test_token_and_bearer_access(
+def test_tokens_are_issued_but_sds_takes_the_api_key_only(
     secured: Sandbox, assertion: Assertion, http: httpx.Client
 ) -> None:
+    """The live SDS proxy's target PreFlow verifies the API key and nothing else
+    (proxies/live/apiproxy/targets/target.xml: EnhancedVerifyApiKey, Quota, SpikeArrest,
+    Response-Cache-SDS; OAuthV2.VerifyAccessToken is defined but in no flow). The token endpoint
+    still issues tokens (other APIs, such as PDS, take them); SDS refuses a token alone."""
     before = int(time.time() * 1000)
     response = _token_request(http, secured, assertion())
     assert response.status_code == 200, response.text
@@ -156,10 +165,13 @@ def test_token_and_bearer_access(
     assert before - 1000 <= int(body["issued_at"]) <= int(time.time() * 1000) + 1000
     assert response.headers["cache-control"] == "no-store"
     token = body["access_token"]
-    assert _search(http, secured, {"Authorization": f"Bearer {token}"}).status_code == 200
-    assert _search(http, secured, {"Authorization": f"Bearer {token}x"}).status_code == 401
-    time.sleep(1.1)
-    assert _search(http, secured, {"Authorization": f"Bearer {token}"}).status_code == 401
+    bearer = {"Authorization": f"Bearer {token}"}
+    refused = _search(http, secured, bearer)
+    assert refused.status_code == 401
+    assert issue(refused)["details"]["coding"][0]["code"] == "ACCESS_DENIED"
+    # A token beside the key changes nothing either way: the key is what counts.
+    assert _search(http, secured, {**bearer, "apikey": API_KEY}).status_code == 200
+    assert _search(http, secured, {**bearer, "apikey": "wrong"}).status_code == 401
 
 
 def test_default_token_lifetime_is_599_as_a_string(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -63,16 +64,15 @@ async def test_many_envelopes_share_one_token_from_the_signed_jwt_exchange(
     assert len(authorizations) == 1
     [authorization] = authorizations
     assert authorization.startswith("Bearer ")
-    # The platform (here the sandbox) accepts the token it issued.
+    # The platform (here the sandbox) accepts the token it issued, where a bearer token is
+    # what an API takes (its PDS; SDS takes only the API key).
+    from sds_plugins.sandbox import SANDBOX_PATIENTS
+
     async with httpx.AsyncClient() as client:
         response = await client.get(
-            f"{oauth_sandbox.base_url}/Device",
-            params={
-                "organization": "https://fhir.nhs.uk/Id/ods-organization-code|YES",
-                "identifier": "https://fhir.nhs.uk/Id/nhsServiceInteractionId|"
-                "urn:nhs:names:services:psis:REPC_IN150016UK05",
-            },
-            headers={"Authorization": authorization},
+            f"{oauth_sandbox.url}/personal-demographics/FHIR/R4/Patient/"
+            f"{SANDBOX_PATIENTS['gpconnect']}",
+            headers={"Authorization": authorization, "X-Request-ID": str(uuid.uuid4())},
         )
     assert response.status_code == 200
 
