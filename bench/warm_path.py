@@ -57,6 +57,7 @@ def gpconnect_by_hand(address: str, provider_asid: str, options: dict[str, Any])
         "aud": address,
         "exp": iat + 300,
         "iat": iat,
+        "jti": str(uuid.uuid4()),  # a new token for each request, as the adapter makes
         "reason_for_request": "directcare",
         "requested_scope": "patient/*.read",
         "requesting_device": {
@@ -109,8 +110,8 @@ def gpconnect_by_hand(address: str, provider_asid: str, options: dict[str, Any])
             "Ssp-To": provider_asid,
             "Ssp-InteractionID": GPC,
             "Authorization": f"Bearer {_JWT_HEADER}.{payload}.",
-            "Accept": "application/fhir+json",
-            "Content-Type": "application/fhir+json",
+            "Accept": "application/fhir+json;charset=utf-8",
+            "Content-Type": "application/fhir+json;charset=utf-8",
         },
     }
 

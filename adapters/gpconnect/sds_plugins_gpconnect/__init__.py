@@ -2,7 +2,7 @@
 
 from ._adapter import EXAMPLE_CONSUMER, GpConnectAdapter, requested_scope, ssp_url
 from ._interactions import INTERACTIONS, Interaction, interaction
-from ._jwt import JWT_LIFETIME_S, access_token, claims, local_user_system
+from ._jwt import JWT_LIFETIME_S, access_token, claims, local_user_system, token_issuer
 from ._migrate import NHS_NUMBER_SYSTEM, migrate_parameters
 from ._options import GpConnectOptions
 from ._settings import GpConnectSettings
@@ -25,4 +25,5 @@ __all__ = [
     "migrate_parameters",
     "requested_scope",
     "ssp_url",
+    "token_issuer",
 ]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
@@ -26,13 +25,22 @@ from sds_plugins import (
     RoutingEnvelope,
 )
 
-from ._interactions import Interaction, interaction
-from ._jwt import JWT_LIFETIME_S, access_token, claims
+from ._interactions import INTERACTIONS, Interaction, interaction
+from ._jwt import JWT_LIFETIME_S, token_issuer
 from ._options import GpConnectOptions
 
 __all__ = ["GpConnectAdapter"]
 
-_FHIR_JSON = "application/fhir+json"
+# nhsconnect/gpconnect (branch feature/1.6.2), pages/development/development_general_api_
+# guidance.md, "Character encoding": requests SHALL set charset UTF-8 in Content-Type and MAY set
+# it in Accept, with no space before it; every request example of the specification writes both
+# headers like this (e.g. pages/accessrecord_structured/accessrecord_structured_development_
+# retrieve_patient_record.md). For the provider, through the SSP, only: SDS itself answers 406 to
+# an Accept with parameters, and its requests are built elsewhere (sds_plugins._client).
+_FHIR_JSON_UTF8 = "application/fhir+json;charset=utf-8"
+#: The methods whose requests carry a body, hence a Content-Type.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_IF_MATCH_INTERACTIONS = tuple(spec for spec in INTERACTIONS.values() if spec.requires_if_match)
 
 
 #: The consumer options of the examples, demos and benches (an invented consumer system and
@@ -115,6 +123,7 @@ class GpConnectAdapter(Adapter):
         options: GpConnectOptions = request.options
         spec = interaction(request.interaction)
         self._check_path(spec, options)
+        self._check_if_match(spec, options)
         self._check_ssp(options)
         requested_scope(spec, options)
         lookups = {
@@ -150,9 +159,26 @@ class GpConnectAdapter(Adapter):
                 field="fhir_path",
             )
 
+    @staticmethod
+    def _check_if_match(spec: Interaction, options: GpConnectOptions) -> None:
+        """``if_match``: required where the interaction takes ``If-Match``, refused elsewhere."""
+        if spec.requires_if_match and options.if_match is None:
+            raise InvalidInputError(
+                f"gpconnect: if_match is required for {spec.id}: the Appointment's current "
+                'ETag, as the provider returned it (e.g. W/"23"), sent as If-Match; read the '
+                "Appointment first to get it",
+                field="if_match",
+            )
+        if not spec.requires_if_match and options.if_match is not None:
+            raise InvalidInputError(
+                "gpconnect: if_match only applies to amend and cancel appointment "
+                f"({', '.join(i.id for i in _IF_MATCH_INTERACTIONS)}), not {spec.id}",
+                field="if_match",
+            )
+
     def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
-        # Everything but the trace id and the token's times follows from the request and the
-        # records of its lookups: worked out once while the cache hands back the same records.
+        # Everything but the trace id and the token's times and jti follows from the request and
+        # the records of its lookups: worked out once while the cache hands back the same records.
         fixed = resolved.derive(
             "gpconnect",
             [outcome.records for outcome in resolved.outcomes.values()],
@@ -208,16 +234,17 @@ class GpConnectAdapter(Adapter):
             ),
             method=method,
             url=ssp_url(options.ssp_url, provider.address, options.fhir_path or spec.path),
-            headers={"Accept": _FHIR_JSON}
-            | ({"Content-Type": _FHIR_JSON} if method in ("POST", "PUT", "PATCH") else {}),
+            headers={"Accept": _FHIR_JSON_UTF8}
+            | ({"Content-Type": _FHIR_JSON_UTF8} if method in _BODY_METHODS else {})
+            # plan() refused if_match unless the interaction requires it.
+            | ({"If-Match": options.if_match} if options.if_match is not None else {}),
             # TLS only means something for https (an allowed http:// mock has none).
             tls=self.tls if urlsplit(options.ssp_url).scheme == "https" else None,
             records=(*provider.records, consumer) if consumer else provider.records,
             # What the migrate request body must say (migrate_parameters builds it), so the
             # body and the token's requested_scope agree.
             extensions={"include_sensitive_information": sensitive} if spec.migration else {},
-            claims=functools.partial(
-                claims,
+            issue=token_issuer(
                 options,
                 audience=provider.address,
                 scope=scope,
@@ -337,9 +364,7 @@ class _Fixed:
     """The parts of one provider's envelopes that do not change from route to route."""
 
     __slots__ = (
-        "_bearer",
-        "_claims",
-        "_issued_at",
+        "_issue",
         "extensions",
         "headers",
         "method",
@@ -361,21 +386,16 @@ class _Fixed:
         tls: ClientTls | None,
         records: tuple[Any, ...],
         extensions: dict[str, Any],
-        claims: Callable[..., dict[str, Any]],
+        issue: Callable[[int, str], str],
     ) -> None:
         self.target, self.source, self.method, self.url = target, source, method, url
         self.headers, self.tls, self.records, self.extensions = headers, tls, records, extensions
-        self._claims = claims
-        self._issued_at = -1
-        self._bearer = ""
+        self._issue = issue
 
     def bearer(self, issued_at: int) -> str:
-        """``Bearer <token>`` for a request issued at ``issued_at`` (whole seconds).
+        """``Bearer <token>``: a new token for each request, issued at ``issued_at`` (seconds).
 
-        The claims hold nothing else that varies (no jti), so every request of one second gets
-        the very same token: it is encoded once per second.
+        "Consumer system SHALL generate a new JWT for each API request" (the audit and provenance
+        page): a fresh UUID4 ``jti`` makes each token unique, even within one second.
         """
-        if issued_at != self._issued_at:
-            token = access_token(self._claims(issued_at=datetime.fromtimestamp(issued_at, UTC)))
-            self._issued_at, self._bearer = issued_at, f"Bearer {token}"
-        return self._bearer
+        return f"Bearer {self._issue(issued_at, str(uuid.uuid4()))}"

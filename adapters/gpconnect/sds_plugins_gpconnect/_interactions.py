@@ -18,6 +18,8 @@ class Interaction:
 
     ``path`` is the FHIR path appended to the provider's service root when the caller gives no
     ``fhir_path``; ``None`` where the path names a resource id the caller must supply.
+    ``requires_if_match``: the request must carry ``If-Match`` with the resource's current ETag
+    (amend and cancel appointment, a version-aware ``PUT /Appointment/[id]``).
     """
 
     id: str
@@ -25,11 +27,19 @@ class Interaction:
     scope: str
     path: str | None
     reason: str = "directcare"
+    requires_if_match: bool = False
 
     @property
     def migration(self) -> bool:
         """A record-migration interaction (GP2GP over GP Connect): sensitive data by default."""
         return self.reason == "migration"
+
+
+#: Amend and cancel appointment. ``nhsconnect/gpconnect`` (branch ``feature/1.6.2``),
+#: ``pages/appointments/appointments_use_case_amend_an_appointment.md`` and
+#: ``..._cancel_an_appointment.md``: both are ``PUT /Appointment/[id]``, and "Consumers SHALL
+#: include" an ``If-Match`` header holding the Appointment's current ETag, e.g. ``W/"23"``.
+_IF_MATCH = frozenset({"fhir:rest:update:appointment-1", "fhir:rest:cancel:appointment-1"})
 
 
 def _catalogue(*entries: tuple[str, str, str, str | None]) -> dict[str, Interaction]:
@@ -40,7 +50,9 @@ def _catalogue(*entries: tuple[str, str, str, str | None]) -> dict[str, Interact
         reason = (
             "migration" if ":migrate" in suffix or "migratestructured" in suffix else "directcare"
         )
-        found[identifier] = Interaction(identifier, method, scope, path, reason)
+        found[identifier] = Interaction(
+            identifier, method, scope, path, reason, requires_if_match=suffix in _IF_MATCH
+        )
     return found
 
 

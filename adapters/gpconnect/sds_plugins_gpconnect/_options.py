@@ -6,7 +6,7 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from sds_plugins import (
     AdapterOptions,
@@ -24,6 +24,13 @@ _SCOPE = re.compile(r"^(patient|organization)/\*\.(read|write)( conf/[NR])?$")
 # Characters a FHIR path and query may carry unencoded; check_relative_path does the structural
 # checks (dot segments, literal or encoded; ';' path parameters; empty segments...).
 _PATH = re.compile(r"[A-Za-z0-9$._~\-/?&=%:+,;*@!']+")
+# A weak ETag naming a resource version: W/ and the version id in double quotes. The ETag
+# format is nhsconnect/gpconnect's (branch feature/1.6.2,
+# pages/development/development_general_api_guidance.md, "Managing resource contention":
+# "ETag headers which denote resource version Ids SHALL be prefixed with W/ and enclosed in
+# quotes"); the version id is a FHIR STU3 Meta.versionId, of type id: ASCII letters, digits,
+# '-' and '.', 1 to 64 characters (http://hl7.org/fhir/STU3/datatypes.html#id).
+_WEAK_ETAG = re.compile(r'W/"[A-Za-z0-9\-.]{1,64}"')
 
 
 class GpConnectOptions(AdapterOptions):
@@ -60,6 +67,16 @@ class GpConnectOptions(AdapterOptions):
     requested_scope: str | None = None
     #: Migrate interactions only: the ``includeSensitiveInformation`` the request asks for.
     include_sensitive_information: bool | None = None
+    #: Amend and cancel appointment only (and required there): the Appointment's current ETag.
+    if_match: str | None = Field(
+        default=None,
+        description=(
+            "Required for amend and cancel appointment (fhir:rest:update:appointment-1, "
+            "fhir:rest:cancel:appointment-1), refused for other interactions: the Appointment's "
+            'current ETag as the provider returned it, a weak ETag such as W/"23", sent as '
+            "the If-Match header"
+        ),
+    )
 
     @field_validator("*", mode="before")
     @classmethod
@@ -114,6 +131,18 @@ class GpConnectOptions(AdapterOptions):
             raise ValueError(
                 f"{value!r} is not a GP Connect scope "
                 "((patient|organization)/*.(read|write), optionally ' conf/N' or ' conf/R')"
+            )
+        return value
+
+    @field_validator("if_match")
+    @classmethod
+    def _etag(cls, value: str | None) -> str | None:
+        if value is not None and not _WEAK_ETAG.fullmatch(value):
+            raise ValueError(
+                # At most 80 characters of it: the message must stay readable (and short).
+                f"{value[:80]!r} is not a weak ETag: give the Appointment's ETag exactly as the "
+                'provider returned it, W/ then the version id in double quotes (e.g. W/"23"; '
+                "the version id is 1 to 64 ASCII letters, digits, '-' or '.')"
             )
         return value
 

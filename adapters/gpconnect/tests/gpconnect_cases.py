@@ -13,7 +13,9 @@ META = "urn:nhs:names:services:gpconnect:fhir:rest:read:metadata-1"
 READ_PATIENT = "urn:nhs:names:services:gpconnect:fhir:rest:read:patient-1"
 MIGRATE = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.migratestructuredrecord-1"
 MIGRATE_DOCUMENT = "urn:nhs:names:services:gpconnect:documents:fhir:rest:migrate:binary-1"
-ALL = [GPC, META, READ_PATIENT, MIGRATE, MIGRATE_DOCUMENT]
+AMEND_APPOINTMENT = "urn:nhs:names:services:gpconnect:fhir:rest:update:appointment-1"
+CANCEL_APPOINTMENT = "urn:nhs:names:services:gpconnect:fhir:rest:cancel:appointment-1"
+ALL = [GPC, META, READ_PATIENT, MIGRATE, MIGRATE_DOCUMENT, AMEND_APPOINTMENT, CANCEL_APPOINTMENT]
 
 SINGLE = "A11111"  # one provider record (and a stale system of another supplier, listed first)
 TWO_RECORDS = "B22222"  # two provider records with different party keys

@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
 import pytest
 from gpconnect_cases import (
     ALL,
+    AMEND_APPOINTMENT,
+    CANCEL_APPOINTMENT,
     CONSUMER,
     CONSUMER_OPTIONS,
     GPC,
@@ -26,8 +29,16 @@ from gpconnect_cases import (
     TWO_RECORDS,
     UNKNOWN,
 )
-from sds_plugins_gpconnect import INTERACTIONS, GpConnectAdapter, migrate_parameters, ssp_url
-from sds_plugins_gpconnect._jwt import access_token
+from sds_plugins_gpconnect import (
+    INTERACTIONS,
+    GpConnectAdapter,
+    GpConnectOptions,
+    access_token,
+    claims,
+    migrate_parameters,
+    ssp_url,
+    token_issuer,
+)
 
 from sds_plugins import (
     AmbiguousError,
@@ -45,6 +56,11 @@ from sds_plugins.testing import ManualClock
 
 DEVICE = "/spine-directory/FHIR/R4/Device"
 ENDPOINT = "/spine-directory/FHIR/R4/Endpoint"
+# nhsconnect/gpconnect (feature/1.6.2), pages/development/development_general_api_guidance.md:
+# charset=utf-8 in Content-Type (SHALL) and Accept (MAY), no space, as every request example.
+FHIR_JSON_UTF8 = "application/fhir+json;charset=utf-8"
+READ_APPOINTMENT = "urn:nhs:names:services:gpconnect:fhir:rest:read:appointment-1"
+CREATE_APPOINTMENT = "urn:nhs:names:services:gpconnect:fhir:rest:create:appointment-1"
 
 
 async def _route(
@@ -75,7 +91,8 @@ async def test_single_provider_envelope(router: Router, gpc_sandbox: Sandbox) ->
     assert headers["Ssp-To"] == SINGLE_ASID  # the device whose party key matches, not the first
     assert headers["Ssp-From"] == "200000000359"
     assert headers["Ssp-InteractionID"] == GPC
-    assert headers["Accept"] == headers["Content-Type"] == "application/fhir+json"
+    assert headers["Accept"] == headers["Content-Type"] == FHIR_JSON_UTF8
+    assert "If-Match" not in headers
     assert uuid.UUID(headers["Ssp-TraceID"])
     assert envelope.target.party_key == "A11111-100001"
     assert envelope.target.address == SINGLE_ADDRESS
@@ -93,6 +110,8 @@ async def test_every_jwt_claim(router: Router) -> None:
     assert claims["aud"] == SINGLE_ADDRESS
     assert claims["exp"] - claims["iat"] == 300
     assert envelope.expires_at.timestamp() == claims["exp"]
+    assert str(uuid.UUID(claims["jti"])) == claims["jti"]
+    assert uuid.UUID(claims["jti"]).version == 4
     assert claims["reason_for_request"] == "directcare"
     assert claims["requested_scope"] == "patient/*.read conf/N"
     assert claims["requesting_device"] == {
@@ -145,12 +164,16 @@ async def test_the_practitioners_local_identifier_and_title(router: Router) -> N
 async def test_a_new_token_and_trace_id_per_envelope(router: Router) -> None:
     first, second = await _route(router), await _route(router)
     assert first.request.headers["Ssp-TraceID"] != second.request.headers["Ssp-TraceID"]
+    assert first.request.headers["Authorization"] != second.request.headers["Authorization"]
+    assert _claims(first)["jti"] != _claims(second)["jti"]
     assert _claims(first)["aud"] == _claims(second)["aud"]
 
 
-async def test_one_token_per_second_and_its_claims_follow_the_clock(gpc_sandbox: Sandbox) -> None:
-    """Claims hold no per-request value but iat/exp (no jti), so requests issued in the same
-    second carry the very same token; the next second, a new one with the new times."""
+async def test_a_new_token_per_envelope_even_within_one_second(gpc_sandbox: Sandbox) -> None:
+    """ "Consumer system SHALL generate a new JWT for each API request" (nhsconnect/gpconnect,
+    feature/1.6.2, pages/integration/integration_cross_organisation_audit_and_provenance.md):
+    envelopes built in the same second (a fixed clock, and the same cached lookups) carry
+    different tokens, told apart by their jti; iat and exp follow the clock, exp = iat + 300."""
     clock = ManualClock(start=1_800_000_000.25)
     host = PluginHost(environ={"SDS_PLUGINS_LOAD": "sds-plugins-gpconnect"})
     settings = Settings(base_url=gpc_sandbox.base_url)
@@ -160,14 +183,46 @@ async def test_one_token_per_second_and_its_claims_follow_the_clock(gpc_sandbox:
         clock.advance(1)
         third = await _route(router, encounter="e-1")
     assert second.provenance.cache == "hit"
-    tokens = [e.request.headers["Authorization"] for e in (first, second, third)]
-    assert tokens[0] == tokens[1] != tokens[2]
-    assert [(_claims(e)["iat"], _claims(e)["exp"]) for e in (first, third)] == [
+    envelopes = (first, second, third)
+    assert len({e.request.headers["Authorization"] for e in envelopes}) == 3
+    assert len({_claims(e)["jti"] for e in envelopes}) == 3
+    assert [(_claims(e)["iat"], _claims(e)["exp"]) for e in envelopes] == [
+        (1_800_000_000, 1_800_000_300),
         (1_800_000_000, 1_800_000_300),
         (1_800_000_001, 1_800_000_301),
     ]
+    # Apart from jti, the two tokens of one second say the same.
+    assert {**_claims(first), "jti": ""} == {**_claims(second), "jti": ""}
+    assert first.expires_at.timestamp() == second.expires_at.timestamp() == 1_800_000_300
     assert third.expires_at.timestamp() == 1_800_000_301
-    assert len({e.request.headers["Ssp-TraceID"] for e in (first, second, third)}) == 3
+    assert len({e.request.headers["Ssp-TraceID"] for e in envelopes}) == 3
+
+
+def test_the_issued_token_is_the_claims_token_byte_for_byte() -> None:
+    """token_issuer serialises the fixed claims once: its tokens must still be exactly
+    access_token(claims(...)) for the same iat and jti."""
+    options = GpConnectOptions.model_validate(
+        {**CONSUMER_OPTIONS, "practitioner_name_prefix": "Dr", "device_identifier": 'é"x'}
+    )
+    arguments: dict[str, Any] = {
+        "audience": SINGLE_ADDRESS,
+        "scope": "patient/*.read",
+        "reason": "directcare",
+    }
+    issue = token_issuer(options, **arguments)
+    jti = str(uuid.uuid4())
+    expected = access_token(
+        claims(options, **arguments, issued_at=datetime.fromtimestamp(1_800_000_000, UTC), jti=jti)
+    )
+    assert issue(1_800_000_000, jti) == expected
+    payload = jwt.decode(expected, options={"verify_signature": False})
+    assert (payload["iat"], payload["exp"], payload["jti"]) == (1_800_000_000, 1_800_000_300, jti)
+    # Without a jti, claims() makes a fresh one each time.
+    issued_at = datetime.fromtimestamp(1_800_000_000, UTC)
+    assert (
+        claims(options, **arguments, issued_at=issued_at)["jti"]
+        != (claims(options, **arguments, issued_at=issued_at)["jti"])
+    )
 
 
 def test_the_token_is_what_pyjwt_writes_for_alg_none() -> None:
@@ -187,6 +242,7 @@ async def test_trace_id_is_the_correlation_id_unless_the_caller_gives_one(router
 async def test_scopes_methods_and_paths_follow_the_interaction(router: Router) -> None:
     metadata = await _route(router, interaction=META)
     assert metadata.request.method == "GET"
+    assert metadata.request.headers["Accept"] == FHIR_JSON_UTF8
     assert "Content-Type" not in metadata.request.headers
     assert metadata.request.url.endswith(SINGLE_ADDRESS + "metadata")
     assert _claims(metadata)["requested_scope"] == "organization/*.read"
@@ -421,6 +477,104 @@ async def test_the_migrate_body_checks_the_nhs_number(router: Router, nhs_number
     assert info.value.field == "nhs_number"
     with pytest.raises(InvalidInputError, match="migratestructuredrecord"):
         migrate_parameters(await _route(router), "9690937286")
+
+
+@pytest.mark.parametrize("interaction", [AMEND_APPOINTMENT, CANCEL_APPOINTMENT])
+async def test_amend_and_cancel_appointment_send_if_match(router: Router, interaction: str) -> None:
+    """nhsconnect/gpconnect (feature/1.6.2), pages/appointments/appointments_use_case_amend_an_
+    appointment.md and ..._cancel_an_appointment.md: PUT /Appointment/[id] with If-Match, the
+    Appointment's current ETag (e.g. W/"23")."""
+    envelope = await _route(
+        router, interaction=interaction, fhir_path="Appointment/148", if_match='W/"23"'
+    )
+    assert envelope.request.method == "PUT"
+    assert envelope.request.url == (
+        "https://proxy.intspineservices.nhs.uk/" + SINGLE_ADDRESS + "Appointment/148"
+    )
+    headers = envelope.request.headers
+    assert headers["If-Match"] == 'W/"23"'
+    assert headers["Content-Type"] == headers["Accept"] == FHIR_JSON_UTF8
+    assert headers["Ssp-InteractionID"] == interaction
+    assert _claims(envelope)["requested_scope"] == "patient/*.write"
+    # The version id may be any FHIR id (letters, digits, '-', '.'), up to 64 characters.
+    longest = 'W/"' + "a-Z.9" * 12 + "abcd" + '"'
+    other = await _route(
+        router, interaction=interaction, fhir_path="Appointment/148", if_match=longest
+    )
+    assert other.request.headers["If-Match"] == longest
+
+
+@pytest.mark.parametrize("interaction", [AMEND_APPOINTMENT, CANCEL_APPOINTMENT])
+async def test_amend_and_cancel_without_if_match_are_refused_before_any_lookup(
+    router: Router, gpc_sandbox: Sandbox, interaction: str
+) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        await _route(router, interaction=interaction, fhir_path="Appointment/148")
+    assert info.value.field == "if_match"
+    assert "if_match is required" in str(info.value)
+    assert interaction in str(info.value)
+    # The Appointment id is a path the caller gives: without one, that is said first.
+    with pytest.raises(InvalidInputError) as no_path:
+        await _route(router, interaction=interaction, if_match='W/"23"')
+    assert no_path.value.field == "fhir_path"
+    assert gpc_sandbox.stats()["requests"] == {}
+
+
+@pytest.mark.parametrize(
+    ("interaction", "fhir_path"),
+    [
+        (GPC, None),
+        (READ_APPOINTMENT, "Appointment/148"),
+        (CREATE_APPOINTMENT, None),
+        (META, None),
+    ],
+)
+async def test_if_match_is_refused_where_the_interaction_does_not_take_it(
+    router: Router, gpc_sandbox: Sandbox, interaction: str, fhir_path: str | None
+) -> None:
+    path = {"fhir_path": fhir_path} if fhir_path else {}
+    with pytest.raises(InvalidInputError) as info:
+        await _route(router, interaction=interaction, if_match='W/"23"', **path)
+    assert info.value.field == "if_match"
+    assert f"not {interaction}" in str(info.value)
+    assert AMEND_APPOINTMENT in str(info.value)
+    assert CANCEL_APPOINTMENT in str(info.value)
+    assert gpc_sandbox.stats()["requests"] == {}
+
+
+@pytest.mark.parametrize(
+    "if_match",
+    [
+        "23",  # no W/, no quotes
+        '"23"',  # a strong ETag: the specification's are weak
+        "W/23",  # quotes required
+        "W/'23'",
+        'w/"23"',  # W/ is case-sensitive (RFC 9110)
+        'W/""',
+        'W/"2 3"',
+        'W/"23',
+        'W/"23"x',
+        'W/"23", W/"24"',  # one ETag, not a list
+        "*",
+        'W/"\uff12\uff13"',  # full-width digits
+        'W/"23"\r\nX-Evil: 1',  # header injection
+        'W/"2\x003"',
+        'W/"' + "9" * 65 + '"',  # longer than a FHIR id
+        "W/" + '"' * 5000,
+        "",
+    ],
+)
+async def test_malformed_if_match_is_refused_before_any_lookup(
+    router: Router, gpc_sandbox: Sandbox, if_match: str
+) -> None:
+    with pytest.raises(InvalidInputError) as info:
+        await _route(
+            router, interaction=AMEND_APPOINTMENT, fhir_path="Appointment/148", if_match=if_match
+        )
+    assert info.value.field == "if_match"
+    assert "if_match" in str(info.value)
+    assert len(str(info.value)) < 500
+    assert gpc_sandbox.stats()["requests"] == {}
 
 
 async def test_reads_by_id_need_a_path(router: Router) -> None:

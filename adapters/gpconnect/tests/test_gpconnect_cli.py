@@ -48,3 +48,16 @@ def test_route_from_the_command_line(gpc_sandbox: Sandbox, tmp_path: Path) -> No
     missing = _run(*args, "--base-url", gpc_sandbox.base_url)
     assert missing.returncode == 2
     assert "practitioner_id" in missing.stderr
+
+
+def test_the_adapters_listing_describes_if_match() -> None:
+    # if_match is required only for two interactions, which the schema's "required" cannot say:
+    # the description does.
+    listed = _run("adapters")
+    assert listed.returncode == 0, listed.stderr
+    [gpconnect] = [a for a in json.loads(listed.stdout)["adapters"] if a["name"] == "gpconnect"]
+    [if_match] = [o for o in gpconnect["options"] if o["name"] == "if_match"]
+    assert if_match["required"] is False
+    assert "fhir:rest:update:appointment-1" in if_match["description"]
+    assert "fhir:rest:cancel:appointment-1" in if_match["description"]
+    assert 'W/"23"' in if_match["description"]

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
-from gpconnect_cases import CONSUMER_OPTIONS, GPC
+from gpconnect_cases import AMEND_APPOINTMENT, CONSUMER_OPTIONS, GPC
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -23,6 +23,7 @@ from sds_plugins.testing import accredited_system_record, mhs_record
 
 PROVIDER_ASID = "918999777001"
 REQUIRED = ("Ssp-TraceID", "Ssp-From", "Ssp-To", "Ssp-InteractionID", "Authorization", "Accept")
+FHIR_JSON_UTF8 = "application/fhir+json;charset=utf-8"
 
 
 def _provider_app(seen: list[dict[str, Any]]) -> Starlette:
@@ -37,13 +38,31 @@ def _provider_app(seen: list[dict[str, Any]]) -> Starlette:
             media_type="application/fhir+json",
         )
 
+    async def amend(request: Request) -> Response:
+        # A version-aware update: the provider compares If-Match with the current version.
+        seen.append(
+            {
+                "path": request.url.path,
+                "if_match": request.headers.get("if-match"),
+                "content_type": request.headers.get("content-type"),
+                "body": await request.json(),
+            }
+        )
+        if request.headers.get("if-match") != 'W/"23"':
+            return JSONResponse({"error": "version conflict"}, status_code=409)
+        return JSONResponse(
+            {"resourceType": "Appointment", "id": request.path_params["id"]},
+            media_type="application/fhir+json",
+        )
+
     return Starlette(
         routes=[
             Route(
                 "/B99999/STU3/1/gpconnect/Patient/$gpc.getstructuredrecord",
                 structured,
                 methods=["POST"],
-            )
+            ),
+            Route("/B99999/STU3/1/gpconnect/Appointment/{id}", amend, methods=["PUT"]),
         ]
     )
 
@@ -96,13 +115,25 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str,
     with AppServer(_provider_app(provider_seen)) as provider:
         root = f"{provider.url}/B99999/STU3/1/gpconnect/"
         (tmp_path / "mhs-records.json").write_text(
-            json.dumps([mhs_record("B99999", [GPC], party_key="B99999-700001", address=root)])
+            json.dumps(
+                [
+                    mhs_record(
+                        "B99999",
+                        [GPC, AMEND_APPOINTMENT],
+                        party_key="B99999-700001",
+                        address=root,
+                    )
+                ]
+            )
         )
         (tmp_path / "accredited-system-records.json").write_text(
             json.dumps(
                 [
                     accredited_system_record(
-                        "B99999", [GPC], party_key="B99999-700001", asid=PROVIDER_ASID
+                        "B99999",
+                        [GPC, AMEND_APPOINTMENT],
+                        party_key="B99999-700001",
+                        asid=PROVIDER_ASID,
                     )
                 ]
             )
@@ -139,10 +170,40 @@ async def test_envelope_goes_through_the_ssp_to_the_provider(world: dict[str, An
     assert ssp_headers["ssp-from"] == "200000000359"
     assert ssp_headers["ssp-to"] == PROVIDER_ASID
     assert ssp_headers["ssp-interactionid"] == GPC
-    assert ssp_headers["content-type"] == "application/fhir+json"
+    assert ssp_headers["content-type"] == ssp_headers["accept"] == FHIR_JSON_UTF8
     [provider] = world["provider_seen"]
     assert provider["claims"]["aud"] == world["root"]
     assert provider["body"] == parameters
+
+
+async def test_an_amend_reaches_the_provider_with_its_if_match(world: dict[str, Any]) -> None:
+    host = PluginHost(environ={"SDS_PLUGINS_LOAD": "sds-plugins-gpconnect"})
+    async with Router(Settings(base_url=world["sandbox"].base_url), host=host) as router:
+        envelope = await router.route(
+            "gpconnect",
+            org="B99999",
+            interaction=AMEND_APPOINTMENT,
+            **{
+                **CONSUMER_OPTIONS,
+                "ssp_url": world["ssp"].url,
+                "fhir_path": "Appointment/148",
+                "if_match": 'W/"23"',
+            },
+        )
+    appointment = {"resourceType": "Appointment", "id": "148", "comment": "Running late"}
+    async with httpx.AsyncClient() as client:
+        response = await client.send(envelope.build_request(json.dumps(appointment)))
+    assert response.status_code == 200, response.text
+    [ssp_headers] = world["ssp_seen"]
+    assert ssp_headers["if-match"] == 'W/"23"'
+    assert ssp_headers["ssp-interactionid"] == AMEND_APPOINTMENT
+    [provider] = world["provider_seen"]
+    assert provider == {
+        "path": "/B99999/STU3/1/gpconnect/Appointment/148",
+        "if_match": 'W/"23"',
+        "content_type": FHIR_JSON_UTF8,
+        "body": appointment,
+    }
 
 
 async def test_the_ssp_refuses_a_changed_address(world: dict[str, Any]) -> None:
