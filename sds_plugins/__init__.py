@@ -59,9 +59,6 @@ if TYPE_CHECKING:
         MemoryCache as MemoryCache,
     )
     from ._client import (
-        ENVIRONMENTS as ENVIRONMENTS,
-    )
-    from ._client import (
         LookupResult as LookupResult,
     )
     from ._client import (
@@ -75,9 +72,6 @@ if TYPE_CHECKING:
     )
     from ._client import (
         parse_retry_after as parse_retry_after,
-    )
-    from ._client import (
-        resolve_base_url as resolve_base_url,
     )
     from ._configured import (
         ConfiguredPlugin as ConfiguredPlugin,
@@ -111,6 +105,12 @@ if TYPE_CHECKING:
     )
     from ._envelope import (
         RoutingEnvelope as RoutingEnvelope,
+    )
+    from ._environments import (
+        ENVIRONMENTS as ENVIRONMENTS,
+    )
+    from ._environments import (
+        resolve_base_url as resolve_base_url,
     )
     from ._events import (
         LookupEvent as LookupEvent,

@@ -174,6 +174,22 @@ class SignedJwtAuth(httpx.Auth):
             return None
         return token.value
 
+    async def obtain_token(self, http: httpx.AsyncClient) -> float:
+        """Swap a fresh assertion for a token now (``doctor``'s check); when it expires."""
+        request = self._token_request()
+        response = await http.send(request, stream=True)
+        try:
+            try:
+                body = await read_body(response, _TOKEN_BODY_BYTES)
+            except TooLarge:
+                raise _too_large(self.token_url) from None
+        finally:
+            await response.aclose()
+        self._store(response, body)
+        expires = self.token_expires_at
+        assert expires is not None  # just stored
+        return expires
+
     def invalidate(self) -> None:
         """Forget the cached token (the next request fetches a new one)."""
         self._token = None

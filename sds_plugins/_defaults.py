@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 import httpx
 
 from ._cache import CacheBackend, MemoryCache
-from ._client import RetryPolicy, SdsClient, default_token_url
+from ._client import RetryPolicy, SdsClient
+from ._environments import default_token_url
 from ._exceptions import AmbiguousError, ConfigurationError, NotFoundError
 from ._patients import PDS_SOURCE, PatientRefs, PdsSource
 from ._ratelimit import Pacer, RateLimiter

@@ -16,8 +16,8 @@ from pydantic import SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._auth import SignedJwtAuth
-from ._client import resolve_base_url
 from ._envelope import ClientTls
+from ._environments import resolve_base_url
 from ._exceptions import ConfigurationError
 
 __all__ = ["ClientTlsSettings", "PluginSettings", "SignedJwtSettings"]

@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from ._auth import ApiKeyAuth
-from ._client import default_token_url, resolve_base_url
+from ._environments import is_live_platform, resolve_base_url, spine_core_ods
 from ._exceptions import ConfigurationError
 from ._plugin_settings import SignedJwtSettings
 from ._validation import normalise_ods_code
@@ -26,10 +26,16 @@ class Settings(SignedJwtSettings):
     """Everything needed to reach SDS. Each field reads ``SDS_<FIELD>`` from the environment.
 
     ``base_url`` (``SDS_BASE_URL``) wins over ``env`` (``SDS_ENV``: sandbox, int, dep, prod).
-    ``auth`` defaults to ``apikey`` when an API key is set and to ``none`` otherwise; ``jwt``
-    needs ``client_id`` (or ``api_key``), ``private_key_file`` (or ``private_key``, PEM text)
-    and ``kid`` (``token_url`` defaults to ``/oauth2/token`` on the base URL's host). The
-    plugins' settings share this base (:class:`~sds_plugins.PluginSettings`).
+
+    SDS itself takes an API key and nothing else: NHS's live proxy verifies the ``apikey``
+    header on every request (``EnhancedVerifyApiKey`` in the target PreFlow of
+    ``proxies/live/apiproxy/targets/target.xml``, ``NHSDigital/spine-directory-service-api``)
+    and no flow checks an access token. So every SDS request carries ``apikey`` when
+    ``api_key`` is set, and a router bound to the live platform without one is refused when it
+    starts. The signed-JWT settings (``client_id`` or ``api_key``, ``private_key_file`` or
+    ``private_key``, ``kid``, ``token_url``) are for the APIs that take a bearer token: PDS, and
+    the e-RS adapter. ``auth="none"`` sends no credentials at all (an egress proxy that adds the
+    key, say). The plugins' settings share this base (:class:`~sds_plugins.PluginSettings`).
     """
 
     model_config = SettingsConfigDict(env_prefix="SDS_")
@@ -38,6 +44,8 @@ class Settings(SignedJwtSettings):
     env: str = "sandbox"
     base_url: str | None = None
     api_key: SecretStr | None = None
+    #: ``apikey`` (the default when an API key is set) or ``none``; ``jwt`` is refused with
+    #: the reason (SDS takes no access token).
     auth: Literal["apikey", "jwt", "none"] | None = None
 
     connect_timeout_s: float = Field(default=5.0, gt=0)
@@ -48,6 +56,11 @@ class Settings(SignedJwtSettings):
     retry_attempts: int = Field(default=4, ge=1, le=20)
     retry_budget_s: float = Field(default=20.0, gt=0, le=3600)
     max_pages: int = Field(default=10, ge=1, le=1000)
+    #: NHS's SDS server answers an LDAP query that outlasts its timeout (3 s) with an empty
+    #: 200: an empty answer at least this slow is asked again past the gateway's cache, then
+    #: a DirectoryTimeoutError rather than "not found"; 0 reads every empty answer as
+    #: "not found".
+    ldap_timeout_s: float = Field(default=3.0, ge=0, le=600)
     #: The largest answer read (after decompression); larger is a MalformedResponseError.
     max_response_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=1024**3)
 
@@ -88,6 +101,12 @@ class Settings(SignedJwtSettings):
     @model_validator(mode="after")
     def _check(self) -> Settings:
         resolve_base_url(self.base_url or self.env)  # fail early on a typo or a bad URL
+        if self.auth == "jwt":
+            raise ConfigurationError(
+                "SDS_AUTH=jwt: SDS takes an API key, not an access token (NHS's live proxy "
+                "verifies only the apikey header), so set SDS_API_KEY and leave SDS_AUTH out; "
+                "SDS_CLIENT_ID, SDS_PRIVATE_KEY_FILE and SDS_KID are used for PDS"
+            )
         if self.pds_base_url is not None:
             resolve_base_url(self.pds_base_url)
         if self.pds_end_user_org is not None:
@@ -110,20 +129,30 @@ class Settings(SignedJwtSettings):
     def resolved_base_url(self) -> str:
         return resolve_base_url(self.base_url or self.env)
 
-    def resolved_auth(self) -> Literal["apikey", "jwt", "none"]:
-        if self.auth is not None:
-            return self.auth
-        return "apikey" if self.api_key is not None else "none"
+    def resolved_auth(self) -> Literal["apikey", "none"]:
+        if self.auth == "none" or (self.auth is None and self.api_key is None):
+            return "none"
+        return "apikey"
 
     def build_auth(self) -> httpx.Auth | None:
-        """The ``httpx.Auth`` these settings describe (``None`` for no authentication)."""
-        mode = self.resolved_auth()
-        if mode == "none":
+        """SDS's ``httpx.Auth``: the API key, or ``None`` for no credentials.
+
+        The live platform refuses every request without a key, so a router bound to it
+        without one stops here, at start, naming the setting, rather than at its first lookup.
+        """
+        if self.resolved_auth() == "none":
+            base_url = self.resolved_base_url()
+            if self.auth is None and is_live_platform(base_url):
+                raise ConfigurationError(
+                    f"SDS at {base_url} needs an API key: set SDS_API_KEY (the platform "
+                    "verifies the apikey header on every request; signed-JWT settings are for "
+                    "PDS). SDS_AUTH=none sends no credentials, for a proxy that adds them."
+                )
             return None
-        if mode == "apikey":
-            if self.api_key is None:
-                raise ConfigurationError("SDS_AUTH=apikey needs SDS_API_KEY")
-            return ApiKeyAuth(self.api_key)
-        return self.signed_jwt_auth(
-            self.token_url or default_token_url(self.resolved_base_url()), purpose="SDS_AUTH=jwt"
-        )
+        if self.api_key is None:
+            raise ConfigurationError("SDS_AUTH=apikey needs SDS_API_KEY")
+        return ApiKeyAuth(self.api_key)
+
+    def spine_core_ods(self) -> str:
+        """Spine's own ODS code in this environment: ``YEA`` in production, else ``YES``."""
+        return spine_core_ods(self.resolved_base_url())

@@ -259,22 +259,49 @@ def test_bad_private_key_does_not_echo_it(tmp_path: Path) -> None:
         )
 
 
-def test_settings_build_jwt_auth_from_environment(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, private_key: rsa.RSAPrivateKey
-) -> None:
-    key_file = tmp_path / "private.pem"
-    key_file.write_bytes(_pem(private_key))
+def test_sds_takes_an_api_key_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    # NHS's live SDS proxy verifies the apikey header and no access token
+    # (NHSDigital/spine-directory-service-api, proxies/live/apiproxy/targets/target.xml).
     monkeypatch.setenv("SDS_ENV", "int")
     monkeypatch.setenv("SDS_AUTH", "jwt")
     monkeypatch.setenv("SDS_CLIENT_ID", CLIENT_ID)
-    monkeypatch.setenv("SDS_PRIVATE_KEY_FILE", str(key_file))
-    monkeypatch.setenv("SDS_KID", "test-1")
-    auth = Settings().build_auth()
-    assert isinstance(auth, SignedJwtAuth)
-    assert auth.token_url == TOKEN_URL
-    monkeypatch.delenv("SDS_KID")
-    with pytest.raises(ConfigurationError, match="SDS_KID"):
+    with pytest.raises(ConfigurationError, match="SDS_API_KEY") as refused:
+        Settings()
+    assert "not an access token" in str(refused.value)
+    monkeypatch.delenv("SDS_AUTH")
+    # Signed-JWT settings alone cannot reach SDS: refused at start, naming the setting.
+    with pytest.raises(ConfigurationError, match="needs an API key: set SDS_API_KEY"):
         Settings().build_auth()
+    monkeypatch.setenv("SDS_API_KEY", "app-key")
+    assert isinstance(Settings().build_auth(), ApiKeyAuth)
+
+
+@pytest.mark.parametrize("env", ["int", "dep", "prod"])
+def test_the_live_platform_without_a_key_is_refused_at_start(env: str) -> None:
+    with pytest.raises(ConfigurationError, match="SDS_API_KEY"):
+        Settings(env=env).build_auth()
+    # Said on purpose (an egress proxy adds the key): no credentials, no refusal.
+    assert Settings(env=env, auth="none").build_auth() is None
+
+
+def test_open_sandboxes_and_other_urls_need_no_key() -> None:
+    assert Settings(env="sandbox").build_auth() is None
+    assert Settings(base_url="http://127.0.0.1:9000/spine-directory/FHIR/R4").build_auth() is None
+
+
+def test_spine_core_ods_code_by_environment() -> None:
+    # SDS_SPINE_CORE_ODS_CODE: YEA in ecs-proxies-deploy-prod.yml, YES in every other
+    # ecs-proxies-deploy-*.yml (NHSDigital/spine-directory-service-api).
+    assert Settings(env="prod").spine_core_ods() == "YEA"
+    for env in ("sandbox", "int", "dep"):
+        assert Settings(env=env).spine_core_ods() == "YES"
+    assert (
+        Settings(base_url="https://api.service.nhs.uk/spine-directory/FHIR/R4/").spine_core_ods()
+        == "YEA"
+    )
+    assert (
+        Settings(base_url="http://127.0.0.1:9000/spine-directory/FHIR/R4").spine_core_ods() == "YES"
+    )
 
 
 def test_settings_environments(monkeypatch: pytest.MonkeyPatch) -> None:

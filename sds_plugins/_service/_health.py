@@ -19,11 +19,12 @@ from .._exceptions import DirectoryError
 if TYPE_CHECKING:
     from .._engine import Router
 
-__all__ = ["PROBE_INTERACTION", "PROBE_ORG", "Readiness", "redis_state"]
+__all__ = ["PROBE_INTERACTION", "Readiness", "redis_state"]
 
 #: The probe: Spine core's own accredited systems for the PSIS query interaction, which every
-#: SDS environment (and the sandbox) has. Any answer, even an empty one, means "reachable".
-PROBE_ORG = "YES"
+#: SDS environment (and the sandbox) has, at Spine's ODS code in the router's environment
+#: (``Settings.spine_core_ods``: YEA in production, YES elsewhere). Any answer, even an empty
+#: one, means "reachable".
 PROBE_INTERACTION = "urn:nhs:names:services:psis:REPC_IN150016UK05"
 
 
@@ -107,7 +108,9 @@ class Readiness:
         try:
             async with asyncio.timeout(self.timeout_s):
                 outcome = await self.router.lookup(
-                    Lookup.devices(org=PROBE_ORG, interaction=PROBE_INTERACTION),
+                    Lookup.devices(
+                        org=self.router.settings.spine_core_ods(), interaction=PROBE_INTERACTION
+                    ),
                     scope=None,  # neither read nor stored: a real answer, now
                     bypass_cache=True,
                 )
