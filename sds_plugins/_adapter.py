@@ -23,7 +23,7 @@ from ._envelope import CacheStatus, ForeignRecord, Provenance, RoutingEnvelope
 from ._exceptions import InvalidInputError, NotFoundError
 from ._models import AccreditedSystem, MessageHandlingEndpoint
 from ._query import DeviceQuery, EndpointQuery
-from ._validation import invalid_input, normalise_interaction
+from ._validation import invalid_input, normalise_interaction, sds_correlation_id
 
 __all__ = [
     "Adapter",
@@ -385,8 +385,15 @@ class Resolution:
                 lookups=tuple(outcome.lookup.key() for outcome in outcomes),
             ),
         )
+        correlation_id = self.request.correlation_id
+        sds_id = sds_correlation_id(correlation_id)
         return replaced(
-            template, {"correlation_id": self.request.correlation_id, "resolved_at": self.now}
+            template,
+            {
+                "correlation_id": correlation_id,
+                "sds_correlation_id": None if sds_id == correlation_id else sds_id,
+                "resolved_at": self.now,
+            },
         )
 
     def _provenance_records(self, records: tuple[Any, ...]) -> tuple[Any, ...]:

@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
+from cachetools import TTLCache
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
+from ._environments import ENVIRONMENTS, resolve_base_url
 from ._exceptions import (
     AuthenticationError,
-    ConfigurationError,
     DirectoryError,
     DirectoryTimeoutError,
     DirectoryUnavailableError,
@@ -53,7 +54,7 @@ from ._upstream import (
     read_body,
     safe_url,
 )
-from ._validation import normalise_correlation_id
+from ._validation import check_correlation_id, sds_correlation_id
 
 if TYPE_CHECKING:
     from ._settings import Settings
@@ -70,69 +71,17 @@ __all__ = [
 
 logger = logging.getLogger("sds_plugins.client")
 
-#: Named environments of the SDS FHIR API (NHS England's API platform).
-ENVIRONMENTS: dict[str, str] = {
-    "sandbox": "https://sandbox.api.service.nhs.uk/spine-directory/FHIR/R4",
-    "int": "https://int.api.service.nhs.uk/spine-directory/FHIR/R4",
-    "dep": "https://dep.api.service.nhs.uk/spine-directory/FHIR/R4",
-    "prod": "https://api.service.nhs.uk/spine-directory/FHIR/R4",
-}
-
 _RETRY_STATUSES = frozenset({429, 502, 503, 504})
+#: NHS's SDS server gives its LDAP query 3 s, then answers an empty searchset (a 200): the
+#: default for ``SDS_LDAP_TIMEOUT_S`` (``sds/lookup/sds_client.py``,
+#: ``NHSDigital/spine-directory-service-api``).
+LDAP_TIMEOUT_S = 3.0
+#: How long the live gateway's response cache keeps a successful answer (``ResponseCache.xml``:
+#: 1,800 s), an empty one included.
+GATEWAY_CACHE_S = 1800.0
 _USER_AGENT = "sds-plugins/0.1 (+https://github.com/sds-plugins/sds-plugins)"
 
 _R = TypeVar("_R", AccreditedSystem, MessageHandlingEndpoint)
-
-
-#: Longer base URLs are refused: no real one comes close, and httpx refuses absurd ones late.
-_MAX_URL_LENGTH = 2048
-
-
-def resolve_base_url(env_or_url: str) -> str:
-    """``"int"`` → the INT base URL; an ``http(s)://`` URL is returned without a trailing slash.
-
-    A URL is checked as it is given (ASCII, no spaces or control characters, a host, no
-    ``user:password@`` part, no query or fragment), so a bad ``SDS_BASE_URL`` stops the program
-    at start with :class:`ConfigurationError` rather than in the middle of a lookup.
-    """
-    value = env_or_url.strip() if isinstance(env_or_url, str) else ""
-    if value in ENVIRONMENTS:
-        return ENVIRONMENTS[value]
-    shown = safe_url(value)[:100]
-    if (
-        not value
-        or len(value) > _MAX_URL_LENGTH
-        or not value.isascii()
-        or any(char.isspace() or ord(char) < 32 or ord(char) == 127 for char in value)
-    ):
-        raise ConfigurationError(
-            f"{shown!r} is neither an environment ({', '.join(ENVIRONMENTS)}) nor a base URL "
-            "(ASCII, no spaces or control characters)"
-        )
-    try:
-        parts = urlsplit(value)
-        hostname = parts.hostname
-        httpx.URL(value)
-    except (ValueError, httpx.InvalidURL):
-        parts, hostname = None, None
-    if parts is None or parts.scheme not in ("http", "https") or not hostname:
-        raise ConfigurationError(
-            f"{shown!r} is neither an environment ({', '.join(ENVIRONMENTS)}) nor a base URL"
-        )
-    if parts.username is not None or parts.password is not None:
-        raise ConfigurationError(
-            f"{shown!r}: credentials in a base URL are refused (they would travel and be shown "
-            "with every request); use SDS_API_KEY or signed-JWT auth"
-        )
-    if parts.query or parts.fragment:
-        raise ConfigurationError(f"{shown!r}: a base URL has no query or fragment")
-    return value.rstrip("/")
-
-
-def default_token_url(base_url: str) -> str:
-    """The platform's token endpoint lives at ``/oauth2/token`` on the API's host."""
-    parts = urlsplit(base_url)
-    return f"{parts.scheme}://{parts.netloc}/oauth2/token"
 
 
 class RetryPolicy(BaseModel):
@@ -206,8 +155,17 @@ class SdsClient:
         max_connections: int = 100,
         rate_limiter: RateLimiter | None = None,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        ldap_timeout_s: float | None = LDAP_TIMEOUT_S,
     ) -> None:
         self.base_url = resolve_base_url(base_url)
+        #: An empty answer that took this long is SDS's LDAP timeout, not "no records" (see
+        #: :meth:`_search`); ``None`` reads every empty answer as "no records".
+        self.ldap_timeout_s = ldap_timeout_s
+        # Queries whose empty, slow answer the gateway's response cache may hold: asked with
+        # Cache-Control: no-cache until that cache entry has expired.
+        self._gateway_suspects: TTLCache[str, bool] = TTLCache(
+            maxsize=10_000, ttl=GATEWAY_CACHE_S, timer=time.monotonic
+        )
         self.rate_limiter = rate_limiter
         self.retry = retry or RetryPolicy()
         self.max_pages = max_pages
@@ -240,6 +198,7 @@ class SdsClient:
             "retry": RetryPolicy.from_settings(settings),
             "max_pages": settings.max_pages,
             "max_response_bytes": settings.max_response_bytes,
+            "ldap_timeout_s": settings.ldap_timeout_s or None,
         }
         options.update(overrides)
         return cls(settings.resolved_base_url(), **options)
@@ -321,16 +280,88 @@ class SdsClient:
         correlation_id: str | None,
         no_cache: bool,
     ) -> LookupResult[_R]:
-        correlation_id = normalise_correlation_id(correlation_id)
-        headers = {"X-Correlation-ID": correlation_id}
-        if no_cache:
-            # Skips the API gateway's own 30-minute response cache.
+        correlation_id = check_correlation_id(correlation_id)
+        # SDS takes only a UUID: another caller's id reaches it as a UUID derived from it
+        # (results, errors and events keep the caller's own).
+        headers = {"X-Correlation-ID": sds_correlation_id(correlation_id)}
+        key = query.key()
+        if no_cache or key in self._gateway_suspects:
+            # Skips the API gateway's own 30-minute response cache (lookup and store alike).
             headers["Cache-Control"] = "no-cache"
         started = time.perf_counter()
-        url = f"{self.base_url}/{query.resource}"
-        params: httpx.QueryParams | None = httpx.QueryParams(tuple(query.params()))
-        records: list[_R] = []
+        first_url = f"{self.base_url}/{query.resource}"
+        first_params = httpx.QueryParams(tuple(query.params()))
         attempts = pages = 0
+        total: int | None = None
+        records: list[_R] = []
+        for asked in (1, 2):
+            records, attempts, pages, total, answer_s = await self._pages(
+                first_url, first_params, headers, parse, correlation_id, attempts
+            )
+            if not self._ldap_timeout(records, answer_s):
+                break
+            # NHS's SDS server answers its LDAP timeout (3 s) with an empty searchset, a 200
+            # (sds/lookup/sds_client.py, _get_query_result, NHSDigital/spine-directory-
+            # service-api), which the gateway then caches for 30 minutes: ask once more past
+            # that cache, and until it has expired, ask this query past it every time.
+            self._gateway_suspects[key] = True
+            if asked == 2:
+                raise DirectoryTimeoutError(
+                    f"SDS answered no records after {answer_s:.1f}s, twice: that is how its "
+                    f"directory (LDAP) timing out looks, not a genuine 'no match'",
+                    correlation_id=correlation_id,
+                    method="GET",
+                    url=first_url,
+                    attempts=attempts,
+                )
+            logger.info(
+                "SDS answered %s with no records after %.1fs (its LDAP timeout looks so): "
+                "asking again past the gateway's cache (correlation_id=%s)",
+                key,
+                answer_s,
+                correlation_id,
+            )
+            headers = {**headers, "Cache-Control": "no-cache"}
+        if total is not None and total != len(records):
+            raise MalformedResponseError(
+                f"SDS's Bundle.total says {total} but it holds {len(records)} entries, with no "
+                "'next' link to the rest",
+                field="total",
+                correlation_id=correlation_id,
+                method="GET",
+                url=first_url,
+                status_code=200,
+                attempts=attempts,
+            )
+        return LookupResult[_R](
+            records=tuple(records),
+            query=key,
+            correlation_id=correlation_id,
+            base_url=self.base_url,
+            attempts=attempts,
+            pages=pages,
+            elapsed_s=time.perf_counter() - started,
+        )
+
+    def _ldap_timeout(self, records: list[Any], answer_s: float) -> bool:
+        """Whether an answer is SDS's LDAP timeout: no records, as slow as that timeout."""
+        return not records and self.ldap_timeout_s is not None and answer_s >= self.ldap_timeout_s
+
+    async def _pages(
+        self,
+        url: str,
+        params: httpx.QueryParams | None,
+        headers: dict[str, str],
+        parse: Callable[[object], ParsedBundle[_R]],
+        correlation_id: str,
+        attempts: int,
+    ) -> tuple[list[_R], int, int, int | None, float]:
+        """Every page of one search: ``(records, attempts so far, pages, the last page's
+        total, how long the first page's answer took)``."""
+        records: list[_R] = []
+        total: int | None = None
+        first_answer_s = 0.0
+        pages = 0
         while True:
             pages += 1
             if pages > self.max_pages:
@@ -342,8 +373,11 @@ class SdsClient:
                     url=url,
                     attempts=attempts,
                 )
-            body, used = await self._get(url, params, headers, correlation_id)
+            answer_s: list[float] = []
+            body, used = await self._get(url, params, headers, correlation_id, answer_s)
             attempts += used
+            if pages == 1 and answer_s:
+                first_answer_s = answer_s[-1]
             try:
                 parsed = parse(body)
             except MalformedResponseError as exc:
@@ -351,18 +385,11 @@ class SdsClient:
                 exc.status_code, exc.attempts = 200, attempts
                 raise
             records.extend(parsed.records)
+            total = parsed.total
             if not parsed.next_url:
                 break
             url, params = self._checked_next(parsed.next_url, correlation_id), None
-        return LookupResult[_R](
-            records=tuple(records),
-            query=query.key(),
-            correlation_id=correlation_id,
-            base_url=self.base_url,
-            attempts=attempts,
-            pages=pages,
-            elapsed_s=time.perf_counter() - started,
-        )
+        return records, attempts, pages, total, first_answer_s
 
     def _checked_next(self, next_url: str, correlation_id: str) -> str:
         try:
@@ -391,8 +418,10 @@ class SdsClient:
         params: httpx.QueryParams | None,
         headers: dict[str, str],
         correlation_id: str,
+        answer_s: list[float] | None = None,
     ) -> tuple[bytes, int]:
-        """GET with retries; returns the body and the number of attempts."""
+        """GET with retries; returns the body and the number of attempts (and appends to
+        ``answer_s`` how long the answer took, from its request written to its headers)."""
 
         async def count() -> None:
             self.requests_sent += 1
@@ -408,6 +437,7 @@ class SdsClient:
             before_attempt=count,
             rate_limiter=self.rate_limiter,
             max_bytes=self.max_response_bytes,
+            on_answer=None if answer_s is None else answer_s.append,
         )
 
 
@@ -431,6 +461,7 @@ async def get_with_retries(
     service: str = "SDS",
     max_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
     shown_url: str | None = None,
+    on_answer: Callable[[float], object] | None = None,
 ) -> tuple[bytes, int]:
     """An idempotent GET with the project's retry rules; ``(body, attempts)`` on a 200.
 
@@ -450,7 +481,9 @@ async def get_with_retries(
     attempt (up to a few times); a spent quota is waited out until the gateway's next calendar
     minute when that fits the budget. ``before_attempt`` runs just before each request is sent
     (counting). ``shown_url`` is what logs and errors say instead of ``url`` (PDS's path holds
-    an NHS number). Never use this for a request that is not idempotent.
+    an NHS number). ``on_answer`` is given how long the 200 took to come back, in seconds from
+    its request's headers being written to its answer's headers arriving (the server's time,
+    without any wait for the pacer). Never use this for a request that is not idempotent.
     """
     deadline = time.monotonic() + policy.budget_s
     shown = shown_url if shown_url is not None else safe_url(url)
@@ -469,7 +502,7 @@ async def get_with_retries(
         limit_s = min(policy.attempt_timeout_s, deadline - time.monotonic())
         try:
             async with asyncio.timeout(max(limit_s, 0.0)):
-                body, error = await _fetch(
+                body, error, answer_s = await _fetch(
                     http,
                     url,
                     params,
@@ -521,6 +554,8 @@ async def get_with_retries(
                         retry_after_s=error.retry_after_s,
                     )
             raise error
+        if on_answer is not None:
+            on_answer(answer_s)
         return body
 
     def counted() -> int:
@@ -574,16 +609,16 @@ async def _fetch(
     error_for: Callable[[httpx.Response, str], DirectoryError],
     max_bytes: int,
     shown: str | None = None,
-) -> tuple[bytes, DirectoryError | None]:
-    """One GET, its body read within ``max_bytes``: ``(body, None)`` on a 200, else
-    ``(b"", the typed error)`` (the error body read only as far as an OperationOutcome needs)."""
+) -> tuple[bytes, DirectoryError | None, float]:
+    """One GET, its body read within ``max_bytes``: ``(body, None, answer time)`` on a 200,
+    else ``(b"", the typed error, answer time)`` (the error body read only as far as an
+    OperationOutcome needs). The answer time runs from the request's headers written to the
+    answer's headers arrived."""
+    sent = _Sent(ticket)
     async with http.stream(
-        "GET",
-        url,
-        params=params,
-        headers=headers,
-        extensions={"trace": _sent_tracer(ticket)} if ticket is not None else None,
+        "GET", url, params=params, headers=headers, extensions={"trace": sent.trace}
     ) as response:
+        answer_s = time.monotonic() - (sent.at or time.monotonic())
         logger.debug(
             "GET %s -> %s (correlation_id=%s)",
             shown or safe_url(str(response.request.url)),
@@ -592,7 +627,7 @@ async def _fetch(
         )
         if response.status_code == 200:
             try:
-                return await read_body(response, max_bytes), None
+                return await read_body(response, max_bytes), None, answer_s
             except TooLarge:
                 raise MalformedResponseError(
                     f"answer larger than {max_bytes:,} bytes (after decompression)",
@@ -612,20 +647,28 @@ async def _fetch(
             error_body = b""  # an unreadable error body: the status alone tells the story
         error = error_for(bounded_response(response, error_body), correlation_id)
         error.url = shown or (safe_url(error.url) if error.url else error.url)
-        return b"", error
+        return b"", error, answer_s
 
 
-def _sent_tracer(ticket: SendTicket) -> Callable[[str, Any], Awaitable[None]]:
-    """An httpcore ``trace`` extension holding the request at the pacer's gate right before its
-    headers are written: the moment it leaves for the gateway, which is what pacing spaces."""
+class _Sent:
+    """An httpcore ``trace`` extension: holds the request at the pacer's gate right before its
+    headers are written (the moment it leaves for the gateway, which is what pacing spaces),
+    and notes when they were written (where the server's answer time starts)."""
 
-    async def trace(event: str, info: Any) -> None:
+    __slots__ = ("at", "ticket")
+
+    def __init__(self, ticket: SendTicket | None) -> None:
+        self.ticket = ticket
+        self.at: float | None = None
+
+    async def trace(self, event: str, info: Any) -> None:
         if event.endswith(".send_request_headers.started"):
-            await ticket.at_wire()
+            if self.ticket is not None:
+                await self.ticket.at_wire()
         elif event.endswith(".send_request_headers.complete"):
-            ticket.written()
-
-    return trace
+            self.at = time.monotonic()
+            if self.ticket is not None:
+                self.ticket.written()
 
 
 def _is_retryable(exc: BaseException) -> bool:
@@ -712,7 +755,9 @@ def error_from_response(
         body = None
     spine_code, diagnostics = operation_outcome(body)
     kwargs: dict[str, Any] = {
-        "correlation_id": response.headers.get("X-Correlation-ID", correlation_id),
+        # The caller's id, as given (SDS was sent a UUID derived from another id; a cached
+        # answer may even echo another caller's).
+        "correlation_id": correlation_id,
         "status_code": status,
         "spine_code": spine_code,
         "diagnostics": diagnostics,

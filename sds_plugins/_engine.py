@@ -59,7 +59,7 @@ from ._plugins import PluginHost
 from ._ratelimit import RateLimiter
 from ._settings import Settings
 from ._sources import DirectorySource, SourceContext
-from ._validation import normalise_correlation_id, normalise_ods_code
+from ._validation import check_correlation_id, normalise_ods_code
 
 __all__ = ["Router"]
 
@@ -253,7 +253,7 @@ class Router:
         await self.start()
         planned = self._plan_lookup("lookup", lookup, scope)
         return await self._lookup(
-            planned, normalise_correlation_id(correlation_id), scope, bypass_cache
+            planned, check_correlation_id(correlation_id), scope, bypass_cache
         )
 
     def _plan_lookup(self, name: str, lookup: Lookup, scope: str | None) -> _PlannedLookup:
@@ -280,10 +280,14 @@ class Router:
         self, planned: _PlannedLookup, correlation_id: str, scope: str | None, bypass_cache: bool
     ) -> LookupOutcome:
         source, lookup = planned.source, planned.lookup
+        # An answer scoped to one encounter (or kept nowhere) must be fresh: not even the API
+        # gateway's 30-minute response cache may give another caller's (GP Connect: SDS
+        # answers are not reused across encounters). Repeats within the scope hit our cache.
+        no_cache = bypass_cache or scope != ""
 
         async def fetch() -> tuple[tuple[Any, ...], int]:
             result = await source.fetch(
-                lookup.query, correlation_id=correlation_id, no_cache=bypass_cache
+                lookup.query, correlation_id=correlation_id, no_cache=no_cache
             )
             return result.records, result.attempts
 
@@ -435,7 +439,7 @@ class Router:
         registration: tuple[PatientRegistration, str, str] | None = None
         try:
             await self.start()
-            cid = normalise_correlation_id(correlation_id)
+            cid = check_correlation_id(correlation_id)
             if patient is not None:
                 if org is not None:
                     raise InvalidInputError(
@@ -520,7 +524,7 @@ class Router:
         number = check_nhs_number(nhs_number)
         await self.start()
         registration, _ = await self._patient_lookup(
-            number, normalise_correlation_id(correlation_id), scope, bypass_cache
+            number, check_correlation_id(correlation_id), scope, bypass_cache
         )
         return registration
 
@@ -634,7 +638,7 @@ class Router:
             org=normalise_ods_code(org),
             interaction=chosen.normalise_interaction(interaction),
             options=chosen.parse_options(options),  # validated once, for plan and build
-            correlation_id=normalise_correlation_id(None),
+            correlation_id=check_correlation_id(None),
             encounter=encounter,
             bypass_cache=bypass_cache,
         )

@@ -195,7 +195,12 @@ ProvenanceRecord = Annotated[DirectoryRecord | ForeignRecord, Field(union_mode="
 class Provenance(_Frozen):
     """Where an envelope's routing came from."""
 
+    #: The route's correlation id: the caller's, exactly as given (or one made for it).
     correlation_id: str
+    #: The ``X-Correlation-ID`` SDS is sent for this route when it differs from
+    #: ``correlation_id``: SDS takes only a UUID, so another id reaches it as a UUID derived
+    #: from it (:func:`~sds_plugins.sds_correlation_id`); ``None`` when they are the same.
+    sds_correlation_id: str | None = None
     resolved_at: datetime
     cache: CacheStatus
     # Serialised as what each record is (validation still takes only these types): a union's

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from ._exceptions import InvalidInputError
 
 __all__ = [
+    "check_correlation_id",
     "check_header_value",
     "invalid_input",
     "normalise_asid",
@@ -24,6 +25,7 @@ __all__ = [
     "normalise_interaction",
     "normalise_ods_code",
     "normalise_party_key",
+    "sds_correlation_id",
 ]
 
 # Control characters anywhere (not only at the ends): CR/LF would split a header, NUL and friends
@@ -35,6 +37,15 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ODS = re.compile(r"[A-Z0-9]{3,10}")
 _ASID = re.compile(r"[0-9]{12}")
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# What SDS's server takes as an X-Correlation-ID: a hyphenated UUID of any version, in either
+# case (sds/request/tracking_ids_headers_reader.py, NHSDigital/spine-directory-service-api).
+_SDS_UUID = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+#: The longest correlation id taken from a caller (it travels in headers and every log line).
+MAX_CORRELATION_ID = 200
+# Ids derived for SDS from a caller's id that is not a UUID (uuid5 of it in this namespace).
+_SDS_CORRELATION_NAMESPACE = uuid.UUID("2f6b0c1e-8d4a-5e7f-9b3c-1a2d4e6f8a0b")
 _PARTY_KEY = re.compile(r"[A-Z0-9]{3,10}-[0-9]{1,12}")
 # Spine interaction ids: urn:nhs:names:services:<service>:<action>[:...]; the action may carry
 # dots, dashes and underscores (gpc.getstructuredrecord-1, patient_appointments-1).
@@ -171,8 +182,41 @@ def new_uuid() -> str:
     return uuid_text(_random.take_16().hex(), 4)
 
 
+def check_correlation_id(value: object | None, field: str = "correlation_id") -> str:
+    """A caller's correlation id, kept byte for byte, or a fresh UUID when there is none.
+
+    The id is the caller's: every echo (``serve``'s ``X-Correlation-ID``, the worker's
+    outcome, errors, events, logs) gives it back exactly as sent, and PDS and e-RS, which take
+    any string, are sent it unchanged. It must be something a header can carry unchanged:
+    printable ASCII, no leading or trailing space, at most :data:`MAX_CORRELATION_ID`
+    characters. SDS alone requires a UUID: :func:`sds_correlation_id` gives what it is sent.
+    """
+    if value is None:
+        return new_uuid()
+    if type(value) is str and _CANONICAL_UUID.fullmatch(value):
+        return value
+    text = _clean(value, field, MAX_CORRELATION_ID)
+    if text != value:
+        raise InvalidInputError(
+            f"{field} has leading or trailing spaces (they would not survive a header)",
+            field=field,
+        )
+    return text
+
+
+def sds_correlation_id(correlation_id: str) -> str:
+    """The ``X-Correlation-ID`` SDS is sent for a route whose correlation id is
+    ``correlation_id``: the id itself when it is a UUID (SDS echoes it exactly as sent),
+    otherwise a UUID derived from it (version 5), so that the same caller's id always reaches
+    SDS as the same UUID. Provenance records both."""
+    if _SDS_UUID.fullmatch(correlation_id):
+        return correlation_id
+    return str(uuid.uuid5(_SDS_CORRELATION_NAMESPACE, correlation_id))
+
+
 def normalise_correlation_id(value: object | None, field: str = "correlation_id") -> str:
-    """Return a caller's correlation id as a canonical UUID string, or a fresh one."""
+    """Return a caller's correlation id as a canonical UUID string, or a fresh one (a UUID
+    only; :func:`check_correlation_id` takes any id a caller may send)."""
     if value is None:
         return new_uuid()
     if type(value) is str and _CANONICAL_UUID.fullmatch(value):

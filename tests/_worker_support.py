@@ -101,6 +101,7 @@ class AmqpBroker:
         *,
         reply_to: str | None = None,
         headers: dict[str, Any] | None = None,
+        correlation_id: str | None = None,
     ) -> None:
         import aio_pika
 
@@ -109,6 +110,7 @@ class AmqpBroker:
             message_id=request_id,
             reply_to=reply_to,
             headers=headers,
+            correlation_id=correlation_id,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         await self._channel.default_exchange.publish(message, self.requests)

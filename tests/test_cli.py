@@ -82,7 +82,7 @@ def test_no_records_is_exit_3(sandbox: Sandbox) -> None:
         ("device", "--org", "YES", "--interaction", "psis"),
         ("endpoint", "--org", "YES"),
         ("device", "--org", "YES"),
-        ("device", "--org", "YES", "--interaction", PSIS, "--correlation-id", "nope"),
+        ("device", "--org", "YES", "--interaction", PSIS, "--correlation-id", "nope "),
     ],
 )
 def test_invalid_input_is_exit_2_and_sends_nothing(

@@ -27,6 +27,7 @@ from sds_plugins import (
     SdsClient,
 )
 from sds_plugins._client import parse_retry_after
+from sds_plugins._validation import sds_correlation_id
 
 from ._reference import GPC_STRUCTURED, SDS_REFERENCE, load_json
 
@@ -107,8 +108,27 @@ async def test_invalid_input_sends_nothing() -> None:
         with pytest.raises(InvalidInputError):
             await client.devices(org="B82617\r\n", interaction=GPC_STRUCTURED)
         with pytest.raises(InvalidInputError):
-            await client.devices(org="B82617", interaction=GPC_STRUCTURED, correlation_id="nope")
+            await client.devices(org="B82617", interaction=GPC_STRUCTURED, correlation_id="a\nb")
+        with pytest.raises(InvalidInputError):
+            await client.devices(org="B82617", interaction=GPC_STRUCTURED, correlation_id="x" * 201)
     assert script.requests == []
+
+
+@pytest.mark.parametrize(
+    "given", ["msg-42/ward 7", "0F0E0D0C-AAAA-4BBB-8CCC-123456789012", "{7d9f0a3c}"]
+)
+async def test_the_callers_correlation_id_is_kept_and_sds_gets_a_uuid(given: str) -> None:
+    # SDS refuses an X-Correlation-ID that is not a UUID (in either case:
+    # sds/request/tracking_ids_headers_reader.py, NHSDigital/spine-directory-service-api).
+    script = Script(httpx.Response(200, json=DEVICE_BODY))
+    result = await _devices(_client(script), correlation_id=given)
+    assert result.correlation_id == given  # the caller's, byte for byte
+    sent = script.requests[0].headers["X-Correlation-ID"]
+    if given.startswith("0F0E"):
+        assert sent == given  # a UUID goes as it is, upper case and all
+    else:
+        assert uuid.UUID(sent).version == 5  # derived: the same id always reaches SDS alike
+        assert sent == sds_correlation_id(given)
 
 
 @pytest.mark.parametrize("status", [429, 502, 503, 504])
@@ -246,7 +266,12 @@ def _paged(
 ) -> Callable[[httpx.Request], httpx.Response]:
     def answer(request: httpx.Request) -> httpx.Response:
         page = int(request.url.params.get("page", "1"))
-        body = {**DEVICE_BODY, "link": [{"relation": "self", "url": str(request.url)}]}
+        # A page's total counts every page's entries (one each here), as FHIR has it.
+        body = {
+            **DEVICE_BODY,
+            "total": pages,
+            "link": [{"relation": "self", "url": str(request.url)}],
+        }
         if page < pages:
             body["link"].append(
                 {

@@ -285,7 +285,8 @@ async def test_invalid_input_sends_nothing(make_sandbox: Callable[..., Sandbox])
             {"org": "YES\n", "interaction": PSIS},
             {"org": "YES", "interaction": "psis"},
             {"org": "YES", "interaction": PSIS, "colour": "red"},
-            {"org": "YES", "interaction": PSIS, "correlation_id": "not-a-uuid"},
+            {"org": "YES", "interaction": PSIS, "correlation_id": "tab\tinside"},
+            {"org": "YES", "interaction": PSIS, "correlation_id": " padded"},
         ):
             with pytest.raises(InvalidInputError):
                 await router.route("join", **kwargs)

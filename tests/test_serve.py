@@ -172,6 +172,27 @@ async def test_route_returns_the_envelope_with_credentials_masked(
     assert envelope["request"]["headers"]["Authorization"] != SECRET
 
 
+@pytest.mark.parametrize("given", ["0F0E0D0C-AAAA-4BBB-8CCC-123456789012", "order-42/ward 7"])
+async def test_the_callers_correlation_id_comes_back_byte_for_byte(
+    sandbox: Sandbox, start_service: ServiceFactory, given: str
+) -> None:
+    # Only SDS requires a UUID (it is sent one derived from another id); PDS and e-RS take any
+    # string, and a caller matches answers by its own id exactly as it sent it.
+    service = start_service(sandbox.base_url)
+    async with service.client() as client:
+        response = await client.post(
+            f"/route/{ADAPTER}", json=_request(), headers={"X-Correlation-ID": given}
+        )
+        refused = await client.post(
+            f"/route/{ADAPTER}", json=_request(org="Q99"), headers={"X-Correlation-ID": given}
+        )
+    assert response.status_code == 200, response.text
+    assert response.headers["x-correlation-id"] == given
+    assert response.json()["provenance"]["correlation_id"] == given
+    assert refused.headers["x-correlation-id"] == given
+    assert refused.json()["correlation_id"] == given
+
+
 async def test_a_correlation_id_a_plugin_rewrote_is_answered_as_it_is(
     sandbox: Sandbox, start_service: ServiceFactory
 ) -> None:

@@ -462,6 +462,33 @@ async def test_two_workers_sharing_redis_look_each_route_up_once(
 # --------------------------------------------------------------------------- RabbitMQ only
 
 
+async def test_an_rpc_reply_carries_the_callers_correlation_id_exactly(
+    broker: Broker, sandbox: Sandbox, workers: Callable[..., WorkerProcess]
+) -> None:
+    """RabbitMQ's RPC pattern: the caller sets ``reply_to`` and a ``correlation_id`` property
+    and matches the reply by it, byte for byte; the route keeps it too unless the body names
+    its own. Ids need not be UUIDs (SDS is sent a UUID derived from them)."""
+    if not isinstance(broker, AmqpBroker):
+        pytest.skip("the correlation_id property is AMQP's")
+    replies = broker.requests.replace("requests", "replies")
+    worker = workers(sandbox.base_url)
+    await worker.ready()
+    await broker.add_reply_destination(replies)
+    await broker.publish(_request("YES"), "a", reply_to=replies, correlation_id="Rpc-Caller-42")
+    await broker.publish(
+        _request("YES", correlation_id="Body-Id 7"), "b", reply_to=replies, correlation_id="rpc-9"
+    )
+    outcomes = Outcomes(broker, extra=[replies])
+    await outcomes.until(lambda: len(outcomes.received) >= 2, "both replies")
+    grouped = outcomes.by_id()
+    [first], [second] = grouped["a"], grouped["b"]
+    assert (first.destination, first.kind) == (replies, "envelope")
+    assert first.correlation_id == "Rpc-Caller-42"
+    assert first.json()["provenance"]["correlation_id"] == "Rpc-Caller-42"
+    assert second.correlation_id == "rpc-9"  # the caller's property, for matching
+    assert second.json()["provenance"]["correlation_id"] == "Body-Id 7"  # the route's own
+
+
 async def test_a_retry_copy_keeps_headers_that_are_not_utf8_and_its_first_seen_to_the_second(
     broker: Broker,
     make_sandbox: Callable[..., Sandbox],

@@ -34,6 +34,7 @@ from sds_plugins import (
     WorkerPolicy,
     hookimpl,
 )
+from sds_plugins._validation import sds_correlation_id
 from sds_plugins.sandbox import Sandbox
 
 from ._adapters import BearerToken
@@ -105,11 +106,19 @@ async def test_correlation_id_is_the_requests_or_derived_from_the_request_id(
     router: Router,
 ) -> None:
     worker = RouteWorker(router)
-    given = str(uuid.uuid4())
-    outcome = await worker.handle(_body(correlation_id=given.upper()), request_id="a")
-    assert outcome.correlation_id == given
-    assert outcome.envelope is not None
-    assert outcome.envelope.provenance.correlation_id == given
+    # The caller's id, byte for byte: an upper-case GUID stays upper case, and an id that is
+    # not a UUID (PDS and e-RS take any) is kept too; SDS is sent a UUID derived from it.
+    for given in (str(uuid.uuid4()).upper(), "order-42/ward 7"):
+        outcome = await worker.handle(_body(correlation_id=given), request_id="a")
+        assert outcome.correlation_id == given
+        assert outcome.envelope is not None
+        assert outcome.envelope.provenance.correlation_id == given
+        assert outcome.envelope.provenance.sds_correlation_id == (
+            None if given[0] != "o" else sds_correlation_id(given)
+        )
+    # A broker message's own correlation id (an AMQP property) when the body names none.
+    outcome = await worker.handle(_body(), request_id="a", correlation_id="rpc-7")
+    assert outcome.correlation_id == "rpc-7"
 
     # Without one, every attempt and every redelivery of a request sends the same id to SDS.
     first = await worker.handle(_body(), request_id="b")
@@ -167,7 +176,7 @@ async def test_encounter_and_options_reach_the_route(router: Router) -> None:
         (_body(option={}), "InvalidInputError", 2, "unknown request field 'option'"),
         (_body(adapter="nope"), "InvalidInputError", 2, "no adapter named 'nope'"),
         (_body(org="not an ods code!"), "InvalidInputError", 2, "org"),
-        (_body(correlation_id="42"), "InvalidInputError", 2, "not a UUID"),
+        (_body(correlation_id="4\n2"), "InvalidInputError", 2, "control character"),
         (_body(options={"from_asid": "12"}), "InvalidInputError", 2, "from_asid"),
         (_body(org="A99999"), "NotFoundError", 3, "A99999"),
         (_body(org="X26", interaction=GP2GP), "AmbiguousError", 4, "party_key"),

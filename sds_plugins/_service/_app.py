@@ -23,7 +23,7 @@ from starlette.routing import Route
 
 from .._exceptions import InvalidInputError, SdsPluginsError
 from .._tracing import incoming_trace_context
-from .._validation import normalise_correlation_id
+from .._validation import check_correlation_id
 from .._worker._core import _decode, _parse
 from ._catalogue import describe_adapters
 from ._health import Readiness
@@ -231,7 +231,7 @@ def _plain(correlation_id: str | None) -> str:
     """The correlation id for a problem document: the caller's when well-formed, else a new
     one, so that every failed request can be found in the logs."""
     try:
-        return normalise_correlation_id(correlation_id)
+        return check_correlation_id(correlation_id)
     except InvalidInputError:
         return str(uuid.uuid4())
 

@@ -207,6 +207,7 @@ class AmqpTransport:
             attempt=_int(headers.get(ATTEMPTS_HEADER)) + 1,
             first_seen=_float(headers.get(FIRST_SEEN_HEADER)),
             headers=headers,
+            correlation_id=properties.correlation_id,
         )
         try:
             if outcome.disposition == "retry":
@@ -246,7 +247,8 @@ class AmqpTransport:
             content_type="application/json",
             delivery_mode=_PERSISTENT,
             message_id=outcome.request_id,
-            correlation_id=outcome.correlation_id,
+            # An RPC caller matches the reply by its own correlation id, exactly as it set it.
+            correlation_id=message.header.properties.correlation_id or outcome.correlation_id,
             message_type=outcome.disposition,
             headers={ATTEMPTS_HEADER: outcome.attempt},
             timestamp=datetime.datetime.now(datetime.UTC),

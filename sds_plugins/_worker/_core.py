@@ -16,6 +16,7 @@ with ``"gave_up": true``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from .._adapter import SECRET_OPTIONS
 from .._exceptions import ConfigurationError, InvalidInputError, SdsPluginsError
 from .._tracing import incoming_trace_context
-from .._validation import normalise_correlation_id, uuid_text
+from .._validation import check_correlation_id, uuid_text
 
 if TYPE_CHECKING:
     from .._engine import Router
@@ -213,13 +214,18 @@ class RouteWorker:
         attempt: int = 1,
         first_seen: float | None = None,
         headers: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
     ) -> WorkerOutcome:
-        """Route one request body; say whether to publish an envelope, a failure, or retry."""
+        """Route one request body; say whether to publish an envelope, a failure, or retry.
+
+        ``correlation_id`` is the broker message's own (an AMQP ``correlation_id`` property),
+        the route's when the body names none.
+        """
         metrics = self.metrics
         if metrics is not None:
             metrics.worker_message("in")
         with incoming_trace_context(headers):
-            outcome = await self._handle(body, request_id, attempt, first_seen)
+            outcome = await self._handle(body, request_id, attempt, first_seen, correlation_id)
         if metrics is not None:
             metrics.worker_message(_METRIC_EVENTS[outcome.disposition])
         return outcome
@@ -230,6 +236,7 @@ class RouteWorker:
         request_id: str | None,
         attempt: int,
         first_seen: float | None,
+        message_correlation_id: str | None = None,
     ) -> WorkerOutcome:
         started = time.perf_counter()
         now = self._clock()
@@ -243,8 +250,13 @@ class RouteWorker:
         try:
             raw = _decode(body)
             request = _parse(raw)
-            if request.correlation_id is not None:
-                correlation_id = normalise_correlation_id(request.correlation_id)
+            # The caller's id, kept as given: the body's, else the message's own.
+            given = request.correlation_id
+            if given is None and message_correlation_id:
+                with contextlib.suppress(InvalidInputError):
+                    given = check_correlation_id(message_correlation_id)
+            if given is not None:
+                correlation_id = check_correlation_id(given)
             envelope = await self.router.route(
                 request.adapter,
                 org=request.org,
