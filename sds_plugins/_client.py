@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
-from cachetools import TTLCache
 from pydantic import BaseModel, ConfigDict, Field
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception
 
@@ -76,9 +75,7 @@ _RETRY_STATUSES = frozenset({429, 502, 503, 504})
 #: default for ``SDS_LDAP_TIMEOUT_S`` (``sds/lookup/sds_client.py``,
 #: ``NHSDigital/spine-directory-service-api``).
 LDAP_TIMEOUT_S = 3.0
-#: How long the live gateway's response cache keeps a successful answer (``ResponseCache.xml``:
-#: 1,800 s), an empty one included.
-GATEWAY_CACHE_S = 1800.0
+
 _USER_AGENT = "sds-plugins/0.1 (+https://github.com/sds-plugins/sds-plugins)"
 
 _R = TypeVar("_R", AccreditedSystem, MessageHandlingEndpoint)
@@ -159,13 +156,8 @@ class SdsClient:
     ) -> None:
         self.base_url = resolve_base_url(base_url)
         #: An empty answer that took this long is SDS's LDAP timeout, not "no records" (see
-        #: :meth:`_search`); ``None`` reads every empty answer as "no records".
+        #: :meth:`_search`); ``None`` takes every empty answer as "no records" at once.
         self.ldap_timeout_s = ldap_timeout_s
-        # Queries whose empty, slow answer the gateway's response cache may hold: asked with
-        # Cache-Control: no-cache until that cache entry has expired.
-        self._gateway_suspects: TTLCache[str, bool] = TTLCache(
-            maxsize=10_000, ttl=GATEWAY_CACHE_S, timer=time.monotonic
-        )
         self.rate_limiter = rate_limiter
         self.retry = retry or RetryPolicy()
         self.max_pages = max_pages
@@ -280,45 +272,55 @@ class SdsClient:
         correlation_id: str | None,
         no_cache: bool,
     ) -> LookupResult[_R]:
+        """One search, every page of it, with the two rules an empty answer needs.
+
+        NHS's SDS server answers its LDAP timeout (3 s) with an empty searchset, a 200
+        (``sds/lookup/sds_client.py``, ``_get_query_result``, in
+        ``NHSDigital/spine-directory-service-api``), and the gateway's response cache then
+        gives that empty answer to every caller for 30 minutes, fast. So an empty answer is
+        believed only when it came past the gateway's cache (``Cache-Control: no-cache``)
+        and faster than :attr:`ldap_timeout_s`: one from the cache is asked again past it,
+        and a slow one is asked again once; slow and empty twice is a
+        :class:`DirectoryTimeoutError`, never "not found". The lookup's budget is one
+        deadline for all of it.
+        """
         correlation_id = check_correlation_id(correlation_id)
         # SDS takes only a UUID: another caller's id reaches it as a UUID derived from it
         # (results, errors and events keep the caller's own).
         headers = {"X-Correlation-ID": sds_correlation_id(correlation_id)}
-        key = query.key()
-        if no_cache or key in self._gateway_suspects:
+        if no_cache:
             # Skips the API gateway's own 30-minute response cache (lookup and store alike).
             headers["Cache-Control"] = "no-cache"
+        key = query.key()
         started = time.perf_counter()
-        first_url = f"{self.base_url}/{query.resource}"
-        first_params = httpx.QueryParams(tuple(query.params()))
+        deadline = time.monotonic() + self.retry.budget_s
+        url = f"{self.base_url}/{query.resource}"
+        params = httpx.QueryParams(tuple(query.params()))
         attempts = pages = 0
-        total: int | None = None
-        records: list[_R] = []
         for asked in (1, 2):
-            records, attempts, pages, total, answer_s = await self._pages(
-                first_url, first_params, headers, parse, correlation_id, attempts
+            records, attempts, used, total, answer_s = await self._pages(
+                url, params, headers, parse, correlation_id, attempts, deadline
             )
-            if not self._ldap_timeout(records, answer_s):
+            pages += used
+            if records or self.ldap_timeout_s is None:
                 break
-            # NHS's SDS server answers its LDAP timeout (3 s) with an empty searchset, a 200
-            # (sds/lookup/sds_client.py, _get_query_result, NHSDigital/spine-directory-
-            # service-api), which the gateway then caches for 30 minutes: ask once more past
-            # that cache, and until it has expired, ask this query past it every time.
-            self._gateway_suspects[key] = True
+            slow = answer_s >= self.ldap_timeout_s
+            if not slow and "Cache-Control" in headers:
+                break  # past the gateway's cache, and quick: SDS has no match
             if asked == 2:
                 raise DirectoryTimeoutError(
                     f"SDS answered no records after {answer_s:.1f}s, twice: that is how its "
-                    f"directory (LDAP) timing out looks, not a genuine 'no match'",
+                    "directory (LDAP) timing out looks, not a genuine 'no match'",
                     correlation_id=correlation_id,
                     method="GET",
-                    url=first_url,
+                    url=url,
                     attempts=attempts,
                 )
             logger.info(
-                "SDS answered %s with no records after %.1fs (its LDAP timeout looks so): "
-                "asking again past the gateway's cache (correlation_id=%s)",
+                "SDS answered %s with no records%s: asking again past the gateway's cache "
+                "(correlation_id=%r)",
                 key,
-                answer_s,
+                f" after {answer_s:.1f}s (its LDAP timeout looks so)" if slow else "",
                 correlation_id,
             )
             headers = {**headers, "Cache-Control": "no-cache"}
@@ -329,7 +331,7 @@ class SdsClient:
                 field="total",
                 correlation_id=correlation_id,
                 method="GET",
-                url=first_url,
+                url=url,
                 status_code=200,
                 attempts=attempts,
             )
@@ -343,10 +345,6 @@ class SdsClient:
             elapsed_s=time.perf_counter() - started,
         )
 
-    def _ldap_timeout(self, records: list[Any], answer_s: float) -> bool:
-        """Whether an answer is SDS's LDAP timeout: no records, as slow as that timeout."""
-        return not records and self.ldap_timeout_s is not None and answer_s >= self.ldap_timeout_s
-
     async def _pages(
         self,
         url: str,
@@ -355,6 +353,7 @@ class SdsClient:
         parse: Callable[[object], ParsedBundle[_R]],
         correlation_id: str,
         attempts: int,
+        deadline: float,
     ) -> tuple[list[_R], int, int, int | None, float]:
         """Every page of one search: ``(records, attempts so far, pages, the last page's
         total, how long the first page's answer took)``."""
@@ -374,7 +373,7 @@ class SdsClient:
                     attempts=attempts,
                 )
             answer_s: list[float] = []
-            body, used = await self._get(url, params, headers, correlation_id, answer_s)
+            body, used = await self._get(url, params, headers, correlation_id, deadline, answer_s)
             attempts += used
             if pages == 1 and answer_s:
                 first_answer_s = answer_s[-1]
@@ -390,6 +389,21 @@ class SdsClient:
                 break
             url, params = self._checked_next(parsed.next_url, correlation_id), None
         return records, attempts, pages, total, first_answer_s
+
+    def _within(self, deadline: float, correlation_id: str, url: str) -> RetryPolicy:
+        """The retry policy with what is left of the lookup's budget (a second page, or the
+        second ask of an empty answer, spend the same budget as the first)."""
+        left = deadline - time.monotonic()
+        if left >= self.retry.budget_s:
+            return self.retry
+        if left <= 0:
+            raise DirectoryTimeoutError(
+                f"SDS gave no usable answer within the {self.retry.budget_s:g}s budget",
+                correlation_id=correlation_id,
+                method="GET",
+                url=safe_url(url),
+            )
+        return self.retry.model_copy(update={"budget_s": left})
 
     def _checked_next(self, next_url: str, correlation_id: str) -> str:
         try:
@@ -418,10 +432,12 @@ class SdsClient:
         params: httpx.QueryParams | None,
         headers: dict[str, str],
         correlation_id: str,
+        deadline: float,
         answer_s: list[float] | None = None,
     ) -> tuple[bytes, int]:
-        """GET with retries; returns the body and the number of attempts (and appends to
-        ``answer_s`` how long the answer took, from its request written to its headers)."""
+        """GET with retries within what is left of the lookup's budget at ``deadline``;
+        returns the body and the number of attempts (and appends to ``answer_s`` how long the
+        answer took, from its request written to its headers)."""
 
         async def count() -> None:
             self.requests_sent += 1
@@ -431,7 +447,7 @@ class SdsClient:
             url,
             params=params,
             headers=headers,
-            policy=self.retry,
+            policy=self._within(deadline, correlation_id, url),
             correlation_id=correlation_id,
             error_for=error_from_response,
             before_attempt=count,
@@ -620,7 +636,7 @@ async def _fetch(
     ) as response:
         answer_s = time.monotonic() - (sent.at or time.monotonic())
         logger.debug(
-            "GET %s -> %s (correlation_id=%s)",
+            "GET %s -> %s (correlation_id=%r)",
             shown or safe_url(str(response.request.url)),
             response.status_code,
             correlation_id,

@@ -42,7 +42,13 @@ from ._envelope import EnvelopeReliability
 from ._exceptions import InvalidInputError
 from ._forwarding import FORWARD_EXPRESS_ACTIONS, FORWARD_RELIABLE_ACTIONS, FORWARDED_SERVICES
 from ._models import MessageHandlingEndpoint
-from ._validation import check_header_value, new_uuid, normalise_interaction
+from ._validation import (
+    check_correlation_id,
+    check_header_value,
+    new_uuid,
+    normalise_interaction,
+    sds_correlation_id,
+)
 
 __all__ = [
     "ACK_ACTOR_NEXT_MSH",
@@ -521,7 +527,9 @@ def ebxml_routing(
         "cpa_id": endpoint.cpa_id,
         "from_asid": from_asid,
         "to_asid": to_asid,
-        "conversation_id": correlation_id,
+        # A UUID, as ebXML's ConversationId must be: the correlation id when it is one, else
+        # the UUID SDS was sent for it (a caller's id need not be a UUID).
+        "conversation_id": sds_correlation_id(check_correlation_id(correlation_id)),
         **envelope_reliability(pattern, endpoint).model_dump(),
     }
     if message_id is not None:

@@ -84,17 +84,40 @@ def default_token_url(base_url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}/oauth2/token"
 
 
+def _host(url: str) -> str:
+    """A URL's host as DNS reads it: lower case, without a trailing dot."""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:
+        return ""
+    return host.lower().rstrip(".")
+
+
 def environment_of(base_url: str) -> str | None:
-    """The named environment ``base_url`` belongs to (``"int"``...), ``None`` for any other URL."""
-    resolved = base_url.rstrip("/")
-    return next((name for name, known in ENVIRONMENTS.items() if known == resolved), None)
+    """The named environment ``base_url`` belongs to (``"int"``...), ``None`` for any other URL.
+
+    Compared by host and path, so ``API.SERVICE.NHS.UK.``, ``:443`` or a trailing slash name
+    the same place.
+    """
+    try:
+        parts = urlsplit(base_url)
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() != "https" or port not in (None, 443):
+        return None
+    place = (_host(base_url), parts.path.rstrip("/"))
+    for name, known in ENVIRONMENTS.items():
+        if (_host(known), urlsplit(known).path) == place:
+            return name
+    return None
 
 
 def is_live_platform(base_url: str) -> bool:
     """Whether ``base_url`` is on one of NHS England's API platform hosts behind which every
     request must authenticate (INT, DEP, production: anything under ``api.service.nhs.uk`` but
     the open public sandbox)."""
-    host = (urlsplit(base_url).hostname or "").lower()
+    host = _host(base_url)
     if host == "sandbox.api.service.nhs.uk":
         return False
     return host == "api.service.nhs.uk" or host.endswith(".api.service.nhs.uk")

@@ -332,7 +332,9 @@ async def test_bypassing_the_cache_bypasses_the_gateway_s_too(gateway: SandboxPr
 
 async def test_quota_exhaustion_fails_typed_with_when_to_come_back() -> None:
     with SandboxProcess(quota_per_min=3) as sandbox:
-        settings = Settings(base_url=sandbox.base_url, retry_budget_s=2)
+        # ldap_timeout_s=0: an empty answer is taken at once (not asked again), so the three
+        # lookups spend exactly the quota.
+        settings = Settings(base_url=sandbox.base_url, retry_budget_s=2, ldap_timeout_s=0)
         async with Router(settings, plugins=[JoinPlugin()]) as router:
             for org in ("YES", "X26", "B82617"):
                 await router.lookup(Lookup.devices(org=org, interaction=PSIS))

@@ -31,6 +31,7 @@ class Controls:
                 "requests": dict(state.requests),
                 "statuses": dict(state.statuses),
                 "gateway": state.gateway.stats(),
+                "ldap_timeouts": state.ldap_timeouts,
             }
         )
 

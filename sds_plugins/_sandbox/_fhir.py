@@ -388,6 +388,7 @@ class FhirSearch:
                 # Where the server queries LDAP: its client gives up after 3 s and returns no
                 # records (sds/lookup/sds_client.py _get_query_result), so the answer is an
                 # ordinary empty searchset, only late.
+                self.state.ldap_timeouts += 1
                 if not await _ldap_wait(request, faults.ldap_timeout_ms / 1000):
                     return Response(status_code=CLIENT_CLOSED)
                 resources: list[dict[str, Any]] = []

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -241,8 +240,24 @@ def value_matcher(pattern: str) -> Callable[[str], bool]:
     """A test of one lower-cased attribute value against a lower-cased filter value."""
     if "*" not in pattern:
         return pattern.__eq__
-    regex = re.compile(".*".join(re.escape(part) for part in pattern.split("*")), re.DOTALL)
-    return lambda value: regex.fullmatch(value) is not None
+    first, *middle, last = pattern.split("*")
+
+    def matches(value: str) -> bool:
+        # A glob matched left to right in linear time (a regex of many ".*" backtracks
+        # exponentially on a value that does not match: one query could hang the sandbox).
+        if len(value) < len(first) + len(last):
+            return False
+        if not (value.startswith(first) and value.endswith(last)):
+            return False
+        at, end = len(first), len(value) - len(last)
+        for part in middle:
+            found = value.find(part, at, end)
+            if found < 0:
+                return False
+            at = found + len(part)
+        return True
+
+    return matches
 
 
 class Directory:

@@ -27,10 +27,13 @@ class _State:
     tokens: dict[str, float] = field(default_factory=dict)
     seen_jti: dict[str, float] = field(default_factory=dict)
     message_counter: int = 0
+    #: Searches the ldap_timeout fault has held (counted when the wait starts).
+    ldap_timeouts: int = 0
 
     def reset(self) -> None:
         self.faults = _Faults.from_config(self.config)
         self.rng = random.Random(self.config.seed)  # noqa: S311 - repeatable faults, not crypto
         self.requests.clear()
         self.statuses.clear()
+        self.ldap_timeouts = 0
         self.gateway.reset()

@@ -149,7 +149,7 @@ def log_outcome(outcome: WorkerOutcome, destination: str) -> None:
             f"org={_text(request.org)}",
             f"interaction={_text(request.interaction)}",
         ]
-    parts += [f"correlation_id={outcome.correlation_id}", f"attempt={outcome.attempt}"]
+    parts += [f"correlation_id={_text(outcome.correlation_id)}", f"attempt={outcome.attempt}"]
     if outcome.error is not None:
         parts.append(f"error={type(outcome.error).__name__}")
     if outcome.disposition == "retry":

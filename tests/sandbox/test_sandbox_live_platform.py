@@ -101,11 +101,12 @@ def test_an_ldap_timeout_is_a_late_empty_searchset(
     assert bundle["entry"] == []
     assert bundle["link"] == [{"relation": "self", "url": unquote(str(response.url))}]
     assert without_ids(bundle) == without_ids(genuine.json())
-    # The fault is the wait only: turned off, the same search finds its records at once.
+    # The fault is the wait only: turned off, the same search finds its records, unheld.
+    assert default_sandbox.stats()["ldap_timeouts"] == 1
     default_sandbox.set_faults(ldap_timeout=False)
-    found, elapsed = _timed_get(http, url, params=params)
+    found = http.get(url, params=params)
     assert found.json()["total"] >= 1
-    assert elapsed < 0.4
+    assert default_sandbox.stats()["ldap_timeouts"] == 1
 
 
 def test_an_ldap_timeout_comes_after_the_gateway_and_the_checks(
@@ -124,10 +125,18 @@ def test_an_ldap_timeout_comes_after_the_gateway_and_the_checks(
         lambda: http.get(url, params=X26_DEVICE, headers={**key, "Accept": "text/html"}),  # 406
         lambda: http.get(sandbox.base_url + "/Nothing", headers=key),  # 404
     ):
-        started = time.perf_counter()
         response = response_of()
         assert response.status_code in {400, 401, 404, 405, 406}
-        assert time.perf_counter() - started < 2
+    # Refused before the server asked LDAP: not one of them was held.
+    statuses = sandbox.stats()["statuses"]
+    assert {status: statuses.get(status) for status in ("400", "401", "404", "405", "406")} == {
+        "400": 2,
+        "401": 1,
+        "404": 1,
+        "405": 1,
+        "406": 1,
+    }
+    assert sandbox.stats()["ldap_timeouts"] == 0
 
 
 def test_the_gateway_caches_an_ldap_timeouts_empty_answer(
@@ -142,9 +151,9 @@ def test_the_gateway_caches_an_ldap_timeouts_empty_answer(
     first, slow = _timed_get(http, url, params=X26_DEVICE)
     assert slow >= 0.6
     assert first.json()["total"] == 0
-    second, fast = _timed_get(http, url, params=X26_DEVICE)
-    assert fast < 0.3
+    second = http.get(url, params=X26_DEVICE)
     assert second.content == first.content  # the stored answer, ids and all
+    assert sandbox.stats()["ldap_timeouts"] == 1  # from the cache: LDAP was not asked
 
     sandbox.set_faults(ldap_timeout=False)  # LDAP answers again...
     assert http.get(url, params=X26_DEVICE).json()["total"] == 0  # ...but the cache still wins
@@ -162,27 +171,26 @@ def test_the_gateway_caches_an_ldap_timeouts_empty_answer(
 
 
 def test_the_ldap_wait_blocks_nothing_else(start_sandbox: Any) -> None:
-    sandbox = start_sandbox(ldap_timeout=True, ldap_timeout_ms=1500)
-    results: list[tuple[int, float]] = []
+    sandbox = start_sandbox(ldap_timeout=True, ldap_timeout_ms=4000)
+    results: list[int] = []
 
     def search() -> None:
-        with httpx.Client(timeout=10) as own:
-            response, elapsed = _timed_get(own, sandbox.base_url + "/Device", params=X26_DEVICE)
-            results.append((response.status_code, elapsed))
+        with httpx.Client(timeout=30) as own:
+            results.append(own.get(sandbox.base_url + "/Device", params=X26_DEVICE).status_code)
 
     threads = [threading.Thread(target=search) for _ in range(3)]
-    started = time.perf_counter()
     for thread in threads:
         thread.start()
-    time.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while sandbox.stats()["ldap_timeouts"] < 3:  # all three are waiting at once...
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    # ...and the sandbox still answers (the stats above, and this) while they wait.
     with httpx.Client(timeout=10) as own:
-        during, elapsed = _timed_get(own, sandbox.url + "/_sandbox/faults")
-    assert during.status_code == 200
-    assert elapsed < 0.5  # answered while the searches wait
+        assert own.get(sandbox.url + "/_sandbox/faults").status_code == 200
     for thread in threads:
-        thread.join()
-    assert [status for status, _ in results] == [200, 200, 200]
-    assert time.perf_counter() - started < 3  # the three waits overlapped
+        thread.join(30)
+    assert results == [200, 200, 200]
 
 
 def test_a_caller_that_hangs_up_ends_the_wait(start_sandbox: Any) -> None:
@@ -208,10 +216,8 @@ def test_stopping_the_sandbox_cancels_the_wait() -> None:
     thread = threading.Thread(target=search)
     thread.start()
     time.sleep(0.3)
-    started = time.perf_counter()
-    sandbox.stop()
-    assert time.perf_counter() - started < 8  # uvicorn's graceful 2 s, then the task is cancelled
-    thread.join(10)
+    sandbox.stop()  # uvicorn's graceful 2 s, then the waiting task is cancelled
+    thread.join(30)  # long before the 60 s wait would have ended
     assert not thread.is_alive()
 
 

@@ -291,3 +291,21 @@ def test_fifty_thousand_practices_are_served_from_the_index(
                 ],
             )
             assert response.json()["total"] == 1
+
+
+def test_a_query_with_many_wildcards_is_matched_in_linear_time() -> None:
+    # A regex of many ".*" backtracks exponentially on a value that does not match: one such
+    # query held the whole sandbox. (Without the fix this test runs into the suite's timeout.)
+    from sds_plugins._sandbox._records import value_matcher
+
+    assert value_matcher("a*" * 40 + "b")("a" * 20_000) is False
+    assert value_matcher("a*" * 40 + "b")("a" * 20_000 + "b") is True
+    for pattern, value, expected in [
+        ("a*c", "abc", True),
+        ("a*c", "ac", True),
+        ("*", "", True),
+        ("ab*ba", "aba", False),
+        ("a**a", "a", False),
+        ("*x*y", "xyxy", True),
+    ]:
+        assert value_matcher(pattern)(value) is expected, (pattern, value)

@@ -123,6 +123,23 @@ async def test_forward_reliable_goes_to_the_intermediary_with_the_recipients_key
     assert envelope.request.headers["Content-Type"] == routing.content_type
 
 
+async def test_a_callers_id_that_is_not_a_uuid_gives_a_uuid_conversation_id(
+    ebs_directory: Sandbox, ers_router: ErsRouterFactory
+) -> None:
+    # ebXML's ConversationId is a UUID; a caller's correlation id need not be (PDS and e-RS
+    # take any): the conversation gets the UUID SDS was sent for it.
+    from sds_plugins._validation import sds_correlation_id
+
+    router = await ers_router(sandbox=ebs_directory)
+    envelope = await router.route(
+        "ers", org=ORG, interaction=FORWARD_RELIABLE, correlation_id="referral 42", **SENDER
+    )
+    routing = EbxmlRouting.model_validate(envelope.extensions["ebxml"])
+    assert envelope.provenance.correlation_id == "referral 42"
+    assert routing.conversation_id == sds_correlation_id("referral 42").upper()
+    assert routing.conversation_id.lower() == envelope.provenance.sds_correlation_id
+
+
 async def test_forward_express_is_refused_unless_the_caller_names_the_pattern(
     ebs_directory: Sandbox, ers_router: ErsRouterFactory
 ) -> None:
