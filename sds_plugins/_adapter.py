@@ -14,7 +14,7 @@ import functools
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from cachetools import LRUCache
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -24,6 +24,9 @@ from ._exceptions import InvalidInputError, NotFoundError
 from ._models import AccreditedSystem, MessageHandlingEndpoint
 from ._query import DeviceQuery, EndpointQuery
 from ._validation import invalid_input, normalise_interaction, sds_correlation_id
+
+if TYPE_CHECKING:
+    from ._patients import PatientRegistration
 
 __all__ = [
     "Adapter",
@@ -461,6 +464,25 @@ class Adapter:
         patient encounters, and ``None`` when the caller gave no encounter.
         """
         return ""
+
+    def end_user_org(self, request: RouteRequest) -> str | None:
+        """The organisation a route to a patient is made for (PDS's
+        ``NHSD-End-User-Organisation-ODS``), from the request's options; ``None`` if they name
+        none. ``request.org`` is not known yet (PDS names it). GP Connect answers its
+        ``organization_ods``."""
+        return None
+
+    def check_patient(self, request: RouteRequest, patient: PatientRegistration) -> None:
+        """Decide whether ``request`` may go to ``patient``'s practice, from what PDS says.
+
+        Called for routes to a patient, after PDS named a current practice and before any
+        lookup. Raise :class:`PatientNotFoundError` (with a ``reason``) or an error of your
+        own to refuse; return to route. The default routes every patient, deceased or removed
+        from registration included: the envelope's provenance carries those facts for the
+        sender to decide (documents, MESH). GP Connect's Access Record Structured refuses a
+        deceased patient, as its providers answer one as not found.
+        """
+        return
 
     def parse_options(self, options: Mapping[str, Any]) -> Any:
         """The caller's options, validated once (the engine calls this before :meth:`plan`).

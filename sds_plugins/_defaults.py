@@ -14,9 +14,9 @@ import httpx
 
 from ._cache import CacheBackend, MemoryCache
 from ._client import RetryPolicy, SdsClient
-from ._environments import default_token_url
+from ._environments import default_token_url, is_live_platform
 from ._exceptions import AmbiguousError, ConfigurationError, NotFoundError
-from ._patients import PDS_SOURCE, PatientRefs, PdsSource
+from ._patients import PDS_SOURCE, PatientRefs, PdsSource, UnavailablePds
 from ._ratelimit import Pacer, RateLimiter
 from ._sources import DirectorySource, SdsSource, SourceContext
 from ._validation import normalise_party_key
@@ -52,13 +52,18 @@ class SdsDirectory:
 class PdsDirectory:
     """Registers the ``pds`` directory source (PDS FHIR API: a patient's registered practice),
     with its own pacing (``SDS_PDS_RATE_LIMIT_PER_S``, shared by ``SDS_FLEET_SIZE`` processes)
-    and the platform's signed-JWT auth when the SDS settings configure it."""
+    and signed-JWT client credentials (application-restricted access: PDS's live proxy verifies
+    an OAuth access token first, ``proxies/live/apiproxy/targets/ig3.xml``)."""
 
     @hookimpl(trylast=True)
     def sds_provide_auth(self, source: str, settings: Settings) -> httpx.Auth | None:
         if source != PDS_SOURCE or not settings.configured_auth():
-            return None  # PDS takes no API key; its sandbox takes no credentials at all
-        token_url = settings.token_url or default_token_url(settings.resolved_pds_base_url())
+            return None  # NHS's public sandbox, or ours started open, takes no credentials
+        token_url = (
+            settings.pds_token_url
+            or settings.token_url
+            or default_token_url(settings.resolved_pds_base_url())
+        )
         return settings.signed_jwt_auth(token_url, purpose="PDS (signed-JWT auth)")
 
     @hookimpl(trylast=True)
@@ -67,17 +72,20 @@ class PdsDirectory:
     ) -> None:
         settings = context.settings
         # Organisation routing does not need PDS: it keeps working either way, and routes to a
-        # patient fail saying PDS is not available.
+        # patient are refused, before anything is sent, saying why.
         try:
             base_url = settings.resolved_pds_base_url()
-        except ConfigurationError as exc:
-            logger.debug("no pds source: %s", exc)  # a custom SDS URL and no SDS_PDS_BASE_URL
-            return
-        try:
             auth = context.auth_for(PDS_SOURCE)
         except ConfigurationError as exc:
-            logger.warning("no pds source (routes to a patient are refused): %s", exc)
+            register(UnavailablePds(f"routes to a patient are refused: {exc}"))
             return
+        refusal = None
+        if auth is None and is_live_platform(base_url):
+            refusal = (
+                f"PDS at {base_url} takes a signed-JWT bearer token and none is configured: "
+                "set SDS_CLIENT_ID (or SDS_API_KEY), SDS_PRIVATE_KEY_FILE and SDS_KID (only an "
+                "open sandbox answers without them)"
+            )
         per_second = settings.pds_rate_limit_per_s / settings.fleet_size
         register(
             PdsSource(
@@ -90,6 +98,7 @@ class PdsDirectory:
                 end_user_org=settings.pds_end_user_org,
                 connect_timeout_s=settings.connect_timeout_s,
                 read_timeout_s=settings.read_timeout_s,
+                refusal=refusal,
             )
         )
 
@@ -192,7 +201,7 @@ class LowestPartyKeyPolicy:
             return None  # leave the usual rules to the default policy
         chosen = min(candidates, key=lambda c: (c.choice or "", c.address or ""))
         logger.warning(
-            "%d %s records for %s and %s; chose party key %s by policy (correlation_id=%s)",
+            "%d %s records for %s and %s; chose party key %s by policy (correlation_id=%r)",
             len(candidates),
             role,
             request.org,

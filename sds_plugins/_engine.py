@@ -50,10 +50,12 @@ from ._exceptions import (
 )
 from ._patients import (
     PDS_SOURCE,
+    REMOVAL_REASONS,
     PatientQuery,
     PatientRefs,
     PatientRegistration,
     check_nhs_number,
+    london_today,
 )
 from ._plugins import PluginHost
 from ._ratelimit import RateLimiter
@@ -426,10 +428,19 @@ class Router:
         correlation_id: str | None = None,
         encounter: str | None = None,
         bypass_cache: bool = False,
+        requesting_org: str | None = None,
+        request_id: str | None = None,
         **options: Any,
     ) -> RoutingEnvelope:
         """Resolve a ready-to-send envelope for ``interaction`` to organisation ``org``, or to
-        ``patient``'s registered GP practice (an NHS number, looked up in PDS first)."""
+        ``patient``'s registered GP practice (an NHS number, looked up in PDS first).
+
+        For a route to a patient: ``requesting_org`` is the ODS code of the organisation the
+        route is made for (PDS's ``NHSD-End-User-Organisation-ODS``; else the adapter's own,
+        such as GP Connect's ``organization_ods``, else ``SDS_PDS_END_USER_ORG``), and
+        ``request_id`` the caller's id for this request (a broker message's), from which PDS's
+        ``X-Request-ID`` is derived, so a request delivered twice sends the same one.
+        """
         started = time.perf_counter()
         defaults = self.adapter_options.get(adapter)
         if defaults:
@@ -447,7 +458,15 @@ class Router:
                         field="patient",
                     )
                 registration = await self._patient_for_route(
-                    adapter, patient, interaction, encounter, bypass_cache, options, cid
+                    adapter,
+                    patient,
+                    interaction,
+                    encounter,
+                    bypass_cache,
+                    options,
+                    cid,
+                    requesting_org,
+                    request_id,
                 )
                 org = registration[0].practice
             if org is None:
@@ -456,6 +475,8 @@ class Router:
                 )
             prepared = self._prepare(adapter, org, interaction, encounter, bypass_cache, options)
             request = prepared.request_for(cid, correlation_id is not None)
+            if registration is not None:
+                prepared.adapter.check_patient(request, registration[0])
             outcomes = None
             if prepared.scope is not None and not bypass_cache:
                 outcomes = self._fresh_from_cache(prepared, request.correlation_id)
@@ -524,7 +545,7 @@ class Router:
         number = check_nhs_number(nhs_number)
         await self.start()
         registration, _ = await self._patient_lookup(
-            number, check_correlation_id(correlation_id), scope, bypass_cache
+            number, check_correlation_id(correlation_id), scope, bypass_cache, None, None
         )
         return registration
 
@@ -537,15 +558,58 @@ class Router:
         bypass_cache: bool,
         options: Mapping[str, Any],
         correlation_id: str,
+        requesting_org: str | None,
+        request_id: str | None,
     ) -> tuple[PatientRegistration, str, str]:
         number = check_nhs_number(patient)
+        chosen = self._adapter(adapter)
+        early = self._early_request(chosen, interaction, encounter, bypass_cache, options)
         # The PDS answer is reused exactly as far as the route's own lookups are (GP Connect:
         # within the encounter), so a patient's practice is never remembered beyond that.
-        scope = self.cache_scope(
-            adapter, interaction, encounter=encounter, bypass_cache=bypass_cache, options=options
+        scope = chosen.cache_scope(early)
+        end_user_org = self._end_user_org(requesting_org, chosen.end_user_org(early))
+        registration, key = await self._patient_lookup(
+            number, correlation_id, scope, bypass_cache, end_user_org, request_id
         )
-        registration, key = await self._patient_lookup(number, correlation_id, scope, bypass_cache)
         return registration, key, number
+
+    def _end_user_org(self, requesting_org: str | None, adapters: str | None) -> str | None:
+        """PDS's ``NHSD-End-User-Organisation-ODS`` for a route: the route's requesting
+        organisation, the adapter's, the setting; refused when the application serves several
+        organisations and there is none (PDS: "mandatory for client applications which
+        service multiple end user organisations")."""
+        chosen = requesting_org or adapters or self.settings.pds_end_user_org
+        if chosen is None:
+            if self.settings.pds_several_orgs:
+                raise InvalidInputError(
+                    "requesting_org is needed: this application serves several organisations "
+                    "(SDS_PDS_SEVERAL_ORGS), and PDS must be told which one a patient route is "
+                    "made for (NHSD-End-User-Organisation-ODS); or set SDS_PDS_END_USER_ORG",
+                    field="requesting_org",
+                )
+            return None
+        return normalise_ods_code(chosen, "requesting_org")
+
+    def _early_request(
+        self,
+        chosen: Adapter,
+        interaction: str,
+        encounter: str | None,
+        bypass_cache: bool,
+        options: Mapping[str, Any],
+    ) -> RouteRequest:
+        """A route's request before its organisation is known (a route to a patient, before
+        PDS names the practice): interaction and options checked (InvalidInputError)."""
+        return RouteRequest.model_construct(
+            adapter=chosen.name,
+            org="",
+            interaction=chosen.normalise_interaction(interaction),
+            options=chosen.parse_options(options),
+            correlation_id="",
+            correlation_id_given=False,
+            encounter=encounter,
+            bypass_cache=bypass_cache,
+        )
 
     def cache_scope(
         self,
@@ -562,20 +626,19 @@ class Router:
         names the practice). Checks adapter, interaction and options first
         (:class:`InvalidInputError`)."""
         chosen = self._adapter(adapter)
-        request = RouteRequest.model_construct(
-            adapter=adapter,
-            org=normalise_ods_code(org) if org is not None else "",
-            interaction=chosen.normalise_interaction(interaction),
-            options=chosen.parse_options(options or {}),
-            correlation_id="",
-            correlation_id_given=False,
-            encounter=encounter,
-            bypass_cache=bypass_cache,
-        )
+        request = self._early_request(chosen, interaction, encounter, bypass_cache, options or {})
+        if org is not None:
+            request = replaced(request, {"org": normalise_ods_code(org)})
         return chosen.cache_scope(request)
 
     async def _patient_lookup(
-        self, number: str, correlation_id: str, scope: str | None, bypass_cache: bool
+        self,
+        number: str,
+        correlation_id: str,
+        scope: str | None,
+        bypass_cache: bool,
+        end_user_org: str | None,
+        request_id: str | None,
     ) -> tuple[PatientRegistration, str]:
         if PDS_SOURCE not in self.sources:
             raise ConfigurationError(
@@ -583,10 +646,12 @@ class Router:
                 "SDS_PDS_BASE_URL, or check SDS_PLUGINS_DISABLE"
             )
         ref = self.patient_refs.ref(number)
-        lookup = Lookup(source=PDS_SOURCE, query=PatientQuery(nhs_number=number, ref=ref))
+        query = PatientQuery(
+            nhs_number=number, ref=ref, end_user_org=end_user_org, request_id=request_id
+        )
+        lookup = Lookup(source=PDS_SOURCE, query=query)
         planned = self._plan_lookup("patient", lookup, scope)
         outcome = await self._lookup(planned, correlation_id, scope, bypass_cache)
-        today = datetime.fromtimestamp(self.clock(), UTC).date()
         if not outcome.records:
             raise PatientNotFoundError(
                 f"PDS knows no patient {ref}", reason="unknown", correlation_id=correlation_id
@@ -599,17 +664,29 @@ class Router:
                 reason="no_registration",
                 correlation_id=correlation_id,
             )
+        # Registration periods are dates in England, both ends included.
+        today = london_today(self.clock())
         if registration.current_practice(today) is None:
+            start, end = registration.registration_start, registration.registration_end
+            if start is not None and start > today:
+                raise PatientNotFoundError(
+                    f"patient {ref}'s registration with {registration.practice} starts on "
+                    f"{start}; PDS gives no current practice until then",
+                    reason="registration_not_started",
+                    correlation_id=correlation_id,
+                )
+            removal = registration.removal_reason
+            why = f" (removed from registration: {REMOVAL_REASONS[removal]})" if removal else ""
             raise PatientNotFoundError(
                 f"patient {ref}'s registration with {registration.practice} ended on "
-                f"{registration.registration_end}; PDS gives no current practice",
+                f"{end}{why}; PDS gives no current practice",
                 reason="registration_ended",
                 correlation_id=correlation_id,
             )
         if registration.superseded:
             logger.info(
                 "patient %s: PDS answered with record %s (the number was superseded); routing "
-                "to that record's practice (correlation_id=%s)",
+                "to that record's practice (correlation_id=%r)",
                 ref,
                 registration.record,
                 correlation_id,
@@ -787,12 +864,15 @@ def _lookup_event(
 
 
 def _with_patient(
-    envelope: RoutingEnvelope, registration: PatientRegistration, key: str, _number: str
+    envelope: RoutingEnvelope, registration: PatientRegistration, key: str, number: str
 ) -> RoutingEnvelope:
     """The envelope with the PDS record it was routed by first in its provenance (the
-    patient's and the record's references, the practice; never the number)."""
+    patient's and the record's references, the practice and the life events; never a number),
+    and, for its sender only, the patient's current NHS number when PDS answered for a
+    superseded one."""
     provenance = envelope.provenance
-    record = ForeignRecord(**registration.model_dump(mode="json"))
+    record = ForeignRecord(**registration.model_dump(mode="json", exclude={"current_nhs_number"}))
+    current = registration.current_nhs_number
     return envelope.model_copy(
         update={
             "provenance": provenance.model_copy(
@@ -800,6 +880,7 @@ def _with_patient(
                     "records": (record, *provenance.records),
                     "lookups": (key, *provenance.lookups),
                 }
-            )
+            ),
+            "current_nhs_number": current if current is not None and current != number else None,
         }
     )

@@ -224,6 +224,16 @@ class RoutingEnvelope(_Frozen):
     provenance: Provenance
     #: Adapter-specific extras a sender needs (e.g. ebXML values); JSON-friendly.
     extensions: dict[str, Any] = Field(default_factory=dict)
+    #: For the process that sends, and only when it differs from the number the route asked
+    #: for: the patient's current NHS number. PDS answered for a superseded (merged) number
+    #: with the surviving record, and says "you must update your system with the new patient
+    #: details". Personal data: shown only with the envelope's secrets (:meth:`to_message`,
+    #: ``reveal_secrets``), masked in every other dump, print and repr.
+    current_nhs_number: str | None = Field(default=None, repr=False)
+
+    @field_serializer("current_nhs_number")
+    def _mask_number(self, value: str | None, info: SerializationInfo) -> str | None:
+        return value if value is None or _reveal(info) else MASK
 
     def __str__(self) -> str:
         return self.model_dump_json(indent=2)

@@ -20,15 +20,18 @@ import logging
 import re
 import secrets
 import uuid
-from datetime import date
+from datetime import date, datetime
 from typing import Any, Literal
+from zoneinfo import ZoneInfo
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer
 
 from ._client import RetryPolicy, error_from_response, get_with_retries
 from ._envelope import ForeignRecord
 from ._exceptions import (
+    AuthenticationError,
+    ConfigurationError,
     DirectoryError,
     DirectoryTimeoutError,
     InvalidNhsNumberError,
@@ -47,6 +50,7 @@ __all__ = [
     "PatientRefs",
     "PatientRegistration",
     "PdsSource",
+    "UnavailablePds",
     "check_nhs_number",
 ]
 
@@ -55,11 +59,33 @@ logger = logging.getLogger("sds_plugins.pds")
 #: The directory source name PDS is registered under.
 PDS_SOURCE = "pds"
 ODS_SYSTEM = "https://fhir.nhs.uk/Id/ods-organization-code"
+#: PDS's life-event extensions (``specification/components/schemas/extensions/`` of
+#: ``NHSDigital/personal-demographics-service-api``).
+DEATH_NOTIFICATION_URL = (
+    "https://fhir.hl7.org.uk/StructureDefinition/Extension-UKCore-DeathNotificationStatus"
+)
+REMOVAL_URL = "https://fhir.nhs.uk/StructureDefinition/Extension-PDS-RemovalFromRegistration"
+#: Death notification status codes (``UKCore-DeathNotificationStatus``): 1 informal, 2 formal,
+#: U removed (the notice was withdrawn: the patient is not taken to be dead).
+_DEATH_NOTIFICATIONS = {"1": "informal", "2": "formal", "U": "removed"}
+#: Removal-from-registration reason codes (``PDS-RemovalReasonExitCode``).
+REMOVAL_REASONS = {
+    "DEA": "death",
+    "EMB": "embarkation",
+    "SCT": "transferred to Scotland",
+    "NIT": "transferred to Northern Ireland",
+    "TRA": "temporary resident not returned",
+    "ORR": "other reason",
+}
+#: Registration periods are dates in England: "today" is London's, not UTC's (between
+#: midnight UTC and midnight BST they differ).
+LONDON = ZoneInfo("Europe/London")
 _CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 _DIGITS = re.compile(r"[0-9]{10}")
 # Without a configured key, one per process: the router and its pds source agree, and no two
 # processes' references can be matched (nor cached answers shared).
 _PROCESS_KEY = secrets.token_bytes(32)
+_X_REQUEST_NAMESPACE = uuid.UUID("6a0c3e2b-9f41-5d7a-8c2e-4b1f0d9e7a35")
 # Ten digits in a row: what an NHS number looks like in a path or a message from PDS.
 _NUMBER_LIKE = re.compile(r"(?<![0-9])[0-9]{10}(?![0-9])")
 
@@ -150,9 +176,26 @@ class PatientQuery(BaseModel):
 
     nhs_number: str = Field(repr=False)
     ref: str
+    #: ``NHSD-End-User-Organisation-ODS``: the organisation the route is made for (not in the
+    #: key: the answer does not depend on it).
+    end_user_org: str | None = None
+    #: The caller's own id for the request (a broker message's id), so that a request
+    #: delivered twice sends PDS the same ``X-Request-ID`` (not in the key).
+    request_id: str | None = Field(default=None, repr=False)
 
     def key(self) -> str:
         return f"Patient/{self.ref}"
+
+    def x_request_id(self) -> str:
+        """PDS's ``X-Request-ID``: "if you re-send a failed request, use the same value".
+
+        Derived from the caller's request id and the NHS number (UUID 5), so every delivery of
+        one request sends the same; without a request id, a fresh UUID 4 (which the retries of
+        this fetch keep). The number is in the hash only: the id goes to PDS alone.
+        """
+        if self.request_id is None:
+            return str(uuid.uuid4())
+        return str(uuid.uuid5(_X_REQUEST_NAMESPACE, f"{self.request_id}\n{self.nhs_number}"))
 
 
 class PatientRegistration(ForeignRecord):
@@ -160,9 +203,16 @@ class PatientRegistration(ForeignRecord):
 
     ``patient`` is the reference of the number asked for and ``record`` that of the record PDS
     answered with: they differ when the number was superseded (merged), and ``superseded`` says
-    so. ``practice`` is the ODS code of the registered practice (``None`` when PDS gives none);
-    ``registration_end`` is set when that registration has ended; ``restricted`` records carry
-    no practice.
+    so. ``practice`` is the ODS code of the practice the patient "is, or was, registered
+    with" (PDS's words; ``None`` when PDS gives none), over ``registration_start`` to
+    ``registration_end`` (a FHIR period: both days included, either may be in the future);
+    ``restricted`` records carry no practice.
+
+    Life events, as facts for each adapter to decide on (:meth:`Adapter.check_patient`):
+    ``deceased`` (``deceasedDateTime`` given and the death notice not withdrawn, status ``U``),
+    ``death_notification`` (``informal``, ``formal`` or ``removed``), and the removal from
+    registration (``removal_reason``: DEA, EMB, SCT, NIT, TRA or ORR; ``removal_start``, when
+    it takes effect). The date of death and every demographic stay out.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -175,14 +225,42 @@ class PatientRegistration(ForeignRecord):
     registration_start: date | None = None
     registration_end: date | None = None
     restricted: bool = False
+    deceased: bool = False
+    death_notification: Literal["informal", "formal", "removed"] | None = None
+    removal_reason: str | None = None
+    removal_start: date | None = None
+    #: The surviving record's NHS number when the number asked for was superseded, for the
+    #: sender only (:attr:`RoutingEnvelope.current_nhs_number`): masked in every dump but the
+    #: cache's own (``reveal_secrets``), never in a repr.
+    current_nhs_number: str | None = Field(default=None, repr=False)
+
+    @field_serializer("current_nhs_number")
+    def _mask_number(self, value: str | None, info: SerializationInfo) -> str | None:
+        context = info.context
+        reveal = isinstance(context, dict) and context.get("reveal_secrets")
+        return value if value is None or reveal else "**********"
 
     def current_practice(self, today: date) -> str | None:
-        """The practice, when the registration has not ended by ``today``."""
+        """The practice, when the registration covers ``today`` (London's date: see
+        :func:`london_today`): it has begun, and its end, if any, is today or later."""
         if self.practice is None:
             return None
-        if self.registration_end is not None and self.registration_end <= today:
+        if self.registration_start is not None and self.registration_start > today:
+            return None
+        if self.registration_end is not None and self.registration_end < today:
             return None
         return self.practice
+
+    def removed(self, today: date) -> bool:
+        """Whether a removal from registration has taken effect by ``today``."""
+        return self.removal_reason is not None and (
+            self.removal_start is None or self.removal_start <= today
+        )
+
+
+def london_today(epoch_s: float) -> date:
+    """The date in England at ``epoch_s`` (the day a registration period is judged by)."""
+    return datetime.fromtimestamp(epoch_s, LONDON).date()
 
 
 def _date(value: object) -> date | None:
@@ -192,6 +270,54 @@ def _date(value: object) -> date | None:
         return date.fromisoformat(value[:10])
     except ValueError:
         return None
+
+
+def _coding(extension: dict[str, Any], name: str) -> str | None:
+    """The code of sub-extension ``name``'s ``valueCodeableConcept``, if there is one."""
+    for item in extension.get("extension") or ():
+        if isinstance(item, dict) and item.get("url") == name:
+            concept = item.get("valueCodeableConcept")
+            codings = concept.get("coding") if isinstance(concept, dict) else None
+            for coding in codings if isinstance(codings, list) else ():
+                code = coding.get("code") if isinstance(coding, dict) else None
+                if isinstance(code, str):
+                    return code
+    return None
+
+
+def _period_start(extension: dict[str, Any], name: str) -> date | None:
+    for item in extension.get("extension") or ():
+        if isinstance(item, dict) and item.get("url") == name:
+            period = item.get("valuePeriod")
+            return _date(period.get("start")) if isinstance(period, dict) else None
+    return None
+
+
+def _life_events(data: dict[str, Any]) -> dict[str, Any]:
+    """Death and removal from registration, as :class:`PatientRegistration` fields."""
+    notification = removal = removal_start = None
+    extensions = data.get("extension")
+    for extension in extensions if isinstance(extensions, list) else ():
+        if not isinstance(extension, dict):
+            continue
+        if extension.get("url") == DEATH_NOTIFICATION_URL:
+            notification = _DEATH_NOTIFICATIONS.get(
+                _coding(extension, "deathNotificationStatus") or ""
+            )
+        elif extension.get("url") == REMOVAL_URL:
+            code = _coding(extension, "removalFromRegistrationCode")
+            if code in REMOVAL_REASONS:
+                removal, removal_start = code, _period_start(extension, "effectiveTime")
+    # A date of death stands unless its notice was withdrawn (status U); the date itself is
+    # not kept. A formal or informal notice without a date is a death all the same.
+    died = isinstance(data.get("deceasedDateTime"), str) and bool(data["deceasedDateTime"])
+    deceased = (died or notification in ("informal", "formal")) and notification != "removed"
+    return {
+        "deceased": deceased,
+        "death_notification": notification,
+        "removal_reason": removal,
+        "removal_start": removal_start,
+    }
 
 
 def parse_patient(body: bytes, asked: str, refs: PatientRefs) -> PatientRegistration:
@@ -232,7 +358,29 @@ def parse_patient(body: bytes, asked: str, refs: PatientRefs) -> PatientRegistra
         registration_start=start,
         registration_end=end,
         restricted=restricted,
+        current_nhs_number=None if record_id == asked else record_id,
+        **_life_events(data),
     )
+
+
+class UnavailablePds(DirectorySource):
+    """The ``pds`` source of a router that cannot ask PDS (not deployed where the router is,
+    or its credentials incomplete): every route to a patient is refused, before anything is
+    sent, with the reason and the setting that mends it."""
+
+    name = PDS_SOURCE
+    record_type = PatientRegistration
+    stale_if_error = False
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.namespace = "unavailable"
+        self.reason = reason
+
+    async def fetch(
+        self, query: Any, *, correlation_id: str, no_cache: bool = False
+    ) -> FetchResult:
+        raise ConfigurationError(self.reason)
 
 
 class PdsSource(DirectorySource):
@@ -259,9 +407,14 @@ class PdsSource(DirectorySource):
         connect_timeout_s: float = 5.0,
         read_timeout_s: float = 10.0,
         max_response_bytes: int = 1024 * 1024,
+        refusal: str | None = None,
     ) -> None:
         super().__init__()
         redact_library_logs()
+        #: Why no request may be sent (PDS needs credentials this router does not have): every
+        #: fetch is refused with it, before anything is sent.
+        self.refusal = refusal
+        self.auth = auth
         self.base_url = base_url.rstrip("/")
         self.namespace = self.base_url
         self.refs = refs
@@ -282,16 +435,18 @@ class PdsSource(DirectorySource):
     ) -> FetchResult:
         if not isinstance(query, PatientQuery):
             raise TypeError(f"the pds source takes a PatientQuery, not {type(query).__name__}")
+        if self.refusal is not None:
+            raise ConfigurationError(self.refusal)
         headers = {
             "Accept": "application/fhir+json",
-            # One id for this request, the same on every retry of it (PDS's rule).
-            "X-Request-ID": str(uuid.uuid4()),
+            # One id for this request, the same on every retry and every redelivery of it
+            # (PDS's rule).
+            "X-Request-ID": query.x_request_id(),
             "X-Correlation-ID": correlation_id,
         }
-        if self.end_user_org:
-            headers["NHSD-End-User-Organisation-ODS"] = self.end_user_org
-        if no_cache:
-            headers["Cache-Control"] = "no-cache"
+        end_user_org = query.end_user_org or self.end_user_org
+        if end_user_org:
+            headers["NHSD-End-User-Organisation-ODS"] = end_user_org
         shown = f"{self.base_url}/Patient/{query.ref}"
 
         async def count() -> None:
@@ -358,7 +513,28 @@ class PdsSource(DirectorySource):
             return RequestRejectedError(f"PDS knows no patient {query.ref}", **kwargs)  # → none
         if status == 408:
             return DirectoryTimeoutError("PDS could not reach a service in time", **kwargs)
+        if status == 401:
+            # Application-restricted access is a signed-JWT bearer token (the live proxy
+            # verifies it first: proxies/live/apiproxy/targets/ig3.xml); say what to set.
+            if self.auth is None:
+                return AuthenticationError(
+                    "PDS refused the request, which carried no credentials: PDS takes a "
+                    "signed-JWT bearer token; set SDS_CLIENT_ID (or SDS_API_KEY), "
+                    "SDS_PRIVATE_KEY_FILE and SDS_KID (and SDS_PDS_TOKEN_URL if the token "
+                    "endpoint is not the platform's)",
+                    **kwargs,
+                )
+            return AuthenticationError(
+                "PDS refused the signed-JWT token: check SDS_CLIENT_ID and SDS_KID, and that "
+                "the application is approved for PDS",
+                **kwargs,
+            )
         return error
+
+    def encode(self, records: tuple[Any, ...]) -> bytes:
+        # A superseded patient's current number is kept with its answer (the next route from
+        # the cache gives it to its sender too), for the answer's short life.
+        return self._records_adapter().dump_json(records, context={"reveal_secrets": True})
 
     async def aclose(self) -> None:
         await self._http.aclose()

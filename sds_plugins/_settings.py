@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from ._auth import ApiKeyAuth
-from ._environments import is_live_platform, resolve_base_url, spine_core_ods
+from ._environments import environment_of, is_live_platform, resolve_base_url, spine_core_ods
 from ._exceptions import ConfigurationError
 from ._plugin_settings import SignedJwtSettings
 from ._validation import normalise_ods_code
@@ -87,10 +87,19 @@ class Settings(SignedJwtSettings):
     # limit is its own (5/s by default), paced apart from SDS; answers are cached briefly and
     # within the route's cache scope (GP Connect: the encounter).
     pds_base_url: str | None = None
+    #: PDS's token endpoint for the signed-JWT credentials (default: the platform's,
+    #: ``/oauth2/token`` on PDS's host; ``SDS_TOKEN_URL`` when set).
+    pds_token_url: str | None = None
     pds_rate_limit_per_s: float = Field(default=5, gt=0, le=10_000)
     pds_cache_ttl_s: float = Field(default=60.0, ge=0, le=86_400)
-    #: ``NHSD-End-User-Organisation-ODS``, for an application that serves several organisations.
+    #: ``NHSD-End-User-Organisation-ODS``: the default organisation a patient route is made
+    #: for, when the route names none (its requesting organisation comes first).
     pds_end_user_org: str | None = None
+    #: This application serves several organisations: PDS then requires
+    #: ``NHSD-End-User-Organisation-ODS`` ("mandatory for client applications which service
+    #: multiple end user organisations"), so a patient route with no requesting organisation
+    #: and no ``pds_end_user_org`` is refused before anything is sent.
+    pds_several_orgs: bool = False
     #: The key of the hash that names patients in logs, events, errors and cache keys (hex or
     #: text). Unset: a random key per process (share one across a fleet to share PDS answers).
     patient_hash_key: SecretStr | None = None
@@ -109,14 +118,25 @@ class Settings(SignedJwtSettings):
             )
         if self.pds_base_url is not None:
             resolve_base_url(self.pds_base_url)
+        if self.pds_token_url is not None:
+            resolve_base_url(self.pds_token_url)
         if self.pds_end_user_org is not None:
             normalise_ods_code(self.pds_end_user_org, "SDS_PDS_END_USER_ORG")
         return self
 
     def resolved_pds_base_url(self) -> str:
-        """PDS's FHIR base: ``pds_base_url``, else PDS on the SDS host of the environment."""
+        """PDS's FHIR base: ``pds_base_url``, else PDS on the SDS host of the environment.
+
+        PDS is deployed to the sandbox, INT and production, not DEP (``manifest_template.yml``
+        of ``NHSDigital/personal-demographics-service-api``): there, it must be given.
+        """
         if self.pds_base_url is not None:
             return resolve_base_url(self.pds_base_url)
+        if environment_of(self.resolved_base_url()) == "dep":
+            raise ConfigurationError(
+                "SDS_PDS_BASE_URL is needed: PDS is not deployed to DEP (only the sandbox, INT "
+                "and production), so routes to a patient have no PDS to ask"
+            )
         sds = self.resolved_base_url()
         head, found, _ = sds.rpartition(SDS_PATH)
         if not found:

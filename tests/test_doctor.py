@@ -58,8 +58,10 @@ def test_doctor_passes_against_the_sandbox(make_sandbox: SandboxFactory, clean_e
         "directory reachable": "ok",
         "credentials accepted": "ok",
         "clock skew": "ok",
+        "pds": "ok",
         "redis": "ok",
     }
+    assert "without credentials (an open sandbox)" in out
     assert API_KEY not in out + err
     assert "SDS_API_KEY = (set, hidden)" in out
 
@@ -203,3 +205,13 @@ def test_doctor_obtains_a_signed_jwt_token_or_names_the_refusal(
         assert checks["signed-JWT token"] == "FAIL"
     assert "BEGIN PRIVATE KEY" not in out + err
     assert "app-key" not in out.split("ok   plugins")[0]  # the client id is a secret too
+
+
+def test_doctor_says_when_routes_to_a_patient_would_be_refused(clean_env: None) -> None:
+    # INT's PDS takes a signed-JWT token; with only an API key, patient routes are refused.
+    from sds_plugins import Settings
+    from sds_plugins._tools._doctor import _pds
+
+    check = _pds(Settings(env="int", api_key="k"))
+    assert "needs signed-JWT credentials" in check.detail and "SDS_KID" in check.detail
+    assert "not deployed to DEP" in _pds(Settings(env="dep", api_key="k")).detail

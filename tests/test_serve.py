@@ -733,3 +733,55 @@ def test_metrics_and_tracing_register_like_the_defaults_and_can_be_disabled() ->
     )
     assert register_observability(Router(Settings(), host=blocked)) is None
     assert not blocked.pm.has_plugin("sds_plugins.tracing")
+
+
+# --------------------------------------------------------------------------- patients
+
+
+async def test_routes_to_a_patient_and_pds_outcomes_are_problems_without_the_number(
+    sandbox: Sandbox, start_service: ServiceFactory
+) -> None:
+    from sds_plugins_gpconnect import EXAMPLE_CONSUMER, GpConnectPlugin
+
+    from sds_plugins.sandbox import SANDBOX_PATIENTS
+
+    gpc = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1"
+    service = start_service(sandbox.base_url, plugins=(GpConnectPlugin(),))
+
+    def structured(case: str) -> dict[str, Any]:
+        return {
+            "patient": SANDBOX_PATIENTS[case],
+            "interaction": gpc,
+            "encounter": f"e-{case}",
+            "options": dict(EXAMPLE_CONSUMER),
+        }
+
+    async with service.client() as client:
+        routed = await client.post(
+            f"/route/{ADAPTER}", json={"patient": SANDBOX_PATIENTS["spine"], "interaction": PSIS}
+        )
+        answers = {
+            case: await client.post("/route/gpconnect", json=structured(case))
+            for case in ("deceased", "unknown", "unregistered", "restricted", "invalidated")
+        }
+        both = await client.post(
+            f"/route/{ADAPTER}", json={**_request(), "patient": SANDBOX_PATIENTS["spine"]}
+        )
+        sandbox.set_faults(outage=True)
+        down = await client.post("/route/gpconnect", json=structured("mesh"))
+    assert routed.status_code == 200, routed.text
+    assert routed.json()["target"]["ods_code"] == "YES"
+    expected = {
+        "deceased": (404, "PatientNotFoundError", "deceased"),
+        "unknown": (404, "PatientNotFoundError", "unknown"),
+        "unregistered": (404, "PatientNotFoundError", "no_registration"),
+        "restricted": (403, "PatientRestrictedError", None),
+        "invalidated": (410, "PatientInvalidatedError", None),
+    }
+    for case, (status, error, reason) in expected.items():
+        document = _assert_problem(answers[case], status, error)
+        assert document.get("reason") == reason, case
+        assert SANDBOX_PATIENTS[case] not in answers[case].text
+    _assert_problem(both, 400, "InvalidInputError")
+    _assert_problem(down, 503, "DirectoryUnavailableError")
+    assert SANDBOX_PATIENTS["mesh"] not in down.text

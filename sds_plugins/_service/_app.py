@@ -168,9 +168,11 @@ class _Service:
                 envelope = await self.router.route(
                     parsed.adapter,
                     org=parsed.org,
+                    patient=parsed.patient,
                     interaction=parsed.interaction,
                     correlation_id=correlation_id,
                     encounter=parsed.encounter,
+                    requesting_org=parsed.requesting_org,
                     **parsed.options,
                 )
         except SdsPluginsError as exc:
@@ -178,7 +180,7 @@ class _Service:
         except Exception as exc:
             known = _plain(correlation_id)  # the same id in the log and the answer
             logger.error(
-                "unexpected %s while routing (correlation_id=%s)",
+                "unexpected %s while routing (correlation_id=%r)",
                 type(exc).__name__,
                 known,
                 exc_info=True,

@@ -94,9 +94,15 @@ def _document() -> dict[str, Any]:
                         },
                         "400": _problem_response(_status_text("invalid-input")),
                         "401": unauthorised,
-                        "403": _problem_response(_status_text("vetoed")),
-                        "404": _problem_response(_status_text("not-found")),
+                        "403": _problem_response(
+                            f"{_status_text('vetoed')}; or {_status_text('patient-restricted')}"
+                        ),
+                        "404": _problem_response(
+                            f"{_status_text('not-found')}; or "
+                            f"{_status_text('patient-not-found')} (with a reason)"
+                        ),
                         "409": _problem_response(_status_text("ambiguous")),
+                        "410": _problem_response(_status_text("patient-invalidated")),
                         "413": _problem_response(_status_text("too-large")),
                         "500": _problem_response(_status_text("internal")),
                         "502": _problem_response(_status_text("bad-directory-answer")),
@@ -189,10 +195,21 @@ def _document() -> dict[str, Any]:
             "schemas": {
                 "RouteRequest": {
                     "type": "object",
-                    "required": ["org", "interaction"],
+                    "required": ["interaction"],
+                    "oneOf": [{"required": ["org"]}, {"required": ["patient"]}],
                     "additionalProperties": False,
                     "properties": {
                         "org": {"type": "string", "description": "ODS code of the target."},
+                        "patient": {
+                            "type": "string",
+                            "description": "NHS number of a patient: the route goes to the "
+                            "practice PDS names (instead of org).",
+                        },
+                        "requesting_org": {
+                            "type": ["string", "null"],
+                            "description": "ODS code of the organisation a patient route is "
+                            "made for (PDS's NHSD-End-User-Organisation-ODS).",
+                        },
                         "interaction": {
                             "type": "string",
                             "description": "Interaction id (or MESH workflow id).",
@@ -208,8 +225,9 @@ def _document() -> dict[str, Any]:
                         },
                         "correlation_id": {
                             "type": ["string", "null"],
-                            "format": "uuid",
-                            "description": "Sent to SDS as X-Correlation-ID.",
+                            "maxLength": 200,
+                            "description": "The caller's id, echoed as given; SDS is sent it "
+                            "as X-Correlation-ID when it is a UUID, else a UUID derived from it.",
                         },
                     },
                 },
@@ -226,6 +244,7 @@ def _document() -> dict[str, Any]:
                         "retryable": {"type": "boolean"},
                         "retry_after_s": {"type": ["number", "null"]},
                         "field": {"type": "string"},
+                        "reason": {"type": "string"},
                         "candidates": {"type": "array", "items": json_object},
                     },
                 },

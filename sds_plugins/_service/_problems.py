@@ -37,6 +37,9 @@ from .._exceptions import (
     InvalidInputError,
     MalformedResponseError,
     NotFoundError,
+    PatientInvalidatedError,
+    PatientNotFoundError,
+    PatientRestrictedError,
     SdsPluginsError,
 )
 
@@ -51,6 +54,9 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "unauthorized": (401, "Missing or wrong service token"),
     "vetoed": (403, "Envelope vetoed by a plugin"),
     "not-found": (404, "No matching directory records"),
+    "patient-not-found": (404, "No current registered practice for the patient"),
+    "patient-restricted": (403, "The patient's record is restricted"),
+    "patient-invalidated": (410, "The patient's record was invalidated"),
     "ambiguous": (409, "Several candidates and nothing to choose between them"),
     "not-enabled": (404, "Not enabled in this service"),
     "too-large": (413, "Request body too large"),
@@ -65,6 +71,12 @@ def _slug(exc: BaseException) -> str:
         return "invalid-input"
     if isinstance(exc, EnvelopeVetoedError):
         return "vetoed"
+    if isinstance(exc, PatientNotFoundError):
+        return "patient-not-found"
+    if isinstance(exc, PatientRestrictedError):
+        return "patient-restricted"
+    if isinstance(exc, PatientInvalidatedError):
+        return "patient-invalidated"
     if isinstance(exc, NotFoundError):
         return "not-found"
     if isinstance(exc, AmbiguousError):
@@ -119,6 +131,8 @@ def problem_for(exc: BaseException, correlation_id: str | None) -> Response:
         extensions["candidates"] = exc.candidates
     if isinstance(exc, InvalidInputError) and exc.field is not None:
         extensions["field"] = exc.field
+    if isinstance(exc, PatientNotFoundError):
+        extensions["reason"] = exc.reason
     headers: dict[str, str] = {}
     if extensions["correlation_id"]:
         headers["X-Correlation-ID"] = str(extensions["correlation_id"])

@@ -33,8 +33,9 @@ GP2GP = "urn:nhs:names:services:gp2gp:COPC_IN000001UK01"
 
 DEMO_CLIENT_ID = "sds-plugins-demo"
 DEMO_KID = "sds-plugins-demo-1"
-#: Directory sources that get the demo's signed-JWT credentials (e-RS's bearer-token source).
-DEMO_JWT_SOURCES = frozenset({"ers"})
+#: Directory sources that get the demo's signed-JWT credentials (PDS, and e-RS's bearer-token
+#: source): the sandbox's PDS takes a bearer token, as the live one does.
+DEMO_JWT_SOURCES = frozenset({"ers", "pds"})
 
 
 class _DemoCredentials:
@@ -109,13 +110,47 @@ async def _patients(console: Console, sandbox: Any, credentials: _DemoCredential
                 title="to the patient's GP (PDS, then SDS)",
             )
         )
-        for case in ("superseded", "restricted", "ended"):
+        for case in ("superseded", "restricted", "ended", "deceased"):
             try:
                 moved = await router.route("gpconnect", patient=SANDBOX_PATIENTS[case], **example)
-                console.print(f"  {case}: routed to {moved.target.ods_code}, flagged superseded")
+                console.print(
+                    f"  {case}: routed to {moved.target.ods_code}, flagged superseded; the "
+                    "sender gets the current NHS number (envelope.current_nhs_number)"
+                )
             except SdsPluginsError as exc:
                 console.print(f"  {case}: [yellow]{type(exc).__name__}[/] {exc.args[0]}")
         console.print(f"  requests: {dict(sandbox.stats()['requests'])}\n")
+    await _patient_through_serve(console, sandbox, credentials)
+
+
+async def _patient_through_serve(
+    console: Console, sandbox: Any, credentials: _DemoCredentials
+) -> None:
+    """The same, as a non-Python engine asks it: ``POST /route/{adapter}`` with a patient."""
+    try:
+        from .._service._app import create_service_app
+        from ..sandbox import SANDBOX_PATIENTS, AppServer
+    except ImportError:  # pragma: no cover - serve needs the web stack (the sandbox has it)
+        return
+    router = Router(Settings(base_url=sandbox.base_url), plugins=[credentials])
+    if not router.host.pm.has_plugin("example_ebxml"):  # the example adapter is not installed
+        return
+    app = create_service_app(router)
+    body = {"patient": SANDBOX_PATIENTS["spine"], "interaction": PSIS}
+    with AppServer(app, lifespan=True) as server:
+        async with httpx.AsyncClient(base_url=server.url) as http:
+            response = await http.post("/route/example-ebxml", json=body)
+    shown = response.json()
+    where = shown.get("target", {}).get("ods_code") or shown.get("detail")
+    console.print(
+        Panel.fit(
+            "$ curl -X POST {serve}/route/example-ebxml -H 'Content-Type: application/json' \\\n"
+            '    -d \'{"patient": "<NHS number>", "interaction": "...:REPC_IN150016UK05"}\'\n'
+            f"  {response.status_code}: routed to {where}; provenance starts with "
+            f"{shown.get('provenance', {}).get('lookups', ['?'])[0]}",
+            title="a patient through sds-plugins serve",
+        )
+    )
 
 
 def _adapter_demos(console: Console) -> None:

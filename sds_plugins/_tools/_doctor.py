@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import httpx
 
-from .._environments import default_token_url
+from .._environments import default_token_url, is_live_platform
 from .._exceptions import SdsPluginsError
 from .._query import DeviceQuery
 from .._service._health import PROBE_INTERACTION
@@ -164,6 +164,26 @@ def _skew(date: str | None, clock: Callable[[], float]) -> float | None:
     return clock() - when.timestamp()
 
 
+def _pds(settings: Settings) -> Check:
+    """Whether routes to a patient can work here (informational unless credentials are given:
+    then the token check below decides)."""
+    try:
+        base_url = settings.resolved_pds_base_url()
+    except SdsPluginsError as exc:
+        return Check("pds", True, f"no PDS: routes to a patient are refused ({exc})")
+    if settings.configured_auth():
+        return Check("pds", True, f"{safe_url(base_url)}, with signed-JWT credentials")
+    if is_live_platform(base_url):
+        return Check(
+            "pds",
+            True,
+            f"{safe_url(base_url)} needs signed-JWT credentials and none are set: routes to a "
+            "patient are refused (set SDS_CLIENT_ID or SDS_API_KEY, SDS_PRIVATE_KEY_FILE, "
+            "SDS_KID)",
+        )
+    return Check("pds", True, f"{safe_url(base_url)}, without credentials (an open sandbox)")
+
+
 async def _signed_jwt(settings: Settings) -> list[Check]:
     """One token from the platform's token endpoint, when signed-JWT credentials are set."""
     if not settings.configured_auth():
@@ -172,7 +192,7 @@ async def _signed_jwt(settings: Settings) -> list[Check]:
         base_url = settings.resolved_pds_base_url()
     except SdsPluginsError:
         base_url = settings.resolved_base_url()
-    token_url = settings.token_url or default_token_url(base_url)
+    token_url = settings.pds_token_url or settings.token_url or default_token_url(base_url)
     try:
         auth = settings.signed_jwt_auth(token_url, purpose="signed-JWT auth (PDS)")
     except SdsPluginsError as exc:
@@ -227,6 +247,7 @@ async def run_doctor(
     checks = [_plugins()]
     checks.append(await _adapters(settings))
     checks += await _directory(settings, clock)
+    checks.append(_pds(settings))
     checks += await _signed_jwt(settings)
     checks.append(await _redis(settings))
     return configuration(settings), checks

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .._adapter import SECRET_OPTIONS
 from .._exceptions import ConfigurationError, InvalidInputError, SdsPluginsError
+from .._patients import PatientRefs
 from .._tracing import incoming_trace_context
 from .._validation import check_correlation_id, uuid_text
 
@@ -55,11 +56,39 @@ logger = logging.getLogger("sds_plugins.worker")
 Disposition = Literal["envelope", "failure", "retry"]
 
 #: The fields a request body may have; the first three are required.
-REQUEST_FIELDS = ("adapter", "org", "interaction", "options", "encounter", "correlation_id")
-_REQUIRED = REQUEST_FIELDS[:3]
+REQUEST_FIELDS = (
+    "adapter",
+    "org",
+    "patient",
+    "interaction",
+    "options",
+    "encounter",
+    "correlation_id",
+    "requesting_org",
+)
+_REQUIRED = ("adapter", "interaction")
+_TEXT_FIELDS = (
+    "adapter",
+    "org",
+    "patient",
+    "interaction",
+    "encounter",
+    "correlation_id",
+    "requesting_org",
+)
 # Keyword arguments of Router.route(): an option with one of these names would collide.
 _RESERVED_OPTIONS = frozenset(
-    {"adapter", "org", "interaction", "correlation_id", "encounter", "bypass_cache"}
+    {
+        "adapter",
+        "org",
+        "patient",
+        "interaction",
+        "correlation_id",
+        "encounter",
+        "bypass_cache",
+        "requesting_org",
+        "request_id",
+    }
 )
 _MASK = "**********"
 # What a log line shows unquoted: letters, digits and "-_.:/@+" (one regex: this runs for
@@ -128,19 +157,27 @@ class WorkerRequest:
     """A request body, parsed and checked: what :meth:`Router.route` is called with."""
 
     adapter: str
-    org: str
     interaction: str
+    #: One of the two: an organisation (ODS code), or a patient (NHS number) whose registered
+    #: practice PDS names.
+    org: str | None = None
+    patient: str | None = None
     options: Mapping[str, Any] = field(default_factory=dict)
     encounter: str | None = None
     correlation_id: str | None = None
+    #: The organisation a patient route is made for (PDS's NHSD-End-User-Organisation-ODS).
+    requesting_org: str | None = None
 
     def __repr__(self) -> str:
-        # Options may hold credentials (a MESH password): never print their values.
+        # Options may hold credentials (a MESH password): never print their values; an NHS
+        # number is personal data: never print it either.
         options = {k: (_MASK if k in SECRET_OPTIONS else v) for k, v in self.options.items()}
+        patient = None if self.patient is None else _MASK
         return (
-            f"WorkerRequest(adapter={self.adapter!r}, org={self.org!r}, "
+            f"WorkerRequest(adapter={self.adapter!r}, org={self.org!r}, patient={patient!r}, "
             f"interaction={self.interaction!r}, options={options!r}, "
-            f"encounter={self.encounter!r}, correlation_id={self.correlation_id!r})"
+            f"encounter={self.encounter!r}, correlation_id={self.correlation_id!r}, "
+            f"requesting_org={self.requesting_org!r})"
         )
 
 
@@ -201,6 +238,9 @@ class RouteWorker:
         metrics: PrometheusMetrics | None = None,
     ) -> None:
         self.router = router
+        # How failure documents name a patient (the router's references, so they match its
+        # logs and events; a stand-in router without them gets this process's own).
+        self._refs: PatientRefs = getattr(router, "patient_refs", None) or PatientRefs()
         self.metrics = metrics
         self.policy = policy if policy is not None else WorkerPolicy()
         self._clock = clock
@@ -260,9 +300,13 @@ class RouteWorker:
             envelope = await self.router.route(
                 request.adapter,
                 org=request.org,
+                patient=request.patient,
                 interaction=request.interaction,
                 correlation_id=correlation_id,
                 encounter=request.encounter,
+                requesting_org=request.requesting_org,
+                # Every delivery of this request sends PDS the same X-Request-ID.
+                request_id=request_id,
                 **request.options,
             )
         except SdsPluginsError as exc:
@@ -344,16 +388,27 @@ class RouteWorker:
         return min(policy.backoff_s(attempt, retry_after, self._rng), remaining)
 
     def _echo(self, raw: Any, body: bytes | str) -> Any:
-        """The original request for the failure document: as JSON when it was JSON."""
+        """The original request for the failure document: as JSON when it was JSON.
+
+        Anything in it that looks like an NHS number (the request's patient; a number in a
+        body that did not parse) is written as the patient's reference: the failures queue
+        keeps its documents, and no number may stay there in clear.
+        """
         if raw is None:
-            return body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
-        if self.policy.with_secrets or not isinstance(raw, dict):
-            return raw
-        options = raw.get("options")
-        if isinstance(options, dict) and SECRET_OPTIONS.intersection(options):
-            masked = {k: (_MASK if k in SECRET_OPTIONS else v) for k, v in options.items()}
-            return {**raw, "options": masked}
-        return raw
+            text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
+            return self._refs.scrub(text)
+        echo = raw
+        if isinstance(raw, dict) and not self.policy.with_secrets:
+            options = raw.get("options")
+            if isinstance(options, dict) and SECRET_OPTIONS.intersection(options):
+                masked = {k: (_MASK if k in SECRET_OPTIONS else v) for k, v in options.items()}
+                echo = {**raw, "options": masked}
+        if isinstance(echo, dict) and isinstance(echo.get("patient"), str):
+            compact = echo["patient"].replace(" ", "")
+            echo = {**echo, "patient": self._refs.scrub(compact)}
+        text = json.dumps(echo, ensure_ascii=False)
+        scrubbed = self._refs.scrub(text)
+        return echo if scrubbed == text else json.loads(scrubbed)
 
 
 # -- parsing ----------------------------------------------------------------------------------
@@ -390,7 +445,12 @@ def _parse(raw: Any) -> WorkerRequest:
     for name in _REQUIRED:
         if raw.get(name) is None:
             raise InvalidInputError(f"the request has no {name!r}", field=name)
-    for name in ("adapter", "org", "interaction", "encounter", "correlation_id"):
+    if (raw.get("org") is None) == (raw.get("patient") is None):
+        raise InvalidInputError(
+            "the request needs 'org' (an ODS code) or 'patient' (an NHS number), one of them",
+            field="org",
+        )
+    for name in _TEXT_FIELDS:
         value = raw.get(name)
         if value is not None and not isinstance(value, str):
             raise InvalidInputError(
@@ -411,11 +471,13 @@ def _parse(raw: Any) -> WorkerRequest:
         )
     return WorkerRequest(
         adapter=raw["adapter"],
-        org=raw["org"],
+        org=raw.get("org"),
+        patient=raw.get("patient"),
         interaction=raw["interaction"],
         options=options,
         encounter=raw.get("encounter"),
         correlation_id=raw.get("correlation_id"),
+        requesting_org=raw.get("requesting_org"),
     )
 
 
@@ -435,7 +497,7 @@ def _json_type(value: Any) -> str:
 
 def _describe(error: Exception, correlation_id: str) -> dict[str, Any]:
     if isinstance(error, SdsPluginsError):
-        return {
+        described = {
             "type": type(error).__name__,
             "message": str(error),
             "retryable": error.retryable,
@@ -443,6 +505,10 @@ def _describe(error: Exception, correlation_id: str) -> dict[str, Any]:
             "exit_code": error.exit_code,
             "correlation_id": correlation_id,
         }
+        reason = getattr(error, "reason", None)  # PatientNotFoundError's
+        if isinstance(reason, str):
+            described["reason"] = reason
+        return described
     # Not one of ours: its message could say anything, so the document names the class only
     # and the worker's log has the traceback.
     return {

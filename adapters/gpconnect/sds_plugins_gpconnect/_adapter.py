@@ -20,6 +20,8 @@ from sds_plugins import (
     Lookup,
     NotFoundError,
     Party,
+    PatientNotFoundError,
+    PatientRegistration,
     Resolution,
     RouteRequest,
     RoutingEnvelope,
@@ -112,6 +114,26 @@ class GpConnectAdapter(Adapter):
     def normalise_interaction(self, interaction_id: str) -> str:
         checked = super().normalise_interaction(interaction_id)
         return interaction(checked).id
+
+    def end_user_org(self, request: RouteRequest) -> str | None:
+        # The consumer organisation the request is made for (its JWT's requesting_organization).
+        options: GpConnectOptions = request.options
+        return options.organization_ods
+
+    def check_patient(self, request: RouteRequest, patient: PatientRegistration) -> None:
+        # Access Record Structured answers a deceased patient as not found (the provider
+        # looks up only living, registered patients: nhsconnect/gpconnect, feature/1.6.2,
+        # accessrecord_structured_development_retrieve_patient_record.md, PATIENT_NOT_FOUND):
+        # refused here, before any lookup, rather than sent to fail at the provider. Other
+        # interactions carry the fact (provenance) for the consumer to decide.
+        spec = interaction(request.interaction)
+        if patient.deceased and spec.id.endswith(":gpc.getstructuredrecord-1"):
+            raise PatientNotFoundError(
+                f"patient {patient.patient} is deceased (PDS); GP Connect Access Record "
+                "Structured answers a deceased patient as not found",
+                reason="deceased",
+                correlation_id=request.correlation_id,
+            )
 
     def cache_scope(self, request: RouteRequest) -> str | None:
         encounter = request.encounter or request.option("encounter")
