@@ -2,108 +2,42 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
 import httpx
 import uvicorn
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .._http_server import bind as _bind
+from .._http_server import bounded_protocol, run_in_foreground, server_config
+from .._http_server import url as _url
 from .._models import INTERACTION_SYSTEM, ODS_SYSTEM
 from ._app import FHIR_BASE, TOKEN_PATH, SandboxConfig, create_app
 
 _STARTUP_TIMEOUT_S = 30.0
-#: A request's headers must be complete within this of its first byte.
+#: A request's headers must be complete within this of its first byte (read when a server
+#: starts: the protocol is shared with ``sds-plugins serve``, in ``sds_plugins._http_server``).
 HEADER_TIMEOUT_S = 10.0
 _SHUTDOWN_TIMEOUT_S = 10.0
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """A listening socket; binding it ourselves makes port 0 race-free and the port known early."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    # An explicit IPPROTO_TCP matters: asyncio only sets TCP_NODELAY on accepted sockets whose
-    # proto says TCP, and without it every response stalls ~40 ms on Nagle + delayed ACK.
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        sock.listen(2048)
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-class _HeaderDeadline(H11Protocol):
-    """uvicorn's h11 protocol with a deadline for each request's headers.
-
-    uvicorn limits header size but not the time they take: a client trickling a header byte
-    now and then would hold a connection (and a slot of the test or demo using the sandbox) for
-    as long as it likes. Here a request whose headers are not complete within
-    :data:`HEADER_TIMEOUT_S` of its first byte (or of the connection) is cut off.
-    """
-
-    _header_timer: asyncio.TimerHandle | None = None
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm()
-
-    def data_received(self, data: bytes) -> None:
-        between_requests = self.cycle is None or self.cycle.response_complete
-        super().data_received(data)
-        if self.cycle is not None and not self.cycle.response_complete:
-            self._disarm()  # a request's headers are complete: the app has it now
-        elif between_requests and self._header_timer is None:
-            self._arm()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
-
-    def _arm(self) -> None:
-        self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._expire)
-
-    def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _expire(self) -> None:
-        self._header_timer = None
-        if self.cycle is None or self.cycle.response_complete:
-            self.transport.close()
-
-
 def _server(app: Any, access_log: bool, lifespan: bool = False) -> uvicorn.Server:
     return uvicorn.Server(
-        uvicorn.Config(
+        server_config(
             app,
-            lifespan="on" if lifespan else "off",
-            # None leaves the host application's logging configuration alone.
-            log_config=None,
+            http=bounded_protocol(header_timeout_s=HEADER_TIMEOUT_S),
+            lifespan=lifespan,
             log_level="warning",
             access_log=access_log,
-            # The token audience must be the URL as the client sent it, not a proxy's rewrite.
-            proxy_headers=False,
-            http=_HeaderDeadline,
             timeout_graceful_shutdown=2,
         )
     )
-
-
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 class AppServer:
@@ -401,35 +335,3 @@ def serve(config: SandboxConfig | None = None, host: str = "127.0.0.1", port: in
     server = _server(create_app(config or SandboxConfig()), access_log=False)
     url = _url(host, sock.getsockname()[1])
     run_in_foreground(server, sock, lambda: print(f"sandbox listening on {url}", flush=True))
-
-
-def run_in_foreground(
-    server: uvicorn.Server, sock: socket.socket, started: Callable[[], None]
-) -> bool:
-    """Serve on ``sock`` until SIGINT/SIGTERM, calling ``started()`` once connections are
-    accepted; closes the socket. Returns whether the server ever started (the sandbox and
-    ``sds-plugins serve`` both run this way)."""
-
-    async def main() -> None:
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        while not server.started:
-            done, _ = await asyncio.wait({task}, timeout=0.01)
-            if done:
-                break
-        if server.started:
-            started()
-        await task
-
-    # uvicorn shuts down gracefully on SIGINT/SIGTERM and then re-raises the signal; routing
-    # SIGTERM to KeyboardInterrupt as well lets both end here with a normal return.
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
-    try:
-        with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(main())
-    finally:
-        sock.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    return bool(server.started)

@@ -6,6 +6,7 @@ import importlib.util
 import ipaddress
 import logging
 import os
+import stat
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
@@ -20,11 +21,17 @@ if TYPE_CHECKING:
 
     from .._settings import Settings
 
-__all__ = ["build_service", "serve"]
+__all__ = ["MIN_TOKEN_BYTES", "build_service", "read_token", "serve"]
 
 logger = logging.getLogger("sds_plugins.serve")
 
 _ENV_PREFIX = "SDS_SERVE_"
+#: Seconds the requests in flight get to finish after SIGTERM/SIGINT.
+_GRACE_S = 30
+# As sds_plugins._http_server.HEADER_TIMEOUT_S and sds_plugins._service._app.ACCESS_LOGGER
+# (not imported: this module loads with the CLI, without the web stack of the serve extra).
+_HEADER_TIMEOUT_S = 10.0
+_ACCESS_LOGGER = "sds_plugins.serve.access"
 
 
 def _exit(message: str, code: int = 2) -> NoReturn:
@@ -42,9 +49,24 @@ def is_loopback(host: str) -> bool:
         return False  # a name that may resolve anywhere: treat as reachable from outside
 
 
+#: The shortest token accepted: 32 bytes (``secrets.token_urlsafe(32)`` gives 43).
+MIN_TOKEN_BYTES = 32
+
+
 def read_token(path: Path) -> SecretStr:
-    """The service token: the file's content, surrounding whitespace removed."""
+    """The service token: the file's content, surrounding whitespace removed.
+
+    Refused (:class:`ConfigurationError`, naming the file, never its content) when group or
+    others may read or write the file, or the token is shorter than :data:`MIN_TOKEN_BYTES`.
+    """
     try:
+        mode = path.stat().st_mode
+        if os.name != "nt" and mode & 0o066:  # POSIX permissions only mean this on POSIX
+            raise ConfigurationError(
+                f"the token file {path} can be read or written by group or others "
+                f"(mode {stat.S_IMODE(mode):04o}): keep it to the service's user "
+                f"(chmod 600 {path})"
+            )
         text = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
         # The reason only (no content): an unreadable file is not a leaked token.
@@ -55,6 +77,11 @@ def read_token(path: Path) -> SecretStr:
         raise ConfigurationError(f"the token file {path} is empty")
     if any(c.isspace() or not c.isprintable() for c in text):
         raise ConfigurationError(f"the token file {path} must hold one token on one line")
+    if len(text.encode()) < MIN_TOKEN_BYTES:
+        raise ConfigurationError(
+            f"the token in {path} is shorter than {MIN_TOKEN_BYTES} bytes: generate one with "
+            "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
     return SecretStr(text)
 
 
@@ -64,6 +91,7 @@ def build_service(
     config: Path | None = None,
     token: SecretStr | None = None,
     with_secrets: bool = False,
+    access_log: bool = True,
 ) -> Starlette:
     """The service app with its router, and metrics and tracing when their extras are there."""
     from .._adapter_options import load_adapter_options
@@ -74,22 +102,46 @@ def build_service(
     options = load_adapter_options(config) if config is not None else {}
     router = Router(settings, adapter_options=options)
     metrics = register_observability(router)
-    return create_service_app(router, token=token, with_secrets=with_secrets, metrics=metrics)
+    return create_service_app(
+        router, token=token, with_secrets=with_secrets, metrics=metrics, access_log=access_log
+    )
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(f"{_ENV_PREFIX}{name}", "").lower() in ("1", "true", "yes", "on")
+
+
+def _show_access_log() -> None:
+    """The access log at INFO whatever the root logger's level (the CLI's is WARNING without
+    -v), unless the operator set its level."""
+    access = logging.getLogger(_ACCESS_LOGGER)
+    if access.level == logging.NOTSET:
+        access.setLevel(logging.INFO)
 
 
 def app_from_environment() -> Starlette:
     """The app for each uvicorn worker process (``--workers`` > 1), configured from the
     ``SDS_SERVE_*`` variables the command set and ``SDS_*`` as usual."""
     from .._settings import Settings
+    from ._protocol import ServiceProtocol
 
     token_file = os.environ.get(f"{_ENV_PREFIX}TOKEN_FILE")
     config = os.environ.get(f"{_ENV_PREFIX}CONFIG")
+    header_timeout = os.environ.get(f"{_ENV_PREFIX}HEADER_TIMEOUT")
+    if header_timeout:
+        # uvicorn imports the protocol class by name in each worker: its limits are set here.
+        ServiceProtocol.header_timeout_s = float(header_timeout)
+    access_log = not _flag("NO_ACCESS_LOG")
+    if access_log:
+        if not logging.getLogger().handlers:  # a spawned worker: the CLI's set-up is not here
+            logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+        _show_access_log()
     return build_service(
         Settings(),
         config=Path(config) if config else None,
         token=read_token(Path(token_file)) if token_file else None,
-        with_secrets=os.environ.get(f"{_ENV_PREFIX}WITH_SECRETS", "").lower()
-        in ("1", "true", "yes", "on"),
+        with_secrets=_flag("WITH_SECRETS"),
+        access_log=access_log,
     )
 
 
@@ -142,6 +194,24 @@ def app_from_environment() -> Starlette:
     help="uvicorn worker processes (share one cache and pace through SDS_REDIS_URL).",
 )
 @click.option(
+    "--header-timeout",
+    default=_HEADER_TIMEOUT_S,
+    show_default=True,
+    type=click.FloatRange(0.1, 300),
+    envvar=f"{_ENV_PREFIX}HEADER_TIMEOUT",
+    show_envvar=True,
+    help="Seconds a request's headers may take from its first byte; slower clients are cut off.",
+)
+@click.option(
+    "--access-log/--no-access-log",
+    default=True,
+    show_default=True,
+    envvar=f"{_ENV_PREFIX}ACCESS_LOG",
+    show_envvar=True,
+    help=f"One line per request on the {_ACCESS_LOGGER} logger (method, path, status, "
+    "duration, correlation id).",
+)
+@click.option(
     "--base-url",
     envvar="SDS_BASE_URL",
     show_envvar=True,
@@ -154,14 +224,16 @@ def serve(
     with_secrets: bool,
     token_file: Path | None,
     workers: int,
+    header_timeout: float,
+    access_log: bool,
     base_url: str | None,
 ) -> None:
     """Serve routing over HTTP: POST /route/{adapter}, GET /adapters, /healthz, /readyz,
     /metrics, /openapi.json. Errors are application/problem+json (RFC 9457).
 
     SDS settings come from SDS_* as for the other commands (SDS_REDIS_URL to share cache and
-    pace between workers and replicas). SIGTERM/SIGINT finish the requests in flight, then
-    exit 0. See docs/operations.md.
+    pace between workers and replicas). SIGTERM/SIGINT finish the requests in flight (their
+    answers say Connection: close), then exit 0. See docs/operations.md.
     """
     from .._settings import Settings
 
@@ -177,15 +249,33 @@ def serve(
     try:
         token = read_token(token_file) if token_file is not None else None
         settings = Settings(base_url=base_url) if base_url else Settings()
-        app = build_service(settings, config=config, token=token, with_secrets=with_secrets)
+        app = build_service(
+            settings,
+            config=config,
+            token=token,
+            with_secrets=with_secrets,
+            access_log=access_log,
+        )
     except SdsPluginsError as exc:
         _exit(str(exc), exc.exit_code)
     except ValidationError as exc:
         _exit(f"invalid configuration: {exc.error_count()} error(s): {_fields(exc)}")
+    if access_log:
+        _show_access_log()
     if workers > 1:
-        _run_workers(host, port, workers, config, token_file, with_secrets, base_url)
+        _run_workers(
+            host,
+            port,
+            workers,
+            config,
+            token_file,
+            with_secrets,
+            base_url,
+            header_timeout=header_timeout,
+            access_log=access_log,
+        )
         return
-    _run_one(app, host, port)
+    _run_one(app, host, port, header_timeout)
 
 
 def _fields(exc: ValidationError) -> str:
@@ -196,26 +286,25 @@ def _fields(exc: ValidationError) -> str:
     )
 
 
-def _run_one(app: Starlette, host: str, port: int) -> None:
+def _run_one(app: Starlette, host: str, port: int, header_timeout: float) -> None:
     import uvicorn
 
-    from .._sandbox._server import _bind, _url, run_in_foreground
+    from .._http_server import bind, bounded_protocol, run_in_foreground, server_config, url
+    from ._protocol import ServiceProtocol
 
     try:
-        sock = _bind(host, port)
+        sock = bind(host, port)
     except OSError as exc:
         _exit(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
     server = uvicorn.Server(
-        uvicorn.Config(
+        server_config(
             app,
-            lifespan="on",
-            log_config=None,  # the CLI's logging set-up stays in charge
-            access_log=False,
-            proxy_headers=False,
-            timeout_graceful_shutdown=30,
+            http=bounded_protocol(header_timeout_s=header_timeout, base=ServiceProtocol),
+            lifespan=True,
+            timeout_graceful_shutdown=_GRACE_S,
         )
     )
-    actual = _url(host, sock.getsockname()[1])
+    actual = url(host, sock.getsockname()[1])
     if not run_in_foreground(server, sock, lambda: click.echo(f"serving on {actual}")):
         _exit("the service did not start (see the log above)", 1)
 
@@ -228,14 +317,17 @@ def _run_workers(
     token_file: Path | None,
     with_secrets: bool,
     base_url: str | None,
+    *,
+    header_timeout: float,
+    access_log: bool,
 ) -> None:
-    import uvicorn
-
     # Worker processes build their own app from the environment (uvicorn imports it by name).
     for name, value in (
         ("TOKEN_FILE", str(token_file.resolve()) if token_file else None),
         ("CONFIG", str(config.resolve()) if config else None),
         ("WITH_SECRETS", "1" if with_secrets else None),
+        ("HEADER_TIMEOUT", repr(header_timeout)),
+        ("NO_ACCESS_LOG", None if access_log else "1"),
     ):
         if value is None:
             os.environ.pop(f"{_ENV_PREFIX}{name}", None)
@@ -245,26 +337,25 @@ def _run_workers(
         os.environ["SDS_BASE_URL"] = base_url
     from uvicorn.supervisors import Multiprocess
 
-    from .._sandbox._server import _bind, _url
+    from .._http_server import bind, server_config, url
+    from ._protocol import PROTOCOL_PATH
 
     try:
         # Bound here rather than by uvicorn: port 0 then works, and the port is known early.
-        sock = _bind(host, port)
+        sock = bind(host, port)
     except OSError as exc:
         _exit(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
-    server_config = uvicorn.Config(
+    server_config_ = server_config(
         "sds_plugins._service._command:app_from_environment",
         factory=True,
         workers=workers,
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-        proxy_headers=False,
-        timeout_graceful_shutdown=30,
+        http=PROTOCOL_PATH,  # by name: each worker process imports it
+        lifespan=True,
+        timeout_graceful_shutdown=_GRACE_S,
     )
-    click.echo(f"serving on {_url(host, sock.getsockname()[1])} with {workers} workers")
+    click.echo(f"serving on {url(host, sock.getsockname()[1])} with {workers} workers")
     try:
         # The supervisor restarts a worker that dies and stops them all on SIGTERM/SIGINT.
-        Multiprocess(server_config, sockets=[sock]).run()
+        Multiprocess(server_config_, sockets=[sock]).run()
     finally:
         sock.close()

@@ -1,9 +1,16 @@
-"""Readiness: is the router started, does the directory answer, is the shared Redis there?
+"""Readiness: is the router started (ready), and how are the directory and Redis (reported)?
 
-``GET /readyz`` asks :class:`Readiness`. The directory check is one cheap lookup (Spine's own
-devices for one interaction) sent past every cache, at most once per ``interval_s`` however
-often the probe is called (a load balancer polling every second must not spend the API
-gateway's quota), and skipped while the breaker is open (the breaker already knows).
+``GET /readyz`` asks :class:`Readiness`. Ready means the process can serve what it has: the
+router started. The directory and Redis are reported in the body, ``"status": "degraded"``
+when either fails or a breaker is open, never as unready: the directory is shared by every
+replica, so a readiness that followed it would take all of them out of a load balancer at once,
+although each can still answer from its cache, and for the rest say why it cannot (a ``503``
+problem document with ``Retry-After``), which a caller can act on, unlike a refused connection.
+
+The directory check is one cheap lookup (Spine's own devices for one interaction) sent past
+every cache, at most once per ``interval_s`` however often the probe is called (a load
+balancer polling every second must not spend the API gateway's quota), and skipped while the
+breaker is open (the breaker already knows).
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ __all__ = ["PROBE_INTERACTION", "Readiness", "redis_state"]
 #: (``Settings.spine_core_ods``: YEA in production, YES elsewhere). Any answer, even an empty
 #: one, means "reachable".
 PROBE_INTERACTION = "urn:nhs:names:services:psis:REPC_IN150016UK05"
+
+_SEVERITY = {"closed": 0, "half-open": 1, "open": 2}
 
 
 async def redis_state(router: Router, timeout_s: float = 2.0) -> dict[str, Any]:
@@ -63,26 +72,45 @@ class Readiness:
         self._clock = clock
         self._last: tuple[float, dict[str, Any]] | None = None
         self._probe: asyncio.Task[dict[str, Any]] | None = None
+        #: Set by the service when it shuts down (the router closes next).
+        self.stopping = False
 
     async def check(self) -> tuple[bool, dict[str, Any]]:
-        """``(ready, document)``: ready when started and the directory answers."""
+        """``(ready, document)``: ready once the router has started (and until it closes);
+        ``status`` is ``ok``, or ``degraded`` with the ``reasons`` (directory failing, a
+        breaker open, Redis unreachable); not ready, ``starting`` or ``stopping``."""
         router = self.router
-        if not router.started:
-            return False, {"ready": False, "router": {"started": False}}
+        if self.stopping or not router.started:
+            # Nothing can be served: not started yet, or shutting down.
+            status = "stopping" if self.stopping else "starting"
+            return False, {"ready": False, "status": status, "router": {"started": False}}
         directory = await self.directory()
         redis = await redis_state(router)
-        breakers = router.cache.breaker_states()
-        ready = bool(directory["ok"])
-        # Redis down is degraded, not unready: routes fall back to the in-process cache.
-        return ready, {
-            "ready": ready,
+        breakers: dict[str, str] = {}
+        for namespace, state in router.cache.breaker_states().items():
+            source = namespace.split(":", 1)[0]
+            # The worst state of a source's breakers (one per directory host).
+            if _SEVERITY.get(state, 0) >= _SEVERITY.get(breakers.get(source, "closed"), 0):
+                breakers[source] = state
+        reasons: list[str] = []
+        if not directory["ok"]:
+            reasons.append(f"directory: {directory.get('detail', 'failing')}")
+        reasons += [
+            f"breaker {source} {state}" for source, state in breakers.items() if state != "closed"
+        ]
+        if redis.get("configured") and not redis.get("ok"):
+            reasons.append("redis unreachable: using the in-process cache")
+        document: dict[str, Any] = {
+            "ready": True,
+            "status": "degraded" if reasons else "ok",
             "router": {"started": True, "adapters": sorted(router.adapters)},
             "directory": directory,
-            "breakers": {
-                namespace.split(":", 1)[0]: state for namespace, state in breakers.items()
-            },
+            "breakers": breakers,
             "redis": redis,
         }
+        if reasons:
+            document["reasons"] = reasons
+        return True, document
 
     async def directory(self) -> dict[str, Any]:
         breaker = self.router.cache.breaker_states()

@@ -99,11 +99,18 @@ def _document() -> dict[str, Any]:
                         ),
                         "404": _problem_response(
                             f"{_status_text('not-found')}; or "
-                            f"{_status_text('patient-not-found')} (with a reason)"
+                            f"{_status_text('patient-not-found')} (with a reason); or "
+                            f"{_status_text('unknown-adapter')}"
                         ),
+                        "408": _problem_response(_status_text("request-timeout")),
                         "409": _problem_response(_status_text("ambiguous")),
                         "410": _problem_response(_status_text("patient-invalidated")),
                         "413": _problem_response(_status_text("too-large")),
+                        "415": _problem_response(
+                            f"{_status_text('unsupported-media-type')}: send "
+                            "Content-Type: application/json"
+                        ),
+                        "431": _problem_response(_status_text("headers-too-large")),
                         "500": _problem_response(_status_text("internal")),
                         "502": _problem_response(_status_text("bad-directory-answer")),
                         "503": _problem_response(
@@ -145,14 +152,18 @@ def _document() -> dict[str, Any]:
             "/readyz": {
                 "get": {
                     "operationId": "readyz",
-                    "summary": "Readiness: router started, directory answering; Redis state",
+                    "summary": "Readiness: the router started; directory, breakers and Redis "
+                    "reported",
                     "responses": {
                         "200": {
-                            "description": "Ready.",
+                            "description": "Ready: status ok, or degraded (the directory "
+                            "failing, a breaker open, Redis unreachable: the reasons say which) "
+                            "while what the cache holds is still served.",
                             "content": {"application/json": {"schema": json_object}},
                         },
                         "503": {
-                            "description": "Not ready (the body says which check failed).",
+                            "description": "Not ready: the router has not started, or the "
+                            "service is stopping.",
                             "content": {"application/json": {"schema": json_object}},
                         },
                     },

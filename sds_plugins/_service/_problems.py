@@ -3,11 +3,17 @@
 Status by error (the ``type`` is docs/operations.md with the anchor ``#problem-<slug>``):
 
 - 400 ``invalid-input``: :class:`InvalidInputError`, a body that is not a route request;
+  ``malformed-request``: not HTTP/1.1 the server can parse;
 - 401 ``unauthorized``: no or wrong service token;
 - 403 ``vetoed``: :class:`EnvelopeVetoedError`;
-- 404 ``not-found``: :class:`NotFoundError` (``not-enabled``: ``/metrics`` without the extra);
+- 404 ``not-found``: :class:`NotFoundError` (``not-enabled``: ``/metrics`` without the extra;
+  ``unknown-adapter``: ``/route/{adapter}`` for an adapter not installed; ``no-such-path``);
+- 405 ``method-not-allowed``, with ``Allow``;
+- 408 ``request-timeout``: a body not received in time;
 - 409 ``ambiguous``: :class:`AmbiguousError`, with its ``candidates``;
 - 413 ``too-large``: a body over the limit;
+- 415 ``unsupported-media-type``: a route request that is not ``application/json``;
+- 431 ``headers-too-large``: too many header fields, or too many bytes of them;
 - 500 ``internal``: :class:`ConfigurationError`, or anything unexpected;
 - 502 ``bad-directory-answer``: the directory answered unusably (:class:`MalformedResponseError`,
   :class:`AuthenticationError`, :class:`RequestRejectedError`);
@@ -43,7 +49,14 @@ from .._exceptions import (
     SdsPluginsError,
 )
 
-__all__ = ["PROBLEM_TYPES", "problem_for", "problem_response"]
+__all__ = [
+    "MEDIA_TYPE",
+    "PROBLEM_TYPES",
+    "plain_problem",
+    "problem_body",
+    "problem_for",
+    "problem_response",
+]
 
 DOCS = "https://github.com/sds-plugins/sds-plugins/blob/main/docs/operations.md"
 MEDIA_TYPE = "application/problem+json"
@@ -51,6 +64,7 @@ MEDIA_TYPE = "application/problem+json"
 #: slug: (status, title)
 PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "invalid-input": (400, "Invalid input"),
+    "malformed-request": (400, "Malformed HTTP request"),
     "unauthorized": (401, "Missing or wrong service token"),
     "vetoed": (403, "Envelope vetoed by a plugin"),
     "not-found": (404, "No matching directory records"),
@@ -59,7 +73,13 @@ PROBLEM_TYPES: dict[str, tuple[int, str]] = {
     "patient-invalidated": (410, "The patient's record was invalidated"),
     "ambiguous": (409, "Several candidates and nothing to choose between them"),
     "not-enabled": (404, "Not enabled in this service"),
+    "unknown-adapter": (404, "No such adapter"),
+    "no-such-path": (404, "No such path"),
+    "method-not-allowed": (405, "Method not allowed"),
+    "request-timeout": (408, "Request not received in time"),
     "too-large": (413, "Request body too large"),
+    "unsupported-media-type": (415, "Unsupported media type"),
+    "headers-too-large": (431, "Request header fields too large"),
     "internal": (500, "Internal error"),
     "bad-directory-answer": (502, "The directory answered unusably"),
     "directory-unavailable": (503, "The directory is unavailable or rate limited"),
@@ -90,13 +110,8 @@ def _slug(exc: BaseException) -> str:
     return "internal"
 
 
-def problem_response(
-    slug: str,
-    detail: str,
-    *,
-    headers: dict[str, str] | None = None,
-    **extensions: Any,
-) -> Response:
+def problem_body(slug: str, detail: str, **extensions: Any) -> bytes:
+    """The problem document of ``slug``, encoded."""
     status, title = PROBLEM_TYPES[slug]
     document = {
         "type": f"{DOCS}#problem-{slug}",
@@ -105,8 +120,35 @@ def problem_response(
         "detail": detail,
         **extensions,
     }
-    body = json.dumps(document, ensure_ascii=False, separators=(",", ":"), default=str)
+    return json.dumps(document, ensure_ascii=False, separators=(",", ":"), default=str).encode()
+
+
+def problem_response(
+    slug: str,
+    detail: str,
+    *,
+    headers: dict[str, str] | None = None,
+    **extensions: Any,
+) -> Response:
+    status = PROBLEM_TYPES[slug][0]
+    body = problem_body(slug, detail, **extensions)
     return Response(body, status_code=status, headers=headers, media_type=MEDIA_TYPE)
+
+
+def plain_problem(
+    slug: str, detail: str, error: str, *, headers: dict[str, str] | None = None
+) -> Response:
+    """A problem raised by the service itself rather than by routing: no correlation id, not
+    retryable."""
+    return problem_response(
+        slug,
+        detail,
+        headers=headers,
+        error=error,
+        correlation_id=None,
+        retryable=False,
+        retry_after_s=None,
+    )
 
 
 def problem_for(exc: BaseException, correlation_id: str | None) -> Response:
