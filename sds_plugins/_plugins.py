@@ -7,6 +7,11 @@ plugins, ``trylast``), then, unless told not to, the ``sds_plugins`` entry point
 - ``SDS_PLUGINS_DISABLE``: comma-separated plugin names to block (built-ins included);
 - ``SDS_PLUGINS_TRACE``: any non-empty value logs every hook call to stderr.
 
+An installed plugin that cannot be loaded (its module raises on import, or it fails the checks
+below) does not stop the others: it is skipped with an error logged that names the line to
+disable it (``SDS_PLUGINS_DISABLE=<name>``), and recorded in :attr:`PluginHost.failed`, which
+``sds-plugins plugins`` lists and ``sds-plugins doctor`` fails on.
+
 Every registration is checked: ``check_pending()`` (a misspelt hook name fails loudly), no
 ``async def`` hook implementations (hooks are synchronous; a coroutine would always "win" a
 first-result hook), and no plugin implementing a start-time hook (``hookspecs.START_HOOKS``)
@@ -19,6 +24,7 @@ The engine and tools call hooks through the typed methods below (``host.register
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import inspect
 import logging
@@ -44,7 +50,7 @@ if TYPE_CHECKING:
     from ._settings import Settings
     from ._sources import DirectorySource, SourceContext
 
-__all__ = ["PluginHost"]
+__all__ = ["PluginFailure", "PluginHost"]
 
 logger = logging.getLogger("sds_plugins.plugins")
 
@@ -93,9 +99,13 @@ class PluginHost:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self._distributions: dict[str, tuple[str, str]] = {}
+        #: Installed plugins that could not be loaded, by entry-point name (skipped; see
+        #: :meth:`load_entrypoints`).
+        self.failed: dict[str, PluginFailure] = {}
         self._running = 0  # routers started on this host and not closed
         self._only = {_normalise_dist(name) for name in _names(env.get("SDS_PLUGINS_LOAD"))}
-        for name in _names(env.get("SDS_PLUGINS_DISABLE")):
+        self._disabled = sorted(_names(env.get("SDS_PLUGINS_DISABLE")))
+        for name in self._disabled:
             self.pm.set_blocked(name)
         self._traced = bool(env.get("SDS_PLUGINS_TRACE"))
         self._observed: dict[str, _Observers] = {}
@@ -115,7 +125,12 @@ class PluginHost:
         return self.pm.hook
 
     def load_entrypoints(self) -> None:
-        """Load plugins from the ``sds_plugins`` entry-point group (once per name)."""
+        """Load plugins from the ``sds_plugins`` entry-point group (once per name).
+
+        A plugin that cannot be loaded (its module raises on import; it implements an unknown
+        hook, an ``async def`` hook...) is skipped: an error is logged naming the line that
+        disables it, it is recorded in :attr:`failed`, and every other plugin still loads.
+        """
         for ep in importlib.metadata.entry_points(group=hookspecs.PROJECT):
             dist = getattr(ep, "dist", None)
             dist_name = dist.name if dist is not None else ""
@@ -128,14 +143,39 @@ class PluginHost:
             try:
                 plugin = ep.load()
             except Exception as exc:
-                raise PluginError(
-                    f"cannot load plugin {ep.name!r} ({ep.value}) from {dist_name or '?'}: "
-                    f"{type(exc).__name__}: {exc}",
-                    plugin=ep.name,
-                ) from exc
-            self.register(plugin, name=ep.name)
+                self._failed(ep.name, ep.value, dist, f"{type(exc).__name__}: {exc}")
+                continue
+            try:
+                self.register(plugin, name=ep.name)
+            except PluginError as exc:
+                if self.pm.is_registered(plugin):  # pluggy may have kept part of it
+                    self.pm.unregister(plugin)
+                self._failed(ep.name, ep.value, dist, str(exc))
+                continue
             if dist is not None:
                 self._distributions[ep.name] = (dist.name, dist.version)
+
+    def disable_line(self, name: str) -> str:
+        """The environment setting that keeps plugin ``name`` from loading, the operator's
+        current ``SDS_PLUGINS_DISABLE`` list kept."""
+        names = [*(n for n in self._disabled if n != name), name]
+        return f"SDS_PLUGINS_DISABLE={','.join(names)}"
+
+    def _failed(self, name: str, value: str, dist: Any, error: str) -> None:
+        dist_name = getattr(dist, "name", None) or "?"
+        version = getattr(dist, "version", None) or "?"
+        # One line, bounded: an exception's text may be anything (a whole traceback, a page).
+        error = " ".join(error.split())[:500]
+        failure = PluginFailure(
+            name=name,
+            entry_point=value,
+            distribution=dist_name,
+            version=version,
+            error=error,
+            disable=self.disable_line(name),
+        )
+        self.failed[name] = failure
+        logger.error("%s", failure.message())
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
         """Register ``plugin``; refuses async hook implementations and unknown hooks."""
@@ -340,6 +380,36 @@ class PluginHost:
             hooks = sorted(caller.name for caller in self.pm.get_hookcallers(plugin) or [])
             info.append({"name": name, "distribution": dist, "version": version, "hooks": hooks})
         return info
+
+
+@dataclasses.dataclass(frozen=True)
+class PluginFailure:
+    """An installed plugin that could not be loaded, and was skipped."""
+
+    name: str
+    entry_point: str
+    distribution: str
+    version: str
+    error: str
+    #: The line that keeps it from loading (``SDS_PLUGINS_DISABLE=<name>``).
+    disable: str
+
+    def message(self) -> str:
+        return (
+            f"cannot load plugin {self.name!r} ({self.entry_point}) from {self.distribution} "
+            f"{self.version}: {self.error}; skipped, the other plugins work without it. Fix or "
+            f"uninstall {self.distribution}, or set {self.disable} to stop loading it"
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "status": "failed",
+            "error": self.error,
+            "disable": self.disable,
+        }
 
 
 def _own_version() -> str:

@@ -11,6 +11,7 @@ import os
 import re
 import threading
 import uuid
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -36,6 +37,8 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # applied with fullmatch: "$" would also match before a trailing newline.
 _ODS = re.compile(r"[A-Z0-9]{3,10}")
 _ASID = re.compile(r"[0-9]{12}")
+# An ASID given as a number has no leading zeros: twelve digits from 100000000000 up.
+_MIN_ASID, _MAX_ASID = 10**11, 10**12 - 1
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 # What SDS's server takes as an X-Correlation-ID: a hyphenated UUID of any version, in either
 # case (sds/request/tracking_ids_headers_reader.py, NHSDigital/spine-directory-service-api).
@@ -112,7 +115,25 @@ def normalise_party_key(value: object, field: str = "party_key") -> str:
 
 
 def normalise_asid(value: object, field: str = "asid") -> str:
-    """Strip an accredited system id (ASID): twelve ASCII digits."""
+    """Strip an accredited system id (ASID): twelve ASCII digits, as text.
+
+    An integer is taken too (engines send ``"consumer_asid": 200000000359`` as a JSON number)
+    and becomes its digits; a bool, a float or an integer of any other length is refused.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        # Bounded before str(): a 5,000-digit integer must not cost a conversion (nor raise
+        # ValueError past Python's int-to-str limit).
+        if not _MIN_ASID <= value <= _MAX_ASID:
+            shown = str(value) if abs(value) < 10**30 else "a much longer number"
+            raise InvalidInputError(
+                f"{field}: {shown} is not an ASID (12 digits, e.g. 200000000359)", field=field
+            )
+        return str(value)
+    if not isinstance(value, str):
+        raise InvalidInputError(
+            f"{field} must be a string or an integer (12 digits), got {type(value).__name__}",
+            field=field,
+        )
     asid = _clean(value, field)
     if not _ASID.fullmatch(asid):
         raise InvalidInputError(
@@ -262,19 +283,41 @@ def invalid_input(
 ) -> InvalidInputError:
     """The :class:`InvalidInputError` for a pydantic model of inputs that failed to validate.
 
-    It names the first offending field; a validator's own :class:`InvalidInputError` (which may
-    name another field) is returned as it is. ``missing`` and ``unknown`` complete the message
-    for absent and unexpected fields. Raise it ``from None``: the pydantic error adds nothing.
+    Every absent field is named, together (``ssp_url, system_url: are required (...)``), so a
+    caller fixes them in one go rather than one per attempt; otherwise it names the first
+    offending field, and a validator's own :class:`InvalidInputError` (which may name another
+    field) is returned as it is. When fields are both absent and wrong, the first wrong one is
+    reported and the absent ones are listed after it. ``missing`` (phrased for one field,
+    ``"is required ..."``; ``"is"`` becomes ``"are"`` for several) and ``unknown`` complete
+    the message for absent and unexpected fields. Raise it ``from None``: the pydantic error
+    adds nothing.
     """
-    first = error.errors()[0]
-    cause = first.get("ctx", {}).get("error")
+    errors = error.errors()
+    absent = [_location(item) for item in errors if item["type"] == "missing"]
+    wrong = next((item for item in errors if item["type"] != "missing"), None)
+    if wrong is None:
+        fields = ", ".join(name or "input" for name in absent)
+        if len(absent) > 1 and missing.startswith("is "):
+            missing = "are " + missing.removeprefix("is ")
+        return InvalidInputError(f"{prefix}{fields}: {missing}", field=absent[0] or None)
+    found = _one_error(wrong, unknown, prefix)
+    if not absent:
+        return found
+    also = ", ".join(name or "input" for name in absent)
+    return InvalidInputError(f"{found}; and missing: {also}", field=found.field)
+
+
+def _location(item: Any) -> str:
+    return ".".join(str(part) for part in item["loc"])
+
+
+def _one_error(item: Any, unknown: str, prefix: str) -> InvalidInputError:
+    cause = item.get("ctx", {}).get("error")
     if isinstance(cause, InvalidInputError):
         return cause
-    field = ".".join(str(part) for part in first["loc"]) or None
-    message = first["msg"].removeprefix("Value error, ")
-    if first["type"] == "missing":
-        message = missing
-    elif first["type"] == "extra_forbidden":
+    field = _location(item) or None
+    message = item["msg"].removeprefix("Value error, ")
+    if item["type"] == "extra_forbidden":
         message = unknown
     text = f"{field}: {message}" if field else message
     return InvalidInputError(f"{prefix}{text}", field=field)

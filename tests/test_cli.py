@@ -59,6 +59,31 @@ def test_endpoint_reads_the_environment(sandbox: Sandbox) -> None:
     assert records[0]["reliability"]["retries"] == 2
 
 
+def test_endpoint_shows_the_interaction_asked_for(sandbox: Sandbox) -> None:
+    # B82617's MHS record lists many GP Connect interactions; structured record is not its
+    # first (the record alone would show ...documents:fhir:rest:read:binary-1).
+    result = run(
+        "endpoint", "--org", "B82617", "--interaction", GPC_STRUCTURED,
+        "--base-url", sandbox.base_url,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    [record] = json.loads(result.stdout)
+    assert record["interaction"] == GPC_STRUCTURED
+    # Without an interaction in the query, the record's own (first) one is all there is.
+    by_key = run(
+        "endpoint", "--org", "B82617", "--party-key", record["party_key"],
+        "--base-url", sandbox.base_url,
+    )  # fmt: skip
+    assert by_key.returncode == 0, by_key.stderr
+    assert json.loads(by_key.stdout)[0]["interaction"].startswith("urn:nhs:names:services:")
+
+
+def test_plugins_marks_each_plugin_loaded() -> None:
+    result = run("plugins")
+    assert result.returncode == 0, result.stderr
+    assert {p["status"] for p in json.loads(result.stdout)} == {"loaded"}
+
+
 def test_no_records_is_exit_3(sandbox: Sandbox) -> None:
     result = run(
         "endpoint",

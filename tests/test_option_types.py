@@ -66,7 +66,10 @@ def test_values_are_normalised_once() -> None:
         ({"mhs": "X26"}, "mhs: 'X26' is not a party key"),
         ({"sender_asid": "20000000035"}, "sender_asid: '20000000035' is not an ASID (12 digits"),
         ({"sender_asid": "\uff1200000000359"}, "sender_asid contains a character that is not"),
-        ({"sender_asid": 200000000359}, "sender_asid must be a string, got int"),
+        # An integer ASID is taken (engines send JSON numbers: tests/test_newcomer.py); one
+        # that is not twelve digits is refused like the text.
+        ({"sender_asid": 20000000035}, "sender_asid: 20000000035 is not an ASID (12 digits"),
+        ({"sender_asid": True}, "sender_asid must be a string or an integer (12 digits)"),
         ({"sender_asid": "200000000359\n"}, "sender_asid contains a control character"),
         ({"required_asid": None}, "required_asid"),
         ({"note": "a\r\nX-Injected: 1"}, "note contains a control character"),

@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
+import logging
+import os
 import subprocess
 import sys
 import types
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from sds_plugins import PluginError, PluginHost, hookimpl, hookspecs
+from sds_plugins.sandbox import Sandbox
+
+from ._reference import PSIS
 
 
 class FakeDist:
@@ -93,15 +101,78 @@ def test_disable_blocks_plugins_and_defaults(entry_points: list[FakeEntryPoint])
     assert "sds_plugins.finalize" not in names
 
 
-def test_broken_entry_point_names_the_plugin(entry_points: list[FakeEntryPoint]) -> None:
+def test_a_broken_entry_point_is_skipped_named_with_the_line_that_disables_it(
+    entry_points: list[FakeEntryPoint], caplog: pytest.LogCaptureFixture
+) -> None:
     entry_points.append(
-        FakeEntryPoint("broken", ImportError("no module named x"), FakeDist("bad-dist", "0"))
+        FakeEntryPoint("broken", ImportError("no module named x"), FakeDist("bad-dist", "0.3"))
     )
-    with pytest.raises(
-        PluginError, match=r"cannot load plugin 'broken'.*bad-dist.*no module named x"
-    ) as info:
-        PluginHost(environ={})
-    assert info.value.plugin == "broken"
+    entry_points.append(FakeEntryPoint("alpha", _plugin("alpha"), FakeDist("a", "1")))
+    with caplog.at_level(logging.ERROR, logger="sds_plugins.plugins"):
+        host = PluginHost(environ={})
+    # The others load without it.
+    names = {p["name"] for p in host.plugins()}
+    assert "alpha" in names and "broken" not in names
+    failure = host.failed["broken"]
+    assert failure.distribution == "bad-dist" and failure.version == "0.3"
+    assert failure.error == "ImportError: no module named x"
+    assert failure.disable == "SDS_PLUGINS_DISABLE=broken"
+    [record] = [r for r in caplog.records if r.name == "sds_plugins.plugins"]
+    assert record.levelno == logging.ERROR
+    assert "cannot load plugin 'broken'" in record.getMessage()
+    assert "bad-dist" in record.getMessage() and "no module named x" in record.getMessage()
+    assert "SDS_PLUGINS_DISABLE=broken" in record.getMessage()
+
+
+def test_the_disable_line_keeps_the_operators_list(entry_points: list[FakeEntryPoint]) -> None:
+    entry_points.append(FakeEntryPoint("broken", RuntimeError("boom"), FakeDist("bad", "1")))
+    host = PluginHost(environ={"SDS_PLUGINS_DISABLE": "mesh, sds_plugins.selection"})
+    assert host.failed["broken"].disable == (
+        "SDS_PLUGINS_DISABLE=mesh,sds_plugins.selection,broken"
+    )
+    # With that line set, it is neither loaded nor failed.
+    quiet = PluginHost(environ={"SDS_PLUGINS_DISABLE": host.failed["broken"].disable.split("=")[1]})
+    assert "broken" not in quiet.failed
+    assert "broken" not in {p["name"] for p in quiet.plugins()}
+
+
+def test_an_entry_point_that_fails_registration_is_skipped_and_leaves_nothing_behind(
+    entry_points: list[FakeEntryPoint],
+) -> None:
+    class Typo:
+        @hookimpl
+        def sds_register_adapters(self, register: Any) -> None:
+            raise AssertionError("a half-registered plugin was called")
+
+        @hookimpl
+        def sds_register_adaptors(self, register: Any) -> None:
+            pass
+
+    class Async:
+        @hookimpl
+        async def sds_lookup_completed(self, event: Any) -> None:
+            pass
+
+    entry_points.append(FakeEntryPoint("typo", Typo(), FakeDist("typo-dist", "1")))
+    entry_points.append(FakeEntryPoint("async", Async(), FakeDist("async-dist", "1")))
+    host = PluginHost(environ={})
+    assert set(host.failed) == {"typo", "async"}
+    assert "unknown hooks" in host.failed["typo"].error
+    assert "synchronous" in host.failed["async"].error
+    assert not host.pm.has_plugin("typo") and not host.pm.has_plugin("async")
+    host.register_adapters(lambda adapter: None)  # the typo plugin's real hook is gone too
+
+
+def test_a_plugin_registered_in_code_still_fails_loudly() -> None:
+    # Skipping is for installed plugins an operator can disable; code that registers a broken
+    # plugin itself gets the error.
+    class Async:
+        @hookimpl
+        async def sds_lookup_completed(self, event: Any) -> None:
+            pass
+
+    with pytest.raises(PluginError):
+        PluginHost(load_entrypoints=False).register(Async(), name="async")
 
 
 def test_misspelt_hooks_fail_loudly() -> None:
@@ -241,3 +312,115 @@ def test_the_pass_through_finalizer_alone_is_not_called_and_any_other_is() -> No
     )
     alone.register(Stamping())
     assert alone.finalize_envelope(envelope, request) == "stamped"  # type: ignore[arg-type,comparison-overlap]
+
+
+# -- an installed plugin that raises on import, in real processes --------------------------------
+
+BROKEN_MODULE = """
+raise ImportError("No module named 'lxml' (the broken plugin's own dependency)")
+"""
+
+
+@pytest.fixture
+def broken_site(tmp_path: Path) -> Path:
+    """A distribution ``sds-plugins-broken`` whose ``sds_plugins`` entry point raises on
+    import, installed as any is: a ``.dist-info`` folder on the path (see test_isolation.py)."""
+    site = tmp_path / "site"
+    info = site / "sds_plugins_broken-1.0.dist-info"
+    info.mkdir(parents=True)
+    (site / "sds_plugins_broken.py").write_text(BROKEN_MODULE)
+    (info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: sds-plugins-broken\nVersion: 1.0\n"
+    )
+    (info / "entry_points.txt").write_text("[sds_plugins]\nbroken = sds_plugins_broken\n")
+    return site
+
+
+def _environ(site: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SDS_")}
+    # The suite's own SDS_PLUGINS_LOAD, with the broken distribution let in.
+    load = os.environ.get("SDS_PLUGINS_LOAD", "")
+    env.update(PYTHONPATH=site.as_posix(), SDS_PLUGINS_LOAD=f"{load},sds-plugins-broken", **extra)
+    return env
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sds_plugins", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_one_broken_installed_plugin_does_not_stop_the_commands(
+    broken_site: Path, sandbox: Sandbox
+) -> None:
+    env = _environ(broken_site, SDS_BASE_URL=sandbox.base_url)
+    disable = "SDS_PLUGINS_DISABLE=broken"
+
+    listed = _cli(env, "plugins")
+    assert listed.returncode == 0, listed.stderr
+    plugins = {p["name"]: p for p in json.loads(listed.stdout)}
+    assert plugins["broken"]["status"] == "failed"
+    assert plugins["broken"]["disable"] == disable
+    assert "No module named 'lxml'" in plugins["broken"]["error"]
+    assert plugins["example_ebxml"]["status"] == "loaded"
+    assert disable in listed.stderr  # the logged error names the line
+
+    routed = _cli(
+        env, "route", "example-ebxml", "--org", "YES", "--interaction", PSIS,
+        "-o", "from_asid=200000000359",
+    )  # fmt: skip
+    assert routed.returncode == 0, routed.stderr
+    assert json.loads(routed.stdout)["target"]["asid"] == "928942012545"
+    assert disable in routed.stderr
+
+    doctor = _cli(env, "doctor")
+    assert doctor.returncode == 1, doctor.stdout + doctor.stderr
+    [line] = [line for line in doctor.stdout.splitlines() if line.startswith("FAIL plugins")]
+    assert "'broken' (sds-plugins-broken 1.0) failed to load" in line and disable in line
+    assert "ok   adapters:" in doctor.stdout
+
+    # The line it names works: with it, nothing fails and nothing is logged.
+    quiet = _cli({**env, "SDS_PLUGINS_DISABLE": "broken"}, "plugins")
+    assert quiet.returncode == 0 and "broken" not in quiet.stdout + quiet.stderr
+
+
+def test_serve_starts_and_routes_without_the_broken_plugin(
+    broken_site: Path, sandbox: Sandbox
+) -> None:
+    env = _environ(broken_site, SDS_BASE_URL=sandbox.base_url)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sds_plugins", "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert process.stdout is not None
+        line = process.stdout.readline().strip()
+        assert line.startswith("serving on "), process.stderr.read() if process.stderr else line
+        url = line.removeprefix("serving on ")
+        routed = httpx.post(
+            f"{url}/route/example-ebxml",
+            json={"org": "YES", "interaction": PSIS, "options": {"from_asid": 200000000359}},
+            timeout=30,
+        )
+        assert routed.status_code == 200, routed.text
+        assert routed.json()["source"]["asid"] == "200000000359"  # a number, as engines send it
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        stderr = process.stderr.read() if process.stderr else ""
+        for stream in (process.stdout, process.stderr):
+            if stream is not None:
+                stream.close()
+    assert "SDS_PLUGINS_DISABLE=broken" in stderr

@@ -22,6 +22,7 @@ from .._client import LookupResult, SdsClient
 from .._exceptions import ConfigurationError, DirectoryError, InvalidInputError, SdsPluginsError
 from .._models import records_as_json
 from .._settings import Settings
+from .._validation import normalise_interaction
 
 __all__ = ["cli", "main"]
 
@@ -79,8 +80,10 @@ def _settings(base_url: str | None, api_key: str | None) -> Settings:
         sys.exit(2)
 
 
-def _print_records(result: LookupResult[Any]) -> None:
-    click.echo(json.dumps(records_as_json(result.records), indent=2))
+def _print_records(result: LookupResult[Any], records: Sequence[Any] | None = None) -> None:
+    click.echo(
+        json.dumps(records_as_json(result.records if records is None else records), indent=2)
+    )
     if not result.records:
         click.echo(
             f"no matching records for {result.query} (correlation_id={result.correlation_id})",
@@ -217,7 +220,15 @@ def endpoint(
                 no_cache=no_cache,
             )
 
-    _print_records(_run(lookup))
+    result = _run(lookup)
+    records: list[Any] = list(result.records)
+    if interaction is not None:
+        # An MHS record serves many interactions and the record keeps the first it lists;
+        # every record the directory answered a query for an interaction with serves that one,
+        # which is what the person asked about (normalised as it was sent).
+        queried = normalise_interaction(interaction)
+        records = [record.model_copy(update={"interaction": queried}) for record in records]
+    _print_records(result, records)
 
 
 @cli.command()
@@ -554,14 +565,20 @@ def prewarm(
 
 @cli.command()
 def plugins() -> None:
-    """List installed plugins (name, distribution, version, hooks) as JSON."""
+    """List installed plugins (name, distribution, version, hooks, status) as JSON.
+
+    A plugin that could not be loaded is listed with ``"status": "failed"``, its error and the
+    ``SDS_PLUGINS_DISABLE=...`` line that stops loading it; the others load without it.
+    """
     from .._plugins import PluginHost
 
     try:
         host = PluginHost()
     except SdsPluginsError as exc:
         _fail(exc)
-    click.echo(json.dumps(host.plugins(), indent=2))
+    listed: list[dict[str, Any]] = [{**plugin, "status": "loaded"} for plugin in host.plugins()]
+    listed += [{**failure.as_json(), "hooks": []} for failure in host.failed.values()]
+    click.echo(json.dumps(listed, indent=2))
 
 
 @cli.command()

@@ -31,6 +31,23 @@ GPC = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1
 GP2GP = "urn:nhs:names:services:gp2gp:COPC_IN000001UK01"
 
 
+#: The adapters whose example options ``examples/consumer.toml`` holds (a test keeps the file
+#: and the adapters' examples the same): the demo shows the shell command that routes with it.
+CONSUMER_TOML = "examples/consumer.toml"
+CONSUMER_TOML_ADAPTERS = frozenset({"gpconnect", "example-ebxml"})
+
+
+def shell_route(name: str, example: dict[str, Any]) -> str:
+    """The ``sds-plugins route`` command that routes ``example`` with the example consumer
+    file (the options not in the file's table stay on the command line)."""
+    words = [f"sds-plugins route {name}", f"--org {example['org']}"]
+    if "encounter" in example:
+        words.append(f"--encounter {example['encounter']}")
+    words.append(f"--interaction {example['interaction']}")
+    words.append(f"--config {CONSUMER_TOML}")
+    return " \\\n      ".join(words)
+
+
 DEMO_CLIENT_ID = "sds-plugins-demo"
 DEMO_KID = "sds-plugins-demo-1"
 #: Directory sources that get the demo's signed-JWT credentials (PDS, and e-RS's bearer-token
@@ -285,6 +302,14 @@ async def _engine(console: Console, sandbox: Any, credentials: _DemoCredentials)
                 f"  100 concurrent routes in {elapsed * 1000:.0f} ms made {requests} directory "
                 "request(s): identical lookups share one request."
             )
+            if name in CONSUMER_TOML_ADAPTERS:
+                console.print(
+                    "  the same from a checkout's shell (SDS_BASE_URL: the sandbox):\n    $ "
+                    + shell_route(name, example),
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,  # a command to copy: never wrapped mid-word
+                )
             await asyncio.sleep(0.6)  # let the cache entries go stale...
             sandbox.set_faults(outage=True)
             try:

@@ -1,21 +1,45 @@
 """``sds-plugins doctor``: the effective configuration, what loaded, and live checks.
 
 Each check is one line, ``ok`` or ``FAIL``, naming what it checked; the command exits 1 when
-any failed. The directory is asked once (one ``/Device`` query for Spine's own systems in this
-environment, no retries): that answer says whether it is reachable, whether the API key was
-accepted and, from its ``Date`` header, how far this machine's clock is from the directory's (a
-skewed clock makes signed JWTs fail). When signed-JWT credentials are configured (for PDS), one
-token is obtained with them.
+any failed. What fails:
+
+- ``plugins``: an installed plugin that could not be loaded (the others still load; the line
+  names the ``SDS_PLUGINS_DISABLE=...`` setting that stops loading it);
+- ``adapters``: none installed, or an adapter that refuses every route because its plugin's
+  settings are wrong (``SDS_GPCONNECT_*``, ``MESH_*``, ``ERS_*``...);
+- ``files``: a file a plugin's settings name (client certificates and keys, CA bundles,
+  private keys) that is missing, not a regular file, unreadable, not PEM, or an expired
+  certificate;
+- ``directory reachable``, ``credentials accepted``, ``clock skew``: from one ``/Device``
+  query for Spine's own systems in this environment (no retries): whether the directory is
+  reachable, whether the API key was accepted and, from its ``Date`` header, how far this
+  machine's clock is from the directory's (a skewed clock makes signed JWTs fail);
+- ``pds``, ``signed-JWT token``, ``pds accepts the token``: PDS configured explicitly on the
+  live platform without credentials; with signed-JWT credentials, one token obtained with
+  them, then one PDS request with it that reads no patient (an NHS number with a wrong check
+  digit: PDS checks the token first, then answers 400);
+- ``redis``: ``SDS_REDIS_URL`` set and no ``PING`` answer;
+- ``broker``: ``SDS_WORKER_BROKER_URL`` set and the broker not reachable (a TCP connect with
+  a short timeout, and the protocol's greeting where it is plain text), or the worker's
+  ``SDS_WORKER_*`` settings or options file invalid. Passwords are never shown.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
+import os
+import stat
 import time
-from collections.abc import Callable
+import uuid
+import warnings
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -27,6 +51,9 @@ from .._upstream import safe_url
 from .._validation import normalise_correlation_id
 
 if TYPE_CHECKING:
+    from .._auth import SignedJwtAuth
+    from .._engine import Router
+    from .._plugins import PluginHost
     from .._settings import Settings
 
 __all__ = ["Check", "run_doctor"]
@@ -34,6 +61,14 @@ __all__ = ["Check", "run_doctor"]
 #: Beyond this, signed JWT client assertions (valid for at most 5 minutes) start to fail.
 MAX_CLOCK_SKEW_S = 30.0
 _TIMEOUT_S = 10.0
+#: How long the broker check waits for a TCP connection (and then for the greeting).
+BROKER_TIMEOUT_S = 3.0
+#: An NHS number whose check digit is wrong: PDS verifies the token, then refuses it (400)
+#: without reading any patient.
+_PDS_PROBE_NUMBER = "0000000001"
+#: The most of a certificate, key or bundle file read (a CA bundle is some hundreds of KB).
+_MAX_FILE_BYTES = 4 * 1024 * 1024
+_DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "nats": 4222, "tls": 4222}
 
 
 @dataclass(frozen=True)
@@ -65,32 +100,191 @@ def _is_secret(settings: Settings, name: str) -> bool:
     return isinstance(getattr(settings, name), SecretStr) or name in ("private_key_file",)
 
 
-def _plugins() -> Check:
+def _host() -> tuple[PluginHost | None, Check]:
     from .._plugins import PluginHost
 
     try:
         host = PluginHost()
     except SdsPluginsError as exc:
-        return Check("plugins", False, str(exc))
+        return None, Check("plugins", False, str(exc))
+    return host, _plugins(host)
+
+
+def _plugins(host: PluginHost) -> Check:
     listed = host.plugins()
     names = ", ".join(f"{p['name']} ({p['distribution']} {p['version']})" for p in listed)
+    if host.failed:
+        failed = "; ".join(
+            f"{f.name!r} ({f.distribution} {f.version}) failed to load: {f.error}; "
+            f"to run without it: {f.disable}"
+            for f in host.failed.values()
+        )
+        return Check("plugins", False, f"{failed} ({len(listed)} loaded)")
     return Check("plugins", True, f"{len(listed)} loaded: {names}")
 
 
-async def _adapters(settings: Settings) -> Check:
+async def _with_router(
+    settings: Settings, host: PluginHost | None
+) -> tuple[Check, list[tuple[str, Any]]]:
+    """The ``adapters`` check, from a router started on ``host`` (no network I/O), and the
+    settings of the plugins that read their own (for the ``files`` check)."""
+    from .._configured import UnconfiguredAdapter
     from .._engine import Router
 
-    router = Router(settings)
+    if host is None:
+        return Check("adapters", False, "not checked: the plugins did not load"), []
+    try:
+        router = Router(settings, host=host)
+    except SdsPluginsError as exc:
+        return Check("adapters", False, str(exc)), []
     try:
         await router.start()
-        names = sorted(router.adapters)
+        adapters = dict(router.adapters)
+        plugin_settings = list(_plugin_settings(router))
     except SdsPluginsError as exc:
-        return Check("adapters", False, str(exc))
+        return Check("adapters", False, str(exc)), []
     finally:
         await router.aclose()
-    if not names:
-        return Check("adapters", False, "none installed (pip install an adapter distribution)")
-    return Check("adapters", True, ", ".join(names))
+    if not adapters:
+        return (
+            Check("adapters", False, "none installed (pip install an adapter distribution)"),
+            plugin_settings,
+        )
+    refusing = {
+        name: adapter.error
+        for name, adapter in adapters.items()
+        if isinstance(adapter, UnconfiguredAdapter)
+    }
+    working = sorted(set(adapters) - set(refusing))
+    if refusing:
+        detail = "; ".join(
+            f"{name} refuses every route: {error}" for name, error in sorted(refusing.items())
+        )
+        if working:
+            detail += f" (working: {', '.join(working)})"
+        return Check("adapters", False, detail), plugin_settings
+    return Check("adapters", True, ", ".join(working)), plugin_settings
+
+
+def _plugin_settings(router: Router) -> Iterator[tuple[str, Any]]:
+    """``(plugin name, settings)`` of every plugin configured by settings that load (settings
+    that do not load make its adapters refuse every route: the ``adapters`` check says so)."""
+    from .._configured import ConfiguredPlugin
+
+    for name, plugin in router.host.pm.list_name_plugin():
+        if not isinstance(plugin, ConfiguredPlugin):
+            continue
+        try:
+            yield name, plugin.settings
+        except SdsPluginsError:
+            continue
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def _paths(settings: Any) -> Iterator[tuple[str, str, Path]]:
+    """``(variable, field, path)`` for every file path in a plugin's settings, nested ones
+    included (``MESH_TLS__INT__CERT``)."""
+    from pydantic import BaseModel
+
+    prefix = str(settings.model_config.get("env_prefix") or "")
+    delimiter = str(settings.model_config.get("env_nested_delimiter") or "__")
+
+    def walk(value: Any, variable: str, field: str) -> Iterator[tuple[str, str, Path]]:
+        if isinstance(value, Path):
+            yield variable.upper(), field, value
+        elif isinstance(value, BaseModel):
+            for name in type(value).model_fields:
+                yield from walk(getattr(value, name), f"{variable}{delimiter}{name}", name)
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                yield from walk(item, f"{variable}{delimiter}{key}", field)
+
+    for name in type(settings).model_fields:
+        yield from walk(getattr(settings, name), f"{prefix}{name}", name)
+
+
+def _file_problem(variable: str, field: str, path: Path, now: datetime) -> tuple[bool, str]:
+    """``(ok, what)`` for one configured file: there, a regular file, readable, and for
+    certificates and keys, PEM that parses (certificates not expired)."""
+    # A private key file's path stays hidden, as the configuration shows SDS_PRIVATE_KEY_FILE;
+    # TLS paths are not secrets (every envelope carries them).
+    where = variable if field == "private_key_file" else f"{variable}={path}"
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return False, f"{where}: no such file"
+    except OSError as exc:
+        return False, f"{where}: cannot be read: {exc.strerror or exc}"
+    if not stat.S_ISREG(info.st_mode):  # never open a FIFO or a device: it could block
+        return False, f"{where}: not a regular file"
+    try:
+        with path.open("rb") as handle:
+            data = handle.read(_MAX_FILE_BYTES)
+    except OSError as exc:
+        return False, f"{where}: cannot be read: {exc.strerror or exc}"
+    name = field.lower()
+    if name.endswith("bundle"):
+        return _certificates(where, data, now, bundle=True)
+    if name.endswith("cert"):
+        return _certificates(where, data, now, bundle=False)
+    if name.endswith("key") or name.endswith("key_file"):
+        return _private_key(where, data)
+    return True, f"{where}: readable"
+
+
+def _certificates(where: str, data: bytes, now: datetime, *, bundle: bool) -> tuple[bool, str]:
+    """A client certificate file (its first certificate is the client's: expired fails) or
+    a CA bundle (expired roots are ignored by TLS, as system bundles carry some: fails only
+    when none is valid)."""
+    from cryptography import x509
+
+    with warnings.catch_warnings():  # old roots' quirks (negative serials...) are not ours
+        warnings.simplefilter("ignore")
+        try:
+            certificates = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            return False, f"{where}: no PEM certificate in it"
+    if not bundle:
+        until = certificates[0].not_valid_after_utc
+        if until <= now:
+            return False, f"{where}: the certificate expired on {until.date().isoformat()}"
+        return True, f"{where}: certificate valid until {until.date().isoformat()}"
+    valid = [c for c in certificates if c.not_valid_after_utc > now]
+    if not valid:
+        return False, f"{where}: every certificate in it has expired"
+    return True, f"{where}: {len(valid)} valid CA certificate(s)"
+
+
+def _private_key(where: str, data: bytes) -> tuple[bool, str]:
+    from cryptography.exceptions import UnsupportedAlgorithm
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        load_pem_private_key(data, password=None)
+    except TypeError:  # encrypted: whoever uses it has the passphrase; we do not
+        return True, f"{where}: an encrypted private key (not decrypted here)"
+    except (ValueError, UnsupportedAlgorithm):  # not a key, or of a kind not known here
+        return False, f"{where}: not a PEM private key"
+    return True, f"{where}: private key"
+
+
+def _files(
+    plugin_settings: list[tuple[str, Any]], now: Callable[[], datetime] | None = None
+) -> Check:
+    when = (now or (lambda: datetime.now(UTC)))()
+    results = [
+        _file_problem(variable, field, path, when)
+        for _, settings in plugin_settings
+        for variable, field, path in _paths(settings)
+    ]
+    if not results:
+        return Check("files", True, "no certificate, key or CA bundle configured")
+    failed = [what for ok, what in results if not ok]
+    if failed:
+        return Check("files", False, "; ".join(failed))
+    return Check("files", True, "; ".join(what for _, what in results))
 
 
 async def _directory(settings: Settings, clock: Callable[[], float]) -> list[Check]:
@@ -174,9 +368,11 @@ def _pds(settings: Settings) -> Check:
     if settings.configured_auth():
         return Check("pds", True, f"{safe_url(base_url)}, with signed-JWT credentials")
     if is_live_platform(base_url):
+        # Configured on purpose (SDS_PDS_BASE_URL) but unable to authenticate: a failure; PDS
+        # merely derived from the SDS environment: information (organisation routes work).
         return Check(
             "pds",
-            True,
+            settings.pds_base_url is None,
             f"{safe_url(base_url)} needs signed-JWT credentials and none are set: routes to a "
             "patient are refused (set SDS_CLIENT_ID or SDS_API_KEY, SDS_PRIVATE_KEY_FILE, "
             "SDS_KID)",
@@ -185,13 +381,15 @@ def _pds(settings: Settings) -> Check:
 
 
 async def _signed_jwt(settings: Settings) -> list[Check]:
-    """One token from the platform's token endpoint, when signed-JWT credentials are set."""
+    """One token from the platform's token endpoint, when signed-JWT credentials are set; then
+    one PDS request with it."""
     if not settings.configured_auth():
         return []
+    pds_url: str | None
     try:
-        base_url = settings.resolved_pds_base_url()
+        pds_url = base_url = settings.resolved_pds_base_url()
     except SdsPluginsError:
-        base_url = settings.resolved_base_url()
+        pds_url, base_url = None, settings.resolved_base_url()
     token_url = settings.pds_token_url or settings.token_url or default_token_url(base_url)
     try:
         auth = settings.signed_jwt_auth(token_url, purpose="signed-JWT auth (PDS)")
@@ -210,13 +408,55 @@ async def _signed_jwt(settings: Settings) -> list[Check]:
                     f"cannot reach {safe_url(token_url)}: {type(exc).__name__}",
                 )
             ]
-    return [
-        Check(
-            "signed-JWT token",
-            True,
-            f"obtained from {safe_url(token_url)}, valid for {max(expires - time.time(), 0):.0f}s",
+        checks = [
+            Check(
+                "signed-JWT token",
+                True,
+                f"obtained from {safe_url(token_url)}, valid for "
+                f"{max(expires - time.time(), 0):.0f}s",
+            )
+        ]
+        if pds_url is not None:
+            checks.append(await _pds_accepts(http, auth, pds_url))
+    return checks
+
+
+async def _pds_accepts(http: httpx.AsyncClient, auth: SignedJwtAuth, base_url: str) -> Check:
+    """One ``GET /Patient/{an invalid NHS number}`` with the token: PDS's proxy checks the token
+    first (401/403 when refused); past it, PDS refuses the number (400) without reading any
+    patient."""
+    url = f"{base_url}/Patient/{_PDS_PROBE_NUMBER}"
+    try:
+        response = await http.get(
+            url,
+            auth=auth,
+            headers={
+                "Accept": "application/fhir+json",
+                "X-Request-ID": str(uuid.uuid4()),
+                "X-Correlation-ID": normalise_correlation_id(None),
+            },
         )
-    ]
+    except (httpx.HTTPError, SdsPluginsError) as exc:
+        return Check(
+            "pds accepts the token",
+            False,
+            f"cannot reach {safe_url(url)}: {type(exc).__name__}: {str(exc)[:200] or 'no detail'}",
+        )
+    status = response.status_code
+    if status in (401, 403):
+        return Check(
+            "pds accepts the token",
+            False,
+            f"{safe_url(base_url)} refused the token ({status}): is the application subscribed "
+            "to PDS in this environment, with this key?",
+        )
+    if status >= 500 or status == 429:
+        return Check("pds accepts the token", False, f"{safe_url(url)} answered {status}")
+    return Check(
+        "pds accepts the token",
+        True,
+        f"{safe_url(base_url)} accepted it ({status} to a request that reads no patient)",
+    )
 
 
 async def _redis(settings: Settings) -> Check:
@@ -240,14 +480,116 @@ async def _redis(settings: Settings) -> Check:
     return Check("redis", True, f"{link.location} answers PING")
 
 
+async def _broker(environ: Mapping[str, str]) -> Check:
+    """The worker's broker, when ``SDS_WORKER_BROKER_URL`` is set: a TCP connection within
+    :data:`BROKER_TIMEOUT_S`, then the protocol's greeting where it is plain text (NATS sends
+    ``INFO``; RabbitMQ answers the AMQP header with ``connection.start``)."""
+    if not environ.get("SDS_WORKER_BROKER_URL"):
+        return Check("broker", True, "not configured (SDS_WORKER_BROKER_URL is not set)")
+    from pydantic import ValidationError
+
+    from .._adapter_options import load_adapter_options
+    from .._worker._settings import WorkerSettings, mask_url
+
+    try:
+        worker = WorkerSettings()
+    except ValidationError as exc:
+        fields = ", ".join(
+            "SDS_WORKER_" + "_".join(str(part) for part in error["loc"]).upper()
+            for error in exc.errors()
+        )
+        return Check("broker", False, f"invalid worker settings: {fields}")
+    url = worker.broker_url.get_secret_value()
+    if worker.config is not None:
+        try:
+            load_adapter_options(worker.config)
+        except SdsPluginsError as exc:
+            return Check("broker", False, f"SDS_WORKER_CONFIG: {exc}")
+    results = [await _reach(server.strip(), mask_url) for server in url.split(",") if server]
+    reached = [what for ok, what in results if ok]
+    if reached:
+        return Check("broker", True, "; ".join(reached))
+    return Check("broker", False, "; ".join(what for _, what in results))
+
+
+async def _reach(url: str, mask: Callable[[str], str]) -> tuple[bool, str]:
+    shown = mask(url)
+    try:
+        parts = urlsplit(url)
+        scheme = parts.scheme.lower()
+        host = parts.hostname or "localhost"
+        port = parts.port or _DEFAULT_PORTS.get(scheme, 0)
+    except ValueError:
+        return False, f"{shown}: not a URL"
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(BROKER_TIMEOUT_S):
+            reader, writer = await asyncio.open_connection(host, port)
+    except TimeoutError:
+        return False, f"cannot reach {shown}: no connection within {BROKER_TIMEOUT_S:g}s"
+    except OSError as exc:
+        # errno's own words ("Connection refused"); a failed name lookup has a negative one.
+        reason = (
+            os.strerror(exc.errno)
+            if exc.errno and exc.errno > 0
+            else (exc.strerror or str(exc) or type(exc).__name__)
+        )
+        return False, f"cannot reach {shown}: {reason}"
+    try:
+        greeting = await _greeting(scheme, reader, writer)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    elapsed = (time.perf_counter() - started) * 1000
+    if greeting is not None and not greeting[0]:
+        return False, f"{shown} accepted a connection but {greeting[1]}"
+    said = f", {greeting[1]}" if greeting is not None else ""
+    return True, f"{shown} accepts connections ({elapsed:.0f} ms{said})"
+
+
+async def _greeting(
+    scheme: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> tuple[bool, str] | None:
+    """Whether the server speaks the broker's protocol (``None``: TLS, not looked at)."""
+    try:
+        async with asyncio.timeout(BROKER_TIMEOUT_S):
+            if scheme == "nats":
+                line = await reader.readline()
+                if line.startswith(b"INFO "):
+                    return True, "NATS sent INFO"
+                return False, "it did not greet as a NATS server does (INFO)"
+            if scheme == "amqp":
+                writer.write(b"AMQP\x00\x00\x09\x01")
+                await writer.drain()
+                frame = await reader.read(7)
+                # A method frame (type 1) on channel 0: connection.start.
+                if frame[:3] == b"\x01\x00\x00":
+                    return True, "AMQP 0-9-1 connection.start received"
+                return False, "it did not answer as an AMQP 0-9-1 broker does"
+    except TimeoutError:
+        return False, f"it sent no greeting within {BROKER_TIMEOUT_S:g}s"
+    except OSError as exc:
+        return False, f"the connection failed: {exc.strerror or type(exc).__name__}"
+    return None
+
+
 async def run_doctor(
-    settings: Settings, *, clock: Callable[[], float] = time.time
+    settings: Settings,
+    *,
+    clock: Callable[[], float] = time.time,
+    environ: Mapping[str, str] | None = None,
 ) -> tuple[list[str], list[Check]]:
     """``(configuration lines, checks)``."""
-    checks = [_plugins()]
-    checks.append(await _adapters(settings))
+    env = os.environ if environ is None else environ
+    host, plugins = _host()
+    checks = [plugins]
+    adapters, plugin_settings = await _with_router(settings, host)
+    checks.append(adapters)
+    checks.append(_files(plugin_settings))
     checks += await _directory(settings, clock)
     checks.append(_pds(settings))
     checks += await _signed_jwt(settings)
     checks.append(await _redis(settings))
+    checks.append(await _broker(env))
     return configuration(settings), checks
