@@ -4,7 +4,9 @@
 collect every outcome (envelopes, failures, replies) with its message id, correlation id and
 attempts. Every test uses its own queue/subject names and removes them (and the streams or
 retry queues the worker created) at the end. :class:`WorkerProcess` runs ``sds-plugins
-worker`` as a real subprocess, its log in a file.
+worker`` as a real subprocess, its log in a file. The ``broker`` fixture (each test once per
+broker) and the ``workers`` fixture are here for every worker test module to import;
+:class:`StallingProxy` stands between a worker and its broker and can stop forwarding.
 """
 
 from __future__ import annotations
@@ -14,14 +16,20 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 AMQP_URL = os.environ.get("SDS_TEST_AMQP_URL", "")
@@ -62,6 +70,7 @@ class Broker(Protocol):
         self, body: bytes, request_id: str | None, *, reply_to: str | None = None
     ) -> None: ...
     async def add_reply_destination(self, name: str) -> None: ...
+    async def delete_destination(self, name: str) -> None: ...
     async def delete_requests(self) -> None: ...
     async def take(self, destination: str) -> list[Received]: ...
     async def requests_left(self) -> int: ...
@@ -114,6 +123,27 @@ class AmqpBroker:
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
         await self._channel.default_exchange.publish(message, self.requests)
+
+    async def publish_raw(self, body: bytes, **properties: Any) -> None:
+        """Publish on aiormq's channel with these ``Basic.Properties`` as they are (inside
+        :func:`raw_amqp_strings`, short strings may be ``bytes`` that are not UTF-8)."""
+        import aiormq
+
+        channel = await self._channel.get_underlay_channel()
+        await channel.basic_publish(
+            body,
+            routing_key=self.requests,
+            properties=aiormq.spec.Basic.Properties(delivery_mode=2, **properties),
+        )
+
+    async def declare(self, name: str, arguments: dict[str, Any] | None = None) -> None:
+        """Declare a durable queue (removed at the end) before the worker does."""
+        if name not in (self.requests, self.envelopes, self.failures):
+            self._extra.append(name)
+        await self._channel.declare_queue(name, durable=True, arguments=arguments)
+
+    async def delete_destination(self, name: str) -> None:
+        await self._channel.queue_delete(name)
 
     async def get(self, queue: str) -> Any:
         """The message at the head of ``queue`` (taken off it), or ``None``."""
@@ -171,6 +201,16 @@ class NatsBroker:
         self._nc = await nats.connect(self.url)
         self._js = self._nc.jetstream(timeout=10)
 
+    @property
+    def nc(self) -> Any:
+        """The test's own NATS connection."""
+        return self._nc
+
+    @property
+    def js(self) -> Any:
+        """Its JetStream context."""
+        return self._js
+
     async def close(self) -> None:
         import nats.js.errors
 
@@ -197,6 +237,12 @@ class NatsBroker:
         from sds_plugins._worker._nats import stream_name
 
         await self._js.delete_stream(stream_name(self.requests))  # and its consumer with it
+
+    async def delete_destination(self, name: str) -> None:
+        from sds_plugins._worker._nats import stream_name
+
+        self._subscriptions.pop(name, None)  # its consumer goes with the stream
+        await self._js.delete_stream(stream_name(name))
 
     async def add_reply_destination(self, name: str) -> None:
         from sds_plugins._worker._nats import stream_name
@@ -344,3 +390,196 @@ class WorkerProcess:
 
 def unique_prefix() -> str:
     return f"sds-test-{uuid.uuid4().hex[:10]}"
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (Linux ``VmHWM``), in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc/<pid>/status")
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(
+    name="broker",
+    params=[
+        pytest.param(
+            "amqp",
+            marks=[
+                pytest.mark.amqp,
+                pytest.mark.skipif(
+                    not AMQP_URL,
+                    reason="needs RabbitMQ: set SDS_TEST_AMQP_URL "
+                    "(e.g. amqp://guest:guest@127.0.0.1:5672/)",
+                ),
+            ],
+        ),
+        pytest.param(
+            "nats",
+            marks=[
+                pytest.mark.nats,
+                pytest.mark.skipif(
+                    not NATS_URL,
+                    reason="needs NATS with JetStream: set SDS_TEST_NATS_URL "
+                    "(e.g. nats://127.0.0.1:4222)",
+                ),
+            ],
+        ),
+    ],
+)
+async def broker_fixture(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    """A client of RabbitMQ, then of NATS: each test that takes it runs once per broker."""
+    prefix = unique_prefix()
+    client: Broker = (
+        AmqpBroker(AMQP_URL, prefix) if request.param == "amqp" else NatsBroker(NATS_URL, prefix)
+    )
+    await client.open()
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture(name="workers")
+def workers_fixture(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """``start(base_url, *args, env=None)``: worker processes, all killed at the end."""
+    started: list[WorkerProcess] = []
+
+    def start(base_url: str, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
+        log = tmp_path / f"worker-{len(started) + 1}.log"
+        process = WorkerProcess(broker, log, base_url=base_url, args=args, env=env)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+# --------------------------------------------------------------------------- hostile helpers
+
+
+@contextlib.contextmanager
+def raw_amqp_strings() -> Iterator[None]:
+    """pamqp (in this process) writes ``bytes`` short strings and table names as they are:
+    what a Java or Go client may send, UTF-8 or not (pamqp itself only writes ``str``)."""
+    import pamqp.encode
+
+    strict_short = pamqp.encode.METHODS["shortstr"]
+    strict_table = pamqp.encode.field_table
+
+    def short_string(value: Any) -> bytes:
+        if isinstance(value, bytes):
+            return struct.pack("B", len(value)) + value
+        return strict_short(value)
+
+    def field_table(value: Any) -> bytes:
+        if not value:
+            return struct.pack(">I", 0)
+        parts = []
+        for key, item in value.items():
+            name = key if isinstance(key, bytes) else key.encode()
+            parts.append(struct.pack("B", len(name)) + name + pamqp.encode.encode_table_value(item))
+        data = b"".join(parts)
+        return struct.pack(">I", len(data)) + data
+
+    pamqp.encode.METHODS["shortstr"] = short_string
+    pamqp.encode.METHODS["table"] = field_table
+    pamqp.encode.field_table = field_table  # nested tables
+    try:
+        yield
+    finally:
+        pamqp.encode.METHODS["shortstr"] = strict_short
+        pamqp.encode.METHODS["table"] = strict_table
+        pamqp.encode.field_table = strict_table
+
+
+class StallingProxy:
+    """A TCP proxy between a worker and its broker that can stop forwarding, both ways, while
+    keeping every connection open: a broker that accepts but never answers. New connections
+    after :meth:`stall` are accepted and left silent too. Runs in threads on an ephemeral
+    port; :meth:`close` ends it."""
+
+    def __init__(self, target_url: str) -> None:
+        parts = urlsplit(target_url)
+        assert parts.hostname is not None and parts.port is not None, target_url
+        self._target = (parts.hostname, parts.port)
+        self._target_url = parts
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self.port: int = self._listener.getsockname()[1]
+        self.stalled = threading.Event()
+        self._closed = threading.Event()
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self.connections = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        """The broker URL, through the proxy (credentials and path kept)."""
+        parts = self._target_url
+        userinfo, _, _ = parts.netloc.rpartition("@")
+        netloc = f"{userinfo}@127.0.0.1:{self.port}" if userinfo else f"127.0.0.1:{self.port}"
+        return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+
+    def stall(self) -> None:
+        self.stalled.set()
+
+    def close(self) -> None:
+        self._closed.set()
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in [self._listener, *sockets]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _keep(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+
+    def _accept(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._keep(client)
+            self.connections += 1
+            if self.stalled.is_set():
+                continue  # accepted, and never answered
+            try:
+                upstream = socket.create_connection(self._target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            self._keep(upstream)
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        source.settimeout(0.2)
+        while not self.stalled.is_set() and not self._closed.is_set():
+            try:
+                data = source.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            if not data:
+                with contextlib.suppress(OSError):
+                    sink.shutdown(socket.SHUT_WR)
+                return
+            if self.stalled.is_set():
+                break  # read just as it stalled: dropped, as a silent broker would
+            try:
+                sink.sendall(data)
+            except OSError:
+                break
+        # Stalled: nothing more is read or written, and the sockets stay open until close().
+        self._closed.wait()

@@ -14,8 +14,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -26,74 +25,19 @@ from sds_plugins.testing import accredited_system_record, mhs_record
 
 from ._reference import GP2GP, PSIS
 from ._worker_support import (
-    AMQP_URL,
-    NATS_URL,
     REDIS_URL,
     AmqpBroker,
     Broker,
-    NatsBroker,
     Outcomes,
     WorkerProcess,
+    broker_fixture,  # noqa: F401 - the broker fixture (RabbitMQ and NATS)
     unique_prefix,
+    workers_fixture,  # noqa: F401 - the workers fixture
 )
 
 EXAMPLE = "example-ebxml"
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
-
-
-@pytest.fixture(
-    params=[
-        pytest.param(
-            "amqp",
-            marks=[
-                pytest.mark.amqp,
-                pytest.mark.skipif(
-                    not AMQP_URL,
-                    reason="needs RabbitMQ: set SDS_TEST_AMQP_URL "
-                    "(e.g. amqp://guest:guest@127.0.0.1:5672/)",
-                ),
-            ],
-        ),
-        pytest.param(
-            "nats",
-            marks=[
-                pytest.mark.nats,
-                pytest.mark.skipif(
-                    not NATS_URL,
-                    reason="needs NATS with JetStream: set SDS_TEST_NATS_URL "
-                    "(e.g. nats://127.0.0.1:4222)",
-                ),
-            ],
-        ),
-    ]
-)
-async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
-    prefix = unique_prefix()
-    client: Broker = (
-        AmqpBroker(AMQP_URL, prefix) if request.param == "amqp" else NatsBroker(NATS_URL, prefix)
-    )
-    await client.open()
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
-def workers(broker: Broker, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
-    """``start(base_url, *args, env=None)``: worker processes, all killed at the end."""
-    started: list[WorkerProcess] = []
-
-    def start(base_url: str, *args: str, env: dict[str, str] | None = None) -> WorkerProcess:
-        log = tmp_path / f"worker-{len(started) + 1}.log"
-        process = WorkerProcess(broker, log, base_url=base_url, args=args, env=env)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
 
 
 def _request(org: str, interaction: str = PSIS, **fields: Any) -> bytes:

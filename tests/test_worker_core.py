@@ -22,6 +22,7 @@ from sds_plugins import (
     DirectoryTimeoutError,
     DirectoryUnavailableError,
     EnvelopeVetoedError,
+    InvalidInputError,
     NotFoundError,
     PluginHost,
     RateLimitedError,
@@ -166,7 +167,7 @@ async def test_encounter_and_options_reach_the_route(router: Router) -> None:
         (b"{not json", "InvalidInputError", 2, "not JSON"),
         (b"\xff\xfe{}", "InvalidInputError", 2, "not UTF-8"),
         (b"[1, 2]", "InvalidInputError", 2, "JSON object, not an array"),
-        (b"[" * 100_000, "InvalidInputError", 2, "nested too deeply"),
+        (b"[" * 10_000, "InvalidInputError", 2, "nested too deeply"),
         (_body(org=...), "InvalidInputError", 2, "'org' (an ODS code) or 'patient'"),
         (_body(org=None), "InvalidInputError", 2, "'org' (an ODS code) or 'patient'"),
         (_body(org=12), "InvalidInputError", 2, "'org' must be a string, not a number"),
@@ -392,3 +393,53 @@ async def test_a_stub_router_not_found_is_final() -> None:
     outcome = await worker.handle(_body(), request_id="r")
     assert (outcome.disposition, outcome.gave_up) == ("failure", False)
     assert _document(outcome)["error"]["exit_code"] == 3
+
+
+# --------------------------------------------------------------------------- numbers
+
+
+@pytest.mark.parametrize(
+    ("body", "in_message"),
+    [
+        (b'{"options": {"asid": ' + b"9" * 5000 + b"}}", "a number 5,000 characters long"),
+        (b'{"n": ' + b"1" * 101 + b"}", "a number 101 characters long; at most 100 are read"),
+        (b'{"n": 0.' + b"5" * 200 + b"}", "a number 202 characters long"),
+        (b'{"n": 1e999}', "a number out of range (1e999)"),
+        (b'{"n": -1e400}', "a number out of range (-1e400)"),
+        (b'{"n": NaN}', "not JSON (NaN is not a JSON number)"),
+        (b'{"n": -Infinity}', "not JSON (-Infinity is not a JSON number)"),
+    ],
+)
+def test_numbers_too_long_or_out_of_range_are_invalid_input(body: bytes, in_message: str) -> None:
+    """Python refuses to convert an integer of more than 4,300 digits with a bare ValueError:
+    that was an unexpected error (a 500 and a traceback in serve, exit code 1 here)."""
+    from sds_plugins._worker._core import _decode
+
+    with pytest.raises(InvalidInputError, match="request body") as raised:
+        _decode(body)
+    assert in_message in str(raised.value)
+    assert raised.value.field == "body"
+
+
+def test_ordinary_numbers_still_parse() -> None:
+    from sds_plugins._worker._core import _decode
+
+    assert _decode(b'{"a": 200000000359, "b": -1.5e3, "c": 0, "d": ' + b"9" * 100 + b"}") == {
+        "a": 200000000359,
+        "b": -1500.0,
+        "c": 0,
+        "d": int("9" * 100),
+    }
+
+
+async def test_a_huge_integer_in_a_request_is_a_final_invalid_input_failure() -> None:
+    worker = _stub_worker(NotFoundError("never reached", status_code=None))
+    body = b'{"adapter": "example-ebxml", "org": "YES", "options": {"n": ' + b"7" * 5000 + b"}}"
+    outcome = await worker.handle(body, request_id="r")
+    error = _document(outcome)["error"]
+    assert (error["type"], error["exit_code"], error["retryable"]) == (
+        "InvalidInputError",
+        2,
+        False,
+    )
+    assert "5,000 characters long" in error["message"]

@@ -15,6 +15,15 @@ seconds: a per-message TTL only expires at the head of a queue, so mixing 1 s an
 in one queue would hold the short ones back; this way a retry is late by less than its own
 delay at worst, and never early. No broker plugin is needed.
 
+Every message leaves the queue: an outcome the broker refuses (nacked, not encodable) is tried
+again, at most ``MAX_PUBLISH_REFUSALS`` times by this worker, and then the request is rejected
+without requeue (dead-lettered, when the queue has a dead-letter exchange); one that is
+unroutable means a queue was deleted, and the worker stops for a restart to declare it again.
+Properties and header names that are not UTF-8 are read per message (``_amqp_strings``) and
+answered with a failure document. The connection asks for a heartbeat every ``HEARTBEAT_S``
+seconds (unless the URL sets its own ``heartbeat``): a broker that stops answering is noticed
+after about three of them, and the worker exits.
+
 aio-pika opens the connection and declares; messages move on its underlying aiormq channel
 (``get_underlay_channel``). aio-pika's consumer wraps each delivery in a second task and an
 ``IncomingMessage`` that converts every property, and its ``Message`` validates each field of
@@ -25,11 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import hashlib
 import logging
 import math
 import os
 import socket
-import uuid
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, cast
 
@@ -38,14 +47,24 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection
 from aiormq import Channel as RawChannel
 from aiormq.abc import DeliveredMessage
+from yarl import URL
 
+from .._exceptions import InvalidInputError
+from ._amqp_strings import escaped, has_undecodable, install, lenient, raw_bytes
 from ._core import RouteWorker, WorkerOutcome
 from ._runtime import BrokerError, InFlight, explain, first_of, log_outcome
 
 if TYPE_CHECKING:
     from ._settings import WorkerSettings
 
-__all__ = ["ATTEMPTS_HEADER", "FIRST_SEEN_HEADER", "AmqpTransport", "retry_queue_name"]
+__all__ = [
+    "ATTEMPTS_HEADER",
+    "FIRST_SEEN_HEADER",
+    "HEARTBEAT_S",
+    "MAX_PUBLISH_REFUSALS",
+    "AmqpTransport",
+    "retry_queue_name",
+]
 
 logger = logging.getLogger("sds_plugins.worker")
 
@@ -58,6 +77,31 @@ _PERSISTENT = 2  # delivery mode: written to disk with the durable queue
 # After a failed publish the request goes back to the queue; pausing first keeps a broker that
 # refuses everything (disk alarm) from turning the worker into a busy loop.
 _REQUEUE_PAUSE_S = 1.0
+#: The heartbeat the worker asks for (seconds), unless the URL has its own ``heartbeat=``.
+#: aiormq gives up on a connection that sent nothing for 3 x (heartbeat + 1) s, checking every
+#: heartbeat/2 s: about 18 to 20 s at 5 (RabbitMQ's default, 60, takes over three minutes).
+HEARTBEAT_S = 5
+#: Refusals of one request's outcome (nacked, not encodable) before the worker
+#: stops trying and rejects the request without requeue (dead-lettered, or dropped).
+MAX_PUBLISH_REFUSALS = 5
+# Remembered refusals (per request), oldest forgotten first.
+_REFUSALS_KEPT = 10_000
+# Closing a connection to a broker that stopped answering must not hang the exit.
+_CLOSE_TIMEOUT_S = 5.0
+# Broker-set short-string properties a message may carry (all but headers, which are a table).
+_STRING_PROPERTIES = (
+    "message_id",
+    "correlation_id",
+    "reply_to",
+    "content_type",
+    "content_encoding",
+    "message_type",
+    "user_id",
+    "app_id",
+    "expiration",
+    "cluster_id",
+)
+_AMQP_SHORT_MAX = 255  # bytes in a short string (message_id, correlation_id...)
 
 
 def retry_queue_name(requests: str, delay_s: float) -> str:
@@ -81,19 +125,29 @@ class AmqpTransport:
         self._lost = asyncio.Event()
         self._lost_reason = ""
         self._cancelled = asyncio.Event()
+        # A queue the worker declared is gone (an outcome to it was unroutable).
+        self._gone = asyncio.Event()
+        self._gone_reason = ""
+        # Refusals of an outcome so far, by request (message id, or the body's digest).
+        self._refusals: dict[str, int] = {}
 
     # -- life cycle ---------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
+        install()  # strings that are not UTF-8: per message, on this connection only
         try:
-            connection = await aio_pika.connect(
-                settings.broker_url.get_secret_value(),
-                timeout=30,
-                client_properties={
-                    "connection_name": f"sds-plugins worker {socket.gethostname()}:{os.getpid()}"
-                },
-            )
+            url = with_heartbeat(settings.broker_url.get_secret_value())
+            with lenient():  # the connection's reader task inherits this
+                connection = await aio_pika.connect(
+                    url,
+                    timeout=30,
+                    client_properties={
+                        "connection_name": (
+                            f"sds-plugins worker {socket.gethostname()}:{os.getpid()}"
+                        )
+                    },
+                )
         except Exception as exc:
             raise BrokerError(
                 f"cannot connect to {settings.broker}: {explain(exc, settings)}"
@@ -121,9 +175,19 @@ class AmqpTransport:
                 settings.broker,
                 settings.concurrency,
             )
-            await first_of(stop.wait(), self._lost.wait(), self._cancelled.wait())
+            await first_of(
+                stop.wait(), self._lost.wait(), self._cancelled.wait(), self._gone.wait()
+            )
             if self._lost.is_set():
                 raise BrokerError(f"lost the connection to {settings.broker}: {self._lost_reason}")
+            if self._gone.is_set():
+                # Declared once at start: only a restart declares it again. What was delivered
+                # goes back to the queue (or is finished first).
+                await self._stop_consuming(raw, tag)
+                await self.in_flight.drained(settings.drain_timeout_s)
+                raise BrokerError(
+                    f"{self._gone_reason}: stopping, so that a restart declares it again"
+                )
             if self._cancelled.is_set():
                 # What was delivered is finished first; then a restart declares the queue again.
                 await self.in_flight.drained(settings.drain_timeout_s)
@@ -140,7 +204,8 @@ class AmqpTransport:
             connection.close_callbacks.discard(self._on_close)
             if self._channel is not None:
                 self._channel.close_callbacks.discard(self._on_close)
-            await _quietly(connection.close())
+            # A broker that stopped answering would never finish the closing handshake.
+            await _quietly(asyncio.wait_for(connection.close(), _CLOSE_TIMEOUT_S))
 
     async def _stop_consuming(self, raw: RawChannel, tag: str) -> None:
         # basic.cancel: the broker sends nothing more; deliveries already here are in flight
@@ -155,7 +220,11 @@ class AmqpTransport:
 
     def _on_close(self, sender: object, exc: BaseException | None = None) -> None:
         if exc is not None and not self._lost.is_set():
-            self._lost_reason = explain(exc, self.settings)
+            if isinstance(exc, asyncio.CancelledError):
+                # aiormq cancels its reader when no frame came for 3 heartbeats.
+                self._lost_reason = "the broker stopped answering (no heartbeat, no frame)"
+            else:
+                self._lost_reason = explain(exc, self.settings)
             self._lost.set()
 
     # -- declarations -------------------------------------------------------------------------
@@ -200,14 +269,25 @@ class AmqpTransport:
         delivery_tag = message.delivery_tag
         assert delivery_tag is not None  # a delivery (not a basic.get or a return) has one
         headers = dict(properties.headers or {})
-        request_id = properties.message_id or str(uuid.uuid4())
+        undecodable = _undecodable(properties, headers)
+        reject = None
+        if undecodable:
+            shown = ", ".join(undecodable[:5])
+            more = f" and {len(undecodable) - 5} more" if len(undecodable) > 5 else ""
+            reject = InvalidInputError(
+                "the message has properties or header names that are not UTF-8 text (shown "
+                f"with \\x escapes): {shown}{more}",
+                field="properties",
+            )
+        request_id = _request_id(properties.message_id)
         outcome = await self.worker.handle(
             message.body,
             request_id=request_id,
             attempt=_int(headers.get(ATTEMPTS_HEADER)) + 1,
             first_seen=_float(headers.get(FIRST_SEEN_HEADER)),
             headers=headers,
-            correlation_id=properties.correlation_id,
+            correlation_id=_decodable(properties.correlation_id),
+            reject=reject,
         )
         try:
             if outcome.disposition == "retry":
@@ -217,15 +297,35 @@ class AmqpTransport:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.error(
-                "request_id=%s: could not publish its %s (%s); it goes back to the queue",
-                outcome.request_id,
-                outcome.disposition,
-                explain(exc, self.settings),
-            )
+            if isinstance(exc, aiormq.exceptions.PublishError):
+                # Unroutable through the default exchange: the queue is gone (deleted). Not
+                # the message's fault: it goes back, and the worker stops to declare it again.
+                queue = _routing_key(exc) or "a queue"
+                if not self._gone.is_set():
+                    self._gone_reason = f"queue {queue} is gone (deleted?)"
+                    self._gone.set()
+                logger.error(
+                    "request_id=%s: could not publish its %s: queue %s is gone; it goes back "
+                    "to the queue",
+                    outcome.request_id,
+                    outcome.disposition,
+                    queue,
+                )
+            elif outcome.disposition != "retry" and _is_refusal(exc):
+                if await self._refused(message, delivery_tag, outcome, exc):
+                    return
+            else:
+                logger.error(
+                    "request_id=%s: could not publish its %s (%s); it goes back to the queue",
+                    outcome.request_id,
+                    outcome.disposition,
+                    explain(exc, self.settings),
+                )
             await asyncio.sleep(_REQUEUE_PAUSE_S)
             await _quietly(raw.basic_nack(delivery_tag, requeue=True))
             return
+        if self._refusals:
+            self._refusals.pop(_refusal_key(message), None)
         try:
             # wait=False: queued behind the outcome's publish on the one connection, and not
             # waiting for the socket to drain; a lost ack only means a duplicate outcome.
@@ -240,21 +340,80 @@ class AmqpTransport:
             return
         log_outcome(outcome, destination)
 
+    async def _refused(
+        self,
+        message: DeliveredMessage,
+        delivery_tag: int,
+        outcome: WorkerOutcome,
+        exc: BaseException,
+    ) -> bool:
+        """Count a refusal of this request's outcome; past the limit, reject the request
+        without requeue (``True``): dead-lettered if the queue has a dead-letter exchange."""
+        key = _refusal_key(message)
+        refusals = self._refusals.pop(key, 0) + 1
+        if refusals < MAX_PUBLISH_REFUSALS:
+            self._refusals[key] = refusals
+            while len(self._refusals) > _REFUSALS_KEPT:
+                del self._refusals[next(iter(self._refusals))]
+            logger.error(
+                "request_id=%s: the broker refused its %s (%s), %d of %d times; it goes back "
+                "to the queue",
+                outcome.request_id,
+                outcome.disposition,
+                explain(exc, self.settings),
+                refusals,
+                MAX_PUBLISH_REFUSALS,
+            )
+            return False
+        assert self._raw is not None
+        try:
+            await self._raw.basic_nack(delivery_tag, requeue=False)
+        except Exception as nack_error:  # the connection went: it is delivered again
+            logger.warning(
+                "request_id=%s: could not reject it (%s)",
+                outcome.request_id,
+                explain(nack_error, self.settings),
+            )
+            return True
+        logger.error(
+            "request_id=%s: the broker refused its %s %d times (%s): giving up; the request is "
+            "rejected without requeue (dead-lettered if %s has a dead-letter exchange, else "
+            "dropped) and has no outcome",
+            outcome.request_id,
+            outcome.disposition,
+            refusals,
+            explain(exc, self.settings),
+            self.settings.requests,
+        )
+        return True
+
     async def _publish_outcome(self, message: DeliveredMessage, outcome: WorkerOutcome) -> str:
         settings = self.settings
         queue = settings.envelopes if outcome.disposition == "envelope" else settings.failures
+        incoming = message.header.properties
         properties = aiormq.spec.Basic.Properties(
             content_type="application/json",
             delivery_mode=_PERSISTENT,
             message_id=outcome.request_id,
             # An RPC caller matches the reply by its own correlation id, exactly as it set it.
-            correlation_id=message.header.properties.correlation_id or outcome.correlation_id,
+            correlation_id=_decodable(incoming.correlation_id) or outcome.correlation_id,
             message_type=outcome.disposition,
             headers={ATTEMPTS_HEADER: outcome.attempt},
             timestamp=datetime.datetime.now(datetime.UTC),
             app_id="sds-plugins",
         )
-        reply_to = message.header.properties.reply_to
+        reply_to = _decodable(incoming.reply_to)
+        if reply_to and self._is_requests_queue(reply_to):
+            # It would be taken for a request (or, in a retry queue, block the retries behind
+            # it): refused as --envelopes/--failures would be.
+            logger.warning(
+                "request_id=%s: reply_to %s is the requests queue or one of its retry queues; "
+                "publishing to %s",
+                outcome.request_id,
+                _printable(reply_to),
+                queue,
+            )
+            reply_to = None
         if reply_to:
             try:
                 await self._publish(outcome.body, properties, reply_to)
@@ -264,13 +423,17 @@ class AmqpTransport:
                 logger.warning(
                     "request_id=%s: reply_to %s is unroutable; publishing to %s",
                     outcome.request_id,
-                    reply_to,
+                    _printable(reply_to),
                     queue,
                 )
             else:
                 return reply_to
         await self._publish(outcome.body, properties, queue)
         return queue
+
+    def _is_requests_queue(self, name: str) -> bool:
+        requests = self.settings.requests
+        return name == requests or name.startswith(f"{requests}.retry.")
 
     async def _publish_retry(
         self,
@@ -325,6 +488,86 @@ class AmqpTransport:
         )
 
 
+def with_heartbeat(url: str) -> URL:
+    """``url`` asking for heartbeats every :data:`HEARTBEAT_S` s, unless it sets its own."""
+    parsed = URL(url)
+    if "heartbeat" in parsed.query:
+        return parsed
+    return parsed.update_query(heartbeat=HEARTBEAT_S)
+
+
+def _decodable(value: str | None) -> str | None:
+    """A short-string property, or ``None`` when it was not UTF-8 (it cannot be used)."""
+    if value is None or has_undecodable(value):
+        return None
+    return value
+
+
+def _request_id(message_id: str | None) -> str | None:
+    """The request id: the ``message_id``; one that is not UTF-8 escaped (``caf\\xe9``), cut
+    to what a message_id can carry back on the outcome (255 bytes, with a digest)."""
+    if not message_id or not has_undecodable(message_id):
+        return message_id or None
+    text = escaped(message_id)
+    if len(text.encode()) <= _AMQP_SHORT_MAX:
+        return text
+    digest = hashlib.sha256(raw_bytes(message_id)).hexdigest()[:16]
+    return f"{text.encode()[:200].decode('utf-8', 'ignore')}~{digest}"
+
+
+def _undecodable(properties: aiormq.spec.Basic.Properties, headers: Mapping[str, Any]) -> list[str]:
+    """The properties and header names that are not UTF-8, each with its value escaped."""
+    found = [
+        f'{name} "{escaped(value)[:100]}"'
+        for name in _STRING_PROPERTIES
+        if isinstance(value := getattr(properties, name, None), str) and has_undecodable(value)
+    ]
+    found += [f'header name "{escaped(name)[:100]}"' for name in _undecodable_names(headers)]
+    return found
+
+
+def _undecodable_names(value: Any) -> list[str]:
+    """Names in a table (and in the tables inside it) that are not UTF-8."""
+    names: list[str] = []
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if isinstance(key, str) and has_undecodable(key):
+                names.append(key)
+            names += _undecodable_names(item)
+    elif isinstance(value, list):
+        for item in value:
+            names += _undecodable_names(item)
+    return names
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is the broker (or the client) refusing this one message — nacked, not
+    encodable — rather than a connection or a broker in trouble (a timeout, a closed channel),
+    which is waited out by requeueing as long as it lasts, or a queue that is gone
+    (unroutable), which a restart declares again."""
+    if isinstance(exc, aiormq.exceptions.PublishError):
+        return False
+    return isinstance(exc, aiormq.exceptions.DeliveryError | TypeError | ValueError | OverflowError)
+
+
+def _routing_key(exc: aiormq.exceptions.PublishError) -> str | None:
+    delivery = getattr(exc.message, "delivery", None)
+    key = getattr(delivery, "routing_key", None)
+    return key if isinstance(key, str) else None
+
+
+def _refusal_key(message: DeliveredMessage) -> str:
+    """The same for every delivery of a request: its message id, else its body's digest."""
+    message_id = message.header.properties.message_id
+    if message_id:
+        return "id:" + message_id
+    return "sha256:" + hashlib.sha256(message.body).hexdigest()
+
+
+def _printable(text: str) -> str:
+    return text if text.isprintable() else repr(text)
+
+
 async def _quietly(awaitable: Any) -> None:
     try:
         await awaitable
@@ -341,6 +584,8 @@ def _writable(value: Any) -> Any:
     """
     if isinstance(value, bytes):
         return bytearray(value)
+    if isinstance(value, str) and has_undecodable(value):
+        return bytearray(raw_bytes(value))
     if isinstance(value, dict):
         return {k: _writable(v) for k, v in value.items()}
     if isinstance(value, list):

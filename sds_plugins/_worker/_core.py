@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     from .._metrics import PrometheusMetrics
 
 __all__ = [
+    "MAX_FAILURE_BYTES",
+    "MAX_REQUEST_BYTES",
+    "MAX_REQUEST_ID_CHARS",
     "REQUEST_FIELDS",
     "Disposition",
     "RouteWorker",
@@ -99,6 +102,26 @@ _METRIC_EVENTS: dict[str, str] = {"envelope": "out", "failure": "failed", "retry
 # attempt and every redelivery of a request sends SDS the same X-Correlation-ID.
 _CORRELATION_NAMESPACE = uuid.UUID("5d1b7a4e-3f0c-4c1e-9a55-6f2d8e1b9c07")
 _NAMESPACE_BYTES = _CORRELATION_NAMESPACE.bytes
+
+#: The largest request body the worker reads (the limit ``serve`` has): a bigger one is a final
+#: failure without being parsed, so no message can make the worker build a large object.
+MAX_REQUEST_BYTES = 64 * 1024
+#: No failure document is larger than this (bytes of its JSON): it must fit any broker's limit
+#: (NATS's 1 MiB payload, a stream's ``max_msg_size``) with room to spare.
+MAX_FAILURE_BYTES = 64 * 1024
+# A failure document echoes the request when its JSON is at most this long; a longer one is
+# summarised (size, SHA-256, the first _HEAD_CHARS characters).
+_ECHO_CHARS = 16 * 1024
+_HEAD_CHARS = 200
+# Error messages in failure documents are cut here (one may quote a long input).
+_MESSAGE_CHARS = 2000
+# A request id longer than this (a NATS header may hold a megabyte) makes the request invalid,
+# and its outcome carries a shortened id: the first _ID_KEPT characters and a SHA-256 prefix.
+MAX_REQUEST_ID_CHARS = 1024
+_ID_KEPT = 1000
+# JSON numbers: longer literals are refused before Python converts them (an integer of
+# thousands of digits raises ValueError, and costs quadratic time on the way).
+_NUMBER_CHARS = 100
 
 
 def correlation_id_for(request_id: str) -> str:
@@ -255,17 +278,22 @@ class RouteWorker:
         first_seen: float | None = None,
         headers: Mapping[str, Any] | None = None,
         correlation_id: str | None = None,
+        reject: SdsPluginsError | None = None,
     ) -> WorkerOutcome:
         """Route one request body; say whether to publish an envelope, a failure, or retry.
 
         ``correlation_id`` is the broker message's own (an AMQP ``correlation_id`` property),
-        the route's when the body names none.
+        the route's when the body names none. ``reject`` fails the request with that error
+        without routing it: a transport found the message itself unusable (properties that are
+        not UTF-8, say); the failure document still echoes the body.
         """
         metrics = self.metrics
         if metrics is not None:
             metrics.worker_message("in")
         with incoming_trace_context(headers):
-            outcome = await self._handle(body, request_id, attempt, first_seen, correlation_id)
+            outcome = await self._handle(
+                body, request_id, attempt, first_seen, correlation_id, reject
+            )
         if metrics is not None:
             metrics.worker_message(_METRIC_EVENTS[outcome.disposition])
         return outcome
@@ -277,17 +305,38 @@ class RouteWorker:
         attempt: int,
         first_seen: float | None,
         message_correlation_id: str | None = None,
+        reject: SdsPluginsError | None = None,
     ) -> WorkerOutcome:
         started = time.perf_counter()
         now = self._clock()
         if request_id is None or not request_id:
             request_id = str(uuid.uuid4())
+        elif len(request_id) > MAX_REQUEST_ID_CHARS:
+            # Refused, and answered under an id short enough for any broker's headers (the
+            # same at every delivery, so duplicates still de-duplicate).
+            reject = InvalidInputError(
+                f"the request id is {len(request_id):,} characters long; "
+                f"at most {MAX_REQUEST_ID_CHARS:,} are taken",
+                field="request_id",
+            )
+            request_id = shorten_id(request_id)
         attempt = max(1, attempt)
         first_seen = now if first_seen is None else min(first_seen, now)
         correlation_id = correlation_id_for(request_id)
         request: WorkerRequest | None = None
         raw: Any = None
         try:
+            size = _size(body)
+            if size > MAX_REQUEST_BYTES:
+                raise InvalidInputError(
+                    f"the request body is {size:,} bytes; at most {MAX_REQUEST_BYTES:,} are read",
+                    field="body",
+                )
+            if reject is not None:
+                # Parsed only for the echo (masked as usual): the message's own error wins.
+                with contextlib.suppress(InvalidInputError):
+                    raw = _decode(body)
+                raise reject
             raw = _decode(body)
             request = _parse(raw)
             # The caller's id, kept as given: the body's, else the message's own.
@@ -355,20 +404,15 @@ class RouteWorker:
                     duration_s=time.perf_counter() - started,
                 )
             gave_up = True
-        document = {
-            "request_id": request_id,
-            "error": _describe(error, correlation_id),
-            "attempts": attempt,
-            "gave_up": gave_up,
-            "request": self._echo(raw, body),
-        }
         return WorkerOutcome(
             disposition="failure",
             request_id=request_id,
             correlation_id=correlation_id,
             attempt=attempt,
             first_seen=first_seen,
-            body=json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode(),
+            body=self._failure_document(
+                request_id, error, correlation_id, attempt, gave_up, raw, body
+            ),
             error=error,
             gave_up=gave_up,
             request=request,
@@ -387,16 +431,68 @@ class RouteWorker:
             return None  # the next attempt could only come after the deadline
         return min(policy.backoff_s(attempt, retry_after, self._rng), remaining)
 
-    def _echo(self, raw: Any, body: bytes | str) -> Any:
-        """The original request for the failure document: as JSON when it was JSON.
+    def _failure_document(
+        self,
+        request_id: str,
+        error: Exception,
+        correlation_id: str,
+        attempt: int,
+        gave_up: bool,
+        raw: Any,
+        body: bytes | str,
+    ) -> bytes:
+        """The failure document's JSON, never larger than :data:`MAX_FAILURE_BYTES`.
 
-        Anything in it that looks like an NHS number (the request's patient; a number in a
-        body that did not parse) is written as the patient's reference: the failures queue
-        keeps its documents, and no number may stay there in clear.
+        Every part that a request can make long is bounded: the error's message (cut at
+        ``_MESSAGE_CHARS``), the request id (at most ``MAX_REQUEST_ID_CHARS``) and the echo of
+        the request (summarised past ``_ECHO_CHARS``), whatever escaping JSON adds.
+        """
+        described = _describe(error, correlation_id)
+        message = described["message"]
+        if len(message) > _MESSAGE_CHARS:
+            described["message"] = (
+                f"{message[:_MESSAGE_CHARS]}... (cut: {len(message):,} characters in all)"
+            )
+        document: dict[str, Any] = {
+            "request_id": request_id,
+            "error": described,
+            "attempts": attempt,
+            "gave_up": gave_up,
+        }
+        echo, summary = self._echo(raw, body)
+        document["request"] = echo
+        if summary is not None:
+            document["request_summary"] = summary
+        data = _dump(document)
+        if len(data) > MAX_FAILURE_BYTES:  # not reachable by the bounds above: a last guard
+            described["message"] = described["message"][:_HEAD_CHARS] + "... (cut)"
+            document["request"] = None
+            document["request_summary"] = _summary(body, "")
+            data = _dump(document)
+        return data
+
+    def _echo(self, raw: Any, body: bytes | str) -> tuple[Any, dict[str, Any] | None]:
+        """The original request for the failure document, and its summary when it is too long.
+
+        As JSON when it was JSON (secret options masked), otherwise as its text. Anything in
+        it that looks like an NHS number (the request's patient; a number in a body that did
+        not parse) is written as the patient's reference: the failures queue keeps its
+        documents, and no number may stay there in clear. A request whose JSON would be longer
+        than ``_ECHO_CHARS`` (a body of control characters grows six-fold as JSON) is not
+        echoed: ``request`` is ``null`` and ``request_summary`` gives its size in bytes, its
+        SHA-256 and its first characters (scrubbed and masked likewise).
         """
         if raw is None:
+            if _size(body) > MAX_REQUEST_BYTES:
+                # Never decoded whole: the head is enough to recognise it.
+                head = body[: 4 * _HEAD_CHARS]
+                text = head.decode("utf-8", errors="replace") if isinstance(head, bytes) else head
+                return None, _summary(body, self._refs.scrub(text[:_HEAD_CHARS]))
             text = body.decode("utf-8", errors="replace") if isinstance(body, bytes) else body
-            return self._refs.scrub(text)
+            text = self._refs.scrub(text)
+            if len(json.dumps(text, ensure_ascii=False)) > _ECHO_CHARS:
+                return None, _summary(body, text[:_HEAD_CHARS])
+            return text, None
         echo = raw
         if isinstance(raw, dict) and not self.policy.with_secrets:
             options = raw.get("options")
@@ -408,19 +504,78 @@ class RouteWorker:
             echo = {**echo, "patient": self._refs.scrub(compact)}
         text = json.dumps(echo, ensure_ascii=False)
         scrubbed = self._refs.scrub(text)
-        return echo if scrubbed == text else json.loads(scrubbed)
+        if len(scrubbed) > _ECHO_CHARS:
+            return None, _summary(body, scrubbed[:_HEAD_CHARS])
+        return (echo if scrubbed == text else json.loads(scrubbed)), None
+
+
+def shorten_id(request_id: str) -> str:
+    """A request id cut to at most ``MAX_REQUEST_ID_CHARS`` characters, the same every time:
+    its first characters, ``~`` and the first 16 hex digits of its SHA-256."""
+    if len(request_id) <= MAX_REQUEST_ID_CHARS:
+        return request_id
+    digest = hashlib.sha256(request_id.encode("utf-8", errors="surrogatepass")).hexdigest()
+    return f"{request_id[:_ID_KEPT]}~{digest[:16]}"
+
+
+def _size(body: bytes | str) -> int:
+    """The body's size in bytes (a text body as UTF-8; only a long one is measured exactly)."""
+    if isinstance(body, bytes):
+        return len(body)
+    if len(body) * 4 <= MAX_REQUEST_BYTES:
+        return len(body)  # short: however it encodes, it is under the limit
+    return len(body.encode("utf-8", errors="surrogatepass"))
+
+
+def _summary(body: bytes | str, head: str) -> dict[str, Any]:
+    data = body if isinstance(body, bytes) else body.encode("utf-8", errors="surrogatepass")
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest(), "head": head}
+
+
+def _dump(document: Mapping[str, Any]) -> bytes:
+    text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
+    try:
+        return text.encode()
+    except UnicodeEncodeError:
+        # A lone surrogate (in a text body an embedding application passed) is written as its
+        # JSON escape, \udcXX: the document stays UTF-8 and JSON.
+        return text.encode(errors="backslashreplace")
 
 
 # -- parsing ----------------------------------------------------------------------------------
 
 
+#: The most '[' and '{' a request body may hold (see _decode).
+_MAX_CONTAINERS = 500
+
+
 def _decode(body: bytes | str) -> Any:
+    """A request body's JSON value: an :class:`InvalidInputError` for anything else.
+
+    Shared with ``serve``. Numbers are read with limits: a literal longer than
+    ``_NUMBER_CHARS`` characters (Python would refuse an integer of more than 4,300 digits
+    with a bare ``ValueError``), a float out of range and ``NaN``/``Infinity`` (not JSON) are
+    invalid input, like nesting deeper than the parser's recursion limit.
+    """
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
     except UnicodeDecodeError:
         raise InvalidInputError("the request body is not UTF-8 text", field="body") from None
+    # Depth is bounded before parsing, whatever the interpreter's recursion limit (a test run
+    # or an embedding application may raise it): a routing request holds a handful of
+    # objects and arrays, never hundreds. Counted at C speed, brackets in strings included.
+    if text.count("[") + text.count("{") > _MAX_CONTAINERS:
+        raise InvalidInputError(
+            f"the request body is nested too deeply (over {_MAX_CONTAINERS} JSON objects "
+            "and arrays, or brackets)",
+            field="body",
+        )
     try:
-        return json.loads(text)
+        return json.loads(
+            text, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant
+        )
+    except InvalidInputError:
+        raise
     except RecursionError:
         raise InvalidInputError("the request body is nested too deeply", field="body") from None
     except json.JSONDecodeError as exc:
@@ -428,6 +583,41 @@ def _decode(body: bytes | str) -> Any:
             f"the request body is not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
             field="body",
         ) from None
+    except ValueError:  # anything else the parser could not convert
+        raise InvalidInputError(
+            "the request body has a number that cannot be read", field="body"
+        ) from None
+
+
+def _long_number(literal: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"the request body has a number {len(literal):,} characters long; "
+        f"at most {_NUMBER_CHARS} are read",
+        field="body",
+    )
+
+
+def _json_int(literal: str) -> int:
+    if len(literal) > _NUMBER_CHARS:
+        raise _long_number(literal)
+    return int(literal)
+
+
+def _json_float(literal: str) -> float:
+    if len(literal) > _NUMBER_CHARS:
+        raise _long_number(literal)
+    value = float(literal)
+    if not math.isfinite(value):
+        raise InvalidInputError(
+            f"the request body has a number out of range ({literal})", field="body"
+        )
+    return value
+
+
+def _json_constant(name: str) -> float:
+    raise InvalidInputError(
+        f"the request body is not JSON ({name} is not a JSON number)", field="body"
+    )
 
 
 def _parse(raw: Any) -> WorkerRequest:

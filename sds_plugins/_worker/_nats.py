@@ -15,7 +15,17 @@ de-duplication would swallow an outcome that has its request's id).
 A request is acknowledged only after JetStream acknowledged its outcome. Retries are
 ``nak(delay)``; the attempt is the message's delivery count; ``in_progress()`` keeps the ack wait
 from running out under a slow route. Replies go to the request's ``Reply-To`` header, which
-must be a subject a stream captures (otherwise the outcome goes to <envelopes>/<failures>).
+must be a subject a stream other than the requests' captures (otherwise the outcome goes to
+<envelopes>/<failures>).
+
+Every message leaves the stream: an outcome JetStream refuses (too large, a limit reached) is
+tried again, at most ``MAX_PUBLISH_REFUSALS`` times by this worker, and then the request is
+terminated (``AckTerm``: JetStream announces it on
+``$JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.<stream>.<consumer>``; a work-queue stream
+deletes it, a stream with limits retention keeps it for a dead-letter consumer). An outcome
+stream that is gone stops the worker, for a restart to declare it again. A watchdog pings the
+server every ``PING_S`` seconds: when no ping was answered for ``STALL_S`` seconds (a server
+that accepts but never answers, or one that does not come back), the worker exits.
 """
 
 from __future__ import annotations
@@ -32,6 +42,7 @@ from typing import TYPE_CHECKING
 import nats
 import nats.errors
 import nats.js.errors
+from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js.api import (
     AckPolicy,
@@ -54,12 +65,16 @@ if TYPE_CHECKING:
 __all__ = [
     "ATTEMPTS_HEADER",
     "CORRELATION_HEADER",
+    "MAX_PUBLISH_REFUSALS",
     "MSG_ID_HEADER",
     "OUTCOME_HEADER",
+    "PING_S",
     "REPLY_TO_HEADER",
+    "STALL_S",
     "NatsTransport",
     "consumer_name",
     "stream_name",
+    "subject_matches",
 ]
 
 logger = logging.getLogger("sds_plugins.worker")
@@ -80,6 +95,19 @@ _CONSUMER_CHECK_S = 5.0
 # so a redelivered request keeps the id it had.
 _REQUEST_ID_NAMESPACE = uuid.UUID("8c4f8f0e-2b1d-4e49-a7a8-6f0f5c1c2d3b")
 _NOT_A_NAME = re.compile(r"[^A-Za-z0-9_-]")
+#: How often the watchdog pings the server (a PING it must answer with a PONG), and how long
+#: it waits for each answer.
+PING_S = 5.0
+_PONG_WAIT_S = 5
+#: No answer to any ping for this long: the server is gone or silent (it accepted the TCP
+#: connection but answers nothing), and the worker exits. Noticed 20 to 30 s after it stalls.
+STALL_S = 20.0
+#: Refusals of one request's outcome (too large, a stream's limit) before the worker
+#: stops trying and terminates the request.
+MAX_PUBLISH_REFUSALS = 5
+_REFUSALS_KEPT = 10_000
+# Closing a connection to a server that stopped answering must not hang the exit.
+_CLOSE_TIMEOUT_S = 5.0
 
 
 def stream_name(subject: str) -> str:
@@ -90,6 +118,19 @@ def stream_name(subject: str) -> str:
 def consumer_name(requests: str) -> str:
     """The durable consumer every worker on ``requests`` shares."""
     return "worker-" + _NOT_A_NAME.sub("_", requests)
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """Whether a stream subject ``pattern`` (``*`` one token, ``>`` the rest) captures
+    ``subject``."""
+    tokens = subject.split(".")
+    parts = pattern.split(".")
+    for index, part in enumerate(parts):
+        if part == ">":
+            return len(tokens) > index
+        if index >= len(tokens) or (part != "*" and part != tokens[index]):
+            return False
+    return len(parts) == len(tokens)
 
 
 def _check_subject(subject: str, option: str) -> None:
@@ -112,6 +153,14 @@ class NatsTransport:
         self._closing = False
         self._consumer_gone = False
         self._next_check = 0.0
+        self._stalled = False
+        # A stream the worker declared is gone (nothing captures an outcome's subject).
+        self._gone = asyncio.Event()
+        self._gone_reason = ""
+        # What the requests' stream captures: a Reply-To there would be de-duplicated away.
+        self._requests_subjects: list[str] = []
+        # Refusals of an outcome so far, by the request's stream sequence.
+        self._refusals: dict[int, int] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -131,6 +180,10 @@ class NatsTransport:
                 # and its supervisor restarts it, as the RabbitMQ transport does at once.
                 max_reconnect_attempts=15,
                 reconnect_time_wait=2,
+                # nats-py's own pings (default: every 2 minutes) only start a reconnect, to
+                # another server of a cluster say; the watchdog below decides to exit.
+                ping_interval=int(PING_S),
+                max_outstanding_pings=2,
                 error_cb=self._on_error,
                 disconnected_cb=self._on_disconnected,
                 reconnected_cb=self._on_reconnected,
@@ -151,9 +204,35 @@ class NatsTransport:
                 settings.broker,
                 settings.concurrency,
             )
-            await self._consume(subscription, stop)
+            watchdog = asyncio.create_task(self._watch(nc))
+            consuming = asyncio.create_task(self._consume(subscription, stop))
+            try:
+                # A lost (or silent) server ends the consuming at once, whatever it waits for.
+                await first_of(asyncio.shield(consuming), self._lost.wait(), self._gone.wait())
+                if not consuming.done():
+                    consuming.cancel()
+                try:
+                    await consuming  # its own errors (nats.errors.Error) are raised here
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise  # this task is being cancelled, not only the consuming
+            finally:
+                watchdog.cancel()
+                consuming.cancel()
+            if self._stalled:
+                raise BrokerError(
+                    f"{settings.broker} stopped answering: no answer to a ping for {STALL_S:.0f} s"
+                )
             if self._lost.is_set():
                 raise BrokerError(f"lost the connection to {settings.broker}")
+            if self._gone.is_set():
+                # Declared at start: only a restart declares it again. What was taken is
+                # finished first, or delivered again.
+                await self.in_flight.drained(settings.drain_timeout_s)
+                raise BrokerError(
+                    f"{self._gone_reason}: stopping, so that a restart declares it again"
+                )
             if self._consumer_gone:
                 # What was delivered is finished first; then a restart declares them again.
                 await self.in_flight.drained(settings.drain_timeout_s)
@@ -171,12 +250,16 @@ class NatsTransport:
             for task in list(self._tasks):
                 task.cancel()
             try:
-                if nc.is_connected:
+                if nc.is_connected and not self._stalled:
                     # Acks and naks are plain publishes: make sure they left before closing.
                     await nc.flush(timeout=5)
             except Exception as exc:
                 logger.debug("flush before close failed: %s", type(exc).__name__)
-            await nc.close()
+            try:
+                # A server that stopped answering would hold the close for ever.
+                await asyncio.wait_for(nc.close(), _CLOSE_TIMEOUT_S)
+            except Exception as exc:
+                logger.debug("close failed: %s", type(exc).__name__)
 
     # -- declarations -------------------------------------------------------------------------
 
@@ -191,6 +274,8 @@ class NatsTransport:
                     "would drop them; capture outcomes in another stream"
                 )
         self._requests_stream = requests
+        info = await js.stream_info(requests)
+        self._requests_subjects = [settings.requests, *(info.config.subjects or [])]
         durable = consumer_name(settings.requests)
         try:
             info = await js.consumer_info(requests, durable)
@@ -277,6 +362,37 @@ class NatsTransport:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
+    async def _watch(self, nc: Client) -> None:
+        """Ping the server every ``PING_S``; when none was answered for ``STALL_S``, it is gone
+        or silent: the worker stops (exit 1), for its supervisor to restart it."""
+        answered = time.monotonic()
+        while True:
+            await asyncio.sleep(PING_S)
+            try:
+                # Not connected (reconnecting) is no answer: nats-py's flush() then returns at
+                # once without a ping. The outer timeout guards its own writes too.
+                if not nc.is_connected:
+                    raise nats.errors.ConnectionReconnectingError
+                await asyncio.wait_for(nc.flush(timeout=_PONG_WAIT_S), _PONG_WAIT_S + 1)
+                if not nc.is_connected:
+                    raise nats.errors.ConnectionReconnectingError
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                silent = time.monotonic() - answered
+                logger.debug("ping unanswered for %.0f s: %s", silent, type(exc).__name__)
+                if silent >= STALL_S:
+                    logger.error(
+                        "%s answered no ping for %.0f s: giving up on it",
+                        self.settings.broker,
+                        silent,
+                    )
+                    self._stalled = True
+                    self._lost.set()
+                    return
+            else:
+                answered = time.monotonic()
+
     async def _consumer_deleted(self) -> bool:
         """Whether the durable consumer (or its stream) is gone; asked at most every few
         seconds, and only while idle."""
@@ -337,17 +453,31 @@ class NatsTransport:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            logger.error(
-                "request_id=%s: could not publish its %s (%s); it will be delivered again",
-                outcome.request_id,
-                outcome.disposition,
-                explain(exc, self.settings),
-            )
+            if isinstance(exc, nats.js.errors.NoStreamResponseError) and not self._gone.is_set():
+                # No stream captures --envelopes/--failures any more (a Reply-To without one
+                # falls back to them): not the message's fault. It is delivered again, and the
+                # worker stops to declare the stream again.
+                self._gone_reason = (
+                    f"no stream captures {self.settings.envelopes} or {self.settings.failures} "
+                    "any more (deleted?)"
+                )
+                self._gone.set()
+            if _is_refusal(exc) and await self._refused(message, outcome, exc):
+                return
+            if not _is_refusal(exc):
+                logger.error(
+                    "request_id=%s: could not publish its %s (%s); it will be delivered again",
+                    outcome.request_id,
+                    outcome.disposition,
+                    explain(exc, self.settings),
+                )
             try:
                 await message.nak(delay=_REPUBLISH_DELAY_S)
             except Exception as nak_error:
                 logger.debug("nak failed too: %s", type(nak_error).__name__)
             return
+        if self._refusals:
+            self._refusals.pop(metadata.sequence.stream, None)
         try:
             await message.ack()
         except Exception as exc:
@@ -359,6 +489,47 @@ class NatsTransport:
             )
             return
         log_outcome(outcome, destination)
+
+    async def _refused(self, message: Msg, outcome: WorkerOutcome, exc: BaseException) -> bool:
+        """Count a refusal of this request's outcome; past the limit, terminate the request
+        (``True``): JetStream announces it as terminated, and delivers it no more."""
+        key = message.metadata.sequence.stream
+        refusals = self._refusals.pop(key, 0) + 1
+        if refusals < MAX_PUBLISH_REFUSALS:
+            self._refusals[key] = refusals
+            while len(self._refusals) > _REFUSALS_KEPT:
+                del self._refusals[next(iter(self._refusals))]
+            logger.error(
+                "request_id=%s: JetStream refused its %s (%s), %d of %d times; it will be "
+                "delivered again",
+                outcome.request_id,
+                outcome.disposition,
+                explain(exc, self.settings),
+                refusals,
+                MAX_PUBLISH_REFUSALS,
+            )
+            return False
+        try:
+            await message.term()
+        except Exception as term_error:  # not lost: the ack wait runs out and it comes back
+            logger.warning(
+                "request_id=%s: could not terminate it (%s)",
+                outcome.request_id,
+                explain(term_error, self.settings),
+            )
+            return True
+        logger.error(
+            "request_id=%s: JetStream refused its %s %d times (%s): giving up; the request is "
+            "terminated (announced on $JS.EVENT.ADVISORY.CONSUMER.MSG_TERMINATED.%s.%s) and has "
+            "no outcome",
+            outcome.request_id,
+            outcome.disposition,
+            refusals,
+            explain(exc, self.settings),
+            self._requests_stream,
+            consumer_name(self.settings.requests),
+        )
+        return True
 
     async def _keep_alive(self, message: Msg) -> None:
         """Tell JetStream the request is being worked on, so its ack wait does not run out."""
@@ -382,6 +553,19 @@ class NatsTransport:
             "Content-Type": "application/json",
         }
         reply_to = headers.get(REPLY_TO_HEADER, "").strip()
+        if reply_to and any(subject_matches(p, reply_to) for p in self._requests_subjects):
+            # Into the requests' stream: its de-duplication would drop the outcome (it has its
+            # request's Nats-Msg-Id), or it would be taken for a request. Refused as
+            # --envelopes/--failures would be.
+            logger.warning(
+                "request_id=%s: Reply-To %s is captured by the requests' stream %s; "
+                "publishing to %s",
+                outcome.request_id,
+                _printable(reply_to),
+                self._requests_stream,
+                subject,
+            )
+            reply_to = ""
         if reply_to:
             try:
                 _check_subject(reply_to, REPLY_TO_HEADER)
@@ -415,6 +599,24 @@ class NatsTransport:
 
     async def _on_closed(self) -> None:
         self._lost.set()
+
+
+def _is_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is JetStream (or the client) refusing this one message — too large, a
+    stream's limit — rather than a connection or a server in trouble (a timeout, JetStream
+    unavailable), which is waited out by redelivering as long as it lasts, or a stream that is
+    gone, which a restart declares again."""
+    if isinstance(exc, nats.js.errors.ServiceUnavailableError):
+        return False
+    return isinstance(
+        exc,
+        nats.errors.MaxPayloadError
+        | nats.js.errors.APIError
+        | nats.errors.BadSubjectError
+        | nats.errors.BadHeaderError
+        | TypeError
+        | ValueError,
+    )
 
 
 def _printable(text: str) -> str:

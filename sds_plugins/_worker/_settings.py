@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import SplitResult, urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ._core import WorkerPolicy
@@ -74,6 +74,22 @@ class WorkerSettings(BaseSettings):
         if any(c.isspace() or not c.isprintable() for c in value):
             raise ValueError("must not contain spaces or control characters")
         return value
+
+    @model_validator(mode="after")
+    def _outcomes_not_into_requests(self) -> WorkerSettings:
+        # An outcome published where requests are taken would come back as a request (and on
+        # NATS be dropped by the requests' stream as a duplicate of its request); into a
+        # RabbitMQ retry queue it would sit at the head for ever, holding every retry behind.
+        # The transports refuse a request's reply-to there likewise.
+        for option, name in (("envelopes", self.envelopes), ("failures", self.failures)):
+            retry_queue = self.transport == "amqp" and name.startswith(f"{self.requests}.retry.")
+            if name == self.requests or retry_queue:
+                raise ValueError(
+                    f"--{option} {name!r} is where requests are taken ({self.requests!r}"
+                    f"{' or one of its retry queues' if retry_queue else ''}): outcomes must go "
+                    "elsewhere"
+                )
+        return self
 
     @property
     def transport(self) -> Literal["amqp", "nats"]:
