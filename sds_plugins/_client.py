@@ -40,7 +40,7 @@ from ._models import (
     parse_endpoints,
 )
 from ._query import DeviceQuery, EndpointQuery, SdsQuery
-from ._ratelimit import RateLimiter, SendTicket, Throttle
+from ._ratelimit import MissedSlot, RateLimiter, SendTicket, Throttle
 from ._upstream import (
     ACCEPT_ENCODING,
     DEFAULT_MAX_RESPONSE_BYTES,
@@ -513,22 +513,30 @@ async def get_with_retries(
         if before_attempt is not None:
             await before_attempt()
         sent += 1
-        # The whole answer, headers and body, within the attempt's deadline (httpx's timeouts
-        # are per read: a body trickled a byte at a time would never trip them).
-        limit_s = min(policy.attempt_timeout_s, deadline - time.monotonic())
         try:
-            async with asyncio.timeout(max(limit_s, 0.0)):
-                body, error, answer_s = await _fetch(
-                    http,
-                    url,
-                    params,
-                    headers,
-                    ticket,
-                    correlation_id,
-                    error_for,
-                    max_bytes,
-                    shown_url,
-                )
+            while True:
+                # The whole answer, headers and body, within the attempt's deadline (httpx's
+                # timeouts are per read: a body trickled a byte at a time would never trip
+                # them).
+                limit_s = min(policy.attempt_timeout_s, deadline - time.monotonic())
+                try:
+                    async with asyncio.timeout(max(limit_s, 0.0)):
+                        body, error, answer_s = await _fetch(
+                            http,
+                            url,
+                            params,
+                            headers,
+                            ticket,
+                            correlation_id,
+                            error_for,
+                            max_bytes,
+                            shown_url,
+                        )
+                    break
+                except MissedSlot as missed:
+                    # Too late at the wire for its slot, nothing sent: wait for the new one
+                    # without holding a connection, then go again (the same attempt).
+                    await missed.ticket.wait_for_slot()
         except TimeoutError:
             # Cut by the lookup's budget (what was left of it), or by the attempt's own limit:
             # the message says which, whichever of the two timers happened to fire.

@@ -192,6 +192,7 @@ class Router:
             breaker_cooldown_s=settings.breaker_cooldown_s,
             clock=self.clock,
         )
+        _prepare_http_stack()
         self._started = True
         host.router_started()
 
@@ -861,6 +862,16 @@ def _lookup_event(
         error=f"{type(error).__name__}: {error.message}" if error is not None else None,
         correlation_id=correlation_id,
     )
+
+
+def _prepare_http_stack() -> None:
+    """What the HTTP stack sets up on its first connection, done now, at start: httpcore
+    imports anyio's asyncio backend and its socket and TLS streams lazily, ~15 ms that would
+    otherwise fall on a new process's first route (``bench/fleet.py`` measures it)."""
+    import anyio
+    import anyio.streams.tls  # imported for its side effect: loaded once
+
+    anyio.get_current_task()  # loads the running event loop's backend
 
 
 def _with_patient(

@@ -28,7 +28,6 @@ successor reach the gateway less than an interval apart.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import random
 import time
@@ -40,7 +39,8 @@ from ._exceptions import RateLimitedError
 
 __all__ = [
     "GUARD_S",
-    "SLOT_MARGIN_S",
+    "Guard",
+    "MissedSlot",
     "Pacer",
     "RateLimiter",
     "SendTicket",
@@ -50,24 +50,59 @@ __all__ = [
     "too_long",
 ]
 
-#: Added to every interval: the jitter between our send times and the gateway's arrival times
-#: that pacing tolerates without a spike-arrest 429 (25 ms becomes 27 ms at 40/s: 8 % below
-#: the theoretical maximum, in exchange for no refusals, each of which also costs quota).
+#: The starting guard added to every interval: the jitter between our send times and the
+#: gateway's arrival times that pacing tolerates without a spike-arrest 429 (25 ms becomes
+#: 27 ms at 40/s). It adapts (:class:`Guard`): wider after a refusal, back towards this when
+#: sends go clean.
 GUARD_S = 0.002
-#: A fleet's shared timeline has slots this much wider than the spacing between one process's
-#: sends: a send lands a little after its slot (the write itself takes a moment), and without
-#: this margin a process running late would land in its neighbours' slots.
-SLOT_MARGIN_S = 0.0025
-#: How long a request may take between the wire gate and its write before the next one goes.
-_SEND_WAIT_S = 1.0
-#: A request this late for its fleet slot at the wire gate takes a new slot rather than risk
-#: another process's (its write may still take a millisecond or two).
-_LATE_S = 0.0005
+#: How late, as a share of the guard, a request may reach the wire and still take its slot: a
+#: slot's neighbours are an interval away, so a send this late is still more than ``1/rate``
+#: after its predecessor. Later than that, it takes a new slot (see :class:`SendTicket`).
+_TOLERANCE = 0.5
 #: The last stretch of a wait at the wire gate is spent yielding, not sleeping (see _pause).
 _SPIN_S = 0.002
+#: The guard never grows beyond this share of ``1/rate`` (pacing at most a third slower).
+_MAX_GUARD_SHARE = 0.5
+#: Clean sends between two steps of the guard back towards its starting width.
+_CLEAN_STEP = 50
 
 #: Which gateway limit a 429 came from (Apigee's fault codes), when the body said.
 Throttle = Literal["spike_arrest", "quota"]
+
+
+class MissedSlot(Exception):
+    """A request reached the wire too late for its slot: it has a new one (``ticket``), and
+    must wait for it away from its connection (the caller waits, then sends it again)."""
+
+    def __init__(self, ticket: SendTicket) -> None:
+        super().__init__("missed its slot")
+        self.ticket = ticket
+
+
+class Guard:
+    """The margin added to ``1/rate``: the jitter the gateway may see between our sends.
+
+    Starts at ``base_s``; each spike-arrest refusal widens it by ``base_s`` (a refusal costs a
+    request and a slot, so the pace backs off at once), up to half of ``1/rate``; every
+    :data:`_CLEAN_STEP` sends without a refusal narrow it by a quarter of ``base_s``, never
+    below ``base_s``. Never faster than the configured rate, whatever happens.
+    """
+
+    def __init__(self, base_s: float, rate_interval_s: float) -> None:
+        self.base_s = base_s
+        self.max_s = max(base_s, rate_interval_s * _MAX_GUARD_SHARE)
+        self.current_s = base_s
+        self._clean = 0
+
+    def refused(self) -> None:
+        self.current_s = min(self.max_s, self.current_s + max(self.base_s, 0.001))
+        self._clean = 0
+
+    def sent(self) -> None:
+        self._clean += 1
+        if self._clean >= _CLEAN_STEP and self.current_s > self.base_s:
+            self.current_s = max(self.base_s, self.current_s - self.base_s / 4)
+            self._clean = 0
 
 
 class RateLimiter:
@@ -154,16 +189,18 @@ class _Timeline:
 
 
 class Spacer:
-    """Keeps this process's requests at least ``interval_s`` apart *as they reach the wire*.
+    """Puts each request on the wire at its slot: an absolute time on a timeline whose slots
+    are an interval apart, never "an interval after the previous one" (so one late request
+    does not push every later one back, and delays never accumulate).
 
-    Two gates. :meth:`release` lets a request go shortly before its slot (``not_before``);
-    then, in the HTTP client's trace hook right before its headers are written,
-    :meth:`SendTicket.at_wire` holds it until its slot *and* an interval after the previous
-    request's headers were written, one request at a time. Spacing measured at the socket
-    leaves out what lies between a release and the wire (timer overshoot, a busy event loop,
-    connection set-up, a TLS handshake), which would otherwise let a late request and an
-    on-time successor reach the gateway less than an interval apart. A transport that does not
-    trace still gets the first gate (and the request's end as its send time).
+    Two gates. :meth:`release` lets a request go shortly before its slot (early by the delays
+    recently seen between a release and the wire); then, in the HTTP client's trace hook right
+    before its headers are written, :meth:`SendTicket.at_wire` holds it until its slot, to the
+    millisecond. A request that reaches the wire gate later than its slot allows
+    (``tolerance_s``: a busy event loop, a connection set-up, a TLS handshake) takes a new slot
+    instead and waits for it away from its connection (:class:`MissedSlot`): sent anyway, it
+    would reach the gateway less than an interval before the next slot's request. A transport
+    that does not trace still gets the first gate.
     """
 
     def __init__(
@@ -171,21 +208,47 @@ class Spacer:
         interval_s: float,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        *,
+        min_gap_s: float | None = None,
+        tolerance_s: float | None = None,
     ) -> None:
         self.interval_s = interval_s
+        #: No write sooner than this after the previous one, whatever the slots say: at least
+        #: ``1/rate``, so a request that went late pushes its successor back only by what the
+        #: guard did not absorb (the next slots absorb the rest: nothing accumulates).
+        self.min_gap_s = interval_s if min_gap_s is None else min_gap_s
+        #: How late at the wire a request may take its slot when it has a ``reslot`` (a
+        #: fleet's): at least this, or what lateness was recently seen (see tolerance_s).
+        self.base_tolerance_s = GUARD_S * _TOLERANCE if tolerance_s is None else tolerance_s
         self._clock = clock
         self._sleep = sleep
         # Fine-grained waiting only on the real clock: a test's fake clock moves in its sleeps.
         self._precise = clock is time.time and sleep is asyncio.sleep
-        self._last_sent = -math.inf
-        self._writing: SendTicket | None = None  # through the wire gate, not yet written
+        self._last_sent = -math.inf  # the last request through the gate, or its write
+        self._last_written = -math.inf  # the last write reported (for closest_s)
         # Recent delays between a release and the wire gate; releases come that much early
         # (the largest), so that requests wait at the precise gate rather than arrive late.
         self._release_delays: deque[float] = deque(maxlen=32)
+        # How late recent requests reached the wire gate for their slots (0 when early).
+        self._lateness: deque[float] = deque(maxlen=64)
         self.waited_s = 0.0
         self.released = 0
+        #: Requests that reached the wire too late for their slot and took a later one.
+        self.missed = 0
         #: The shortest gap seen between two consecutive writes (for metrics and tests).
         self.closest_s = math.inf
+
+    @property
+    def tolerance_s(self) -> float:
+        """How late a request may reach the wire and keep its slot: the lateness most recent
+        requests stayed within (9 in 10), at least :attr:`base_tolerance_s` and at most a
+        quarter of the interval. Measured, because it is this machine's: a loaded event loop
+        wakes sleepers late, and a slot margin narrower than that would only waste slots."""
+        if len(self._lateness) < 16:
+            return self.base_tolerance_s
+        ordered = sorted(self._lateness)
+        seen = ordered[int(len(ordered) * 0.9)]
+        return min(max(self.base_tolerance_s, seen), self.interval_s / 4)
 
     async def _pause(self, gap: float) -> None:
         """Sleep ``gap`` precisely: the event loop's timers wake up to a millisecond or two
@@ -201,25 +264,25 @@ class Spacer:
             return 0.0
         return min(max(self._release_delays), self.interval_s / 2)
 
-    def ticket(
-        self, wait: float, reslot: Callable[[], Awaitable[float]] | None = None
-    ) -> SendTicket:
-        """A ticket for the slot ``wait`` seconds from now (see :class:`SendTicket`)."""
-        return self.ticket_at(self._clock() + wait, reslot)
-
     def ticket_at(
-        self, not_before: float, reslot: Callable[[], Awaitable[float]] | None = None
+        self,
+        not_before: float,
+        reslot: Callable[[float | None], Awaitable[float]] | None = None,
+        deadline: float | None = None,
     ) -> SendTicket:
         """A ticket for the slot at ``not_before`` (this process's clock)."""
-        return SendTicket(self, not_before, reslot)
+        return SendTicket(self, not_before, reslot, deadline)
+
+    def ticket(self, wait: float) -> SendTicket:
+        """A ticket for the slot ``wait`` seconds from now."""
+        return self.ticket_at(self._clock() + wait)
 
     async def release(self, ticket: SendTicket) -> SendTicket:
-        """Return shortly before ``ticket``'s slot and an interval after the last send."""
+        """Return shortly before ``ticket``'s slot."""
         started = self._clock()
-        lead = self._lead()
-        while (
-            gap := max(ticket.not_before, self._last_sent + self.interval_s) - lead - self._clock()
-        ) > 0:
+        # The lead is read afresh on every pass: a burst's requests all start waiting before
+        # any has reached the wire, when no delay has been seen yet.
+        while (gap := ticket.not_before - self._lead() - self._clock()) > 0:
             await self._pause(gap)
         now = ticket.released_at = self._clock()
         self.waited_s += now - started
@@ -230,64 +293,74 @@ class Spacer:
         """:meth:`ticket` then :meth:`release`."""
         return await self.release(self.ticket(wait))
 
-    def _sent(self, ticket: SendTicket, when: float, traced: bool) -> None:
-        if traced and self._last_sent > -math.inf:
-            self.closest_s = min(self.closest_s, when - self._last_sent)
+    def _sent(self, when: float, traced: bool) -> None:
+        if traced and self._last_written > -math.inf:
+            self.closest_s = min(self.closest_s, when - self._last_written)
+        if traced:
+            self._last_written = max(self._last_written, when)
         self._last_sent = max(self._last_sent, when)
-        if self._writing is ticket:
-            self._writing = None
 
 
 class SendTicket:
     """One request's passage: its slot, the wire gate, its send time.
 
     The caller awaits :meth:`at_wire` just before the request's headers are written and calls
-    :meth:`written` just after (an httpcore ``trace`` hook does both: the write itself may
-    yield to other tasks for a while, so the send time is taken after it), and calls
+    :meth:`written` just after (an httpcore ``trace`` hook does both), and calls
     :meth:`finished` when the request has ended, however it ended (then a no-op).
 
-    ``reslot`` (fleet pacing) gets a new slot, as an absolute time, for a request that reaches
-    the wire gate too late for its own: sending anyway would land in another process's slot.
+    ``reslot(deadline)`` gets a new slot, as an absolute time on this process's clock, for a
+    request that reached the wire gate too late for its own; it raises
+    :class:`RateLimitedError` when the next free slot lies beyond ``deadline`` (the request's
+    ``time.monotonic()`` deadline), so a request that would miss its budget is refused before
+    it is sent. Without ``reslot`` a late request goes at once.
     """
 
-    __slots__ = ("_done", "_reslot", "_spacer", "not_before", "released_at", "sent_at")
+    __slots__ = (
+        "_done",
+        "_reslot",
+        "_spacer",
+        "deadline",
+        "not_before",
+        "released_at",
+        "sent_at",
+    )
 
     def __init__(
         self,
         spacer: Spacer,
         not_before: float,
-        reslot: Callable[[], Awaitable[float]] | None = None,
+        reslot: Callable[[float | None], Awaitable[float]] | None = None,
+        deadline: float | None = None,
     ) -> None:
         self._spacer = spacer
         #: The reserved slot: not written before it.
         self.not_before = not_before
         self._reslot = reslot
-        self._done = asyncio.Event()
+        self.deadline = deadline
+        self._done = False
         self.released_at = not_before
         #: When the request's headers were written (``-inf`` until then).
         self.sent_at = -math.inf
 
     async def at_wire(self) -> None:
-        """Hold the request until its slot and an interval after the last write, alone."""
+        """Hold the request until its slot (and at least the minimum gap after the previous
+        write); with a ``reslot``, raise :class:`MissedSlot` (with a new slot) when it came
+        too late for its own."""
         spacer = self._spacer
-        spacer._release_delays.append(spacer._clock() - self.released_at)
-        while True:
-            writing = spacer._writing
-            if writing is not None:
-                await writing._wait_written()
-                if spacer._writing is writing:  # stuck in its write: stop waiting for it
-                    spacer._writing = None
-                continue
-            now = spacer._clock()
-            due = max(self.not_before, spacer._last_sent + spacer.interval_s)
-            if self._reslot is not None and max(due, now) - self.not_before > _LATE_S:
-                self.not_before = await self._reslot()
-                continue
-            if due > now:
-                await spacer._pause(due - now)
-                continue  # someone else may have gone through meanwhile
-            spacer._writing = self
-            return
+        now = spacer._clock()
+        spacer._release_delays.append(now - self.released_at)
+        spacer._lateness.append(max(now - self.not_before, 0.0))
+        if self._reslot is not None and now - self.not_before > spacer.tolerance_s:
+            self.not_before = await self._reslot(self.deadline)
+            spacer.missed += 1
+            raise MissedSlot(self)
+        while (
+            gap := max(self.not_before, spacer._last_sent + spacer.min_gap_s) - spacer._clock()
+        ) > 0:
+            await spacer._pause(gap)
+        # Through the gate: until its write is reported, this is the send the next request
+        # keeps its distance from (a slow write must not let a successor catch it up).
+        spacer._last_sent = max(spacer._last_sent, spacer._clock())
 
     def written(self) -> None:
         """The request's headers are in the kernel's hands: this is its send time."""
@@ -298,25 +371,23 @@ class SendTicket:
         self._report(self._spacer._clock(), traced=False)
 
     def _report(self, when: float, *, traced: bool) -> None:
-        if not self._done.is_set():
+        if not self._done:
+            self._done = True
             self.sent_at = when
-            self._reslot = None
-            self._done.set()
-            self._spacer._sent(self, when, traced)
+            self._spacer._sent(when, traced)
 
-    async def _wait_written(self) -> None:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(_SEND_WAIT_S):
-                await self._done.wait()
+    async def wait_for_slot(self) -> None:
+        """After :class:`MissedSlot`: wait (holding no connection) until the new slot nears."""
+        await self._spacer.release(self)
 
     @property
     def reported(self) -> bool:
-        return self._done.is_set()
+        return self._done
 
 
 class Pacer(RateLimiter):
-    """Spaces requests at least ``1/per_second`` (plus :data:`GUARD_S`) apart and keeps every
-    calendar minute within ``per_minute``, in this process.
+    """Puts requests at least ``1/per_second`` (plus an adaptive :class:`Guard`) apart, each
+    on its slot, and keeps every calendar minute within ``per_minute``, in this process.
 
     ``clock`` (wall clock: calendar minutes) and ``sleep`` are injectable for tests.
     """
@@ -334,10 +405,16 @@ class Pacer(RateLimiter):
             raise ValueError("Pacer needs per_second > 0, per_minute >= 1 and guard_s >= 0")
         self.per_second = per_second
         self.per_minute = per_minute
+        self.guard = Guard(guard_s, 1.0 / per_second)
+        #: The narrowest interval between slots (the guard's starting width).
         self.interval_s = 1.0 / per_second + guard_s
         self._timeline = _Timeline(self.interval_s, per_minute)
         self._clock = clock
-        self.spacer = Spacer(self.interval_s, clock, sleep)
+        # A late request may take its slot (nobody else's is near): its successor keeps at
+        # least 1/rate, plus a quarter of the guard, from it.
+        self.spacer = Spacer(
+            self.interval_s, clock, sleep, min_gap_s=1.0 / per_second + guard_s / 4
+        )
         #: 429s the gateway answered despite the pacing, by kind (for metrics and tests).
         self.throttles: dict[str, int] = {"spike_arrest": 0, "quota": 0}
 
@@ -349,16 +426,25 @@ class Pacer(RateLimiter):
         """Seconds requests spent waiting for their slot so far."""
         return self.spacer.waited_s
 
-    async def acquire(self, *, deadline: float | None = None) -> SendTicket:
-        reserved, wait = self._timeline.reserve(self._clock(), max_wait(deadline))
+    def _reserve(self, deadline: float | None) -> float:
+        """The next slot (this process's clock), or :func:`too_long` beyond ``deadline``."""
+        self._timeline.interval_s = 1.0 / self.per_second + self.guard.current_s
+        now = self._clock()
+        reserved, wait = self._timeline.reserve(now, max_wait(deadline))
         if not reserved:
             raise too_long(wait)
-        return await self.spacer.release_after(wait)
+        self.guard.sent()
+        return now + wait
+
+    async def acquire(self, *, deadline: float | None = None) -> SendTicket:
+        ticket = self.spacer.ticket_at(self._reserve(deadline), deadline=deadline)
+        return await self.spacer.release(ticket)
 
     async def throttled(self, kind: Throttle, *, retry_after_s: float | None = None) -> None:
         self.throttles[kind] += 1
         now = self._clock()
         if kind == "spike_arrest":
+            self.guard.refused()
             # The slot went to someone else (another process): leave about an interval free
             # before the next request. About, not exactly: two processes pacing at the same
             # rate would otherwise stay in step and collide again and again.

@@ -5,7 +5,7 @@ Keys (``prefix`` defaults to ``sds-plugins:``; ``key`` is the engine's cache key
     {prefix}entry:{key}     the cached answer, expiring at the entry's ``stale_until``
     {prefix}lock:{key}      held (SET NX PX) by the one process fetching ``key``; value = its token
     {prefix}outcome:{key}   the last fetch's result for waiters: token + ok/error + payload
-    {prefix}done:{key}      pub/sub channel: "an outcome for ``key`` was written" (wake-up only)
+    {prefix}done:{key}      pub/sub channel: "an outcome or entry for ``key`` was written"
 
 How waiting works (``coalesce``): a process that does not get the lock subscribes (one
 ``PSUBSCRIBE`` per :class:`RedisCache`, shared by all its waits) and re-checks the outcome key
@@ -22,6 +22,16 @@ script, so a waiter never sees the lock gone without the outcome.
 
 Redis failures never fail a route: the first error switches every operation to an in-process
 fallback (``MemoryCache``) for ``reconnect_after_s``, with one warning per outage.
+
+**The near cache.** A warm route of a fleet would otherwise cost a Redis round trip per lookup.
+Each :class:`RedisCache` keeps the entries it read or wrote in process, and drops one as soon
+as any process writes that key: every write (``set``, ``delete``, a leader's outcome) publishes
+on the key's ``done:`` channel, which the same subscriber as the waiters' listens to (``clear``
+publishes on ``done:`` with no key: everything). Entries are held only while that subscription
+is confirmed and alive (a subscriber that stops drops them all), and never longer than
+``near_ttl_s`` however quiet the channel: the staleness bound for a change made by another
+process is the time its invalidation takes to arrive (milliseconds), and at worst
+``near_ttl_s`` should one be lost. An entry read while an invalidation arrived is not kept.
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from typing import Any, Final, TypeVar
 from urllib.parse import unquote, urlsplit
 
 import redis.asyncio as aioredis
+from cachetools import LRUCache
 from redis.asyncio.client import PubSub
 from redis.asyncio.connection import BlockingConnectionPool
 from redis.asyncio.retry import Retry
@@ -109,6 +120,18 @@ if redis.call('GET', KEYS[2]) == ARGV[1] then
   redis.call('DEL', KEYS[2])
 end
 redis.call('PUBLISH', ARGV[6], ARGV[1])
+return 1
+"""
+
+# KEYS: entry. ARGV: value (empty: delete), ttl (ms), channel, writer. Store (or delete) and
+# tell every process's near cache, in one step (the writer knows its own change).
+_STORE = """
+if ARGV[1] == '' then
+  redis.call('DEL', KEYS[1])
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+redis.call('PUBLISH', ARGV[3], ARGV[4])
 return 1
 """
 
@@ -360,6 +383,8 @@ class RedisCache(CacheBackend):
 
     name = "redis"
     shared = True
+    # The near cache answers without I/O (see the module docstring).
+    answers_nowait = True
 
     def __init__(
         self,
@@ -372,9 +397,13 @@ class RedisCache(CacheBackend):
         reconnect_after_s: float = 5.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
         clock: Callable[[], float] = time.monotonic,
+        near_ttl_s: float = 5.0,
+        near_size: int = 10_000,
     ) -> None:
         if lock_ttl_s <= 0 or wait_timeout_s <= 0:
             raise ConfigurationError("RedisCache needs lock_ttl_s > 0 and wait_timeout_s > 0")
+        if near_ttl_s < 0:
+            raise ConfigurationError("RedisCache needs near_ttl_s >= 0 (0: no near cache)")
         self.link = RedisLink(
             url,
             role="cache",
@@ -394,6 +423,14 @@ class RedisCache(CacheBackend):
         self._listener: asyncio.Task[None] | None = None
         self._listener_lock = asyncio.Lock()
         self._wakeups: dict[str, set[asyncio.Event]] = {}
+        # The near cache: key -> (held until, on our monotonic clock; entry).
+        self.near_ttl_s = near_ttl_s
+        self._near: LRUCache[str, tuple[float, CacheEntry]] = LRUCache(maxsize=max(1, near_size))
+        self._near_live = False  # the subscription that invalidates it is confirmed and alive
+        self._invalidations = 0  # invalidations heard so far (a read racing one is not kept)
+        self._writer = b"w" + secrets.token_hex(8).encode()  # our own writes' messages
+        #: Changes with every change to the near cache (the warm path's "nothing changed").
+        self.generation: int | None = 0
 
     def __repr__(self) -> str:
         return f"RedisCache({self.location!r}, prefix={self.prefix!r})"
@@ -446,34 +483,89 @@ class RedisCache(CacheBackend):
 
     # -- CacheBackend -------------------------------------------------------------------------
 
+    def get_nowait(self, key: str) -> CacheEntry | None:
+        """The entry held in the near cache, if it may still be used (no I/O)."""
+        if not self._near_live:
+            return None
+        held = self._near.get(key)
+        if held is None:
+            return None
+        until, entry = held
+        if until <= time.monotonic() or entry.stale_until <= time.time():
+            self._forget(key)
+            return None
+        return entry
+
+    def _keep(self, key: str, entry: CacheEntry | None, invalidations: int) -> None:
+        """Hold ``entry`` near, unless an invalidation arrived since its read began."""
+        if (
+            entry is None
+            or not self._near_live
+            or self.near_ttl_s <= 0
+            or invalidations != self._invalidations
+        ):
+            return
+        self._near[key] = (time.monotonic() + self.near_ttl_s, entry)
+        self._changed()
+
+    def _forget(self, key: str) -> None:
+        if self._near.pop(key, None) is not None:
+            self._changed()
+
+    def _changed(self) -> None:
+        self.generation = (self.generation or 0) + 1
+
     async def get(self, key: str) -> CacheEntry | None:
+        near = self.get_nowait(key)
+        if near is not None:
+            return near
+
         async def from_redis(client: aioredis.Redis) -> CacheEntry | None:
+            invalidations = self._invalidations
+            if self.near_ttl_s > 0:
+                await self._start_near(client)
             raw = await client.get(self._entry_key(key))
             entry = _decode_entry(raw) if isinstance(raw, bytes) else None
             # Redis expires the key, but a writer's clock may differ from ours: be exact.
             if entry is None or entry.stale_until <= time.time():
                 return None
+            self._keep(key, entry, invalidations)
             return entry
 
         return await self._run(from_redis, lambda: self.fallback.get(key))
+
+    async def _start_near(self, client: aioredis.Redis) -> None:
+        """The subscription that keeps the near cache true (started once, on first use)."""
+        if self._near_live and self._listener is not None and not self._listener.done():
+            return
+        with contextlib.suppress(_Down):
+            await self._ensure_listener(client)
 
     async def set(self, key: str, entry: CacheEntry) -> None:
         async def to_redis(client: aioredis.Redis) -> None:
             # A relative TTL computed here, rather than PEXPIREAT, so that a skewed Redis
             # server clock cannot expire entries early or late.
             ttl_ms = self._ttl_ms(entry)
+            self._forget(key)  # ours is about to change: never serve the old one meanwhile
+            invalidations = self._invalidations
+            # Already past stale_until: storing it would mean a non-positive TTL, so delete.
+            value = _encode_entry(entry) if ttl_ms > 0 else b""
+            await client.eval(
+                _STORE, 1, self._entry_key(key), value, ttl_ms, self._channel(key), self._writer
+            )
             if ttl_ms > 0:
-                await client.set(self._entry_key(key), _encode_entry(entry), px=ttl_ms)
-            else:  # already past stale_until: storing it would mean a non-positive TTL
-                await client.delete(self._entry_key(key))
+                self._keep(key, entry, invalidations)
 
         await self._run(to_redis, lambda: self.fallback.set(key, entry))
 
     async def delete(self, key: str) -> None:
         async def in_redis(client: aioredis.Redis) -> None:
-            await client.delete(self._entry_key(key))
+            await client.eval(
+                _STORE, 1, self._entry_key(key), b"", 0, self._channel(key), self._writer
+            )
 
         # Also from the fallback, so a later outage cannot resurrect what was deleted.
+        self._forget(key)
         await self.fallback.delete(key)
         await self._run(in_redis, _nothing)
 
@@ -489,11 +581,20 @@ class RedisCache(CacheBackend):
                     batch.clear()
             if batch:
                 await client.unlink(*batch)
+            await client.publish(self._channel(""), b"")  # every process drops its near cache
 
+        self._drop_near()
         await self.fallback.clear()
         await self._run(in_redis, _nothing)
 
+    def _drop_near(self) -> None:
+        if self._near:
+            self._near.clear()
+            self._changed()
+
     async def aclose(self) -> None:
+        self._near_live = False
+        self._drop_near()
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.cancel()
@@ -691,6 +792,8 @@ class RedisCache(CacheBackend):
                 await _close_quietly(pubsub)
                 raise
             self._listener = asyncio.create_task(self._listen(pubsub))
+            # From now on every write's invalidation reaches us: entries may be held near.
+            self._near_live = True
 
     async def _listen(self, pubsub: PubSub) -> None:
         start = len(self._channel("").encode())
@@ -700,12 +803,21 @@ class RedisCache(CacheBackend):
                 if message is None or message["type"] != "pmessage":
                     continue
                 key = bytes(message["channel"])[start:].decode("utf-8", "replace")
+                if message["data"] != self._writer:  # our own write: we know what we wrote
+                    self._invalidations += 1
+                    if key:
+                        self._forget(key)
+                    else:
+                        self._drop_near()  # clear(): everything
                 for event in self._wakeups.get(key, ()):
                     event.set()
         except Exception as exc:  # a task must not die with an unretrieved exception
             # Waiters keep polling; the next wait starts a new listener.
             logger.debug("Redis pub/sub listener stopped: %s", self._scrub(str(exc)))
         finally:
+            # Invalidations no longer reach us: nothing held near can be trusted.
+            self._near_live = False
+            self._drop_near()
             await _close_quietly(pubsub)
 
 

@@ -29,8 +29,9 @@ import redis.asyncio as aioredis
 
 from ._exceptions import ConfigurationError
 from ._ratelimit import (
+    _TOLERANCE,
     GUARD_S,
-    SLOT_MARGIN_S,
+    Guard,
     Pacer,
     RateLimiter,
     SendTicket,
@@ -118,17 +119,22 @@ class RedisPacer(RateLimiter):
         self.per_second = per_second
         self.per_minute = per_minute
         self.fleet_size = fleet_size
+        self.guard = Guard(guard_s, 1.0 / per_second)
+        #: The narrowest interval between this process's slots.
         self.interval_s = 1.0 / per_second + guard_s
-        # One process: its own wire gate spaces its requests. Several: a margin between slots,
-        # and a request too late for its slot takes a new one (see SLOT_MARGIN_S).
+        # Several processes: slots a margin wider (see _margin_s).
         self._fleet = fleet_size > 1
-        margin = SLOT_MARGIN_S if self._fleet else 0.0
-        self._interval_us = math.ceil((self.interval_s + margin) * _US)
         self._next_key = f"{prefix}pace:next"
         self._quota_prefix = f"{prefix}pace:quota:"
         self._closed_key = f"{prefix}pace:closed"
-        # In-process neighbours stay an interval apart as released, whoever reserved their slot.
-        self.spacer = Spacer(self.interval_s)
+        # One process: as Pacer (a late request keeps its slot, its successor keeps its
+        # distance). A fleet: the wire gate cannot see the others' sends, so a request too
+        # late for its slot takes a new one (the slots are wider by _margin_s for that).
+        self.spacer = Spacer(
+            self.interval_s,
+            min_gap_s=1.0 / per_second + guard_s / 4,
+            tolerance_s=guard_s * _TOLERANCE,
+        )
         # (round trip, Redis clock - our clock) of recent reservations; see _reserve.
         self._offsets: deque[tuple[float, float]] = deque(maxlen=64)
         #: Used while Redis is unreachable: this process's share of the application's limits.
@@ -149,6 +155,24 @@ class RedisPacer(RateLimiter):
     def waited_s(self) -> float:
         return self.spacer.waited_s + self.fallback.waited_s
 
+    def _margin_s(self) -> float:
+        """How much wider than this process's interval the shared slots are, in a fleet.
+
+        Each process sends up to ``tolerance`` after its slot, and reads the shared timeline
+        (Redis's clock) through its estimate of the offset between Redis's clock and its own,
+        which is off by up to half the quickest round trip seen (as NTP's is): slots this much
+        wider keep two processes' sends an interval apart however both errors fall. Measured,
+        per reservation; none for one process.
+        """
+        if not self._fleet:
+            return 0.0
+        quickest = min(self._offsets)[0] if self._offsets else 0.001
+        return self.spacer.tolerance_s + quickest / 2
+
+    def _interval_us(self) -> int:
+        interval = 1.0 / self.per_second + self.guard.current_s + self._margin_s()
+        return math.ceil(interval * _US)
+
     async def acquire(self, *, deadline: float | None = None) -> SendTicket:
         client = self.link.client()
         if client is None:
@@ -158,7 +182,7 @@ class RedisPacer(RateLimiter):
         except _REDIS_ERRORS as exc:
             self.link.failed(exc, f"pacing this process alone at {self.fallback.per_second:g}/s")
             return await self.fallback.acquire(deadline=deadline)
-        ticket = self.spacer.ticket_at(slot, self._reslot if self._fleet else None)
+        ticket = self.spacer.ticket_at(slot, self._reslot if self._fleet else None, deadline)
         return await self.spacer.release(ticket)
 
     async def _reserve(self, client: aioredis.Redis, limit: float | None) -> float:
@@ -178,7 +202,7 @@ class RedisPacer(RateLimiter):
                     self._next_key,
                     self._quota_prefix,
                     self._closed_key,
-                    self._interval_us,
+                    self._interval_us(),
                     self.per_minute,
                     -1 if limit is None else max(0, math.floor(limit * _US)),
                 )
@@ -196,23 +220,26 @@ class RedisPacer(RateLimiter):
             if not int(reserved):
                 raise too_long(wait)
             offset = min(self._offsets)[1]
+            self.guard.sent()
             return redis_now + wait - offset
 
-    async def _reslot(self) -> float:
+    async def _reslot(self, deadline: float | None) -> float:
         """A new slot for a request that reached the wire too late for its own."""
         client = self.link.client()
         if client is not None:
             try:
-                return await self._reserve(client, None)
+                return await self._reserve(client, max_wait(deadline))
             except _REDIS_ERRORS as exc:
                 self.link.failed(
                     exc, f"pacing this process alone at {self.fallback.per_second:g}/s"
                 )
-        return time.time()  # no shared timeline now: the local gate alone
+        return self.fallback._reserve(deadline)  # no shared timeline now: this process's share
 
     async def throttled(self, kind: Throttle, *, retry_after_s: float | None = None) -> None:
         self.throttles[kind] += 1
         if kind == "spike_arrest":
+            # Wider slots here, and the shared timeline pushed back for every process.
+            self.guard.refused()
             key, seconds = self._next_key, self.interval_s
         elif retry_after_s is not None:
             key, seconds = self._closed_key, retry_after_s

@@ -131,12 +131,32 @@ async def _until_waiting(cache: RedisCache, key: str) -> None:
 
 
 def _caches(
-    prefix: str, count: int, *, lock_ttl_s: float = 10.0, wait_timeout_s: float = 15.0
+    prefix: str,
+    count: int,
+    *,
+    lock_ttl_s: float = 10.0,
+    wait_timeout_s: float = 15.0,
+    near_ttl_s: float = 5.0,
 ) -> list[RedisCache]:
     return [
-        RedisCache(REDIS_URL, prefix=prefix, lock_ttl_s=lock_ttl_s, wait_timeout_s=wait_timeout_s)
+        RedisCache(
+            REDIS_URL,
+            prefix=prefix,
+            lock_ttl_s=lock_ttl_s,
+            wait_timeout_s=wait_timeout_s,
+            near_ttl_s=near_ttl_s,
+        )
         for _ in range(count)
     ]
+
+
+async def _eventually(check: Any, within_s: float = 5.0) -> None:
+    """Until ``await check()`` is true: a change reaches another process's near cache when its
+    invalidation arrives (milliseconds), not at the same instant."""
+    deadline = time.monotonic() + within_s
+    while not await check():
+        assert time.monotonic() < deadline, "the change never reached the other instance"
+        await asyncio.sleep(0.01)
 
 
 async def _close(*caches: RedisCache) -> None:
@@ -165,15 +185,58 @@ async def test_entries_are_shared_between_instances(prefix: str) -> None:
         assert await b.get("missing") is None
 
         await b.delete("k")
-        assert await a.get("k") is None
+        await _eventually(lambda: _is_none(a.get("k")))
         await a.clear()
-        assert await b.get("empty") is None
+        await _eventually(lambda: _is_none(b.get("empty")))
     finally:
         await _close(a, b)
 
 
-async def test_entries_expire_at_stale_until(prefix: str, raw: redis.Redis) -> None:
+async def _is_none(pending: Any) -> bool:
+    return await pending is None
+
+
+async def test_the_near_cache_answers_without_redis_and_hears_every_change(
+    prefix: str, raw: redis.Redis
+) -> None:
+    a, b = _caches(prefix, 2)
+    try:
+        await a.set("k", _entry(b"one"))
+        assert (await b.get("k")).data == b"one"  # read once from Redis...
+        assert b.get_nowait("k") is not None  # ...then held near: no I/O
+        generation = b.generation
+        await a.set("k", _entry(b"two"))  # another process writes: b hears it
+        await _eventually(lambda: _has(b, "k", b"two"))
+        assert b.generation != generation  # the warm path notices the change too
+        raw.delete(f"{prefix}entry:k")  # behind every cache's back: no invalidation...
+        assert b.get_nowait("k") is not None  # ...so held until near_ttl_s at most
+    finally:
+        await _close(a, b)
+
+
+async def _has(cache: RedisCache, key: str, data: bytes) -> bool:
+    entry = await cache.get(key)
+    return entry is not None and entry.data == data
+
+
+async def test_a_near_cache_without_its_subscription_holds_nothing(prefix: str) -> None:
     (cache,) = _caches(prefix, 1)
+    try:
+        await cache.set("k", _entry(b"one"))
+        assert await cache.get("k") is not None and cache.get_nowait("k") is not None
+        assert cache._listener is not None
+        cache._listener.cancel()  # the subscription is gone: invalidations would be missed
+        await asyncio.wait([cache._listener])
+        assert cache.get_nowait("k") is None
+        assert (await cache.get("k")).data == b"one"  # from Redis again, and held again
+        assert cache.get_nowait("k") is not None
+    finally:
+        await cache.aclose()
+
+
+async def test_entries_expire_at_stale_until(prefix: str, raw: redis.Redis) -> None:
+    # No near cache: the test removes keys behind the cache's back, which only Redis sees.
+    (cache,) = _caches(prefix, 1, near_ttl_s=0)
     try:
         await cache.set("soon", _entry(fresh_s=0.1, stale_s=0.4))
         ttl_ms = raw.pttl(f"{prefix}entry:soon")
@@ -433,7 +496,7 @@ async def test_two_pacers_on_one_redis_share_one_timeline(prefix: str, raw: redi
             await pacer.aclose()
     # Ten slots were reserved on one timeline, one interval apart, whichever pacer asked:
     # the next free slot is ten intervals after the first (separate timelines: two).
-    interval_us = pacers[0]._interval_us
+    interval_us = pacers[0]._interval_us()
     next_slot = int(raw.get(f"{prefix}pace:next") or 0)
     start_us = before[0] * 1_000_000 + before[1]
     assert start_us + 10 * interval_us <= next_slot < start_us + 10 * interval_us + 1_000_000
@@ -644,3 +707,39 @@ async def test_redis_urls_are_checked_without_showing_them() -> None:
         with pytest.raises(ConfigurationError) as raised:
             make("http://user:s3cret@example.invalid/0")
         assert "s3cret" not in str(raised.value)
+
+
+def test_a_change_made_by_another_process_reaches_the_near_cache(prefix: str) -> None:
+    # Two processes: this one holds an entry near; another process writes the key. Within the
+    # staleness bound (the invalidation's arrival; at worst near_ttl_s), this one sees it.
+    writer = (
+        "import asyncio, sys, time\n"
+        "from sds_plugins import CacheEntry\n"
+        "from sds_plugins._redis import RedisCache\n"
+        "async def main():\n"
+        "    cache = RedisCache(sys.argv[1], prefix=sys.argv[2])\n"
+        "    now = time.time()\n"
+        "    entry = CacheEntry(data=b'two', stored_at=now, fresh_until=now + 60,\n"
+        "                       stale_until=now + 120)\n"
+        "    await cache.set('k', entry)\n"
+        "    await cache.aclose()\n"
+        "asyncio.run(main())\n"
+    )
+
+    async def scenario() -> float:
+        (cache,) = _caches(prefix, 1, near_ttl_s=30.0)  # a bound the test could not wait out
+        try:
+            await cache.set("k", _entry(b"one"))
+            assert (await cache.get("k")).data == b"one" and cache.get_nowait("k") is not None
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", writer, REDIS_URL, prefix, env=env
+            )
+            assert await process.wait() == 0
+            written = time.monotonic()
+            await _eventually(lambda: _has(cache, "k", b"two"), within_s=5.0)
+            return time.monotonic() - written
+        finally:
+            await cache.aclose()
+
+    assert asyncio.run(scenario()) < 5.0  # far inside near_ttl_s: the invalidation did it
