@@ -58,6 +58,7 @@ upgrade: lock
 bench: install
 	$(BIN)/python bench/lookups.py
 	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/fleet.py
 	$(BIN)/python bench/warm_path.py
 	$(BIN)/python bench/worker.py
 	$(BIN)/python bench/serve.py

@@ -91,7 +91,7 @@ async def _route_all(router: Router, orgs: list[str]) -> tuple[int, collections.
 def _node(
     base_url: str, redis_url: str, prefix: str, orgs: list[str], size: int, go: Any, out: Any
 ) -> None:
-    async def run() -> tuple[int, dict[str, int]]:
+    async def run() -> tuple[int, dict[str, int], dict[str, float]]:
         settings = Settings(
             base_url=base_url, redis_url=redis_url, redis_prefix=prefix, fleet_size=size
         )
@@ -99,7 +99,13 @@ def _node(
             out.put("ready")
             await asyncio.to_thread(go.wait, 60)  # every node starts at once
             routed, lost = await _route_all(router, orgs)
-        return routed, dict(lost)
+            pacer: Any = router.rate_limiter
+            seen = {
+                "missed": pacer.spacer.missed,
+                "margin_ms": pacer._margin_s() * 1000,
+                "guard_ms": pacer.guard.current_s * 1000,
+            }
+        return routed, dict(lost), seen
 
     out.put(asyncio.run(run()))
 
@@ -131,15 +137,22 @@ def fleet(sandbox: SandboxProcess, redis_url: str, nodes: int, each: int) -> Non
         out.get(timeout=120)  # ready
     started = time.perf_counter()
     go.set()
-    routed, lost = 0, collections.Counter[str]()
+    routed, lost, seen = 0, collections.Counter[str](), []
     for _ in processes:
-        done, failed = out.get(timeout=600)
+        done, failed, pacing = out.get(timeout=600)
         routed += done
         lost.update(failed)
+        seen.append(pacing)
     elapsed = time.perf_counter() - started
     for process in processes:
         process.join(30)
     _verdict(f"fleet of {nodes} x {each} cold routes, Redis pacer", sandbox, elapsed, routed, lost)
+    _line(
+        "  each process: slots missed, fleet margin, guard at the end",
+        ", ".join(
+            f"{p['missed']:.0f} / {p['margin_ms']:.2f} ms / {p['guard_ms']:.1f} ms" for p in seen
+        ),
+    )
     _clear(redis_url, prefix)
 
 

@@ -10,11 +10,10 @@ run, each figure next to its baseline:
 2. a cold GP Connect route (provider Endpoint + Device) in round trips of injected latency,
    paced (goal ≤ 1.2), next to the same route unpaced (the gateway refuses the second lookup);
 3. a fleet burst: P processes x R concurrent identical routes sharing Redis → directory
-   requests per lookup (goal 1);
-4. fleet pacing: 2 and 4 processes routing distinct cold practices at once, sharing the Redis
-   pacer (and, for comparison, each pacing itself at its share without Redis) → 429s and
-   elapsed ÷ (requests / rate). The tests assert what the client controls (requests written
-   one interval apart); what the gateway sees depends on the machine, so it is measured here.
+   requests per lookup (goal 1).
+
+Pacing at the limit, as one process and as a fleet (refusals, elapsed ÷ bound), is
+``bench/fleet.py``'s.
 
 It asserts nothing. Redis: ``--redis URL`` or ``SDS_TEST_REDIS_URL`` (default
 ``redis://127.0.0.1:6379/15``; a fresh key prefix, deleted afterwards).
@@ -174,66 +173,6 @@ def fleet_burst(sandbox: SandboxProcess, redis_url: str | None, nodes: int, rout
     _clear(redis_url, prefix)
 
 
-def _pacing_node(
-    base_url: str, redis_url: str, prefix: str, orgs: list[str], fleet: int, go: Any, out: Any
-) -> None:  # runs in a child process
-    async def run() -> int:
-        settings = Settings(
-            base_url=base_url, redis_url=redis_url, redis_prefix=prefix, fleet_size=fleet
-        )
-        async with Router(settings) as router:
-            out.put("ready")
-            await asyncio.to_thread(go.wait, 60)  # every node starts at once
-            envelopes = await asyncio.gather(
-                *(router.route("gpconnect", org=org, interaction=GPC, **CONSUMER) for org in orgs)
-            )
-        return len(envelopes)
-
-    out.put(asyncio.run(run()))
-
-
-def fleet_pacing(
-    sandbox: SandboxProcess, redis_url: str | None, nodes: int, orgs: list[str], shared: bool
-) -> None:
-    label = f"fleet pacing: {nodes} processes x {len(orgs) // nodes} cold routes"
-    if shared and redis_url is None:
-        _line(label, "skipped: no Redis")
-        return
-    sandbox.reset()
-    prefix = f"sds-bench-{uuid.uuid4().hex[:8]}:"
-    url = redis_url if shared else "redis://127.0.0.1:1/0"  # nothing listens: each alone
-    share = len(orgs) // nodes
-    context = multiprocessing.get_context("spawn")
-    go, out = context.Event(), context.Queue()
-    processes = [
-        context.Process(
-            target=_pacing_node,
-            args=(sandbox.base_url, url, prefix, orgs[n * share : (n + 1) * share], nodes, go, out),
-        )
-        for n in range(nodes)
-    ]
-    for process in processes:
-        process.start()
-    for _ in processes:
-        out.get(timeout=60)  # ready
-    started = time.perf_counter()
-    go.set()
-    done = sum(int(out.get(timeout=300)) for _ in processes)
-    elapsed = time.perf_counter() - started
-    for process in processes:
-        process.join(30)
-    requests = sum(sandbox.stats()["requests"].values())
-    refused = _refusals(sandbox)
-    bound = (requests - refused) / RATE
-    _line(
-        f"{label}, {'shared Redis pacer' if shared else 'no Redis, each at its share'}",
-        f"{done:,} routed, {requests:,} requests, {refused} 429s "
-        f"({refused / max(requests, 1):.1%}), {elapsed:.1f}s = {elapsed / bound:.3f} x bound",
-    )
-    if shared and redis_url is not None:
-        _clear(redis_url, prefix)
-
-
 def _clear(url: str, prefix: str) -> None:
     client = redis.Redis.from_url(url)
     try:
@@ -264,9 +203,6 @@ async def main(args: argparse.Namespace) -> None:
         )
         await cold_route(sandbox, orgs[: args.routes + 1], args.latency_ms)
         fleet_burst(sandbox, redis_url, args.nodes, args.burst)
-        for nodes in (2, 4):
-            fleet_pacing(sandbox, redis_url, nodes, orgs[: args.fleet_routes], shared=True)
-        fleet_pacing(sandbox, redis_url, 2, orgs[: args.fleet_routes], shared=False)
         await bulk(sandbox, orgs, redis_url)
 
 
@@ -277,7 +213,6 @@ if __name__ == "__main__":
     parser.add_argument("--latency-ms", type=float, default=150)
     parser.add_argument("--nodes", type=int, default=4)
     parser.add_argument("--burst", type=int, default=500)
-    parser.add_argument("--fleet-routes", type=int, default=300, help="cold routes, whole fleet")
     parser.add_argument(
         "--redis",
         default=os.environ.get("SDS_TEST_REDIS_URL", "redis://127.0.0.1:6379/15"),

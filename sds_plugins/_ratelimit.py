@@ -64,7 +64,7 @@ _SPIN_S = 0.002
 #: The guard never grows beyond this share of ``1/rate`` (pacing at most a third slower).
 _MAX_GUARD_SHARE = 0.5
 #: Clean sends between two steps of the guard back towards its starting width.
-_CLEAN_STEP = 50
+_CLEAN_STEP = 25
 
 #: Which gateway limit a 429 came from (Apigee's fault codes), when the body said.
 Throttle = Literal["spike_arrest", "quota"]
@@ -82,10 +82,10 @@ class MissedSlot(Exception):
 class Guard:
     """The margin added to ``1/rate``: the jitter the gateway may see between our sends.
 
-    Starts at ``base_s``; each spike-arrest refusal widens it by ``base_s`` (a refusal costs a
-    request and a slot, so the pace backs off at once), up to half of ``1/rate``; every
-    :data:`_CLEAN_STEP` sends without a refusal narrow it by a quarter of ``base_s``, never
-    below ``base_s``. Never faster than the configured rate, whatever happens.
+    Starts at ``base_s``; each spike-arrest refusal widens it by half of ``base_s`` (a refusal
+    costs a request and a slot, so the pace backs off at once), up to half of ``1/rate``;
+    every :data:`_CLEAN_STEP` sends without a refusal narrow it by a quarter of ``base_s``,
+    never below ``base_s``. Never faster than the configured rate, whatever happens.
     """
 
     def __init__(self, base_s: float, rate_interval_s: float) -> None:
@@ -95,7 +95,7 @@ class Guard:
         self._clean = 0
 
     def refused(self) -> None:
-        self.current_s = min(self.max_s, self.current_s + max(self.base_s, 0.001))
+        self.current_s = min(self.max_s, self.current_s + max(self.base_s / 2, 0.0005))
         self._clean = 0
 
     def sent(self) -> None:
@@ -211,8 +211,12 @@ class Spacer:
         *,
         min_gap_s: float | None = None,
         tolerance_s: float | None = None,
+        slack_s: float = 0.0,
     ) -> None:
         self.interval_s = interval_s
+        #: How much more than :attr:`tolerance_s` a request may be late before it takes a new
+        #: slot: the part of the guard the gateway's own jitter does not need (a fleet's).
+        self.slack_s = slack_s
         #: No write sooner than this after the previous one, whatever the slots say: at least
         #: ``1/rate``, so a request that went late pushes its successor back only by what the
         #: guard did not absorb (the next slots absorb the rest: nothing accumulates).
@@ -350,7 +354,7 @@ class SendTicket:
         now = spacer._clock()
         spacer._release_delays.append(now - self.released_at)
         spacer._lateness.append(max(now - self.not_before, 0.0))
-        if self._reslot is not None and now - self.not_before > spacer.tolerance_s:
+        if self._reslot is not None and now - self.not_before > spacer.tolerance_s + spacer.slack_s:
             self.not_before = await self._reslot(self.deadline)
             spacer.missed += 1
             raise MissedSlot(self)

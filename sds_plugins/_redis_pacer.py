@@ -134,6 +134,10 @@ class RedisPacer(RateLimiter):
             self.interval_s,
             min_gap_s=1.0 / per_second + guard_s / 4,
             tolerance_s=guard_s * _TOLERANCE,
+            # A late send is still an interval from the next slot while it is within the
+            # margin (which allows for it) and half the guard (the other half stays for the
+            # gateway's jitter): only later does it take a new slot.
+            slack_s=guard_s / 2,
         )
         # (round trip, Redis clock - our clock) of recent reservations; see _reserve.
         self._offsets: deque[tuple[float, float]] = deque(maxlen=64)

@@ -227,16 +227,17 @@ class _TracingTransport(httpx.AsyncBaseTransport):
 
 
 class _LateOnce(RateLimiter):
-    """Hands out a ticket that reaches the wire late for its slot, once."""
+    """Hands out a ticket that reaches the wire late for its slot, once (on a fake clock)."""
 
     def __init__(self) -> None:
-        self.spacer = Spacer(0.025, tolerance_s=0.001)
+        self.fake = FakeTime()
+        self.spacer = Spacer(0.025, clock=self.fake.clock, sleep=self.fake.sleep, tolerance_s=0.001)
 
     async def acquire(self, *, deadline: float | None = None) -> SendTicket:
         async def reslot(limit: float | None) -> float:
-            return time.time() + 0.01
+            return self.fake.now + 0.01
 
-        return self.spacer.ticket_at(time.time() - 0.5, reslot, deadline)
+        return self.spacer.ticket_at(self.fake.now - 0.5, reslot, deadline)
 
 
 async def test_the_client_sends_a_missed_slots_request_once_on_its_new_slot() -> None:

@@ -673,7 +673,7 @@ GPC = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1
 
 
 # What a fleet pacing on one shared timeline draws from a gateway depends on the machine's load,
-# so bench/gateway.py measures it (fleet pacing, 2 and 4 processes, with and without Redis); the
+# so bench/fleet.py measures it (fleets of 2 and 4 processes); the
 # tests above assert the timeline the processes share.
 
 
