@@ -4,10 +4,11 @@ Spine Directory Service lookups (``/Device``, ``/Endpoint``) with retries, typed
 correlation ids; the public names are re-exported here and the work lives in private modules.
 
 Names load on first use (PEP 562), so importing the package (as pytest does for the
-``sds_plugins.testing`` plugin, and the CLI on every call) costs almost nothing. The one list
-of public names is the block of imports below: type checkers read it as explicit re-exports
-(``X as X``), and at run time ``__getattr__`` reads the same block from this file's source to
-learn where each name lives. Adapter authors find their subset in :mod:`sds_plugins.adapters`.
+``sds_plugins.testing`` plugin, and the CLI on every call) costs almost nothing. Type checkers
+read the block of imports below as explicit re-exports (``X as X``); at run time
+``__getattr__`` finds each name's module in ``_EXPORTS``, the same list as data (a test keeps
+the two equal), so the package loads from a zip or a frozen application as well as from files.
+Adapter authors find their subset in :mod:`sds_plugins.adapters`.
 """
 
 from __future__ import annotations
@@ -336,45 +337,130 @@ if TYPE_CHECKING:
     )
 
 
-def _read_exports() -> dict[str, str]:
-    """``{name: module}`` from the ``if TYPE_CHECKING:`` imports of this file."""
-    import ast  # only on the first public name used
+#: Where each public name lives: the same names as the imports above (which type checkers
+#: read), as data (a test checks they agree). Read at run time by ``__getattr__``, so the
+#: package imports from anywhere a module can (a zip, a frozen application) and loads a
+#: private module only when one of its names is first used.
+_EXPORTS: dict[str, str] = {
+    "AccreditedSystem": "._models",
+    "Adapter": "._adapter",
+    "AdapterOptions": "._option_types",
+    "AmbiguousError": "._exceptions",
+    "ApiKeyAuth": "._auth",
+    "Asid": "._option_types",
+    "AuthenticationError": "._exceptions",
+    "BreakerOpenError": "._exceptions",
+    "BrokerError": "._worker._runtime",
+    "CacheBackend": "._cache",
+    "CacheEntry": "._cache",
+    "Candidate": "._adapter",
+    "ClientTls": "._envelope",
+    "ClientTlsSettings": "._plugin_settings",
+    "ConfigurationError": "._exceptions",
+    "ConfiguredPlugin": "._configured",
+    "DeviceQuery": "._query",
+    "DirectoryError": "._exceptions",
+    "DirectorySource": "._sources",
+    "DirectoryTimeoutError": "._exceptions",
+    "DirectoryUnavailableError": "._exceptions",
+    "ENVELOPE_TTL": "._envelope",
+    "ENVIRONMENTS": "._environments",
+    "EndpointQuery": "._query",
+    "EnvelopeClients": "._transport",
+    "EnvelopeReliability": "._envelope",
+    "EnvelopeVetoedError": "._exceptions",
+    "FetchResult": "._sources",
+    "ForeignRecord": "._envelope",
+    "HeaderText": "._option_types",
+    "HttpRequestSpec": "._envelope",
+    "InvalidInputError": "._exceptions",
+    "InvalidNhsNumberError": "._exceptions",
+    "Lookup": "._adapter",
+    "LookupEvent": "._events",
+    "LookupOutcome": "._adapter",
+    "LookupResult": "._client",
+    "LowestPartyKeyPolicy": "._defaults",
+    "MalformedResponseError": "._exceptions",
+    "MemoryCache": "._cache",
+    "MessageHandlingEndpoint": "._models",
+    "NotFoundError": "._exceptions",
+    "OdsCode": "._option_types",
+    "OpenTelemetryTracing": "._tracing",
+    "Pacer": "._ratelimit",
+    "Party": "._envelope",
+    "PartyKey": "._option_types",
+    "PatientInvalidatedError": "._exceptions",
+    "PatientNotFoundError": "._exceptions",
+    "PatientRefs": "._patients",
+    "PatientRegistration": "._patients",
+    "PatientRestrictedError": "._exceptions",
+    "PdsSource": "._patients",
+    "PluginError": "._exceptions",
+    "PluginHost": "._plugins",
+    "PluginSettings": "._plugin_settings",
+    "PrometheusMetrics": "._metrics",
+    "Provenance": "._envelope",
+    "RateLimitedError": "._exceptions",
+    "RateLimiter": "._ratelimit",
+    "Recipient": "._adapter",
+    "Reliability": "._models",
+    "RequestRejectedError": "._exceptions",
+    "Resolution": "._adapter",
+    "RetryPolicy": "._client",
+    "RouteEvent": "._events",
+    "RouteRequest": "._adapter",
+    "RouteWorker": "._worker._core",
+    "Router": "._engine",
+    "RoutingEnvelope": "._envelope",
+    "SdsClient": "._client",
+    "SdsPluginsError": "._exceptions",
+    "SdsSource": "._sources",
+    "Settings": "._settings",
+    "SignedJwtAuth": "._auth",
+    "SignedJwtSettings": "._plugin_settings",
+    "SourceContext": "._sources",
+    "SyncRouter": "._sync",
+    "SyncSdsClient": "._sync",
+    "WorkerOutcome": "._worker._core",
+    "WorkerPolicy": "._worker._core",
+    "WorkerRequest": "._worker._core",
+    "WorkerSettings": "._worker._settings",
+    "check_header_value": "._validation",
+    "check_nhs_number": "._patients",
+    "check_path_segment": "._validation",
+    "check_relative_path": "._validation",
+    "client_ssl_context": "._transport",
+    "create_service_app": "._service._app",
+    "get_with_retries": "._client",
+    "hookimpl": ".hookspecs",
+    "invalid_input": "._validation",
+    "join_on_party_key": "._adapter",
+    "load_adapter_options": "._adapter_options",
+    "load_json": "._upstream",
+    "normalise_asid": "._validation",
+    "normalise_correlation_id": "._validation",
+    "normalise_interaction": "._validation",
+    "normalise_ods_code": "._validation",
+    "normalise_party_key": "._validation",
+    "parse_devices": "._models",
+    "parse_endpoints": "._models",
+    "parse_retry_after": "._client",
+    "resolve_base_url": "._environments",
+    "run_worker": "._worker._runtime",
+    "safe_url": "._upstream",
+}
 
-    with open(__file__, encoding="utf-8") as source:
-        tree = ast.parse(source.read())
-    exports: dict[str, str] = {}
-    for node in tree.body:
-        if isinstance(node, ast.If) and isinstance(node.test, ast.Name):
-            for statement in node.body:
-                if isinstance(statement, ast.ImportFrom):
-                    module = "." * statement.level + (statement.module or "")
-                    exports.update(
-                        (alias.asname or alias.name, module) for alias in statement.names
-                    )
-    return exports
-
-
-_exported: dict[str, str] | None = None
-
-
-def _exports() -> dict[str, str]:
-    global _exported
-    if _exported is None:
-        _exported = _read_exports()
-    return _exported
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "__all__":  # for star imports and dir(): the same names, sorted
-        value: Any = sorted(_exports())
-    else:
-        module = _exports().get(name)
-        if module is None:
-            raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-        value = getattr(importlib.import_module(module, __name__), name)
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
     globals()[name] = value  # later lookups skip __getattr__
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_exports()))
+    return sorted(set(globals()) | set(_EXPORTS))

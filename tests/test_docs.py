@@ -327,18 +327,60 @@ def test_test_modules_in_the_docs_pass(block: Block, mode: str, pytester: pytest
 
 
 def test_the_public_names_are_one_list_of_names_that_exist() -> None:
-    """``__all__``, the lazy loader and the type checkers' imports are the same single list
-    (the ``if TYPE_CHECKING:`` block of ``sds_plugins/__init__.py``), and every name loads."""
+    """``__all__``, the lazy loader's table and the type checkers' imports (the ``if
+    TYPE_CHECKING:`` block of ``sds_plugins/__init__.py``) name the same names in the same
+    modules, and every name loads."""
+    import ast
+
     names = list(sds_plugins.__all__)
     assert names == sorted(set(names))
-    assert set(names) == set(sds_plugins._exports())
     source = (ROOT / "sds_plugins" / "__init__.py").read_text(encoding="utf-8")
+    imported = {
+        alias.asname or alias.name: "." * statement.level + (statement.module or "")
+        for node in ast.parse(source).body
+        if isinstance(node, ast.If)
+        for statement in node.body
+        if isinstance(statement, ast.ImportFrom)
+        for alias in statement.names
+    }
+    assert imported == sds_plugins._EXPORTS
+    assert set(names) == set(imported)
     aliased = re.findall(r"^\s+(\w+) as (\w+),$", source, flags=re.MULTILINE)
     assert all(name == alias for name, alias in aliased), "re-exports are written 'X as X'"
     assert sorted(name for name, _ in aliased) == names
     missing = [name for name in names if getattr(sds_plugins, name, None) is None]
     assert not missing, f"public names that do not load: {missing}"
     assert set(names) <= set(dir(sds_plugins))
+
+
+def test_the_package_imports_from_a_zip(tmp_path: Path) -> None:
+    """A zipapp, a vendored or a frozen install has no source files to read: the package and
+    its public names load from a zip like any module."""
+    import subprocess
+    import sys
+    import zipfile
+
+    archive = tmp_path / "vendored.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        for path in (ROOT / "sds_plugins").rglob("*.py"):
+            bundle.write(path, path.relative_to(ROOT).as_posix())
+    program = (
+        "import sds_plugins, sys\n"
+        "assert sds_plugins.__file__.startswith(sys.argv[1]), sds_plugins.__file__\n"
+        "for name in sds_plugins.__all__: getattr(sds_plugins, name)\n"
+        "print(sds_plugins.SdsClient.__module__)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", program, str(archive)],
+        env={"PYTHONPATH": str(archive), "PATH": "/usr/bin:/bin"},
+        cwd=tmp_path,  # not the repository, whose sds_plugins/ would come first
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "sds_plugins._client"
 
 
 def _own_docstring(obj: object) -> str:
