@@ -14,7 +14,7 @@ import functools
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from cachetools import LRUCache
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,6 +27,7 @@ from ._validation import invalid_input, normalise_interaction, sds_correlation_i
 
 if TYPE_CHECKING:
     from ._patients import PatientRegistration
+    from ._warm import WarmState
 
 __all__ = [
     "Adapter",
@@ -253,7 +254,7 @@ class Resolution:
         select: Callable[[Sequence[Candidate], RouteRequest, str, str | None], Candidate],
         now: datetime | None = None,
         *,
-        memo: dict[Any, Any] | None = None,
+        warm: WarmState | None = None,
     ) -> None:
         self.request = request
         self.outcomes = outcomes
@@ -262,7 +263,7 @@ class Resolution:
         # What was derived from these very records for the same request before (the router
         # keeps one per prepared route): selection hooks and provenance are pure, so while the
         # cache hands back the same record tuples, the answers are the same.
-        self._memo = memo
+        self._warm = warm
 
     def records(self, name: str) -> tuple[Any, ...]:
         """Records of the planned lookup ``name``."""
@@ -300,7 +301,8 @@ class Resolution:
         :class:`NotFoundError` naming what is missing, or :class:`AmbiguousError` (policy).
         """
         found, systems = self.records(endpoints), self.records(devices)
-        return self.derive(
+        return self._derive(
+            "core",
             f"recipient:{endpoints}:{devices}:{role}:{need_asid}",
             (found, systems),
             lambda: self._recipient(found, systems, role, need_asid),
@@ -341,11 +343,22 @@ class Resolution:
         ``compute`` must not use the correlation id or the time (they differ per route).
         Without a router's memory (a :class:`Resolution` built in a test), it just computes.
         """
-        memo = self._memo
-        if memo is None:
+        return self._derive("adapter", name, depends_on, compute)
+
+    def _derive(
+        self,
+        space: Literal["core", "adapter"],
+        name: str,
+        depends_on: Sequence[Any],
+        compute: Callable[[], _T],
+    ) -> _T:
+        """:meth:`derive` in the router's own names (``core``) or the adapter's."""
+        warm = self._warm
+        if warm is None:
             return compute()
+        derived = warm.core if space == "core" else warm.adapter
         depends = tuple(depends_on)
-        remembered = memo.get(name)
+        remembered = derived.get(name)
         if (
             remembered is not None
             and len(remembered[0]) == len(depends)
@@ -353,7 +366,7 @@ class Resolution:
         ):
             return remembered[1]  # type: ignore[no-any-return]
         value = compute()
-        memo[name] = (depends, value)  # holding them keeps their identities unique
+        derived[name] = (depends, value)  # holding them keeps their identities unique
         return value
 
     @functools.cached_property
@@ -376,7 +389,8 @@ class Resolution:
         outcomes = tuple(self.outcomes.values())
         # All but the correlation id and the time follows from these records and outcomes (a
         # warm route gets the very same outcome objects again).
-        template = self.derive(
+        template = self._derive(
+            "core",
             "provenance",
             (*given, *outcomes),
             # Built from parts validated already (parsed records, computed keys).

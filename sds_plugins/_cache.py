@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from cachetools import LRUCache, TLRUCache
 from pydantic import BaseModel, ConfigDict
@@ -69,21 +69,8 @@ class CacheBackend:
     #: are coalesced per key, so a burst of identical lookups costs it one read.
     shared = False
 
-    #: Whether :meth:`get_nowait` answers: an in-process backend reads without I/O, which lets
-    #: a warm route skip the event loop altogether.
-    answers_nowait = False
-
-    #: For a backend that answers without I/O: a number that changes whenever an entry is
-    #: stored, deleted or evicted (``None``: not tracked). While it stays the same, a record
-    #: read before is still the current one, so the warm path need not read it again.
-    generation: int | None = None
-
     async def get(self, key: str) -> CacheEntry | None:
         raise NotImplementedError
-
-    def get_nowait(self, key: str) -> CacheEntry | None:
-        """The entry, read without I/O (only when :attr:`answers_nowait`)."""
-        return None
 
     async def set(self, key: str, entry: CacheEntry) -> None:
         """Store ``entry`` until ``entry.stale_until``."""
@@ -105,39 +92,52 @@ class CacheBackend:
         """Release connections."""
 
 
+@runtime_checkable
+class _InProcess(Protocol):
+    """The warm path's private protocol (not part of :class:`CacheBackend`): a backend that can
+    answer from this process without I/O, and say when anything it holds changed.
+
+    ``_generation`` changes whenever an entry is stored, deleted, evicted or invalidated: while
+    it stays the same, a record read before is still the current one, so a warm route need not
+    read it again. ``_entry_now`` is the entry held in process (``None``: ask :meth:`get`).
+    """
+
+    _generation: int
+
+    def _entry_now(self, key: str) -> CacheEntry | None: ...
+
+
 class MemoryCache(CacheBackend):
     """In-process cache (cachetools), bounded in size; each entry expires at its ``stale_until``."""
 
     name = "memory"
-    answers_nowait = True
-    generation: int = 0
 
     def __init__(self, maxsize: int = 100_000) -> None:
         self._entries: TLRUCache[str, CacheEntry] = TLRUCache(
             maxsize=maxsize, ttu=lambda _key, entry, _now: entry.stale_until, timer=time.time
         )
         # Entries leave only by set (size eviction, expiry sweeps), delete and clear: each
-        # counts a generation. An entry expiring unseen was past its freshness before, which
-        # readers check themselves.
-        self.generation = 0
+        # counts a generation (the _InProcess protocol). An entry expiring unseen was past its
+        # freshness before, which readers check themselves.
+        self._generation = 0
 
     async def get(self, key: str) -> CacheEntry | None:
         return self._entries.get(key)
 
-    def get_nowait(self, key: str) -> CacheEntry | None:
+    def _entry_now(self, key: str) -> CacheEntry | None:
         return self._entries.get(key)
 
     async def set(self, key: str, entry: CacheEntry) -> None:
         self._entries[key] = entry
-        self.generation += 1
+        self._generation += 1
 
     async def delete(self, key: str) -> None:
         self._entries.pop(key, None)
-        self.generation += 1
+        self._generation += 1
 
     async def clear(self) -> None:
         self._entries.clear()
-        self.generation += 1
+        self._generation += 1
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -247,6 +247,8 @@ class LookupCache:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.backend = backend
+        # The warm path's fast reads, for a backend that offers them (a private protocol).
+        self._in_process = backend if isinstance(backend, _InProcess) else None
         self.ttl_s = ttl_s
         self.negative_ttl_s = negative_ttl_s
         self.stale_if_error_s = stale_if_error_s
@@ -297,14 +299,18 @@ class LookupCache:
             negative=empty,
         )
 
+    def generation(self) -> int | None:
+        """The backend's generation (see :class:`_InProcess`), ``None`` if it keeps none."""
+        return None if self._in_process is None else self._in_process._generation
+
     def fresh_entry_nowait(
         self, key: str, decode: Callable[[bytes], tuple[Any, ...]]
     ) -> tuple[tuple[Any, ...], float] | None:
         """``(records, fresh until)`` of a fresh entry the backend holds in process, else
         ``None``."""
-        if not self.backend.answers_nowait:
+        if self._in_process is None:
             return None
-        entry = self.backend.get_nowait(key)
+        entry = self._in_process._entry_now(key)
         if entry is None or not entry.is_fresh(self._clock()):
             return None
         return self._records(key, entry, decode), entry.fresh_until

@@ -221,17 +221,13 @@ def _describe(candidates: Sequence[Candidate]) -> str:
 
 
 class PassThroughEnvelope:
-    """Default ``sds_finalize_envelope``: the envelope as the adapter built it (alone, the
-    plugin host knows its answer and skips the call)."""
+    """Default ``sds_finalize_envelope``: the envelope as the adapter built it."""
 
     @hookimpl(trylast=True)
     def sds_finalize_envelope(
         self, envelope: RoutingEnvelope, request: RouteRequest
     ) -> RoutingEnvelope:
         return envelope
-
-    # Marks this very function: a subclass overriding the hook has another, unmarked.
-    sds_finalize_envelope.__sds_passes_through__ = True  # type: ignore[attr-defined]
 
 
 def default_plugins() -> Iterator[tuple[str, object]]:

@@ -62,6 +62,7 @@ from ._ratelimit import RateLimiter
 from ._settings import Settings
 from ._sources import DirectorySource, SourceContext
 from ._validation import check_correlation_id, normalise_ods_code
+from ._warm import WarmState
 
 __all__ = ["Router"]
 
@@ -70,8 +71,6 @@ logger = logging.getLogger("sds_plugins.engine")
 _CACHE_KEY_VERSION = "v1"
 #: How many distinct (adapter, org, interaction, options...) routes keep their prepared form.
 _PREPARED_ROUTES = 4096
-#: A prepared route's memo key for its last warm outcomes (a memo's other keys are strings).
-_HOT = ("hot",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +89,15 @@ class _Prepared:
     """A route's validated request, plan and cache keys: everything but its correlation id.
 
     Plans and cache scopes are pure functions of the request (the adapter contract), so a
-    route repeated with the same plain-valued arguments reuses them; ``memo`` holds what the
-    :class:`Resolution` derives from the same cached answers (choices, provenance records).
+    route repeated with the same plain-valued arguments reuses them; ``warm`` is what it
+    remembers from one route to the next (:class:`~sds_plugins._warm.WarmState`).
     """
 
     adapter: Adapter
     request: RouteRequest
     lookups: tuple[_PlannedLookup, ...]
     scope: str | None
-    memo: dict[Any, Any] = field(default_factory=dict)
+    warm: WarmState = field(default_factory=WarmState)
 
     def request_for(self, correlation_id: str, given: bool) -> RouteRequest:
         return replaced(
@@ -344,10 +343,10 @@ class Router:
         stand until the first of their entries stops being fresh. Anything else (a miss, a
         stale entry, a shared backend) takes the full path.
         """
-        cache, memo = self.cache, prepared.memo
-        generation = cache.backend.generation
+        cache, warm = self.cache, prepared.warm
+        generation = cache.generation()
         now = self.clock()  # the cache's clock too: the router hands it over
-        hot = memo.get(_HOT)
+        hot = warm.hot
         if hot is not None and generation is not None and hot[0] == generation and now < hot[1]:
             outcomes: dict[str, LookupOutcome] = dict(hot[2])
         else:
@@ -360,9 +359,9 @@ class Router:
                 records, until = found
                 fresh_until = min(fresh_until, until)
                 # A hit on the same records is the same outcome (no attempts, no wait).
-                remembered = memo.get(planned.cache_key)
+                remembered = warm.hits.get(planned.cache_key)
                 if remembered is None or remembered.records is not records:
-                    remembered = memo[planned.cache_key] = LookupOutcome.model_construct(
+                    remembered = warm.hits[planned.cache_key] = LookupOutcome.model_construct(
                         lookup=planned.lookup,
                         records=records,
                         cache="hit",
@@ -371,7 +370,7 @@ class Router:
                     )
                 outcomes[planned.name] = remembered
             if generation is not None:
-                memo[_HOT] = (generation, fresh_until, outcomes)
+                warm.hot = (generation, fresh_until, outcomes)
                 outcomes = dict(outcomes)
         if not self.host.has_listeners("sds_lookup_completed"):
             return outcomes
@@ -381,8 +380,8 @@ class Router:
         changes = {"time": datetime.now(UTC), "duration_s": 0.0, "correlation_id": correlation_id}
         for planned in prepared.lookups:
             outcome = outcomes[planned.name]
-            remembered = memo.get(("event", planned.cache_key))
-            if remembered is None or remembered[0] is not outcome:
+            seen = warm.hit_events.get(planned.cache_key)
+            if seen is None or seen[0] is not outcome:
                 event = _lookup_event(
                     planned.source,
                     planned.query_key,
@@ -392,8 +391,8 @@ class Router:
                     correlation_id,
                     records=len(outcome.records),
                 )
-                remembered = memo[("event", planned.cache_key)] = (outcome, event)
-            self.host.lookup_completed(replaced(remembered[1], changes))
+                seen = warm.hit_events[planned.cache_key] = (outcome, event)
+            self.host.lookup_completed(replaced(seen[1], changes))
         return outcomes
 
     def _emit_lookup(
@@ -488,7 +487,7 @@ class Router:
                 outcomes,
                 self._select,
                 datetime.fromtimestamp(self.clock(), UTC),
-                memo=prepared.memo,
+                warm=prepared.warm,
             )
             envelope = prepared.adapter.build(request, resolution)
             if registration is not None:
@@ -512,7 +511,7 @@ class Router:
             org,
             interaction,
             registration,
-            prepared.memo,
+            prepared.warm,
         )
         return final
 
@@ -778,7 +777,7 @@ class Router:
         org: str | None,
         interaction: str,
         registration: tuple[PatientRegistration, str, str] | None = None,
-        memo: dict[Any, Any] | None = None,
+        warm: WarmState | None = None,
     ) -> None:
         if not self.host.has_listeners("sds_route_completed"):
             return
@@ -804,9 +803,9 @@ class Router:
         # (adapter, organisation, interaction and lookups are the prepared route's own), but
         # for its time, duration and correlation id: copied from the first one's event.
         template_key = None
-        if memo is not None and error is None and request and resolution and not details:
-            template_key = ("route", resolution.cache)
-            template = memo.get(template_key)
+        if warm is not None and error is None and request and resolution and not details:
+            template_key = resolution.cache
+            template = warm.route_events.get(template_key)
             if template is not None:
                 changes = {
                     "time": datetime.now(UTC),
@@ -834,8 +833,9 @@ class Router:
             error=f"{type(error).__name__}: {error}" if error is not None else None,
             details=details,
         )
-        if template_key is not None and memo is not None:
-            memo[template_key] = replaced(event, {"details": {}})  # not the dict observers get
+        if template_key is not None and warm is not None:
+            # Not the dict observers get: theirs is their own.
+            warm.route_events[template_key] = replaced(event, {"details": {}})
         self.host.route_completed(event)
 
 

@@ -8,7 +8,6 @@ masked in its ``repr``, its ``str`` and its default JSON form; ``to_message()`` 
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePath
@@ -70,40 +69,39 @@ def _reveal(info: SerializationInfo) -> bool:
     return bool(isinstance(context, Mapping) and context.get("reveal_secrets"))
 
 
-#: The request whose headers were checked last (see HttpRequestSpec._no_control_characters).
-_last_checked: list[weakref.ref[HttpRequestSpec] | None] = [None]
+def _check_request(request: HttpRequestSpec) -> HttpRequestSpec:
+    """No CR, LF or other control character in the method, URL or any header: nothing that
+    would split (or smuggle) a header when the request is sent."""
+    # One scan over everything (the usual case, on every route: nothing found), then one by
+    # one to name the culprit.
+    headers = request.headers
+    if has_control_characters(" ".join((request.method, request.url, *headers, *headers.values()))):
+        check_header_value(request.method, "method")
+        check_header_value(request.url, "url")
+        for name, value in headers.items():
+            check_header_value(name, "header name")
+            check_header_value(value, f"header {name}")
+    return request
 
 
 class HttpRequestSpec(_Frozen):
-    """Method, URL and headers of the request to send (the body is the caller's)."""
+    """Method, URL and headers of the request to send (the body is the caller's).
+
+    No CR, LF or other control character anywhere: checked when it is made, and again
+    whenever it is put in an envelope (pydantic runs a model's after-validators for an
+    instance nested in another model), so one made without validation (``model_construct``,
+    ``model_copy``) cannot carry CR/LF out of an adapter. The second scan costs ~2 µs a route
+    (``bench/warm_path.py --ablate``); remembering the last request checked to skip it was
+    process-global state.
+    """
 
     method: str
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
 
-    # A model validator: it runs again whenever an instance is nested in another model (every
-    # envelope holds one), so a request made without validation (model_construct, a
-    # model_copy with new headers) cannot carry CR/LF out inside an envelope. The request
-    # checked last is not scanned again (the usual case: built, then put in its envelope);
-    # it is known by a weak reference, which keeps no request, and no token, alive. (Headers
-    # are set through with_headers or a new request; writing into a request's dict is not
-    # looked for here, and httpx refuses CR/LF when the request is sent.)
     @model_validator(mode="after")
     def _no_control_characters(self) -> HttpRequestSpec:
-        last = _last_checked[0]
-        if last is not None and last() is self:
-            return self
-        # One scan over everything (the usual case, on every route: nothing found), then one
-        # by one to name the culprit.
-        headers = self.headers
-        if has_control_characters(" ".join((self.method, self.url, *headers, *headers.values()))):
-            check_header_value(self.method, "method")
-            check_header_value(self.url, "url")
-            for name, value in headers.items():
-                check_header_value(name, "header name")
-                check_header_value(value, f"header {name}")
-        _last_checked[0] = weakref.ref(self)
-        return self
+        return _check_request(self)
 
     @field_serializer("headers")
     def _mask(self, headers: dict[str, str], info: SerializationInfo) -> dict[str, str]:

@@ -25,6 +25,7 @@ The engine and tools call hooks through the typed methods below (``host.register
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib.metadata
 import inspect
 import logging
@@ -59,19 +60,11 @@ def _names(value: str | None) -> set[str]:
     return {part.strip() for part in (value or "").split(",") if part.strip()}
 
 
-#: What the host knows of a notification hook's implementations (see PluginHost._observers).
-_Observers = tuple[
-    list[Any],
-    tuple[tuple[Callable[..., object], bool, str], ...] | None,
-    tuple[Callable[[], bool], ...] | None,
-]
-
-
-def _passes_through(plugin: object) -> bool:
-    """Whether ``plugin`` is the built-in pass-through finalizer, its hook not overridden."""
-    # Compared by the hook's function: no import here (this runs on every route).
-    hook = getattr(type(plugin), "sds_finalize_envelope", None)
-    return hook is not None and getattr(hook, "__sds_passes_through__", False) is True
+def _parameters(method: object) -> list[inspect.Parameter]:
+    try:
+        return list(inspect.signature(method).parameters.values())  # type: ignore[arg-type]
+    except (TypeError, ValueError):  # not introspectable: let a call decide
+        return []
 
 
 def _describe(plugin: object) -> str:
@@ -108,7 +101,10 @@ class PluginHost:
         for name in self._disabled:
             self.pm.set_blocked(name)
         self._traced = bool(env.get("SDS_PLUGINS_TRACE"))
-        self._observed: dict[str, _Observers] = {}
+        # Per notification hook: its implementations when last looked at, and their
+        # wants_events methods when every one has one (see has_listeners).
+        self._listening: dict[str, tuple[list[Any], tuple[Any, ...] | None]] = {}
+        self._notifying: dict[str, tuple[list[Any], tuple[tuple[str, Any], ...]]] = {}
         if self._traced:
             self.pm.trace.root.setwriter(sys.stderr.write)
             self.pm.enable_tracing()
@@ -178,8 +174,10 @@ class PluginHost:
         logger.error("%s", failure.message())
 
     def register(self, plugin: object, name: str | None = None) -> str | None:
-        """Register ``plugin``; refuses async hook implementations and unknown hooks."""
+        """Register ``plugin``; refuses async hook implementations, unknown hooks and side
+        protocols that are misspelt or misplaced (``hookspecs.SIDE_PROTOCOLS``)."""
         self._reject_async(plugin, name)
+        self._check_side_protocols(plugin, name)
         try:
             registered = self.pm.register(plugin, name=name)
         except pluggy.PluginValidationError as exc:  # e.g. a misspelt hook argument
@@ -258,23 +256,27 @@ class PluginHost:
     def finalize_envelope(
         self, envelope: RoutingEnvelope, request: RouteRequest
     ) -> RoutingEnvelope | None:
-        hook = self.pm.hook.sds_finalize_envelope
-        if not self._traced:
-            # Only the built-in pass-through implements it (the usual case, on every route):
-            # its answer is known without the call.
-            impls = hook.get_hookimpls()
-            if len(impls) == 1 and _passes_through(impls[0].plugin):
-                return envelope
-        return cast("RoutingEnvelope | None", hook(envelope=envelope, request=request))
+        return cast(
+            "RoutingEnvelope | None",
+            self.pm.hook.sds_finalize_envelope(envelope=envelope, request=request),
+        )
 
     def has_listeners(self, hook_name: str) -> bool:
         """Whether any plugin implements notification hook ``hook_name`` and wants its events
         now (events are built only when someone listens).
 
-        An observer may define ``wants_events()``: while every implementation of the hook
-        answers ``False`` (a tracer with no SDK configured, say), nothing is built for it.
+        An observer may define ``wants_events() -> bool`` (checked when it is registered):
+        while every implementation of the hook answers ``False`` (a tracer with no SDK
+        configured, say), nothing is built for it. Worked out again only when the hook's
+        implementations change.
         """
-        impls, _, gates = self._observers(hook_name)
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        known = self._listening.get(hook_name)
+        if known is None or known[0] != impls:
+            wants = [getattr(impl.plugin, "wants_events", None) for impl in impls]
+            gates = tuple(wants) if impls and all(callable(w) for w in wants) else None
+            known = self._listening[hook_name] = (impls, gates)
+        impls, gates = known
         if not impls:
             return False
         if gates is None:
@@ -285,55 +287,43 @@ class PluginHost:
             logger.exception("a plugin's wants_events failed")
             return True
 
-    def _observers(self, hook_name: str) -> _Observers:
-        """The implementations of ``hook_name``; unless pluggy must call them (wrappers,
-        tracing), each as ``(function, takes the event, plugin name)`` in pluggy's order; and
-        their ``wants_events`` methods when every one has one.
-
-        Worked out again only when the implementations change (compared item by item: a
-        registration anywhere is seen on the next call).
-        """
-        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
-        known = self._observed.get(hook_name)
-        if known is not None and known[0] == impls:
-            return known
-        direct: tuple[tuple[Callable[..., object], bool, str], ...] | None = None
-        if not self._traced and not any(impl.wrapper or impl.hookwrapper for impl in impls):
-            # pluggy's order: the last registered first. An implementation may leave out the
-            # hook's one argument (pluggy allows it).
-            direct = tuple(
-                (impl.function, bool(impl.argnames), _describe(impl.plugin))
-                for impl in reversed(impls)
-            )
-        wants = [getattr(impl.plugin, "wants_events", None) for impl in impls]
-        gates: tuple[Callable[[], bool], ...] | None = None
-        if all(callable(w) for w in wants):
-            gates = tuple(cast("Callable[[], bool]", w) for w in wants)
-        observers: _Observers = (impls, direct, gates)
-        self._observed[hook_name] = observers
-        return observers
-
     def notify(self, hook_name: str, event: object) -> None:
         """Give ``event`` to every implementation of notification hook ``hook_name``.
 
-        Each observer on its own: one that raises is logged, and the others still see the
-        event (an observer must never break routing, nor another observer). Called directly
-        rather than through pluggy's relay, which costs more than two observers together on
-        every lookup of a warm route; wrappers and ``SDS_PLUGINS_TRACE`` go through pluggy.
+        Through pluggy's own dispatch, so hook-call monitoring (``add_hookcall_monitoring``,
+        which datasette-style tracing builds on) and ``SDS_PLUGINS_TRACE`` see every call. Each
+        observer on its own (pluggy's ``subset_hook_caller``, one per observer, made when the
+        implementations change): one that raises is logged and the others still see the event
+        (an observer must never break routing, nor another observer). Wrappers see every
+        observer at once, so with one the hook is called whole.
         """
-        impls, direct, _ = self._observers(hook_name)
-        if direct is None:
-            if impls:
-                try:
-                    getattr(self.pm.hook, hook_name)(event=event)
-                except Exception:
-                    logger.exception("a plugin's %s failed", hook_name)
-            return
-        for function, takes_event, plugin_name in direct:
+        for name, caller in self._notifiers(hook_name):
             try:
-                function(event) if takes_event else function()
+                caller(event=event)
             except Exception:
-                logger.exception("%s's %s failed", plugin_name, hook_name)
+                logger.exception("%s's %s failed", name, hook_name)
+
+    def _notifiers(self, hook_name: str) -> tuple[tuple[str, Any], ...]:
+        hook = getattr(self.pm.hook, hook_name)
+        impls = hook.get_hookimpls()
+        known = self._notifying.get(hook_name)
+        if known is not None and known[0] == impls:
+            return known[1]
+        if len(impls) <= 1 or any(impl.wrapper or impl.hookwrapper for impl in impls):
+            callers: tuple[tuple[str, Any], ...] = ((hook_name, hook),) if impls else ()
+        else:
+            plugins = [impl.plugin for impl in impls]
+            callers = tuple(
+                (
+                    _describe(impl.plugin),
+                    self.pm.subset_hook_caller(
+                        hook_name, [other for other in plugins if other is not impl.plugin]
+                    ),
+                )
+                for impl in reversed(impls)  # pluggy's order: the last registered first
+            )
+        self._notifying[hook_name] = (impls, callers)
+        return callers
 
     def lookup_completed(self, event: LookupEvent) -> None:
         self.notify("sds_lookup_completed", event)
@@ -347,6 +337,43 @@ class PluginHost:
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
         self._distributions.pop(name, None)
+
+    def _check_side_protocols(self, plugin: object, name: str | None) -> None:
+        shown = name or _describe(plugin)
+        for attr in dir(plugin):
+            if attr.startswith("__"):
+                continue
+            expected = hookspecs.SIDE_PROTOCOLS.get(attr)
+            if expected is None:
+                near = difflib.get_close_matches(attr, hookspecs.SIDE_PROTOCOLS, cutoff=0.85)
+                if near:
+                    raise PluginError(
+                        f"plugin {shown!r} defines {attr!r}, which nothing calls: did you mean "
+                        f"{hookspecs.SIDE_PROTOCOLS[near[0]]}?",
+                        plugin=name,
+                    )
+                continue
+            method = getattr(plugin, attr)
+            required = [
+                p
+                for p in _parameters(method)
+                if p.default is inspect.Parameter.empty
+                and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+            ]
+            if not callable(method) or required:
+                raise PluginError(
+                    f"plugin {shown!r}: {attr} must be a method taking no arguments ({expected})",
+                    plugin=name,
+                )
+            observes = any(
+                callable(getattr(plugin, hook, None)) for hook in hookspecs.NOTIFICATIONS
+            )
+            if not observes:
+                raise PluginError(
+                    f"plugin {shown!r} defines {attr} but implements none of "
+                    f"{', '.join(sorted(hookspecs.NOTIFICATIONS))}: it would never be asked",
+                    plugin=name,
+                )
 
     def _reject_async(self, plugin: object, name: str | None) -> None:
         for attr in dir(plugin):

@@ -383,8 +383,6 @@ class RedisCache(CacheBackend):
 
     name = "redis"
     shared = True
-    # The near cache answers without I/O (see the module docstring).
-    answers_nowait = True
 
     def __init__(
         self,
@@ -429,8 +427,9 @@ class RedisCache(CacheBackend):
         self._near_live = False  # the subscription that invalidates it is confirmed and alive
         self._invalidations = 0  # invalidations heard so far (a read racing one is not kept)
         self._writer = b"w" + secrets.token_hex(8).encode()  # our own writes' messages
-        #: Changes with every change to the near cache (the warm path's "nothing changed").
-        self.generation: int | None = 0
+        # Changes with every change to the near cache (the warm path's "nothing changed": the
+        # _cache._InProcess protocol, with _entry_now).
+        self._generation = 0
 
     def __repr__(self) -> str:
         return f"RedisCache({self.location!r}, prefix={self.prefix!r})"
@@ -483,7 +482,7 @@ class RedisCache(CacheBackend):
 
     # -- CacheBackend -------------------------------------------------------------------------
 
-    def get_nowait(self, key: str) -> CacheEntry | None:
+    def _entry_now(self, key: str) -> CacheEntry | None:
         """The entry held in the near cache, if it may still be used (no I/O)."""
         if not self._near_live:
             return None
@@ -513,10 +512,10 @@ class RedisCache(CacheBackend):
             self._changed()
 
     def _changed(self) -> None:
-        self.generation = (self.generation or 0) + 1
+        self._generation += 1
 
     async def get(self, key: str) -> CacheEntry | None:
-        near = self.get_nowait(key)
+        near = self._entry_now(key)
         if near is not None:
             return near
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import uuid
 from typing import Any
 
@@ -158,34 +157,6 @@ def normalise_interaction(value: object, field: str = "interaction") -> str:
     return interaction
 
 
-class _RandomPool:
-    """Random bytes drawn from os.urandom a few kilobytes at a time: one system call per 256
-    ids rather than one per id (a call that costs more than the rest of the id under load)."""
-
-    __slots__ = ("_bytes", "_lock", "_used")
-
-    def __init__(self) -> None:
-        self.forget()
-
-    def forget(self) -> None:
-        # Also in a forked child, which must not repeat its parent's ids (and must not inherit
-        # a lock another thread of the parent held).
-        self._bytes, self._used, self._lock = b"", 0, threading.Lock()
-
-    def take_16(self) -> bytes:
-        with self._lock:  # two threads must never take the same bytes
-            pool, used = self._bytes, self._used
-            if used + 16 > len(pool):
-                pool = self._bytes = os.urandom(4096)
-                used = 0
-            self._used = used + 16
-        return pool[used : used + 16]
-
-
-_random = _RandomPool()
-os.register_at_fork(after_in_child=_random.forget)
-
-
 def uuid_text(digits: str, version: int) -> str:
     """The canonical text of the RFC 4122 UUID made of ``digits`` (32 or more hex digits, the
     first 32 used) with its version and variant set: what ``str(uuid.UUID(...))`` gives, a
@@ -198,9 +169,9 @@ def uuid_text(digits: str, version: int) -> str:
 
 
 def new_uuid() -> str:
-    """A random (version 4) UUID in its canonical text form: ``str(uuid.uuid4())``, built
-    straight from random bytes (one is made on every route)."""
-    return uuid_text(_random.take_16().hex(), 4)
+    """A random (version 4) UUID in its canonical text form: ``str(uuid.uuid4())``, written
+    straight from ``os.urandom`` (one is made on every route; the formatting is the cost)."""
+    return uuid_text(os.urandom(16).hex(), 4)
 
 
 def check_correlation_id(value: object | None, field: str = "correlation_id") -> str:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from ._settings import Settings
     from ._sources import DirectorySource, SourceContext
 
-__all__ = ["PROJECT", "START_HOOKS", "hookimpl", "hookspec"]
+__all__ = ["NOTIFICATIONS", "PROJECT", "SIDE_PROTOCOLS", "START_HOOKS", "hookimpl", "hookspec"]
 
 #: The pluggy project name, and the entry-point group plugins are discovered under.
 PROJECT = "sds_plugins"
@@ -60,6 +60,18 @@ START_HOOKS = frozenset(
         "sds_provide_rate_limiter",
     }
 )
+
+
+#: The notification hooks: every observer is called on its own (one that raises is logged and
+#: never hides the event from the others).
+NOTIFICATIONS = frozenset({"sds_lookup_completed", "sds_route_completed"})
+
+#: Methods a plugin object may define beside its hooks, by name, with what they answer. An
+#: observer of :data:`NOTIFICATIONS` may define ``wants_events() -> bool``: while every
+#: implementation of a notification hook answers ``False``, the router builds no event for it.
+#: Checked when the plugin is registered: a near miss (``want_events``, ``wants_event``...) or
+#: one on a plugin that observes nothing fails loudly instead of being ignored.
+SIDE_PROTOCOLS: dict[str, str] = {"wants_events": "wants_events() -> bool"}
 
 
 @hookspec

@@ -281,37 +281,100 @@ def test_an_observer_whose_wants_events_fails_gets_its_events(
     assert seen == ["event"]
 
 
-def test_the_pass_through_finalizer_alone_is_not_called_and_any_other_is() -> None:
-    host = PluginHost(load_entrypoints=False)
-    called: list[str] = []
-    host.pm.add_hookcall_monitoring(lambda name, *_: called.append(name), lambda *_: None)
-    envelope, request = object(), object()
-    # Alone, the built-in pass-through's answer is known: the envelope itself, uncalled.
-    assert host.finalize_envelope(envelope, request) is envelope  # type: ignore[arg-type]
-    assert called == []
+async def test_hook_call_monitoring_sees_every_hook_a_route_calls(
+    sds_sandbox: Any, sds_router_factory: Any, sds_plugin_host: PluginHost
+) -> None:
+    # pluggy's own monitoring, which datasette-style plugin tracing builds on: the finalizer
+    # and the notifications included, as a route calls them.
+    from sds_plugins import LookupEvent, RouteEvent
 
-    class Replacing:
+    from ._adapters import JoinPlugin
+
+    class Observer:
+        def __init__(self) -> None:
+            self.events: list[object] = []
+
         @hookimpl
-        def sds_finalize_envelope(self, envelope: Any, request: Any) -> str:
-            return "replaced"
+        def sds_lookup_completed(self, event: LookupEvent) -> None:
+            self.events.append(event)
 
-    host.register(Replacing())
-    assert host.finalize_envelope(envelope, request) == "replaced"  # type: ignore[arg-type,comparison-overlap]
-    assert called == ["sds_finalize_envelope"]
+        @hookimpl
+        def sds_route_completed(self, event: RouteEvent) -> None:
+            self.events.append(event)
 
-    # A subclass of the built-in that overrides the hook is called like any other.
-    from sds_plugins._defaults import PassThroughEnvelope
-
-    class Stamping(PassThroughEnvelope):
-        @hookimpl(trylast=True)
-        def sds_finalize_envelope(self, envelope: Any, request: Any) -> Any:
-            return "stamped"
-
-    alone = PluginHost(
-        load_entrypoints=False, environ={"SDS_PLUGINS_DISABLE": "sds_plugins.finalize"}
+    first, second = Observer(), Observer()
+    for plugin in (JoinPlugin(), first, second):
+        sds_plugin_host.register(plugin)
+    called: list[str] = []
+    sds_plugin_host.pm.add_hookcall_monitoring(
+        lambda name, *_: called.append(name), lambda *_: None
     )
-    alone.register(Stamping())
-    assert alone.finalize_envelope(envelope, request) == "stamped"  # type: ignore[arg-type,comparison-overlap]
+    router = await sds_router_factory()
+    await router.route("join", org="YES", interaction=PSIS)
+    assert "sds_finalize_envelope" in called
+    assert called.count("sds_lookup_completed") == 2 * 2  # two lookups, two observers
+    assert called.count("sds_route_completed") == 2
+    assert len(first.events) == len(second.events) == 3
+
+
+def test_one_observer_that_raises_does_not_hide_the_event_from_the_others(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    host = PluginHost(load_entrypoints=False)
+    seen: list[str] = []
+
+    class Failing:
+        @hookimpl
+        def sds_route_completed(self, event: Any) -> None:
+            raise RuntimeError("observer bug")
+
+    class Seeing:
+        @hookimpl
+        def sds_route_completed(self, event: Any) -> None:
+            seen.append(event)
+
+    host.register(Seeing())
+    host.register(Failing())  # called first (pluggy's order: the last registered first)
+    host.route_completed("event")  # type: ignore[arg-type]
+    assert seen == ["event"]
+    assert "observer bug" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("plugin_source", "message"),
+    [
+        ("def want_events(self): return True", "'want_events', which nothing calls"),
+        ("def wants_event(self): return True", "'wants_event', which nothing calls"),
+        ("wants_events = True", "must be a method taking no arguments"),
+        ("def wants_events(self, kind): return True", "must be a method taking no arguments"),
+    ],
+)
+def test_side_protocols_are_checked_when_a_plugin_registers(
+    plugin_source: str, message: str
+) -> None:
+    namespace: dict[str, Any] = {"hookimpl": hookimpl}
+    exec(
+        "class Observer:\n"
+        f"    {plugin_source}\n"
+        "    @hookimpl\n"
+        "    def sds_lookup_completed(self, event): pass\n",
+        namespace,
+    )
+    with pytest.raises(PluginError, match=message):
+        PluginHost(load_entrypoints=False).register(namespace["Observer"]())
+
+
+def test_wants_events_on_a_plugin_that_observes_nothing_fails_loudly() -> None:
+    class Misplaced:
+        def wants_events(self) -> bool:
+            return True
+
+        @hookimpl
+        def sds_finalize_envelope(self, envelope: Any, request: Any) -> Any:
+            return envelope
+
+    with pytest.raises(PluginError, match="would never be asked"):
+        PluginHost(load_entrypoints=False).register(Misplaced())
 
 
 # -- an installed plugin that raises on import, in real processes --------------------------------

@@ -203,13 +203,13 @@ async def test_the_near_cache_answers_without_redis_and_hears_every_change(
     try:
         await a.set("k", _entry(b"one"))
         assert (await b.get("k")).data == b"one"  # read once from Redis...
-        assert b.get_nowait("k") is not None  # ...then held near: no I/O
-        generation = b.generation
+        assert b._entry_now("k") is not None  # ...then held near: no I/O
+        generation = b._generation
         await a.set("k", _entry(b"two"))  # another process writes: b hears it
         await _eventually(lambda: _has(b, "k", b"two"))
-        assert b.generation != generation  # the warm path notices the change too
+        assert b._generation != generation  # the warm path notices the change too
         raw.delete(f"{prefix}entry:k")  # behind every cache's back: no invalidation...
-        assert b.get_nowait("k") is not None  # ...so held until near_ttl_s at most
+        assert b._entry_now("k") is not None  # ...so held until near_ttl_s at most
     finally:
         await _close(a, b)
 
@@ -223,13 +223,13 @@ async def test_a_near_cache_without_its_subscription_holds_nothing(prefix: str) 
     (cache,) = _caches(prefix, 1)
     try:
         await cache.set("k", _entry(b"one"))
-        assert await cache.get("k") is not None and cache.get_nowait("k") is not None
+        assert await cache.get("k") is not None and cache._entry_now("k") is not None
         assert cache._listener is not None
         cache._listener.cancel()  # the subscription is gone: invalidations would be missed
         await asyncio.wait([cache._listener])
-        assert cache.get_nowait("k") is None
+        assert cache._entry_now("k") is None
         assert (await cache.get("k")).data == b"one"  # from Redis again, and held again
-        assert cache.get_nowait("k") is not None
+        assert cache._entry_now("k") is not None
     finally:
         await cache.aclose()
 
@@ -730,7 +730,7 @@ def test_a_change_made_by_another_process_reaches_the_near_cache(prefix: str) ->
         (cache,) = _caches(prefix, 1, near_ttl_s=30.0)  # a bound the test could not wait out
         try:
             await cache.set("k", _entry(b"one"))
-            assert (await cache.get("k")).data == b"one" and cache.get_nowait("k") is not None
+            assert (await cache.get("k")).data == b"one" and cache._entry_now("k") is not None
             env = {**os.environ, "PYTHONPATH": str(ROOT)}
             process = await asyncio.create_subprocess_exec(
                 sys.executable, "-c", writer, REDIS_URL, prefix, env=env
