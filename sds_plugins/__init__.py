@@ -176,9 +176,6 @@ if TYPE_CHECKING:
     from ._exceptions import (
         SdsPluginsError as SdsPluginsError,
     )
-    from ._metrics import (
-        PrometheusMetrics as PrometheusMetrics,
-    )
     from ._models import (
         AccreditedSystem as AccreditedSystem,
     )
@@ -193,6 +190,12 @@ if TYPE_CHECKING:
     )
     from ._models import (
         parse_endpoints as parse_endpoints,
+    )
+    from ._observability._metrics import (
+        PrometheusMetrics as PrometheusMetrics,
+    )
+    from ._observability._tracing import (
+        OpenTelemetryTracing as OpenTelemetryTracing,
     )
     from ._option_types import (
         AdapterOptions as AdapterOptions,
@@ -209,6 +212,12 @@ if TYPE_CHECKING:
     from ._option_types import (
         PartyKey as PartyKey,
     )
+    from ._pacing import (
+        Pacer as Pacer,
+    )
+    from ._pacing import (
+        RateLimiter as RateLimiter,
+    )
     from ._patients import (
         PatientRefs as PatientRefs,
     )
@@ -221,15 +230,6 @@ if TYPE_CHECKING:
     from ._patients import (
         check_nhs_number as check_nhs_number,
     )
-    from ._plugin_settings import (
-        ClientTlsSettings as ClientTlsSettings,
-    )
-    from ._plugin_settings import (
-        PluginSettings as PluginSettings,
-    )
-    from ._plugin_settings import (
-        SignedJwtSettings as SignedJwtSettings,
-    )
     from ._plugins import (
         PluginHost as PluginHost,
     )
@@ -239,17 +239,26 @@ if TYPE_CHECKING:
     from ._query import (
         EndpointQuery as EndpointQuery,
     )
-    from ._ratelimit import (
-        Pacer as Pacer,
+    from ._sending import (
+        EnvelopeClients as EnvelopeClients,
     )
-    from ._ratelimit import (
-        RateLimiter as RateLimiter,
+    from ._sending import (
+        client_ssl_context as client_ssl_context,
     )
     from ._service._app import (
         create_service_app as create_service_app,
     )
     from ._settings import (
+        ClientTlsSettings as ClientTlsSettings,
+    )
+    from ._settings import (
+        PluginSettings as PluginSettings,
+    )
+    from ._settings import (
         Settings as Settings,
+    )
+    from ._settings import (
+        SignedJwtSettings as SignedJwtSettings,
     )
     from ._sources import (
         DirectorySource as DirectorySource,
@@ -268,15 +277,6 @@ if TYPE_CHECKING:
     )
     from ._sync import (
         SyncSdsClient as SyncSdsClient,
-    )
-    from ._tracing import (
-        OpenTelemetryTracing as OpenTelemetryTracing,
-    )
-    from ._transport import (
-        EnvelopeClients as EnvelopeClients,
-    )
-    from ._transport import (
-        client_ssl_context as client_ssl_context,
     )
     from ._upstream import (
         load_json as load_json,
@@ -355,7 +355,7 @@ _EXPORTS: dict[str, str] = {
     "CacheEntry": "._cache",
     "Candidate": "._adapter",
     "ClientTls": "._envelope",
-    "ClientTlsSettings": "._plugin_settings",
+    "ClientTlsSettings": "._settings",
     "ConfigurationError": "._exceptions",
     "ConfiguredPlugin": "._configured",
     "DeviceQuery": "._query",
@@ -366,7 +366,7 @@ _EXPORTS: dict[str, str] = {
     "ENVELOPE_TTL": "._envelope",
     "ENVIRONMENTS": "._environments",
     "EndpointQuery": "._query",
-    "EnvelopeClients": "._transport",
+    "EnvelopeClients": "._sending",
     "EnvelopeReliability": "._envelope",
     "EnvelopeVetoedError": "._exceptions",
     "FetchResult": "._sources",
@@ -385,8 +385,8 @@ _EXPORTS: dict[str, str] = {
     "MessageHandlingEndpoint": "._models",
     "NotFoundError": "._exceptions",
     "OdsCode": "._option_types",
-    "OpenTelemetryTracing": "._tracing",
-    "Pacer": "._ratelimit",
+    "OpenTelemetryTracing": "._observability._tracing",
+    "Pacer": "._pacing",
     "Party": "._envelope",
     "PartyKey": "._option_types",
     "PatientInvalidatedError": "._exceptions",
@@ -397,11 +397,11 @@ _EXPORTS: dict[str, str] = {
     "PdsSource": "._patients",
     "PluginError": "._exceptions",
     "PluginHost": "._plugins",
-    "PluginSettings": "._plugin_settings",
-    "PrometheusMetrics": "._metrics",
+    "PluginSettings": "._settings",
+    "PrometheusMetrics": "._observability._metrics",
     "Provenance": "._envelope",
     "RateLimitedError": "._exceptions",
-    "RateLimiter": "._ratelimit",
+    "RateLimiter": "._pacing",
     "Recipient": "._adapter",
     "Reliability": "._models",
     "RequestRejectedError": "._exceptions",
@@ -417,7 +417,7 @@ _EXPORTS: dict[str, str] = {
     "SdsSource": "._sources",
     "Settings": "._settings",
     "SignedJwtAuth": "._auth",
-    "SignedJwtSettings": "._plugin_settings",
+    "SignedJwtSettings": "._settings",
     "SourceContext": "._sources",
     "SyncRouter": "._sync",
     "SyncSdsClient": "._sync",
@@ -429,7 +429,7 @@ _EXPORTS: dict[str, str] = {
     "check_nhs_number": "._patients",
     "check_path_segment": "._validation",
     "check_relative_path": "._validation",
-    "client_ssl_context": "._transport",
+    "client_ssl_context": "._sending",
     "create_service_app": "._service._app",
     "get_with_retries": "._client",
     "hookimpl": ".hookspecs",

@@ -22,10 +22,10 @@ from typing import Any
 
 from ._exceptions import ConfigurationError
 
-__all__ = ["AdapterOptions", "check_adapter_options", "load_adapter_options"]
+__all__ = ["OptionsByAdapter", "check_adapter_options", "load_adapter_options"]
 
 #: Options per adapter name: ``{"gpconnect": {"consumer_asid": "..."}}``.
-AdapterOptions = Mapping[str, Mapping[str, Any]]
+OptionsByAdapter = Mapping[str, Mapping[str, Any]]
 
 
 def load_adapter_options(path: str | Path) -> dict[str, dict[str, Any]]:

@@ -39,8 +39,8 @@ from ._models import (
     parse_devices,
     parse_endpoints,
 )
+from ._pacing import MissedSlot, RateLimiter, SendTicket, Throttle
 from ._query import DeviceQuery, EndpointQuery, SdsQuery
-from ._ratelimit import MissedSlot, RateLimiter, SendTicket, Throttle
 from ._upstream import (
     ACCEPT_ENCODING,
     DEFAULT_MAX_RESPONSE_BYTES,

@@ -19,8 +19,7 @@ import httpx
 from ._adapter import Adapter, Lookup, Resolution, RouteRequest
 from ._envelope import RoutingEnvelope
 from ._exceptions import ConfigurationError
-from ._plugin_settings import PluginSettings
-from ._settings import Settings
+from ._settings import PluginSettings, Settings
 from ._sources import DirectorySource, SourceContext
 from .hookspecs import hookimpl
 

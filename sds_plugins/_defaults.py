@@ -16,8 +16,8 @@ from ._cache import CacheBackend, MemoryCache
 from ._client import RetryPolicy, SdsClient
 from ._environments import default_token_url, is_live_platform
 from ._exceptions import AmbiguousError, ConfigurationError, NotFoundError
+from ._pacing import Pacer, RateLimiter
 from ._patients import PDS_SOURCE, PatientRefs, PdsSource, UnavailablePds
-from ._ratelimit import Pacer, RateLimiter
 from ._sources import DirectorySource, SdsSource, SourceContext
 from ._validation import normalise_party_key
 from .hookspecs import hookimpl
@@ -127,7 +127,7 @@ class DefaultRateLimiter:
     @hookimpl(trylast=True)
     def sds_provide_rate_limiter(self, settings: Settings) -> RateLimiter:
         if settings.redis_url is not None:
-            from ._redis_pacer import RedisPacer
+            from ._redis import RedisPacer
 
             return RedisPacer(
                 settings.redis_url.get_secret_value(),

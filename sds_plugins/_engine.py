@@ -33,7 +33,7 @@ from ._adapter import (
     options_key,
     replaced,
 )
-from ._adapter_options import AdapterOptions, check_adapter_options
+from ._adapter_options import OptionsByAdapter, check_adapter_options
 from ._cache import LookupCache
 from ._envelope import ForeignRecord, RoutingEnvelope
 from ._events import LookupEvent, RouteEvent, RouteOutcome
@@ -48,6 +48,7 @@ from ._exceptions import (
     PluginError,
     SdsPluginsError,
 )
+from ._pacing import RateLimiter
 from ._patients import (
     PDS_SOURCE,
     REMOVAL_REASONS,
@@ -58,7 +59,6 @@ from ._patients import (
     london_today,
 )
 from ._plugins import PluginHost
-from ._ratelimit import RateLimiter
 from ._settings import Settings
 from ._sources import DirectorySource, SourceContext
 from ._validation import check_correlation_id, normalise_ods_code
@@ -123,7 +123,7 @@ class Router:
         *,
         host: PluginHost | None = None,
         plugins: Iterable[object] = (),
-        adapter_options: AdapterOptions | None = None,
+        adapter_options: OptionsByAdapter | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings if settings is not None else Settings()

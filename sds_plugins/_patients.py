@@ -40,7 +40,7 @@ from ._exceptions import (
     PatientRestrictedError,
     RequestRejectedError,
 )
-from ._ratelimit import Pacer, RateLimiter
+from ._pacing import Pacer, RateLimiter
 from ._sources import DirectorySource, FetchResult
 from ._upstream import load_json
 

@@ -13,7 +13,7 @@ from ._models import DirectoryRecord
 from ._query import DeviceQuery, EndpointQuery
 
 if TYPE_CHECKING:
-    from ._ratelimit import RateLimiter
+    from ._pacing import RateLimiter
     from ._settings import Settings
 
 __all__ = ["DirectorySource", "FetchResult", "SdsSource", "SourceContext"]

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from ._cache import CacheBackend
     from ._envelope import RoutingEnvelope
     from ._events import LookupEvent, RouteEvent
-    from ._ratelimit import RateLimiter
+    from ._pacing import RateLimiter
     from ._settings import Settings
     from ._sources import DirectorySource, SourceContext
 

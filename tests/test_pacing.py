@@ -25,7 +25,7 @@ from sds_plugins import (
     hookimpl,
 )
 from sds_plugins._client import gateway_throttle, seconds_to_next_minute
-from sds_plugins._ratelimit import (
+from sds_plugins._pacing import (
     GUARD_S,
     MissedSlot,
     RateLimiter,

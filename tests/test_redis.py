@@ -32,7 +32,7 @@ from sds_plugins import (
 )
 from sds_plugins._cache import LookupCache
 from sds_plugins._redis import RedisCache
-from sds_plugins._redis_pacer import RedisPacer
+from sds_plugins._redis import RedisPacer
 from sds_plugins.sandbox import Sandbox
 from sds_plugins.testing import ManualClock
 

@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._events import RouteEvent
 from .._exceptions import InvalidInputError, SdsPluginsError
-from .._tracing import incoming_trace_context
+from .._observability._tracing import incoming_trace_context
 from .._validation import check_correlation_id
 from .._worker._core import _decode, _parse
 from ._catalogue import describe_adapters
@@ -45,7 +45,7 @@ from ._problems import MEDIA_TYPE, plain_problem, problem_for, problem_response
 
 if TYPE_CHECKING:
     from .._engine import Router
-    from .._metrics import PrometheusMetrics
+    from .._observability._metrics import PrometheusMetrics
 
 __all__ = [
     "ACCESS_LOGGER",

@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from .._adapter import SECRET_OPTIONS
 from .._exceptions import ConfigurationError, InvalidInputError, SdsPluginsError
+from .._observability._tracing import incoming_trace_context
 from .._patients import PatientRefs
-from .._tracing import incoming_trace_context
 from .._validation import check_correlation_id, uuid_text
 
 if TYPE_CHECKING:
     from .._engine import Router
     from .._envelope import RoutingEnvelope
-    from .._metrics import PrometheusMetrics
+    from .._observability._metrics import PrometheusMetrics
 
 __all__ = [
     "MAX_FAILURE_BYTES",

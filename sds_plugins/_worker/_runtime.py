@@ -18,7 +18,7 @@ from ._settings import WorkerSettings
 
 if TYPE_CHECKING:
     from .._engine import Router
-    from .._metrics import PrometheusMetrics
+    from .._observability._metrics import PrometheusMetrics
     from .._settings import Settings
 
 __all__ = ["BrokerError", "run_worker"]

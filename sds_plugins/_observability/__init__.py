@@ -12,7 +12,7 @@ import importlib.util
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._engine import Router
+    from .._engine import Router
     from ._metrics import PrometheusMetrics
 
 __all__ = ["METRICS_PLUGIN", "TRACING_PLUGIN", "register_observability"]

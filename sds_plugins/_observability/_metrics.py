@@ -25,17 +25,17 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError
+from ..hookspecs import hookimpl
 from ._observed_auth import ObservedAuth
-from .hookspecs import hookimpl
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
     from prometheus_client.metrics_core import Metric
 
-    from ._engine import Router
-    from ._events import LookupEvent, RouteEvent
-    from ._settings import Settings
+    from .._engine import Router
+    from .._events import LookupEvent, RouteEvent
+    from .._settings import Settings
 
 __all__ = ["PrometheusMetrics"]
 

@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from ._exceptions import ConfigurationError
+from .._exceptions import ConfigurationError
+from ..hookspecs import hookimpl
 from ._observed_auth import ObservedAuth
-from .hookspecs import hookimpl
 
 if TYPE_CHECKING:
-    from ._events import LookupEvent, RouteEvent
-    from ._settings import Settings
+    from .._events import LookupEvent, RouteEvent
+    from .._settings import Settings
 
 __all__ = ["OpenTelemetryTracing", "incoming_trace_context"]
 
@@ -69,7 +69,7 @@ class OpenTelemetryTracing:
         trace = _import_otel()
         from opentelemetry import context, propagate
 
-        from ._plugins import _own_version
+        from .._plugins import _own_version
 
         self._trace = trace
         self._context = context

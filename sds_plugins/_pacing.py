@@ -15,7 +15,7 @@ slot on a timeline whose slots are ``interval_s`` apart and sleeps until it. Wit
 counter on the same timeline it also never lets a calendar minute exceed the quota. A request
 whose slot lies beyond its deadline is refused at once with :class:`RateLimitedError` (and
 reserves nothing), carrying the wait in ``retry_after_s``. ``RedisPacer``
-keeps the same timeline in Redis for a fleet (``_redis_pacer.py``).
+keeps the same timeline in Redis for a fleet (``_redis/_pacer.py``).
 
 The slots are a little wider than ``1/rate`` (:data:`GUARD_S`): the gateway judges arrival
 times, which differ from our send times by a little network and scheduling jitter. And what is

@@ -1,7 +1,7 @@
 """Fleet-wide pacing in Redis: every process of a fleet takes its slots from one timeline.
 
 The gateway's spike arrest and quota are per application, and a fleet is one application, so
-the timeline of :class:`~sds_plugins._ratelimit.Pacer` lives in Redis::
+the timeline of :class:`~sds_plugins._pacing.Pacer` lives in Redis::
 
     {prefix}pace:next          the next free slot (microseconds, Redis server time)
     {prefix}pace:quota:{min}   requests reserved in calendar minute ``min``
@@ -27,8 +27,8 @@ from typing import Final
 
 import redis.asyncio as aioredis
 
-from ._exceptions import ConfigurationError
-from ._ratelimit import (
+from .._exceptions import ConfigurationError
+from .._pacing import (
     _TOLERANCE,
     GUARD_S,
     Guard,
@@ -40,7 +40,8 @@ from ._ratelimit import (
     max_wait,
     too_long,
 )
-from ._redis import _REDIS_ERRORS, DEFAULT_MAX_CONNECTIONS, PoolBusy, RedisLink
+from ._link import DEFAULT_MAX_CONNECTIONS, PoolBusy, RedisLink
+from ._link import REDIS_ERRORS as _REDIS_ERRORS
 
 __all__ = ["RedisPacer"]
 
@@ -90,7 +91,7 @@ return 1
 
 
 class RedisPacer(RateLimiter):
-    """A :class:`~sds_plugins._ratelimit.Pacer` shared by every process using the same Redis
+    """A :class:`~sds_plugins._pacing.Pacer` shared by every process using the same Redis
     ``url`` and ``prefix``. ``fleet_size`` is how many processes to assume when Redis is gone.
     """
 
