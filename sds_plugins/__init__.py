@@ -63,16 +63,7 @@ if TYPE_CHECKING:
         LookupResult as LookupResult,
     )
     from ._client import (
-        RetryPolicy as RetryPolicy,
-    )
-    from ._client import (
         SdsClient as SdsClient,
-    )
-    from ._client import (
-        get_with_retries as get_with_retries,
-    )
-    from ._client import (
-        parse_retry_after as parse_retry_after,
     )
     from ._configured import (
         ConfiguredPlugin as ConfiguredPlugin,
@@ -238,6 +229,15 @@ if TYPE_CHECKING:
     )
     from ._query import (
         EndpointQuery as EndpointQuery,
+    )
+    from ._retrying import (
+        RetryPolicy as RetryPolicy,
+    )
+    from ._retrying import (
+        get_with_retries as get_with_retries,
+    )
+    from ._retrying import (
+        parse_retry_after as parse_retry_after,
     )
     from ._sending import (
         EnvelopeClients as EnvelopeClients,
@@ -406,7 +406,7 @@ _EXPORTS: dict[str, str] = {
     "Reliability": "._models",
     "RequestRejectedError": "._exceptions",
     "Resolution": "._adapter",
-    "RetryPolicy": "._client",
+    "RetryPolicy": "._retrying",
     "RouteEvent": "._events",
     "RouteRequest": "._adapter",
     "RouteWorker": "._worker._core",
@@ -431,7 +431,7 @@ _EXPORTS: dict[str, str] = {
     "check_relative_path": "._validation",
     "client_ssl_context": "._sending",
     "create_service_app": "._service._app",
-    "get_with_retries": "._client",
+    "get_with_retries": "._retrying",
     "hookimpl": ".hookspecs",
     "invalid_input": "._validation",
     "join_on_party_key": "._adapter",
@@ -444,7 +444,7 @@ _EXPORTS: dict[str, str] = {
     "normalise_party_key": "._validation",
     "parse_devices": "._models",
     "parse_endpoints": "._models",
-    "parse_retry_after": "._client",
+    "parse_retry_after": "._retrying",
     "resolve_base_url": "._environments",
     "run_worker": "._worker._runtime",
     "safe_url": "._upstream",

@@ -13,11 +13,12 @@ from typing import TYPE_CHECKING
 import httpx
 
 from ._cache import CacheBackend, MemoryCache
-from ._client import RetryPolicy, SdsClient
+from ._client import SdsClient
 from ._environments import default_token_url, is_live_platform
 from ._exceptions import AmbiguousError, ConfigurationError, NotFoundError
 from ._pacing import Pacer, RateLimiter
 from ._patients import PDS_SOURCE, PatientRefs, PdsSource, UnavailablePds
+from ._retrying import RetryPolicy
 from ._sources import DirectorySource, SdsSource, SourceContext
 from ._validation import normalise_party_key
 from .hookspecs import hookimpl

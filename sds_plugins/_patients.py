@@ -27,7 +27,6 @@ from zoneinfo import ZoneInfo
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer
 
-from ._client import RetryPolicy, error_from_response, get_with_retries
 from ._envelope import ForeignRecord
 from ._exceptions import (
     AuthenticationError,
@@ -41,6 +40,7 @@ from ._exceptions import (
     RequestRejectedError,
 )
 from ._pacing import Pacer, RateLimiter
+from ._retrying import RetryPolicy, error_from_response, get_with_retries
 from ._sources import DirectorySource, FetchResult
 from ._upstream import load_json
 

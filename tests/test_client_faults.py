@@ -26,7 +26,7 @@ from sds_plugins import (
     RetryPolicy,
     SdsClient,
 )
-from sds_plugins._client import parse_retry_after
+from sds_plugins._retrying import parse_retry_after
 from sds_plugins._validation import sds_correlation_id
 
 from ._reference import GPC_STRUCTURED, SDS_REFERENCE, load_json

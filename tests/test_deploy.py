@@ -1,9 +1,10 @@
 """``deploy/``: the Grafana dashboard and the Prometheus alerting rules, checked against the code.
 
 - every metric name in the dashboard's and the rules' PromQL is one the code exports (the
-  families :mod:`sds_plugins._observability._metrics` registers, with the ``_total``, ``_bucket``, ``_count``
-  and ``_sum`` series their types give them; ``prometheus_client``'s process metrics, which
-  ``serve`` and the worker export from the default registry; Prometheus's own ``up``);
+  families :mod:`sds_plugins._observability._metrics` registers, with the ``_total``,
+  ``_bucket``, ``_count`` and ``_sum`` series their types give them; ``prometheus_client``'s
+  process metrics, which ``serve`` and the worker export from the default registry;
+  Prometheus's own ``up``);
 - ``promtool check rules`` accepts the rules, and ``promtool test rules`` runs their unit tests
   (``tests/test_deploy_rules.yml``: each alert fires on its failure, quiet beside it); the
   dashboard's queries, Grafana's variables replaced, are checked by promtool as recording rules.

@@ -15,12 +15,12 @@ from hypothesis import strategies as st
 
 from sds_plugins import DirectoryError, MalformedResponseError, parse_devices, parse_endpoints
 from sds_plugins._auth import parse_token_response
-from sds_plugins._client import (
+from sds_plugins._models import ASID_SYSTEM, INTERACTION_EXT, PARTY_KEY_SYSTEM, RELIABILITY_EXT
+from sds_plugins._retrying import (
     error_from_response,
     gateway_throttle,
     seconds_to_next_minute,
 )
-from sds_plugins._models import ASID_SYSTEM, INTERACTION_EXT, PARTY_KEY_SYSTEM, RELIABILITY_EXT
 from sds_plugins._upstream import load_json, operation_outcome, parse_retry_after
 
 EXAMPLES = 300

@@ -24,7 +24,6 @@ from sds_plugins import (
     Settings,
     hookimpl,
 )
-from sds_plugins._client import gateway_throttle, seconds_to_next_minute
 from sds_plugins._pacing import (
     GUARD_S,
     MissedSlot,
@@ -34,6 +33,7 @@ from sds_plugins._pacing import (
     Throttle,
     too_long,
 )
+from sds_plugins._retrying import gateway_throttle, seconds_to_next_minute
 from sds_plugins._tools._prewarm import prewarm
 from sds_plugins.sandbox import SandboxProcess
 

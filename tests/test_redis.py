@@ -31,8 +31,7 @@ from sds_plugins import (
     Settings,
 )
 from sds_plugins._cache import LookupCache
-from sds_plugins._redis import RedisCache
-from sds_plugins._redis import RedisPacer
+from sds_plugins._redis import RedisCache, RedisPacer
 from sds_plugins.sandbox import Sandbox
 from sds_plugins.testing import ManualClock
 

@@ -17,10 +17,11 @@ from rich.panel import Panel
 from rich.table import Table
 
 from .._auth import SignedJwtAuth
-from .._client import RetryPolicy, SdsClient
+from .._client import SdsClient
 from .._engine import Router
 from .._exceptions import InvalidInputError, SdsPluginsError
 from .._plugins import PluginHost
+from .._retrying import RetryPolicy
 from .._settings import Settings
 from ..hookspecs import hookimpl
 
