@@ -18,7 +18,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import TracebackType
 from typing import Any
@@ -30,79 +29,45 @@ from ._adapter import (
     LookupOutcome,
     Resolution,
     RouteRequest,
-    options_key,
     replaced,
 )
 from ._adapter_options import OptionsByAdapter, check_adapter_options
 from ._cache import LookupCache
-from ._envelope import ForeignRecord, RoutingEnvelope
-from ._events import LookupEvent, RouteEvent, RouteOutcome
+from ._envelope import RoutingEnvelope
 from ._exceptions import (
-    AmbiguousError,
     ConfigurationError,
-    DirectoryError,
     EnvelopeVetoedError,
     InvalidInputError,
     NotFoundError,
-    PatientNotFoundError,
     PluginError,
     SdsPluginsError,
 )
+from ._lookups import run_lookup, run_plan
 from ._pacing import RateLimiter
+from ._patient_routes import (
+    early_request,
+    patient_registration,
+    registration_for_route,
+    with_patient,
+)
 from ._patients import (
-    PDS_SOURCE,
-    REMOVAL_REASONS,
-    PatientQuery,
     PatientRefs,
     PatientRegistration,
     check_nhs_number,
-    london_today,
 )
 from ._plugins import PluginHost
+from ._route_events import emit_route
 from ._settings import Settings
-from ._sources import DirectorySource, SourceContext
+from ._sources import DirectorySource, SourceContext, prepare_http_stack
 from ._validation import check_correlation_id, normalise_ods_code
-from ._warm import WarmState
+from ._warm import PlannedLookup, PreparedRoute, PreparedRoutes, WarmState, fresh_from_cache
 
 __all__ = ["Router"]
 
 logger = logging.getLogger("sds_plugins.engine")
 
-_CACHE_KEY_VERSION = "v1"
 #: How many distinct (adapter, org, interaction, options...) routes keep their prepared form.
 _PREPARED_ROUTES = 4096
-
-
-@dataclass(frozen=True, slots=True)
-class _PlannedLookup:
-    """One lookup of a plan with everything the cache needs, worked out once."""
-
-    name: str
-    lookup: Lookup
-    source: DirectorySource
-    query_key: str
-    cache_key: str
-
-
-@dataclass(frozen=True, slots=True)
-class _Prepared:
-    """A route's validated request, plan and cache keys: everything but its correlation id.
-
-    Plans and cache scopes are pure functions of the request (the adapter contract), so a
-    route repeated with the same plain-valued arguments reuses them; ``warm`` is what it
-    remembers from one route to the next (:class:`~sds_plugins._warm.WarmState`).
-    """
-
-    adapter: Adapter
-    request: RouteRequest
-    lookups: tuple[_PlannedLookup, ...]
-    scope: str | None
-    warm: WarmState = field(default_factory=WarmState)
-
-    def request_for(self, correlation_id: str, given: bool) -> RouteRequest:
-        return replaced(
-            self.request, {"correlation_id": correlation_id, "correlation_id_given": given}
-        )
 
 
 class Router:
@@ -142,9 +107,7 @@ class Router:
         self.rate_limiter: RateLimiter | None = None
         self._cache: LookupCache | None = None
         self._started = False
-        # A plain dict, oldest first out: an LRU's bookkeeping would cost more per warm route
-        # than it saves for a caller with more distinct routes than this holds.
-        self._prepared: dict[tuple[Any, ...], _Prepared] = {}
+        self._prepared = PreparedRoutes(_PREPARED_ROUTES)
         #: Names patients in logs, events, errors and cache keys (never the NHS number).
         self.patient_refs = PatientRefs.for_settings(self.settings)
 
@@ -191,7 +154,7 @@ class Router:
             breaker_cooldown_s=settings.breaker_cooldown_s,
             clock=self.clock,
         )
-        _prepare_http_stack()
+        prepare_http_stack()
         self._started = True
         host.router_started()
 
@@ -254,167 +217,17 @@ class Router:
         """
         await self.start()
         planned = self._plan_lookup("lookup", lookup, scope)
-        return await self._lookup(
-            planned, check_correlation_id(correlation_id), scope, bypass_cache
-        )
+        cid = check_correlation_id(correlation_id)
+        return await run_lookup(planned, self.cache, self.host, cid, scope, bypass_cache)
 
-    def _plan_lookup(self, name: str, lookup: Lookup, scope: str | None) -> _PlannedLookup:
+    def _plan_lookup(self, name: str, lookup: Lookup, scope: str | None) -> PlannedLookup:
         source = self.sources.get(lookup.source)
         if source is None:
             raise ConfigurationError(
                 f"no directory source named {lookup.source!r} "
                 f"(registered: {', '.join(sorted(self.sources)) or 'none'})"
             )
-        query_key = lookup.query.key()
-        key = ":".join(
-            (
-                "sds-plugins",
-                _CACHE_KEY_VERSION,
-                source.name,
-                source.namespace,
-                scope or "",
-                query_key,
-            )
-        )
-        return _PlannedLookup(name, lookup, source, query_key, key)
-
-    async def _lookup(
-        self, planned: _PlannedLookup, correlation_id: str, scope: str | None, bypass_cache: bool
-    ) -> LookupOutcome:
-        source, lookup = planned.source, planned.lookup
-        # An answer scoped to one encounter (or kept nowhere) must be fresh: not even the API
-        # gateway's 30-minute response cache may give another caller's (GP Connect: SDS
-        # answers are not reused across encounters). Repeats within the scope hit our cache.
-        no_cache = bypass_cache or scope != ""
-
-        async def fetch() -> tuple[tuple[Any, ...], int]:
-            result = await source.fetch(
-                lookup.query, correlation_id=correlation_id, no_cache=no_cache
-            )
-            return result.records, result.attempts
-
-        started = time.perf_counter()
-        try:
-            cached = await self.cache.get_or_fetch(
-                planned.cache_key,
-                namespace=f"{source.name}:{source.namespace}",
-                fetch=fetch,
-                encode=source.encode,
-                decode=source.decode,
-                bypass=bypass_cache,
-                store=scope is not None,
-                ttl_s=source.cache_ttl_s,
-                stale=source.stale_if_error,
-            )
-        except DirectoryError as exc:
-            if exc.correlation_id is None:
-                exc.correlation_id = correlation_id
-            self._emit_lookup(
-                source, planned.query_key, "miss", exc.attempts, started, correlation_id, error=exc
-            )
-            raise
-        self._emit_lookup(
-            source,
-            planned.query_key,
-            cached.cache,
-            cached.attempts,
-            started,
-            correlation_id,
-            records=len(cached.records),
-        )
-        # Constructed, not validated: validating would copy the records tuple, and the warm
-        # path recognises the cache's records by identity.
-        return LookupOutcome.model_construct(
-            lookup=lookup,
-            records=cached.records,
-            cache="miss" if cached.cache == "coalesced" else cached.cache,
-            attempts=cached.attempts,
-            duration_s=time.perf_counter() - started,
-        )
-
-    def _fresh_from_cache(
-        self, prepared: _Prepared, correlation_id: str
-    ) -> dict[str, LookupOutcome] | None:
-        """Every lookup of the plan as a fresh in-process cache hit, or ``None``.
-
-        The warm path: no task, no await, no decoding (the cache keeps decoded records), and
-        while the in-process backend has stored, deleted and evicted nothing since this route
-        last read its entries (its ``generation``), not even a read: the outcomes of last time
-        stand until the first of their entries stops being fresh. Anything else (a miss, a
-        stale entry, a shared backend) takes the full path.
-        """
-        cache, warm = self.cache, prepared.warm
-        generation = cache.generation()
-        now = self.clock()  # the cache's clock too: the router hands it over
-        hot = warm.hot
-        if hot is not None and generation is not None and hot[0] == generation and now < hot[1]:
-            outcomes: dict[str, LookupOutcome] = dict(hot[2])
-        else:
-            outcomes = {}
-            fresh_until = float("inf")
-            for planned in prepared.lookups:
-                found = cache.fresh_entry_nowait(planned.cache_key, planned.source.decode)
-                if found is None:
-                    return None
-                records, until = found
-                fresh_until = min(fresh_until, until)
-                # A hit on the same records is the same outcome (no attempts, no wait).
-                remembered = warm.hits.get(planned.cache_key)
-                if remembered is None or remembered.records is not records:
-                    remembered = warm.hits[planned.cache_key] = LookupOutcome.model_construct(
-                        lookup=planned.lookup,
-                        records=records,
-                        cache="hit",
-                        attempts=0,
-                        duration_s=0.0,
-                    )
-                outcomes[planned.name] = remembered
-            if generation is not None:
-                warm.hot = (generation, fresh_until, outcomes)
-                outcomes = dict(outcomes)
-        if not self.host.has_listeners("sds_lookup_completed"):
-            return outcomes
-        # Events only once every lookup was a hit: a plan that falls back to the full path
-        # half-way reports its lookups there, and must not report the first ones twice. A hit
-        # on the same outcome says the same but for its time and correlation id.
-        changes = {"time": datetime.now(UTC), "duration_s": 0.0, "correlation_id": correlation_id}
-        for planned in prepared.lookups:
-            outcome = outcomes[planned.name]
-            seen = warm.hit_events.get(planned.cache_key)
-            if seen is None or seen[0] is not outcome:
-                event = _lookup_event(
-                    planned.source,
-                    planned.query_key,
-                    "hit",
-                    0,
-                    0.0,
-                    correlation_id,
-                    records=len(outcome.records),
-                )
-                seen = warm.hit_events[planned.cache_key] = (outcome, event)
-            self.host.lookup_completed(replaced(seen[1], changes))
-        return outcomes
-
-    def _emit_lookup(
-        self,
-        source: DirectorySource,
-        query: str,
-        cache: str,
-        attempts: int,
-        started: float,
-        correlation_id: str,
-        *,
-        records: int = 0,
-        error: DirectoryError | None = None,
-    ) -> None:
-        if not self.host.has_listeners("sds_lookup_completed"):
-            return  # nobody listens: skip building the event on the hot path
-        duration_s = time.perf_counter() - started
-        self.host.lookup_completed(
-            _lookup_event(
-                source, query, cache, attempts, duration_s, correlation_id, records, error
-            )
-        )
+        return PlannedLookup.for_lookup(name, lookup, source, scope)
 
     # -- routing ------------------------------------------------------------------------------
 
@@ -448,6 +261,8 @@ class Router:
         request: RouteRequest | None = None
         resolution: Resolution | None = None
         registration: tuple[PatientRegistration, str, str] | None = None
+        error: SdsPluginsError | None = None
+        warm: WarmState | None = None
         try:
             await self.start()
             cid = check_correlation_id(correlation_id)
@@ -457,7 +272,8 @@ class Router:
                         "pass org (an ODS code) or patient (an NHS number), not both",
                         field="patient",
                     )
-                registration = await self._patient_for_route(
+                registration = await registration_for_route(
+                    self,
                     adapter,
                     patient,
                     interaction,
@@ -479,9 +295,11 @@ class Router:
                 prepared.adapter.check_patient(request, registration[0])
             outcomes = None
             if prepared.scope is not None and not bypass_cache:
-                outcomes = self._fresh_from_cache(prepared, request.correlation_id)
+                outcomes = fresh_from_cache(
+                    prepared, self.cache, self.clock(), self.host, request.correlation_id
+                )
             if outcomes is None:
-                outcomes = await self._resolve(prepared, request)
+                outcomes = await run_plan(prepared, self.cache, self.host, request)
             resolution = Resolution(
                 request,
                 outcomes,
@@ -491,28 +309,31 @@ class Router:
             )
             envelope = prepared.adapter.build(request, resolution)
             if registration is not None:
-                envelope = _with_patient(envelope, *registration)
+                envelope = with_patient(envelope, *registration)
             final = self.host.finalize_envelope(envelope, request)
             if final is None:
                 raise EnvelopeVetoedError(
                     "a plugin returned no envelope from sds_finalize_envelope"
                 )
+            warm = prepared.warm  # the route went well
         except SdsPluginsError as exc:
-            self._emit_route(
-                adapter, request, resolution, started, exc, org, interaction, registration
-            )
+            error = exc
             raise
-        self._emit_route(
-            adapter,
-            request,
-            resolution,
-            started,
-            None,
-            org,
-            interaction,
-            registration,
-            prepared.warm,
-        )
+        finally:
+            if error is not None or warm is not None:  # not a bug's exception: a route's end
+                emit_route(
+                    self.host,
+                    self.settings.audit_nhs_numbers,
+                    adapter,
+                    request,
+                    resolution,
+                    started,
+                    error,
+                    org,
+                    interaction,
+                    registration,
+                    warm,
+                )
         return final
 
     def _adapter(self, name: str) -> Adapter:
@@ -544,72 +365,10 @@ class Router:
         """
         number = check_nhs_number(nhs_number)
         await self.start()
-        registration, _ = await self._patient_lookup(
-            number, check_correlation_id(correlation_id), scope, bypass_cache, None, None
+        registration, _ = await patient_registration(
+            self, number, check_correlation_id(correlation_id), scope, bypass_cache, None, None
         )
         return registration
-
-    async def _patient_for_route(
-        self,
-        adapter: str,
-        patient: str,
-        interaction: str,
-        encounter: str | None,
-        bypass_cache: bool,
-        options: Mapping[str, Any],
-        correlation_id: str,
-        requesting_org: str | None,
-        request_id: str | None,
-    ) -> tuple[PatientRegistration, str, str]:
-        number = check_nhs_number(patient)
-        chosen = self._adapter(adapter)
-        early = self._early_request(chosen, interaction, encounter, bypass_cache, options)
-        # The PDS answer is reused exactly as far as the route's own lookups are (GP Connect:
-        # within the encounter), so a patient's practice is never remembered beyond that.
-        scope = chosen.cache_scope(early)
-        end_user_org = self._end_user_org(requesting_org, chosen.end_user_org(early))
-        registration, key = await self._patient_lookup(
-            number, correlation_id, scope, bypass_cache, end_user_org, request_id
-        )
-        return registration, key, number
-
-    def _end_user_org(self, requesting_org: str | None, adapters: str | None) -> str | None:
-        """PDS's ``NHSD-End-User-Organisation-ODS`` for a route: the route's requesting
-        organisation, the adapter's, the setting; refused when the application serves several
-        organisations and there is none (PDS: "mandatory for client applications which
-        service multiple end user organisations")."""
-        chosen = requesting_org or adapters or self.settings.pds_end_user_org
-        if chosen is None:
-            if self.settings.pds_several_orgs:
-                raise InvalidInputError(
-                    "requesting_org is needed: this application serves several organisations "
-                    "(SDS_PDS_SEVERAL_ORGS), and PDS must be told which one a patient route is "
-                    "made for (NHSD-End-User-Organisation-ODS); or set SDS_PDS_END_USER_ORG",
-                    field="requesting_org",
-                )
-            return None
-        return normalise_ods_code(chosen, "requesting_org")
-
-    def _early_request(
-        self,
-        chosen: Adapter,
-        interaction: str,
-        encounter: str | None,
-        bypass_cache: bool,
-        options: Mapping[str, Any],
-    ) -> RouteRequest:
-        """A route's request before its organisation is known (a route to a patient, before
-        PDS names the practice): interaction and options checked (InvalidInputError)."""
-        return RouteRequest.model_construct(
-            adapter=chosen.name,
-            org="",
-            interaction=chosen.normalise_interaction(interaction),
-            options=chosen.parse_options(options),
-            correlation_id="",
-            correlation_id_given=False,
-            encounter=encounter,
-            bypass_cache=bypass_cache,
-        )
 
     def cache_scope(
         self,
@@ -626,72 +385,10 @@ class Router:
         names the practice). Checks adapter, interaction and options first
         (:class:`InvalidInputError`)."""
         chosen = self._adapter(adapter)
-        request = self._early_request(chosen, interaction, encounter, bypass_cache, options or {})
+        request = early_request(chosen, interaction, encounter, bypass_cache, options or {})
         if org is not None:
             request = replaced(request, {"org": normalise_ods_code(org)})
         return chosen.cache_scope(request)
-
-    async def _patient_lookup(
-        self,
-        number: str,
-        correlation_id: str,
-        scope: str | None,
-        bypass_cache: bool,
-        end_user_org: str | None,
-        request_id: str | None,
-    ) -> tuple[PatientRegistration, str]:
-        if PDS_SOURCE not in self.sources:
-            raise ConfigurationError(
-                "routing to a patient needs the pds directory source (PDS FHIR API): set "
-                "SDS_PDS_BASE_URL, or check SDS_PLUGINS_DISABLE"
-            )
-        ref = self.patient_refs.ref(number)
-        query = PatientQuery(
-            nhs_number=number, ref=ref, end_user_org=end_user_org, request_id=request_id
-        )
-        lookup = Lookup(source=PDS_SOURCE, query=query)
-        planned = self._plan_lookup("patient", lookup, scope)
-        outcome = await self._lookup(planned, correlation_id, scope, bypass_cache)
-        if not outcome.records:
-            raise PatientNotFoundError(
-                f"PDS knows no patient {ref}", reason="unknown", correlation_id=correlation_id
-            )
-        registration = outcome.records[0]
-        assert isinstance(registration, PatientRegistration)  # the pds source's record type
-        if registration.practice is None:
-            raise PatientNotFoundError(
-                f"patient {ref} has no registered GP practice in PDS",
-                reason="no_registration",
-                correlation_id=correlation_id,
-            )
-        # Registration periods are dates in England, both ends included.
-        today = london_today(self.clock())
-        if registration.current_practice(today) is None:
-            start, end = registration.registration_start, registration.registration_end
-            if start is not None and start > today:
-                raise PatientNotFoundError(
-                    f"patient {ref}'s registration with {registration.practice} starts on "
-                    f"{start}; PDS gives no current practice until then",
-                    reason="registration_not_started",
-                    correlation_id=correlation_id,
-                )
-            removal = registration.removal_reason
-            why = f" (removed from registration: {REMOVAL_REASONS[removal]})" if removal else ""
-            raise PatientNotFoundError(
-                f"patient {ref}'s registration with {registration.practice} ended on "
-                f"{end}{why}; PDS gives no current practice",
-                reason="registration_ended",
-                correlation_id=correlation_id,
-            )
-        if registration.superseded:
-            logger.info(
-                "patient %s: PDS answered with record %s (the number was superseded); routing "
-                "to that record's practice (correlation_id=%r)",
-                ref,
-                registration.record,
-                correlation_id,
-            )
-        return registration, lookup.key()
 
     def _prepare(
         self,
@@ -701,56 +398,27 @@ class Router:
         encounter: str | None,
         bypass_cache: bool,
         options: Mapping[str, Any],
-    ) -> _Prepared:
+    ) -> PreparedRoute:
         """The validated request and plan of a route (remembered for plain-valued arguments)."""
-        plain = options_key(options) if isinstance(encounter, str | None) else None
-        key = (adapter, org, interaction, encounter, bypass_cache, plain)
-        if plain is not None:
-            prepared = self._prepared.get(key)
-            if prepared is not None:
-                return prepared
-        chosen = self._adapter(adapter)
-        request = RouteRequest(
-            adapter=adapter,
-            org=normalise_ods_code(org),
-            interaction=chosen.normalise_interaction(interaction),
-            options=chosen.parse_options(options),  # validated once, for plan and build
-            correlation_id=check_correlation_id(None),
-            encounter=encounter,
-            bypass_cache=bypass_cache,
-        )
-        plan = chosen.plan(request)
-        scope = chosen.cache_scope(request)
-        prepared = _Prepared(
-            chosen,
-            request,
-            tuple(self._plan_lookup(name, lookup, scope) for name, lookup in plan.items()),
-            scope,
-        )
-        if plain is not None:
-            if len(self._prepared) >= _PREPARED_ROUTES:
-                del self._prepared[next(iter(self._prepared))]
-            self._prepared[key] = prepared
+        key = PreparedRoutes.key(adapter, org, interaction, encounter, bypass_cache, options)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            chosen = self._adapter(adapter)
+            request = RouteRequest(
+                adapter=adapter,
+                org=normalise_ods_code(org),
+                interaction=chosen.normalise_interaction(interaction),
+                options=chosen.parse_options(options),  # validated once, for plan and build
+                correlation_id=check_correlation_id(None),
+                encounter=encounter,
+                bypass_cache=bypass_cache,
+            )
+            scope = chosen.cache_scope(request)
+            lookups = chosen.plan(request).items()
+            planned = tuple(self._plan_lookup(name, lookup, scope) for name, lookup in lookups)
+            prepared = PreparedRoute(chosen, request, planned, scope)
+            self._prepared.put(key, prepared)
         return prepared
-
-    async def _resolve(
-        self, prepared: _Prepared, request: RouteRequest
-    ) -> dict[str, LookupOutcome]:
-        lookups = prepared.lookups
-        results = await asyncio.gather(
-            *(
-                self._lookup(planned, request.correlation_id, prepared.scope, request.bypass_cache)
-                for planned in lookups
-            ),
-            return_exceptions=True,
-        )
-        for result in results:  # in plan order, so the error reported is deterministic
-            if isinstance(result, BaseException):
-                raise result
-        return {
-            planned.name: result  # type: ignore[misc]
-            for planned, result in zip(lookups, results, strict=True)
-        }
 
     def _select(
         self,
@@ -766,132 +434,3 @@ class Router:
                 correlation_id=request.correlation_id,
             )
         return chosen
-
-    def _emit_route(
-        self,
-        adapter: str,
-        request: RouteRequest | None,
-        resolution: Resolution | None,
-        started: float,
-        error: SdsPluginsError | None,
-        org: str | None,
-        interaction: str,
-        registration: tuple[PatientRegistration, str, str] | None = None,
-        warm: WarmState | None = None,
-    ) -> None:
-        if not self.host.has_listeners("sds_route_completed"):
-            return
-        outcome: RouteOutcome = "ok"
-        details: dict[str, Any] = {}
-        if registration is not None:
-            details["patient"] = registration[0].patient
-            details["superseded"] = registration[0].superseded
-            if self.settings.audit_nhs_numbers:  # the operator's governance asks for it
-                details["nhs_number"] = registration[2]
-        if isinstance(error, AmbiguousError):
-            outcome = "ambiguous"
-            details["candidates"] = error.candidates
-        elif isinstance(error, NotFoundError):
-            outcome = "not_found"
-        elif isinstance(error, InvalidInputError):
-            outcome = "invalid"
-        elif isinstance(error, EnvelopeVetoedError):
-            outcome = "vetoed"
-        elif error is not None:
-            outcome = "error"
-        # A route that went well says what the last one with the same cache status said
-        # (adapter, organisation, interaction and lookups are the prepared route's own), but
-        # for its time, duration and correlation id: copied from the first one's event.
-        template_key = None
-        if warm is not None and error is None and request and resolution and not details:
-            template_key = resolution.cache
-            template = warm.route_events.get(template_key)
-            if template is not None:
-                changes = {
-                    "time": datetime.now(UTC),
-                    "duration_s": time.perf_counter() - started,
-                    "correlation_id": request.correlation_id,
-                    "details": {},  # its own: an observer writing to it must not touch the next
-                }
-                self.host.route_completed(replaced(template, changes))
-                return
-        correlation_id = (
-            request.correlation_id if request else getattr(error, "correlation_id", None)
-        )
-        event = RouteEvent(
-            time=datetime.now(UTC),
-            adapter=adapter,
-            org=request.org if request else org,
-            interaction=request.interaction if request else interaction,
-            correlation_id=correlation_id,
-            outcome=outcome,
-            cache=resolution.cache if resolution else None,
-            lookups=tuple(o.lookup.key() for o in resolution.outcomes.values())
-            if resolution
-            else (),
-            duration_s=time.perf_counter() - started,
-            error=f"{type(error).__name__}: {error}" if error is not None else None,
-            details=details,
-        )
-        if template_key is not None and warm is not None:
-            # Not the dict observers get: theirs is their own.
-            warm.route_events[template_key] = replaced(event, {"details": {}})
-        self.host.route_completed(event)
-
-
-def _lookup_event(
-    source: DirectorySource,
-    query: str,
-    cache: str,
-    attempts: int,
-    duration_s: float,
-    correlation_id: str,
-    records: int = 0,
-    error: DirectoryError | None = None,
-) -> LookupEvent:
-    return LookupEvent(
-        time=datetime.now(UTC),
-        source=source.name,
-        query=query,
-        namespace=source.namespace,
-        cache=cache,
-        attempts=attempts,
-        duration_s=duration_s,
-        outcome="error" if error is not None else ("found" if records else "not_found"),
-        records=records,
-        error=f"{type(error).__name__}: {error.message}" if error is not None else None,
-        correlation_id=correlation_id,
-    )
-
-
-def _prepare_http_stack() -> None:
-    """What the HTTP stack sets up on its first connection, done now, at start: httpcore
-    imports anyio's asyncio backend and its socket and TLS streams lazily, ~15 ms that would
-    otherwise fall on a new process's first route (``bench/fleet.py`` measures it)."""
-    import anyio
-    import anyio.streams.tls  # imported for its side effect: loaded once
-
-    anyio.get_current_task()  # loads the running event loop's backend
-
-
-def _with_patient(
-    envelope: RoutingEnvelope, registration: PatientRegistration, key: str, number: str
-) -> RoutingEnvelope:
-    """The envelope with the PDS record it was routed by first in its provenance (the
-    patient's and the record's references, the practice and the life events; never a number),
-    and, for its sender only, the patient's current NHS number when PDS answered for a
-    superseded one."""
-    provenance = envelope.provenance
-    record = ForeignRecord(**registration.model_dump(mode="json", exclude={"current_nhs_number"}))
-    current = registration.current_nhs_number
-    return envelope.model_copy(
-        update={
-            "provenance": provenance.model_copy(
-                update={
-                    "records": (record, *provenance.records),
-                    "lookups": (key, *provenance.lookups),
-                }
-            ),
-            "current_nhs_number": current if current is not None and current != number else None,
-        }
-    )

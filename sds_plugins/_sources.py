@@ -116,3 +116,13 @@ class SdsSource(DirectorySource):
 
     async def aclose(self) -> None:
         await self.client.aclose()
+
+
+def prepare_http_stack() -> None:
+    """What the HTTP stack sets up on its first connection, done now, at start: httpcore
+    imports anyio's asyncio backend and its socket and TLS streams lazily, ~15 ms that would
+    otherwise fall on a new process's first route (``bench/fleet.py`` measures it)."""
+    import anyio
+    import anyio.streams.tls  # imported for its side effect: loaded once
+
+    anyio.get_current_task()  # loads the running event loop's backend

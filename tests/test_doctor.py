@@ -247,7 +247,9 @@ def test_doctor_fails_when_an_adapter_refuses_every_route(
     detail = _only_failure(out, "adapters")
     assert detail.startswith("gpconnect refuses every route: ")
     assert "SDS_GPCONNECT_SHARED_CACHE" in detail
-    assert "working: ers, ers-fhir, example-ebxml, mesh" in detail
+    working = detail.rsplit("(working: ", 1)[1].rstrip(")").split(", ")
+    assert {"ers", "ers-fhir", "example-ebxml", "mesh"} <= set(working)
+    assert "gpconnect" not in working and working == sorted(working)
     assert "adapters" in err
 
 
@@ -562,7 +564,9 @@ def test_doctor_fails_on_a_plugin_that_cannot_load_and_checks_the_rest(
         "'broken' (sds-plugins-broken 2.0) failed to load: ModuleNotFoundError: No module "
         "named 'lxml'; to run without it: SDS_PLUGINS_DISABLE=broken"
     )
-    assert "ok   adapters: ers, ers-fhir, example-ebxml, gpconnect, mesh" in out
+    adapters = next(line for line in out.splitlines() if line.startswith("ok   adapters: "))
+    named = adapters.removeprefix("ok   adapters: ").split(", ")
+    assert {"ers", "ers-fhir", "example-ebxml", "gpconnect", "mesh"} <= set(named)
     # With the line it names, doctor passes.
     code, out, err = _doctor(_sandbox_env(sandbox, SDS_PLUGINS_DISABLE="broken"))
     assert code == 0, out + err
