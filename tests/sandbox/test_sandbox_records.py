@@ -220,7 +220,9 @@ def test_data_dir_with_missing_files_is_empty(tmp_path: Path) -> None:
 
 def test_default_data_is_the_packaged_reference_and_the_projects_additions() -> None:
     directory = load_directory(None)
-    assert (directory.mhs_count, directory.as_count) == (9, 3)
+    # 9 reference MHS records and 2 systems; the additions: B82617's GP Connect system, and two
+    # GP2GP practices (B82617, P83010) with an MHS record per interaction and a system each.
+    assert (directory.mhs_count, directory.as_count) == (9 + 8, 2 + 1 + 2)
     [added] = directory.find_as("B82617", GPC_STRUCTURED)
     assert added.first("uniqueIdentifier") == "918999198993"
     assert added.first("nhsMHSPartyKey") == "B82617-0000806"
@@ -246,7 +248,7 @@ def test_a_data_folder_adds_to_the_default_data_when_its_manifest_says_so(
     assert (load_directory(tmp_path).mhs_count, load_directory(tmp_path).as_count) == (1, 0)
     (tmp_path / DATA_MANIFEST).write_text('{"mode": "add"}')
     added = load_directory(tmp_path)
-    assert (added.mhs_count, added.as_count) == (10, 3)
+    assert (added.mhs_count, added.as_count) == (9 + 8 + 1, 2 + 1 + 2)
     assert added.find_mhs("YES", "urn:nhs:names:services:tms:ReliableIntermediary", None)
     (tmp_path / DATA_MANIFEST).write_text('{"mode": "replace"}')
     assert load_directory(tmp_path).mhs_count == 1

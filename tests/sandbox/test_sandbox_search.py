@@ -146,7 +146,9 @@ def test_device_matching(client: httpx.Client) -> None:
     assert asids(org("X26"), interaction(GP2GP), manufacturer("YGA")) == []
     assert asids(org("YES"), interaction(ALERTS), manufacturer("X09001")) == ["928942012545"]
     assert asids(org("YES"), interaction(GP2GP)) == []
-    assert asids(org("B82617"), interaction(GP2GP)) == []
+    # The additions give B82617 GP2GP (the gp2gp adapter's new practice), on its own party key.
+    assert asids(org("B82617"), interaction(GP2GP)) == ["918999198801"]
+    assert asids(org("P83010"), interaction(GP2GP)) == ["918999198802"]
 
 
 def test_device_owner_is_the_client_organisation(client: httpx.Client) -> None:

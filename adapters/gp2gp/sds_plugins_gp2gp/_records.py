@@ -2,8 +2,8 @@
 
 The SDS sandbox's reference data has GP2GP records (X26's, for ``COPC_IN000001UK01``) but no
 accredited system that joins them on party key, and no practice with all four interactions.
-These are the records proposed for the sandbox's additions (``tests/gp2gp_records.json`` holds
-the same, and the tests check all three agree): one MHS record per interaction (each with its
+These are the records of the sandbox's additions (``sds_plugins/_sandbox/data/additions``;
+the tests check they agree): one MHS record per interaction (each with its
 CPA id, as SDS holds them) and one accredited system per practice, on the same party key.
 
 Reliability is that of NHS England's reference GP2GP records in the sandbox data (X26's:
@@ -98,7 +98,7 @@ def accredited_system_records() -> list[dict[str, Any]]:
 
 
 def sandbox_records() -> dict[str, list[dict[str, Any]]]:
-    """Both lists by the sandbox data file each belongs in (``tests/gp2gp_records.json``)."""
+    """Both lists by the sandbox data file each belongs in."""
     return {
         "mhs-records.json": mhs_records(),
         "accredited-system-records.json": accredited_system_records(),

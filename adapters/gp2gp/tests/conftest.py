@@ -25,7 +25,7 @@ def _no_gp2gp_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def gp2gp_sandbox(sds_sandbox: Sandbox, sds_sandbox_factory: SandboxFactory) -> Sandbox:
     """An SDS sandbox with the two practices: the reference data, once it holds them (the
-    records are proposed for its additions), else the reference data plus the records
+    records are in sds_plugins' additions), else the reference data plus the records
     (``mode="add"`` keeps Spine's intermediaries, which forward-reliable answers need)."""
     with SyncSdsClient(sds_sandbox.base_url) as client:
         present = client.endpoints(org=PREVIOUS_PRACTICE.ods, interaction=EHR_REQUEST).records

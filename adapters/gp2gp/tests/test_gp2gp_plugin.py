@@ -1,9 +1,8 @@
-"""The plugin's pieces beside the adapter: the proposed sandbox records and the demo."""
+"""The plugin's pieces beside the adapter: the sandbox records and the demo."""
 
 from __future__ import annotations
 
 import io
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -11,28 +10,38 @@ from typing import Any
 
 from _gp2gp_support import built_records
 from rich.console import Console
-from sds_plugins import PluginHost
+from sds_plugins import PluginHost, SyncSdsClient
 from sds_plugins.sandbox import Sandbox
 
-from sds_plugins_gp2gp import Gp2gpPlugin, Gp2gpSettings, sandbox_records
+from sds_plugins_gp2gp import (
+    GP2GP_INTERACTIONS,
+    NEW_PRACTICE,
+    PREVIOUS_PRACTICE,
+    Gp2gpPlugin,
+    Gp2gpSettings,
+    sandbox_records,
+)
 from sds_plugins_gp2gp.plugin import plugin
 
-RECORDS_FILE = Path(__file__).with_name("gp2gp_records.json")
 
-
-def test_the_proposed_sandbox_records_are_the_ones_the_tests_build() -> None:
-    # tests/gp2gp_records.json is the content proposed for the sandbox's additions (each key
-    # the data file it belongs in); the tests build the same records with the project's
-    # builders, and the demo ships them: all three must agree.
-    proposed = json.loads(RECORDS_FILE.read_text(encoding="utf-8"))
-    assert proposed == built_records() == sandbox_records()
-    mhs = proposed["mhs-records.json"]
-    systems = proposed["accredited-system-records.json"]
+def test_the_sandbox_records_are_the_ones_the_tests_build(sds_sandbox: Sandbox) -> None:
+    # The SDS sandbox's default data holds the two practices (sds_plugins' additions); the
+    # tests build the same records with the project's builders, and the demo ships them: all
+    # three must agree, and the sandbox must answer with them.
+    records = sandbox_records()
+    assert records == built_records()
+    mhs = records["mhs-records.json"]
+    systems = records["accredited-system-records.json"]
     assert len(mhs) == 8 and len(systems) == 2  # 2 practices x 4 interactions; one system each
     assert {record["nhsMHSPartyKey"] for record in mhs} == {
         system["nhsMHSPartyKey"] for system in systems
     }
     assert len({record["nhsMhsCPAId"] for record in mhs}) == 8
+    with SyncSdsClient(sds_sandbox.base_url) as client:
+        for practice in (NEW_PRACTICE, PREVIOUS_PRACTICE):
+            for interaction in GP2GP_INTERACTIONS:
+                [device] = client.devices(org=practice.ods, interaction=interaction).records
+                assert (device.asid, device.party_key) == (practice.asid, practice.party_key)
 
 
 def test_the_demo_is_registered_and_shows_one_whole_transfer() -> None:
