@@ -27,8 +27,8 @@ from sds_plugins import (
     RoutingEnvelope,
 )
 
-from ._interactions import INTERACTIONS, Interaction, interaction
-from ._jwt import JWT_LIFETIME_S, token_issuer
+from ._interactions import CARE_RECORD, INTERACTIONS, Interaction, interaction
+from ._jwt import JWT_LIFETIME_S, care_record_issuer, token_issuer
 from ._options import GpConnectOptions
 
 __all__ = ["GpConnectAdapter"]
@@ -40,6 +40,14 @@ __all__ = ["GpConnectAdapter"]
 # retrieve_patient_record.md). For the provider, through the SSP, only: SDS itself answers 406 to
 # an Accept with parameters, and its requests are built elsewhere (sds_plugins._client).
 _FHIR_JSON_UTF8 = "application/fhir+json;charset=utf-8"
+# GP Connect 0.7.x is FHIR DSTU2: nhsconnect/gpconnect (branch release/0.7.4),
+# pages/development/development_fhir_api_guidance.md, "Content types": application/json+fhir;
+# "Character encoding": requests "MUST explicitly set the character encoding to UTF-8 using the
+# charset parameter of the MIME-type in the Content-Type header" and MAY in Accept. The Get Care
+# Record request example (pages/accessrecord/accessrecord_use_case_retrieve_a_care_record_
+# section.md) sends "Accept: application/json+fhir".
+_DSTU2_JSON = "application/json+fhir"
+_DSTU2_JSON_UTF8 = "application/json+fhir;charset=utf-8"
 #: The methods whose requests carry a body, hence a Content-Type.
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _IF_MATCH_INTERACTIONS = tuple(spec for spec in INTERACTIONS.values() if spec.requires_if_match)
@@ -146,6 +154,7 @@ class GpConnectAdapter(Adapter):
         spec = interaction(request.interaction)
         self._check_path(spec, options)
         self._check_if_match(spec, options)
+        self._check_nhs_number(spec, options)
         self._check_ssp(options)
         requested_scope(spec, options)
         lookups = {
@@ -198,6 +207,24 @@ class GpConnectAdapter(Adapter):
                 field="if_match",
             )
 
+    @staticmethod
+    def _check_nhs_number(spec: Interaction, options: GpConnectOptions) -> None:
+        """``nhs_number``: required by Access Record HTML 0.7 (its token names the patient),
+        refused elsewhere (1.x tokens name no record; the request itself does)."""
+        if spec.major_version == 0 and options.nhs_number is None:
+            raise InvalidInputError(
+                f"gpconnect: nhs_number is required for {spec.id} (GP Connect 0.7): the "
+                "token's requested_record names the patient (a route by --patient does not "
+                "give the adapter the number; pass it as well)",
+                field="nhs_number",
+            )
+        if spec.major_version != 0 and options.nhs_number is not None:
+            raise InvalidInputError(
+                f"gpconnect: nhs_number only applies to Access Record HTML 0.7 "
+                f"({CARE_RECORD}), not {spec.id}",
+                field="nhs_number",
+            )
+
     def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
         # Everything but the trace id and the token's times and jti follows from the request and
         # the records of its lookups: worked out once while the cache hands back the same records.
@@ -242,6 +269,22 @@ class GpConnectAdapter(Adapter):
         assert provider.asid is not None
         scope, sensitive = requested_scope(spec, options)
         method = options.method or spec.method
+        if spec.major_version == 0:
+            assert options.nhs_number is not None  # plan() refused a 0.7 route without one
+            issue = care_record_issuer(options, nhs_number=options.nhs_number.get_secret_value())
+            accept, content_type = _DSTU2_JSON, _DSTU2_JSON_UTF8
+            extensions: dict[str, Any] = {"gpconnect_version": "0.7", "fhir_version": "DSTU2"}
+        else:
+            issue = token_issuer(
+                options,
+                audience=provider.address,
+                scope=scope,
+                reason=options.reason_for_request or spec.reason,
+            )
+            accept = content_type = _FHIR_JSON_UTF8
+            # What the migrate request body must say (migrate_parameters builds it), so the
+            # body and the token's requested_scope agree.
+            extensions = {"include_sensitive_information": sensitive} if spec.migration else {}
         return _Fixed(
             target=Party(
                 ods_code=request.org,
@@ -256,22 +299,15 @@ class GpConnectAdapter(Adapter):
             ),
             method=method,
             url=ssp_url(options.ssp_url, provider.address, options.fhir_path or spec.path),
-            headers={"Accept": _FHIR_JSON_UTF8}
-            | ({"Content-Type": _FHIR_JSON_UTF8} if method in _BODY_METHODS else {})
+            headers={"Accept": accept}
+            | ({"Content-Type": content_type} if method in _BODY_METHODS else {})
             # plan() refused if_match unless the interaction requires it.
             | ({"If-Match": options.if_match} if options.if_match is not None else {}),
             # TLS only means something for https (an allowed http:// mock has none).
             tls=self.tls if urlsplit(options.ssp_url).scheme == "https" else None,
             records=(*provider.records, consumer) if consumer else provider.records,
-            # What the migrate request body must say (migrate_parameters builds it), so the
-            # body and the token's requested_scope agree.
-            extensions={"include_sensitive_information": sensitive} if spec.migration else {},
-            issue=token_issuer(
-                options,
-                audience=provider.address,
-                scope=scope,
-                reason=options.reason_for_request or spec.reason,
-            ),
+            extensions=extensions,
+            issue=issue,
         )
 
     @staticmethod
@@ -338,6 +374,19 @@ def requested_scope(spec: Interaction, options: GpConnectOptions) -> tuple[str, 
     So a migration defaults to sensitive information with ``conf/R`` (a whole-record transfer);
     ``include_sensitive_information=False`` gives ``conf/N``; any other combination is refused.
     """
+    if spec.major_version == 0:
+        # 0.7.4's audit and provenance page: requested_scope patient/*.read for the care
+        # record, no conf/*; reason_for_request "MUST be set to directcare".
+        if options.requested_scope not in (None, spec.scope):
+            raise InvalidInputError(
+                f"gpconnect: requested_scope for {spec.id} (GP Connect 0.7) is {spec.scope}",
+                field="requested_scope",
+            )
+        if options.reason_for_request not in (None, "directcare"):
+            raise InvalidInputError(
+                f"gpconnect: reason_for_request for {spec.id} (GP Connect 0.7) MUST be directcare",
+                field="reason_for_request",
+            )
     if not spec.migration:
         if options.include_sensitive_information is not None:
             raise InvalidInputError(

@@ -7,9 +7,15 @@ from dataclasses import dataclass
 
 from sds_plugins import InvalidInputError
 
-__all__ = ["INTERACTIONS", "PREFIX", "Interaction", "interaction"]
+__all__ = ["CARE_RECORD", "INTERACTIONS", "PREFIX", "Interaction", "interaction"]
 
 PREFIX = "urn:nhs:names:services:gpconnect:"
+
+#: Access Record HTML (GP Connect 0.7.x, FHIR DSTU2): "Get Care Record". ``nhsconnect/gpconnect``
+#: (branch ``release/0.7.4``), ``pages/accessrecord/accessrecord_use_case_retrieve_a_care_record_
+#: section.md`` and ``pages/integration/integration_interaction_ids.md``: the id has no ``-1``
+#: suffix; the operation is the type-level ``POST /Patient/$gpc.getcarerecord``.
+CARE_RECORD = PREFIX + "fhir:operation:gpc.getcarerecord"
 
 
 @dataclass(frozen=True)
@@ -20,6 +26,8 @@ class Interaction:
     ``fhir_path``; ``None`` where the path names a resource id the caller must supply.
     ``requires_if_match``: the request must carry ``If-Match`` with the resource's current ETag
     (amend and cancel appointment, a version-aware ``PUT /Appointment/[id]``).
+    ``major_version``: the GP Connect API it belongs to, ``1`` (FHIR STU3) or ``0`` (0.7.x, FHIR
+    DSTU2, whose token and media types differ).
     """
 
     id: str
@@ -28,6 +36,7 @@ class Interaction:
     path: str | None
     reason: str = "directcare"
     requires_if_match: bool = False
+    major_version: int = 1
 
     @property
     def migration(self) -> bool:
@@ -104,6 +113,11 @@ INTERACTIONS: dict[str, Interaction] = _catalogue(
     ("documents:fhir:rest:search:documentreference-1", "GET", _PATIENT_READ, None),
     ("documents:fhir:rest:read:binary-1", "GET", _PATIENT_READ, None),
     ("documents:fhir:rest:migrate:binary-1", "GET", _PATIENT_READ, None),
+)
+#: Access Record HTML 0.7: its token asks for ``patient/*.read`` (the 0.7.4 audit and
+#: provenance page, ``requested_scope`` claim: "Get patient's record").
+INTERACTIONS[CARE_RECORD] = Interaction(
+    CARE_RECORD, "POST", _PATIENT_READ, "Patient/$gpc.getcarerecord", major_version=0
 )
 
 

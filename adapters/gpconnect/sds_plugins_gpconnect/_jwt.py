@@ -20,7 +20,17 @@ from typing import Any
 
 from ._options import GpConnectOptions
 
-__all__ = ["JWT_LIFETIME_S", "access_token", "claims", "local_user_system", "token_issuer"]
+__all__ = [
+    "DSTU2_AUDIENCE",
+    "DSTU2_NHS_NUMBER_SYSTEM",
+    "JWT_LIFETIME_S",
+    "access_token",
+    "care_record_claims",
+    "care_record_issuer",
+    "claims",
+    "local_user_system",
+    "token_issuer",
+]
 
 #: The specification fixes the token's life: exp is exactly iat + 300 seconds.
 JWT_LIFETIME_S = 300
@@ -159,3 +169,112 @@ def _base64url(data: bytes) -> str:
 
 
 _HEADER = _base64url(b'{"alg":"none","typ":"JWT"}')
+
+
+# -- GP Connect 0.7.x (Access Record HTML, FHIR DSTU2) ------------------------------------------
+#
+# nhsconnect/gpconnect (branch release/0.7.4),
+# pages/integration/integration_cross_organisation_audit_and_provenance.md. What differs from 1.x:
+# - aud "MUST be fixed to https://authorize.fhir.nhs.net/token" (1.x: the provider's root);
+# - requested_record, the record asked for: a Patient with an http://fhir.nhs.net/Id/nhs-number
+#   identifier (the page's inline examples misname it "requesting_record"; its claim list and
+#   full payload example say requested_record);
+# - reason_for_request "MUST be set to directcare";
+# - requesting_device and requesting_organization each need an "id with a unique logical
+#   identifier"; the organisation's identifier system is http://fhir.nhs.net/Id/ods-organization-
+#   code;
+# - requesting_practitioner is a DSTU2 Practitioner: name an object whose family, given and
+#   prefix are lists; the SDS user id under http://fhir.nhs.net/sds-user-id (the page: "MUST
+#   contain an identifier with the system http://fhir.nhs.net/sds-user-id rather than ...
+#   http://fhir.nhs.net/Id/sds-user-id", an error providers were assured against); no role
+#   profile identifier; practitionerRole with the SDS Job Role code under
+#   http://fhir.nhs.net/ValueSet/sds-job-role-name-1 (UNK without a smartcard);
+# - no jti: 0.7's claim list has none, and nor does it have 1.x's "new JWT for each API request"
+#   sentence; the token carries exactly the claims 0.7 providers were assured with.
+
+#: ``aud`` of every 0.7 token.
+DSTU2_AUDIENCE = "https://authorize.fhir.nhs.net/token"
+DSTU2_NHS_NUMBER_SYSTEM = "http://fhir.nhs.net/Id/nhs-number"
+_DSTU2_ODS_SYSTEM = "http://fhir.nhs.net/Id/ods-organization-code"
+_DSTU2_SDS_USER_SYSTEM = "http://fhir.nhs.net/sds-user-id"
+_DSTU2_JOB_ROLE_SYSTEM = "http://fhir.nhs.net/ValueSet/sds-job-role-name-1"
+
+
+def _logical_id(kind: str, *parts: str) -> str:
+    """A stable FHIR logical id (a UUID, which fits DSTU2's ``id`` type) for the consumer's own
+    device or organisation: the same inputs always give the same id."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "/".join((kind, *parts))))
+
+
+def care_record_claims(
+    options: GpConnectOptions, *, nhs_number: str, issued_at: datetime
+) -> dict[str, Any]:
+    """The claims of an Access Record HTML 0.7 token for the patient ``nhs_number``."""
+    iat = int(issued_at.timestamp())
+    name: dict[str, Any] = {"family": [options.practitioner_family_name]}
+    if options.practitioner_given_name:
+        name["given"] = [options.practitioner_given_name]
+    if options.practitioner_name_prefix:
+        name["prefix"] = [options.practitioner_name_prefix]
+    device_value = options.device_identifier or options.system_name
+    system = options.system_url.rstrip("/")
+    return {
+        "iss": options.system_url,
+        "sub": options.practitioner_id,
+        "aud": DSTU2_AUDIENCE,
+        "exp": iat + JWT_LIFETIME_S,
+        "iat": iat,
+        "reason_for_request": "directcare",
+        "requested_record": {
+            "resourceType": "Patient",
+            "identifier": [{"system": DSTU2_NHS_NUMBER_SYSTEM, "value": nhs_number}],
+        },
+        "requested_scope": "patient/*.read",
+        "requesting_device": {
+            "resourceType": "Device",
+            "id": _logical_id("device", system, device_value),
+            "identifier": [{"system": f"{system}/Id/device-identifier", "value": device_value}],
+            "model": options.system_name,
+            "version": options.system_version,
+        },
+        "requesting_organization": {
+            "resourceType": "Organization",
+            "id": _logical_id("organization", system, options.organization_ods),
+            "identifier": [{"system": _DSTU2_ODS_SYSTEM, "value": options.organization_ods}],
+            "name": options.organization_name,
+        },
+        "requesting_practitioner": {
+            "resourceType": "Practitioner",
+            "id": options.practitioner_id,
+            "identifier": [
+                {"system": _DSTU2_SDS_USER_SYSTEM, "value": options.practitioner_sds_user_id},
+                {
+                    "system": local_user_system(options),
+                    "value": options.practitioner_local_user_id or options.practitioner_id,
+                },
+            ],
+            "name": name,
+            "practitionerRole": [
+                {
+                    "role": {
+                        "coding": [
+                            {
+                                "system": _DSTU2_JOB_ROLE_SYSTEM,
+                                "code": options.practitioner_sds_job_role,
+                            }
+                        ]
+                    }
+                }
+            ],
+        },
+    }
+
+
+def care_record_issuer(options: GpConnectOptions, *, nhs_number: str) -> Callable[[int, str], str]:
+    """``issue(issued_at, jti)`` for 0.7 tokens (``jti`` is not a 0.7 claim and is ignored)."""
+
+    def issue(issued_at: int, jti: str) -> str:
+        moment = datetime.fromtimestamp(issued_at, UTC)
+        return access_token(care_record_claims(options, nhs_number=nhs_number, issued_at=moment))
+
+    return issue

@@ -6,7 +6,7 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from sds_plugins import (
     AdapterOptions,
@@ -15,6 +15,7 @@ from sds_plugins import (
     OdsCode,
     PartyKey,
     check_header_value,
+    check_nhs_number,
     check_relative_path,
 )
 
@@ -56,6 +57,9 @@ class GpConnectOptions(AdapterOptions):
     practitioner_id: str
     practitioner_sds_user_id: str = "UNK"
     practitioner_sds_role_profile_id: str = "UNK"
+    #: Access Record HTML 0.7 only: the ``practitionerRole`` code, the SDS Job Role of the
+    #: user's smartcard (e.g. ``R8000``), ``UNK`` without one.
+    practitioner_sds_job_role: str = "UNK"
     #: The consumer system's own identifier for the logged-on user (default: practitioner_id),
     #: under ``practitioner_local_user_id_system`` (default ``<system_url>/Id/local-user-id``).
     practitioner_local_user_id: str | None = None
@@ -77,6 +81,25 @@ class GpConnectOptions(AdapterOptions):
             "the If-Match header"
         ),
     )
+
+    #: Access Record HTML 0.7 only (and required there): the patient's NHS number, named by the
+    #: token's ``requested_record``. Personal data: masked like a secret.
+    nhs_number: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Required for Access Record HTML 0.7 (fhir:operation:gpc.getcarerecord), refused "
+            "for other interactions: the patient's NHS number, for the token's requested_record "
+            "and the request body (care_record_parameters)"
+        ),
+    )
+
+    @field_validator("nhs_number", mode="before")
+    @classmethod
+    def _nhs_number(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return SecretStr(check_nhs_number(text, "nhs_number"))
 
     @field_validator("*", mode="before")
     @classmethod

@@ -30,6 +30,7 @@ from gpconnect_cases import (
     UNKNOWN,
 )
 from sds_plugins_gpconnect import (
+    CARE_RECORD,
     INTERACTIONS,
     GpConnectAdapter,
     GpConnectOptions,
@@ -630,12 +631,44 @@ async def test_token_is_masked_when_printed(router: Router) -> None:
     assert envelope.to_message()["request"]["headers"]["Authorization"] == token
 
 
-def test_the_catalogue_knows_every_interaction_in_the_notes() -> None:
-    # The sandbox's synthetic practices list the same ids (the domain notes' list): one must
-    # not drift from the other.
-    from sds_plugins._sandbox._records import GPCONNECT_INTERACTIONS
+#: The GP Connect 1.x interaction ids (domain notes section 3; nhsconnect/gpconnect, branch
+#: feature/1.6.2, pages/integration/integration_interaction_ids.md and each capability's pages).
+#: The SDS sandbox's synthetic practices list the same ids; it publishes no name for its list,
+#: so the ids are written out here.
+NOTES_1X = frozenset(
+    "urn:nhs:names:services:gpconnect:" + suffix
+    for suffix in (
+        "fhir:rest:read:metadata-1",
+        "fhir:rest:read:patient-1",
+        "fhir:rest:search:patient-1",
+        "fhir:rest:read:practitioner-1",
+        "fhir:rest:search:practitioner-1",
+        "fhir:rest:read:organization-1",
+        "fhir:rest:search:organization-1",
+        "fhir:rest:read:location-1",
+        "fhir:operation:gpc.registerpatient-1",
+        "fhir:rest:search:slot-1",
+        "fhir:rest:read:appointment-1",
+        "fhir:rest:create:appointment-1",
+        "fhir:rest:update:appointment-1",
+        "fhir:rest:cancel:appointment-1",
+        "fhir:rest:search:patient_appointments-1",
+        "fhir:operation:gpc.getstructuredrecord-1",
+        "fhir:operation:gpc.migratestructuredrecord-1",
+        "structured:fhir:rest:read:metadata-1",
+        "documents:fhir:rest:read:metadata-1",
+        "documents:fhir:rest:search:patient-1",
+        "documents:fhir:rest:search:documentreference-1",
+        "documents:fhir:rest:read:binary-1",
+        "documents:fhir:rest:migrate:binary-1",
+    )
+)
 
-    assert set(INTERACTIONS) == set(GPCONNECT_INTERACTIONS)
+
+def test_the_catalogue_knows_every_interaction_in_the_notes() -> None:
+    # Every 1.x id of the notes, and Access Record HTML 0.7's one id (release/0.7.4,
+    # pages/integration/integration_interaction_ids.md).
+    assert set(INTERACTIONS) == NOTES_1X | {CARE_RECORD}
     assert set(ALL) <= set(INTERACTIONS)
     assert INTERACTIONS[GPC].method == "POST"
     assert all(spec.method in ("GET", "POST", "PUT") for spec in INTERACTIONS.values())

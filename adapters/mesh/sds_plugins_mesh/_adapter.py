@@ -1,8 +1,9 @@
-"""The ``mesh`` adapter: (organisation, workflow id) → the recipient mailbox and a signed POST.
+"""The ``mesh`` adapter: (organisation, workflow id) → the recipient and a signed outbox POST.
 
-``plan`` checks every option (bad input costs no lookup) and asks the ``mesh`` source for the
-mailboxes receiving the workflow at the organisation; ``build`` chooses one and writes the
-outbox request: URL, ``mex-*`` headers and a fresh single-use ``Authorization: NHSMESH`` token.
+``plan`` checks every option (bad input costs no lookup) and, for ODS routing, asks the ``mesh``
+source for the mailboxes receiving the workflow at the organisation; ``build`` chooses one (or
+writes the patient's demographic address, or the mailbox the caller named) and writes the outbox
+request: URL, ``mex-*`` headers and a fresh single-use ``Authorization: NHSMESH`` token.
 Neither does I/O.
 """
 
@@ -11,10 +12,17 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar, Literal
 
 from cachetools import LRUCache
-from pydantic import BaseModel, ConfigDict, SecretStr, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from sds_plugins import (
     ENVELOPE_TTL,
     Adapter,
@@ -28,6 +36,8 @@ from sds_plugins import (
     Lookup,
     NotFoundError,
     Party,
+    PatientRegistration,
+    PatientRestrictedError,
     Resolution,
     RouteRequest,
     RoutingEnvelope,
@@ -35,6 +45,21 @@ from sds_plugins import (
 
 from ._auth import nhsmesh_authorization
 from ._config import MeshCredentials, MeshSettings, MeshTls, resolve_mesh_url
+from ._demographic import (
+    demographic_mex_to,
+    normalise_birth_date,
+    normalise_family_name,
+    normalise_patient_number,
+)
+from ._itk import (
+    ACKNOWLEDGEMENT_WORKFLOWS,
+    ITK3_MESSAGES,
+    Itk3Message,
+    Routing,
+    default_message,
+    is_acknowledgement,
+    subject_nhs_number,
+)
 from ._lookup import MESH_V2_JSON, MailboxQuery, MeshMailbox
 from ._validation import (
     check_text_header,
@@ -49,6 +74,7 @@ __all__ = [
     "DEFAULT_CONTENT_TYPE",
     "ENVELOPE_TTL",
     "MAX_REQUEST_BYTES",
+    "PERSONAL_HEADERS",
     "MeshAdapter",
     "MeshOptions",
 ]
@@ -63,19 +89,39 @@ MAX_REQUEST_BYTES = 100 * 1000 * 1000
 
 DEFAULT_CONTENT_TYPE = "application/octet-stream"
 
+#: The headers that may name the patient: a demographic ``mex-to`` and a GP Connect Messaging
+#: subject (see the README: the core masks only credentials when an envelope is printed).
+PERSONAL_HEADERS = ("mex-to", "mex-subject")
+
+_ROUTINGS: tuple[Routing, ...] = ("ods", "demographic", "mailbox")
+_DEMOGRAPHICS = ("nhs_number", "birth_date", "family_name")
+
 
 class MeshOptions(BaseModel):
     """A MESH route's options, each checked as MESH checks it (see :class:`MeshAdapter`)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
     mesh_url: str | None = None
     mailbox: str | None = None
     password: SecretStr | None = None
     shared_key: SecretStr | None = None
     mailbox_id: str | None = None
-    subject: str | None = None
+    routing: Literal["ods", "demographic", "mailbox"] | None = None
+    message_type: (
+        Literal[
+            "consultation_report", "online_consultation_report", "generic_report", "update_record"
+        ]
+        | None
+    ) = None
+    # The patient, for demographic routing: personal data, masked like secrets (SecretStr).
+    nhs_number: SecretStr | None = None
+    birth_date: SecretStr | None = None
+    family_name: SecretStr | None = None
+    #: GP Connect Messaging's subjects name the patient (GPCM-SD-064): masked too.
+    subject: SecretStr | None = None
     local_id: str | None = None
+    partner_id: str | None = None
     filename: str | None = None
     checksum: str | None = None
     content_type: str | None = None
@@ -95,7 +141,36 @@ class MeshOptions(BaseModel):
     def _mailbox(cls, value: object, info: ValidationInfo) -> object:
         return None if value is None else normalise_mailbox_id(value, field=str(info.field_name))
 
-    @field_validator("subject", "local_id", mode="before")
+    @field_validator("routing", "message_type", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        # The CLI passes strings as typed (-o routing=Demographic).
+        return value.strip().lower() if isinstance(value, str) else value
+
+    @field_validator("nhs_number", mode="before")
+    @classmethod
+    def _nhs_number(cls, value: object) -> object:
+        return None if value is None else SecretStr(normalise_patient_number(value))
+
+    @field_validator("birth_date", mode="before")
+    @classmethod
+    def _birth_date(cls, value: object) -> object:
+        return None if value is None else SecretStr(normalise_birth_date(value).isoformat())
+
+    @field_validator("family_name", mode="before")
+    @classmethod
+    def _family_name(cls, value: object) -> object:
+        return None if value is None else SecretStr(normalise_family_name(value))
+
+    @field_validator("subject", mode="before")
+    @classmethod
+    def _subject(cls, value: object) -> object:
+        if value is None:
+            return None
+        text = value.get_secret_value() if isinstance(value, SecretStr) else value
+        return SecretStr(check_text_header(text, "subject"))
+
+    @field_validator("local_id", "partner_id", mode="before")
     @classmethod
     def _text(cls, value: object, info: ValidationInfo) -> object:
         return None if value is None else check_text_header(value, str(info.field_name))
@@ -146,11 +221,31 @@ class MeshOptions(BaseModel):
             )
         return value
 
+    @model_validator(mode="after")
+    def _routing_inputs(self) -> MeshOptions:
+        # What does not depend on the workflow; the rest is checked per workflow (_Routed).
+        given = [name for name in _DEMOGRAPHICS if getattr(self, name) is not None]
+        if self.routing == "demographic":
+            _need_demographics(self)
+        elif self.routing is not None and given:
+            raise InvalidInputError(
+                f"mesh: {', '.join(given)} only apply to routing=demographic (routing is "
+                f"{self.routing})",
+                field=given[0],
+            )
+        if self.routing == "mailbox" and self.mailbox_id is None:
+            raise InvalidInputError(
+                "mesh: routing=mailbox sends to the mailbox_id option: it is required",
+                field="mailbox_id",
+            )
+        return self
+
     def mex_headers(self) -> dict[str, str]:
         """The optional ``mex-*`` and ``Content-Type`` headers (each checked above)."""
         headers = {
-            "mex-subject": self.subject,
+            "mex-subject": _reveal(self.subject),
             "mex-localid": self.local_id,
+            "mex-partnerid": self.partner_id,
             "mex-filename": self.filename,
             "mex-content-checksum": self.checksum,
             "mex-content-compressed": self.compressed,
@@ -158,6 +253,30 @@ class MeshOptions(BaseModel):
             "Content-Type": self.content_type,
         }
         return {name: value for name, value in headers.items() if value is not None}
+
+
+def _need_demographics(options: MeshOptions) -> None:
+    missing = [name for name in _DEMOGRAPHICS if getattr(options, name) is None]
+    if missing:
+        raise InvalidInputError(
+            f"mesh: demographic routing needs {', '.join(missing)}: the patient's NHS number, "
+            "date of birth (YYYY-MM-DD) and surname as PDS holds them",
+            field=missing[0],
+        )
+
+
+@dataclass(frozen=True)
+class _Routed:
+    """How one (options, workflow) is routed: checked once, then reused by plan and build."""
+
+    routing: Routing
+    message: Itk3Message | None
+    ack_workflow_id: str | None
+    #: The ``mex-to`` for demographic and mailbox routing (``None``: from the lookup).
+    mex_to: str | None
+
+    def __repr__(self) -> str:  # mex-to may name the patient
+        return f"_Routed(routing={self.routing!r}, message={getattr(self.message, 'name', None)!r})"
 
 
 @dataclass(frozen=True)
@@ -169,31 +288,42 @@ class _Options:
     mailbox_id: str | None
     headers: dict[str, str]
     tls: MeshTls
+    routed: _Routed
 
     def __repr__(self) -> str:  # never print the credentials' secrets, even masked by pydantic
         return f"_Options(mesh_url={self.mesh_url!r}, mailbox={self.credentials.mailbox!r})"
 
 
 class MeshAdapter(Adapter):
-    """A MESH message: the recipient mailbox for (ODS code, workflow id), and its outbox POST.
+    """A MESH message: its recipient (a mailbox or, for automated routing, the patient) and its
+    outbox POST.
 
-    The interaction is the MESH workflow id (``TEST_WORKFLOW``), not an interaction URN. Options
-    (all optional; credentials and host fall back to :class:`MeshSettings`, i.e. ``MESH_*``):
+    The interaction is the MESH workflow id (``TEST_WORKFLOW``, ``GPFED_CONSULT_REPORT``), not
+    an interaction URN. Options (all optional; credentials and host fall back to
+    :class:`MeshSettings`, i.e. ``MESH_*``):
 
     - ``mesh_url``: ``int``, ``dep``, ``prod`` or a URL (``MESH_URL``);
     - ``mailbox``, ``password``, ``shared_key``: the sender mailbox and its secrets
       (``MESH_MAILBOX``, ``MESH_PASSWORD``, ``MESH_SHARED_KEY``); pass secrets as
       :class:`~pydantic.SecretStr` so the route request's ``repr`` masks them too;
-    - ``mailbox_id``: which recipient mailbox, when the lookup returns several;
-    - ``subject``, ``local_id`` (default: the correlation id), ``filename``, ``checksum``,
-      ``content_type``, ``compressed``, ``encrypted``: the ``mex-*`` headers;
+    - ``routing``: ``ods`` (the endpoint lookup, the default), ``demographic`` (MESH's automated
+      routing to the patient's registered GP: ``nhs_number``, ``birth_date``, ``family_name``)
+      or ``mailbox`` (straight to ``mailbox_id``); GP Connect Messaging workflows have their own
+      rules (:data:`~sds_plugins_mesh.ITK3_MESSAGES`, ``message_type``);
+    - ``mailbox_id``: which recipient mailbox, when the lookup returns several; with
+      ``routing=mailbox``, the recipient itself;
+    - ``subject``, ``local_id`` (default: the correlation id), ``partner_id``, ``filename``,
+      ``checksum``, ``content_type``, ``compressed``, ``encrypted``: the ``mex-*`` headers;
     - ``cert``, ``key``, ``ca_bundle``: client TLS for the *sender*, copied into
       ``extensions["mesh"]["tls"]`` (defaults from the settings for the host).
+
+    Every envelope carries ``mex-from``, the sender's mailbox.
     """
 
     name: ClassVar[str] = "mesh"
     description: ClassVar[str] = (
-        "MESH: the recipient mailbox for an organisation and workflow, and a signed outbox POST"
+        "MESH: the recipient mailbox (or the patient, for automated routing) and a signed "
+        "outbox POST"
     )
     options_model = MeshOptions
     options_help = "see the MESH adapter's README"
@@ -202,13 +332,34 @@ class MeshAdapter(Adapter):
 
     def __init__(self, settings: MeshSettings | None = None) -> None:
         self.settings = settings if settings is not None else MeshSettings()
-        self._derived: LRUCache[MeshOptions, _Options] = LRUCache(maxsize=64)
+        self._derived: LRUCache[tuple[MeshOptions, str], _Options] = LRUCache(maxsize=64)
 
     def normalise_interaction(self, interaction: str) -> str:
         return normalise_workflow_id(interaction, field="interaction")
 
+    def check_patient(self, request: RouteRequest, patient: PatientRegistration) -> None:
+        # Automated routing names the patient to MESH, which finds the practice in PDS: a
+        # restricted record gives nothing to route with (and the core refuses it first), and a
+        # superseded number would name a record PDS has replaced.
+        if self._options(request).routed.routing != "demographic":
+            return
+        if patient.restricted:
+            raise PatientRestrictedError(
+                f"patient {patient.patient} is restricted (PDS): no demographic MESH routing",
+                correlation_id=request.correlation_id,
+            )
+        if patient.superseded:
+            raise InvalidInputError(
+                f"mesh: patient {patient.patient}'s NHS number was superseded (PDS answered "
+                f"with record {patient.record}): route with the current number, and pass it "
+                "as nhs_number, so that MESH routes by the record PDS keeps",
+                field="nhs_number",
+            )
+
     def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
         options = self._options(request)  # every option checked before any lookup
+        if options.routed.routing != "ods":
+            return {}  # MESH itself routes (demographic), or the caller named the mailbox
         query = MailboxQuery(
             mesh_url=options.mesh_url, ods_code=request.org, workflow_id=request.interaction
         )
@@ -216,28 +367,58 @@ class MeshAdapter(Adapter):
 
     def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
         options = self._options(request)
-        mailboxes = [r for r in resolved.records("mailboxes") if isinstance(r, MeshMailbox)]
-        recipient = self._choose(request, resolved, mailboxes, options.mailbox_id)
+        routed = options.routed
         sender = options.credentials.mailbox
+        recipient: MeshMailbox | None = None
+        if routed.mex_to is None:
+            mailboxes = [r for r in resolved.records("mailboxes") if isinstance(r, MeshMailbox)]
+            recipient = self._choose(request, resolved, mailboxes, options.mailbox_id)
+            mex_to = recipient.mailbox_id
+        else:
+            mex_to = routed.mex_to
         headers = {
             # Built now, for this envelope only: MESH refuses a token it has already seen.
             "Authorization": nhsmesh_authorization(options.credentials, now=resolved.now),
             "Accept": MESH_V2_JSON,
-            "mex-to": recipient.mailbox_id,
+            "mex-from": sender,
+            "mex-to": mex_to,
             "mex-workflowid": request.interaction,
             **options.headers,
         }
         headers.setdefault("mex-localid", request.correlation_id)
         headers.setdefault("Content-Type", DEFAULT_CONTENT_TYPE)
         tls = options.tls
-        return RoutingEnvelope(
-            adapter=self.name,
-            interaction=request.interaction,
-            target=Party(
+        if routed.routing == "demographic":
+            # Never the patient's address: MESH resolves the practice; ours is PDS's or the
+            # caller's belief, as routed.
+            target = Party(ods_code=request.org)
+        elif recipient is not None:
+            target = Party(
                 ods_code=request.org,
                 mailbox_id=recipient.mailbox_id,
                 mailbox_name=recipient.mailbox_name,
-            ),
+            )
+        else:
+            target = Party(ods_code=request.org, mailbox_id=mex_to)
+        extensions: dict[str, Any] = {
+            "mesh_url": options.mesh_url,
+            "routing": routed.routing,
+            "mailbox": recipient.model_dump(mode="json") if recipient is not None else None,
+            "message_type": routed.message.name if routed.message is not None else None,
+            "ack_workflow_id": routed.ack_workflow_id,
+            "personal_headers": _personal_headers(routed, headers),
+            "retry_first_post": False,
+            "max_request_bytes": MAX_REQUEST_BYTES,
+            "tls": {
+                "cert": _path(tls.cert),
+                "key": _path(tls.key),
+                "ca_bundle": _path(tls.ca_bundle),
+            },
+        }
+        return RoutingEnvelope(
+            adapter=self.name,
+            interaction=request.interaction,
+            target=target,
             source=Party(mailbox_id=sender),
             request=HttpRequestSpec(
                 method="POST",
@@ -248,20 +429,8 @@ class MeshAdapter(Adapter):
             # The outbox POST is never retried: it may have landed even without an answer.
             reliability=EnvelopeReliability(retries=0),
             expires_at=resolved.now + ENVELOPE_TTL,
-            provenance=resolved.provenance((recipient,)),
-            extensions={
-                "mesh": {
-                    "mesh_url": options.mesh_url,
-                    "mailbox": recipient.model_dump(mode="json"),
-                    "retry_first_post": False,
-                    "max_request_bytes": MAX_REQUEST_BYTES,
-                    "tls": {
-                        "cert": _path(tls.cert),
-                        "key": _path(tls.key),
-                        "ca_bundle": _path(tls.ca_bundle),
-                    },
-                }
-            },
+            provenance=resolved.provenance((recipient,) if recipient is not None else ()),
+            extensions={"mesh": extensions},
         )
 
     # -- choosing the recipient ---------------------------------------------------------------
@@ -309,15 +478,17 @@ class MeshAdapter(Adapter):
 
     def _options(self, request: RouteRequest) -> _Options:
         """The route's options with the settings' defaults: derived once per distinct options
-        (plan and build both ask; so does every route with the same options)."""
+        and workflow (plan and build both ask; so does every route with the same options)."""
         options: MeshOptions = request.options
-        derived = self._derived.get(options)
+        key = (options, request.interaction)
+        derived = self._derived.get(key)
         if derived is None:
-            derived = self._derived[options] = self._derive(options)
+            derived = self._derived[key] = self._derive(options, request.interaction)
         return derived
 
-    def _derive(self, options: MeshOptions) -> _Options:
+    def _derive(self, options: MeshOptions, workflow: str) -> _Options:
         settings = self.settings
+        routed = _route(options, workflow)  # the caller's mistakes first, configuration after
         mesh_url = options.mesh_url or settings.resolved_url()
         if mesh_url is None:
             raise ConfigurationError(
@@ -331,6 +502,7 @@ class MeshAdapter(Adapter):
             tls=settings.tls_for(mesh_url).merged(
                 MeshTls(cert=options.cert, key=options.key, ca_bundle=options.ca_bundle)
             ),
+            routed=routed,
         )
 
     def _credentials(self, options: MeshOptions) -> MeshCredentials:
@@ -362,6 +534,116 @@ class MeshAdapter(Adapter):
             password=password,
             shared_key=shared_key,
         )
+
+
+def _route(options: MeshOptions, workflow: str) -> _Routed:
+    """How ``options`` route a ``workflow`` message, with the GP Connect Messaging rules.
+
+    Refusals name the option and the requirement, never a patient's value.
+    """
+    message = _message(options, workflow)
+    if message is not None:
+        allowed, default = message.routings, message.default_routing
+    elif is_acknowledgement(workflow):
+        # An acknowledgement goes back to the mailbox the message came from.
+        allowed, default = ("mailbox", "ods"), "mailbox"
+    else:
+        allowed, default = _ROUTINGS, "ods"
+    routing = options.routing or default
+    if routing not in allowed:
+        raise InvalidInputError(_refusal(routing, workflow, message), field="routing")
+    given = [name for name in _DEMOGRAPHICS if getattr(options, name) is not None]
+    if routing == "demographic":
+        _need_demographics(options)
+    elif given:
+        raise InvalidInputError(
+            f"mesh: {', '.join(given)} only apply to demographic routing ({workflow} is routed "
+            f"by {routing})",
+            field=given[0],
+        )
+    if routing == "mailbox" and options.mailbox_id is None:
+        raise InvalidInputError(
+            f"mesh: {workflow} is sent straight to a mailbox: pass mailbox_id (an "
+            "acknowledgement goes to the mailbox the message came from; see "
+            "route_acknowledgement)",
+            field="mailbox_id",
+        )
+    mex_to: str | None = None
+    if routing == "demographic":
+        assert options.nhs_number is not None  # _need_demographics checked all three
+        number = options.nhs_number.get_secret_value()
+        mex_to = demographic_mex_to(number, options.birth_date, options.family_name)
+        if (
+            message is not None
+            and message.name == "consultation_report"
+            and subject_nhs_number(message, _reveal(options.subject)) != number
+        ):
+            raise InvalidInputError(
+                "mesh: the subject names another NHS number than the nhs_number option "
+                "(GPCM-SD-063/-064 name the same patient)",
+                field="subject",
+            )
+        if options.local_id is not None and number in options.local_id:
+            raise InvalidInputError(
+                "mesh: local_id must not contain patient identifiable data (MESH API, "
+                "mex-localid); GP Connect Messaging puts the sender's ODS code there",
+                field="local_id",
+            )
+    elif routing == "mailbox":
+        mex_to = options.mailbox_id
+    ack = (
+        message.ack_workflow_id if message is not None else ACKNOWLEDGEMENT_WORKFLOWS.get(workflow)
+    )
+    return _Routed(routing=routing, message=message, ack_workflow_id=ack, mex_to=mex_to)
+
+
+def _personal_headers(routed: _Routed, headers: Mapping[str, str]) -> list[str]:
+    """The headers naming the patient: a demographic ``mex-to``, and the subject of a demographic
+    route or a GP Connect Messaging message (their formats name the patient)."""
+    named = routed.routing == "demographic" or routed.message is not None
+    return [
+        name
+        for name in PERSONAL_HEADERS
+        if name in headers and (routed.routing == "demographic" if name == "mex-to" else named)
+    ]
+
+
+def _reveal(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
+
+
+def _message(options: MeshOptions, workflow: str) -> Itk3Message | None:
+    if options.message_type is None:
+        return default_message(workflow)
+    message = ITK3_MESSAGES[options.message_type]
+    if message.workflow_id != workflow:
+        raise InvalidInputError(
+            f"mesh: message_type {message.name} is sent with workflow {message.workflow_id}, "
+            f"not {workflow}",
+            field="message_type",
+        )
+    return message
+
+
+def _refusal(routing: str, workflow: str, message: Itk3Message | None) -> str:
+    if message is not None and message.name == "consultation_report":
+        return (
+            f"mesh: {workflow} ({message.title}) MUST use MESH automated message routing "
+            "(GP Connect Messaging GPCM-SD-056, -063): mex-to is the patient's NHS number, "
+            "date of birth and surname, not a mailbox found by ODS code. Pass "
+            "routing=demographic with nhs_number, birth_date (YYYY-MM-DD) and family_name as "
+            "PDS holds them (Online Consultation and Generic messages share this workflow and "
+            "go to a mailbox: message_type=online_consultation_report or generic_report)"
+        )
+    if message is not None:
+        return (
+            f"mesh: a {message.title} ({workflow}) is routed by "
+            f"{' or '.join(message.routings)}, not {routing} ({message.source})"
+        )
+    return (
+        f"mesh: {workflow} is an acknowledgement: it goes back to the sender's mailbox "
+        f"(routing=mailbox with mailbox_id, or ods), not by {routing} routing"
+    )
 
 
 def _filename(value: object) -> str:

@@ -1,11 +1,15 @@
-"""The MESH part of ``sds-plugins demo``: a real mesh-sandbox, a routed envelope, a real send."""
+"""The MESH part of ``sds-plugins demo``: a real mesh-sandbox, a routed envelope, a real send;
+a GP Connect Messaging Send Document by demographic routing and its acknowledgement; the
+handshake."""
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
 import json
-from typing import TYPE_CHECKING
+import uuid
+from datetime import date
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from sds_plugins import (
@@ -19,7 +23,9 @@ from sds_plugins import (
 )
 
 from ._chunks import ChunkedSend, send_chunked
-from ._errors import parse_send_response
+from ._errors import MeshRejectedError, parse_send_response
+from ._handshake import validate_mailbox
+from ._itk import consultation_report_subject, route_acknowledgement
 from .plugin import MeshPlugin
 
 if TYPE_CHECKING:
@@ -109,6 +115,14 @@ async def _demo(console: Console, sandbox: MeshSandbox) -> None:
         console.print(f"  X26ABC2 received it with mesh-client: {message}\n")
 
         await _to_the_patients_gp(console, settings, client, sandbox)
+        await _send_document(console, settings, client, sandbox)
+
+        validation = await validate_mailbox(settings, client=client)
+        console.print(
+            f"  handshake (POST /messageexchange/{validation.mailbox} with mex-clientversion, "
+            f"mex-osname, mex-osversion): {validation.status_code}, next due "
+            f"{validation.due_at:%Y-%m-%d %H:%M} UTC\n"
+        )
 
         try:
             await router.route("mesh", org="X26", interaction="TEST_WORKFLOW2")
@@ -158,6 +172,113 @@ async def _to_the_patients_gp(
         f"  to the GP of patient {pds['patient']}: PDS says {pds['practice']}, MESH mailbox "
         f"{envelope.target.mailbox_id}; {received}\n"
     )
+
+
+async def _send_document(
+    console: Console, settings: MeshSettings, client: httpx.AsyncClient, sandbox: MeshSandbox
+) -> None:
+    """GP Connect Messaging's Send Document: MESH automated routing by the patient's NHS
+    number, date of birth and surname, then the practice's acknowledgement back, in one call.
+
+    mesh-sandbox has no automated routing (it looks mex-to up as a mailbox): the demographic
+    envelope is shown, refused by mesh-sandbox at the recipient lookup only, and then sent to
+    the practice's mailbox, which is what MESH would resolve.
+    """
+    from sds_plugins.sandbox import SANDBOX_PATIENTS, Sandbox
+
+    host = PluginHost(load_entrypoints=False)
+    host.register(MeshPlugin(settings), name="mesh")
+    with Sandbox() as sds:
+        number = SANDBOX_PATIENTS["mesh"]
+        patient = await _pds_patient(client, sds.url, number)
+        options: dict[str, Any] = {
+            "routing": "demographic",
+            "nhs_number": number,
+            "birth_date": patient["birthDate"],
+            "family_name": patient["family"],
+            "subject": consultation_report_subject(
+                patient_name=f"{patient['given']} {patient['family']}",
+                nhs_number=number,
+                practice_name="Demo Urgent Treatment Centre",
+                ods_code="X26",
+            ),
+            "local_id": "X26",
+        }
+        async with Router(Settings(base_url=sds.base_url), host=host) as router:
+            report = await router.route(
+                "mesh", patient=number, interaction="GPFED_CONSULT_REPORT", **options
+            )
+            second = await router.route(
+                "mesh", patient=number, interaction="GPFED_CONSULT_REPORT", **options
+            )
+            headers = report.request.headers
+            born = date.fromisoformat(patient["birthDate"])
+            console.print(
+                "  Send Document (GPFED_CONSULT_REPORT) for the sandbox patient born "
+                f"{born:%d %B %Y}, surname {patient['family']} in PDS: "
+                f"mex-to {headers['mex-to']}, mex-from {headers['mex-from']}, "
+                f"acknowledged with {report.extensions['mesh']['ack_workflow_id']}"
+            )
+            try:
+                parse_send_response(await client.send(report.build_request(b"<Bundle/>")))
+            except MeshRejectedError as exc:
+                console.print(
+                    f"  as it is: mesh-sandbox checks every header, then [yellow]{exc.status_code}"
+                    "[/] at the recipient (it has no automated routing)"
+                )
+            practice = second.with_headers(**{"mex-to": "X26ABC2"})
+            message_id = parse_send_response(
+                await client.send(practice.build_request(b"<Bundle/>"))
+            )
+            received = await asyncio.to_thread(_message, sandbox, "X26ABC2", message_id)
+            console.print(
+                f"  to X26ABC2 (what MESH would resolve): from {received['sender']}, "
+                f"{received['workflow_id']}, subject {received['subject']!r}"
+            )
+            ack = await route_acknowledgement(
+                router,
+                workflow_id=received["workflow_id"],
+                to_mailbox=received["sender"],
+                org=received["local_id"] or "X26",
+                mailbox="X26ABC2",
+                password=settings.password,  # every reference mailbox has the same one
+            )
+            ack_id = parse_send_response(await client.send(ack.build_request(b"<ack/>")))
+            back = await asyncio.to_thread(_receive, sandbox, received["sender"], ack_id)
+            console.print(f"  the practice's acknowledgement, one call: {back}\n")
+
+
+async def _pds_patient(client: httpx.AsyncClient, sds_url: str, number: str) -> dict[str, str]:
+    """Date of birth and usual name as the (sandbox) PDS holds them: what a sender reads."""
+    response = await client.get(
+        f"{sds_url}/personal-demographics/FHIR/R4/Patient/{number}",
+        headers={"X-Request-ID": str(uuid.uuid4())},
+    )
+    response.raise_for_status()
+    resource = response.json()
+    usual = next(n for n in resource["name"] if n.get("use") == "usual")
+    return {
+        "birthDate": resource["birthDate"],
+        "family": usual["family"],
+        "given": " ".join(usual.get("given", [])),
+    }
+
+
+def _message(sandbox: MeshSandbox, mailbox: str, message_id: str) -> dict[str, Any]:
+    from mesh_client import MeshClient
+
+    with MeshClient(
+        sandbox.url, mailbox, "password", shared_key=sandbox.shared_key.encode(), max_retries=0
+    ) as mesh:
+        message = mesh.retrieve_message(message_id)
+        message.read()
+        message.acknowledge()
+    return {
+        "sender": message.sender,
+        "workflow_id": message.workflow_id,
+        "subject": message.subject,
+        "local_id": message.local_id,
+    }
 
 
 def _receive(sandbox: MeshSandbox, mailbox: str, message_id: str, *, body: bool = True) -> str:

@@ -94,6 +94,7 @@ def receive(mesh: MeshSandbox) -> Callable[[str, str], Received]:
                 local_id=message.local_id,
                 filename=message.filename,
                 body=body,
+                partner_id=message.partner_id,
             )
 
     return _receive

@@ -163,6 +163,12 @@ def test_the_demo_routes_sends_and_receives(mesh: MeshSandbox) -> None:
     assert "pass the mailbox_id option" in text
     assert "bytes, whole" in text
     assert "MeshResendRefusedError" in text
+    # GP Connect Messaging: Send Document by demographic routing, the acknowledgement back.
+    assert re.search(r"mex-to GPPROVIDER_9990001014_\d{8}_\w+, mex-from X26ABC1", text)
+    assert "417 at the recipient (it has no automated routing)" in text
+    assert "to X26ABC2 (what MESH would resolve): from X26ABC1, GPFED_CONSULT_REPORT" in text
+    assert "acknowledgement, one call: workflow GPFED_CONSULT_REPORT_ACK" in text
+    assert "handshake (POST /messageexchange/X26ABC1 with mex-clientversion" in text
 
 
 README = Path(__file__).resolve().parents[1] / "README.md"
