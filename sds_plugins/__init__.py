@@ -209,6 +209,9 @@ if TYPE_CHECKING:
     from ._pacing import (
         RateLimiter as RateLimiter,
     )
+    from ._demographics import (
+        PatientDemographics as PatientDemographics,
+    )
     from ._patients import (
         PatientRefs as PatientRefs,
     )
@@ -389,6 +392,7 @@ _EXPORTS: dict[str, str] = {
     "Pacer": "._pacing",
     "Party": "._envelope",
     "PartyKey": "._option_types",
+    "PatientDemographics": "._demographics",
     "PatientInvalidatedError": "._exceptions",
     "PatientNotFoundError": "._exceptions",
     "PatientRefs": "._patients",

@@ -255,8 +255,12 @@ class Resolution:
         now: datetime | None = None,
         *,
         warm: WarmState | None = None,
+        patient: PatientRegistration | None = None,
     ) -> None:
         self.request = request
+        #: For a route to a patient: PDS's registration the route went by (with the
+        #: demographics when the adapter asked for them: :meth:`Adapter.needs_demographics`).
+        self.patient = patient
         self.outcomes = outcomes
         self._select = select
         self.now = now or datetime.now(UTC)
@@ -485,6 +489,14 @@ class Adapter:
         none. ``request.org`` is not known yet (PDS names it). GP Connect answers its
         ``organization_ods``."""
         return None
+
+    def needs_demographics(self, request: RouteRequest) -> bool:
+        """Whether a route to a patient needs the patient's demographics (NHS number, date of
+        birth, surname: :class:`PatientDemographics`), for an envelope that addresses the
+        patient (MESH's demographic routing). Then the router asks PDS afresh, caches nothing,
+        and ``build`` finds them in ``resolved.patient.demographics``. ``request.org`` is not
+        known yet. The default: no (most routes need the practice alone)."""
+        return False
 
     def check_patient(self, request: RouteRequest, patient: PatientRegistration) -> None:
         """Decide whether ``request`` may go to ``patient``'s practice, from what PDS says.

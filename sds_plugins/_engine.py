@@ -306,6 +306,7 @@ class Router:
                 self._select,
                 datetime.fromtimestamp(self.clock(), UTC),
                 warm=prepared.warm,
+                patient=registration[0] if registration is not None else None,
             )
             envelope = prepared.adapter.build(request, resolution)
             if registration is not None:

@@ -58,8 +58,11 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
 
 
-def _masked(headers: Mapping[str, str]) -> dict[str, str]:
-    return {k: (MASK if k.lower() in SENSITIVE_HEADERS else v) for k, v in headers.items()}
+def _masked(headers: Mapping[str, str], personal: tuple[str, ...] = ()) -> dict[str, str]:
+    return {
+        k: (MASK if k.lower() in SENSITIVE_HEADERS or k.lower() in personal else v)
+        for k, v in headers.items()
+    }
 
 
 def _reveal(info: SerializationInfo) -> bool:
@@ -98,6 +101,15 @@ class HttpRequestSpec(_Frozen):
     method: str
     url: str
     headers: dict[str, str] = Field(default_factory=dict)
+    #: Headers (lower case names) whose values are personal data, such as a MESH ``mex-to``
+    #: naming the patient (demographic routing): masked like credentials in every print, repr
+    #: and dump but the sender's own (:meth:`RoutingEnvelope.to_message`, ``reveal_secrets``).
+    personal_headers: tuple[str, ...] = ()
+
+    @field_validator("personal_headers")
+    @classmethod
+    def _lower_names(cls, names: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(name.lower() for name in names)
 
     @model_validator(mode="after")
     def _no_control_characters(self) -> HttpRequestSpec:
@@ -105,12 +117,14 @@ class HttpRequestSpec(_Frozen):
 
     @field_serializer("headers")
     def _mask(self, headers: dict[str, str], info: SerializationInfo) -> dict[str, str]:
-        return dict(headers) if _reveal(info) else _masked(headers)
+        return dict(headers) if _reveal(info) else _masked(headers, self.personal_headers)
 
     def __repr_args__(self) -> Any:
         yield "method", self.method
         yield "url", self.url
-        yield "headers", _masked(self.headers)
+        yield "headers", _masked(self.headers, self.personal_headers)
+        if self.personal_headers:
+            yield "personal_headers", self.personal_headers
 
 
 class Party(BaseModel):
@@ -248,7 +262,12 @@ class RoutingEnvelope(_Frozen):
         for name, value in headers.items():
             check_header_value(value, f"header {name}")
         merged = {**self.request.headers, **headers}
-        request = HttpRequestSpec(method=self.request.method, url=self.request.url, headers=merged)
+        request = HttpRequestSpec(
+            method=self.request.method,
+            url=self.request.url,
+            headers=merged,
+            personal_headers=self.request.personal_headers,
+        )
         return self.model_copy(update={"request": request})
 
     def to_message(self) -> dict[str, Any]:

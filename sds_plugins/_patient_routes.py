@@ -173,9 +173,12 @@ async def registration_for_route(
     # The PDS answer is reused exactly as far as the route's own lookups are (GP Connect:
     # within the encounter), so a patient's practice is never remembered beyond that.
     scope = chosen.cache_scope(early)
+    demographics = chosen.needs_demographics(early)
+    if demographics:
+        scope = None  # asked afresh, kept nowhere: demographics are never cached
     eu_org = end_user_org(router.settings, requesting_org, chosen.end_user_org(early))
     registration, key = await patient_registration(
-        router, number, correlation_id, scope, bypass_cache, eu_org, request_id
+        router, number, correlation_id, scope, bypass_cache, eu_org, request_id, demographics
     )
     return registration, key, number
 
@@ -188,6 +191,7 @@ async def patient_registration(
     bypass_cache: bool,
     end_user_org: str | None,
     request_id: str | None,
+    demographics: bool = False,
 ) -> tuple[PatientRegistration, str]:
     """Patient ``number``'s registration from PDS through the router's cache (checked as by
     :func:`checked_registration`), and its lookup's key."""
@@ -198,7 +202,11 @@ async def patient_registration(
         )
     ref = router.patient_refs.ref(number)
     query = PatientQuery(
-        nhs_number=number, ref=ref, end_user_org=end_user_org, request_id=request_id
+        nhs_number=number,
+        ref=ref,
+        end_user_org=end_user_org,
+        request_id=request_id,
+        demographics=demographics,
     )
     lookup = Lookup(source=PDS_SOURCE, query=query)
     planned = router._plan_lookup("patient", lookup, scope)

@@ -19,6 +19,7 @@ import hmac
 import logging
 import re
 import secrets
+import time
 import uuid
 from datetime import date, datetime
 from typing import Any, Literal
@@ -27,6 +28,7 @@ from zoneinfo import ZoneInfo
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, SerializationInfo, field_serializer
 
+from ._demographics import PatientDemographics, parse_demographics
 from ._envelope import ForeignRecord
 from ._exceptions import (
     AuthenticationError,
@@ -182,9 +184,13 @@ class PatientQuery(BaseModel):
     #: The caller's own id for the request (a broker message's id), so that a request
     #: delivered twice sends PDS the same ``X-Request-ID`` (not in the key).
     request_id: str | None = Field(default=None, repr=False)
+    #: Whether the answer keeps the patient's demographics (an adapter needs them:
+    #: :meth:`Adapter.needs_demographics`); such an answer is never cached, and its own key
+    #: keeps it from sharing a fetch with one that does not.
+    demographics: bool = False
 
     def key(self) -> str:
-        return f"Patient/{self.ref}"
+        return f"Patient/{self.ref}/demographics" if self.demographics else f"Patient/{self.ref}"
 
     def x_request_id(self) -> str:
         """PDS's ``X-Request-ID``: "if you re-send a failed request, use the same value".
@@ -212,7 +218,8 @@ class PatientRegistration(ForeignRecord):
     ``deceased`` (``deceasedDateTime`` given and the death notice not withdrawn, status ``U``),
     ``death_notification`` (``informal``, ``formal`` or ``removed``), and the removal from
     registration (``removal_reason``: DEA, EMB, SCT, NIT, TRA or ORR; ``removal_start``, when
-    it takes effect). The date of death and every demographic stay out.
+    it takes effect). The date of death stays out, and the demographics but for the routes
+    whose adapter needs them (``demographics``).
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -233,6 +240,10 @@ class PatientRegistration(ForeignRecord):
     #: sender only (:attr:`RoutingEnvelope.current_nhs_number`): masked in every dump but the
     #: cache's own (``reveal_secrets``), never in a repr.
     current_nhs_number: str | None = Field(default=None, repr=False)
+    #: The patient's NHS number, date of birth and surname, only when the route's adapter
+    #: asked for them (:mod:`sds_plugins._demographics`): in memory only, never in a dump (so
+    #: neither in a cache nor in provenance), masked in its repr.
+    demographics: PatientDemographics | None = Field(default=None, repr=False, exclude=True)
 
     @field_serializer("current_nhs_number")
     def _mask_number(self, value: str | None, info: SerializationInfo) -> str | None:
@@ -320,8 +331,11 @@ def _life_events(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def parse_patient(body: bytes, asked: str, refs: PatientRefs) -> PatientRegistration:
-    """The registration in a PDS ``Patient`` (bounded JSON already read)."""
+def parse_patient(
+    body: bytes, asked: str, refs: PatientRefs, *, demographics: bool = False
+) -> PatientRegistration:
+    """The registration in a PDS ``Patient`` (bounded JSON already read), with the patient's
+    demographics when asked for."""
     data = load_json(body, what="PDS answer")
     if not isinstance(data, dict) or data.get("resourceType") != "Patient":
         raise MalformedResponseError("PDS answered with something other than a Patient")
@@ -359,6 +373,9 @@ def parse_patient(body: bytes, asked: str, refs: PatientRefs) -> PatientRegistra
         registration_end=end,
         restricted=restricted,
         current_nhs_number=None if record_id == asked else record_id,
+        demographics=parse_demographics(data, record_id, london_today(time.time()))
+        if demographics and not restricted
+        else None,
         **_life_events(data),
     )
 
@@ -470,7 +487,9 @@ class PdsSource(DirectorySource):
             if exc.spine_code == "RESOURCE_NOT_FOUND":
                 return FetchResult(records=(), attempts=exc.attempts)
             raise
-        registration = parse_patient(body, query.nhs_number, self.refs)
+        registration = parse_patient(
+            body, query.nhs_number, self.refs, demographics=query.demographics
+        )
         if registration.restricted:
             # Raised, not returned: an error is never cached, and nothing more about the
             # record is said or kept.

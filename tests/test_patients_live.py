@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,17 +28,22 @@ from sds_plugins_gpconnect import EXAMPLE_CONSUMER, GpConnectPlugin
 from sds_plugins import (
     AuthenticationError,
     ConfigurationError,
+    HttpRequestSpec,
     InvalidInputError,
+    Party,
     PatientNotFoundError,
     PluginHost,
+    Provenance,
     Router,
     RouteWorker,
+    RoutingEnvelope,
     Settings,
+    hookimpl,
 )
 from sds_plugins._patients import PatientRefs, london_today, parse_patient
 from sds_plugins.sandbox import SANDBOX_PATIENTS, AppServer, Sandbox, SandboxConfig, create_app
 
-from ._adapters import JoinPlugin
+from ._adapters import JoinAdapter, JoinPlugin
 from ._reference import REFERENCE
 
 GPC = "urn:nhs:names:services:gpconnect:fhir:operation:gpc.getstructuredrecord-1"
@@ -357,3 +362,153 @@ async def test_a_request_delivered_twice_sends_pds_the_same_x_request_id(recordi
     ids = [headers["x-request-id"] for headers in app.seen]
     assert len(ids) == 3 and ids[0] == ids[1] != ids[2]
     assert all(uuid.UUID(value) for value in ids)
+
+
+# -- demographics, for the adapters that address the patient ----------------------------------
+
+
+def _usual_family(patient: dict[str, Any], today: date) -> str | None:
+    for name in patient.get("name", []):
+        end = name.get("period", {}).get("end")
+        if name.get("use") == "usual" and not (end and date.fromisoformat(end) < today):
+            return str(name["family"])
+    return None
+
+
+@pytest.mark.parametrize(("source", "patient"), NHS_PATIENTS, ids=[s for s, _ in NHS_PATIENTS])
+def test_every_nhs_reference_patient_gives_its_demographics_when_asked(
+    source: str, patient: dict[str, Any]
+) -> None:
+    refs = PatientRefs(b"k")
+    body = json.dumps(patient).encode()
+    assert parse_patient(body, patient["id"], refs).demographics is None  # only when asked
+    registration = parse_patient(body, patient["id"], refs, demographics=True)
+    restricted = any(s.get("code") == "R" for s in patient.get("meta", {}).get("security", []))
+    if restricted:
+        assert registration.demographics is None
+        return
+    found = registration.demographics
+    assert found is not None
+    assert found.nhs_number == patient["id"]
+    born = patient.get("birthDate")
+    assert found.birth_date == (date.fromisoformat(born) if born and len(born) == 10 else None)
+    assert found.family_name == _usual_family(patient, london_today(datetime.now(UTC).timestamp()))
+    # In memory only: no dump (the cache's, the provenance's) and no repr carries them.
+    for shown in (
+        registration.model_dump_json(context={"reveal_secrets": True}),
+        repr(registration),
+        repr(found),
+        str(found),
+    ):
+        assert patient["id"] not in shown
+        if found.family_name:
+            assert found.family_name not in shown
+
+
+def test_a_former_usual_name_and_a_partial_birth_date_give_nothing() -> None:
+    patient = {
+        "resourceType": "Patient",
+        "id": "9000000009",
+        "birthDate": "1950-03",
+        "name": [
+            {"use": "usual", "family": "FORMER", "period": {"end": "2001-01-01"}},
+            {"use": "nickname", "family": "NICK"},
+            {"use": "usual", "family": "Current-Name", "period": {"start": "2001-01-02"}},
+        ],
+    }
+    registration = parse_patient(
+        json.dumps(patient).encode(), "9000000009", PatientRefs(b"k"), demographics=True
+    )
+    assert registration.demographics is not None
+    assert registration.demographics.family_name == "Current-Name"  # as PDS holds it
+    assert registration.demographics.birth_date is None  # DDMMYYYY needs a whole date
+
+
+class _Addressing(JoinAdapter):
+    """A test adapter that addresses the patient (as MESH's demographic routing does)."""
+
+    name = "addressing"
+    seen: list[Any]
+
+    def needs_demographics(self, request: Any) -> bool:
+        return True
+
+    def plan(self, request: Any) -> Any:
+        return {}
+
+    def build(self, request: Any, resolved: Any) -> Any:
+        self.seen.append(resolved.patient)
+        return RoutingEnvelope(
+            adapter=self.name,
+            interaction=request.interaction,
+            target=Party(ods_code=request.org),
+            request=HttpRequestSpec(
+                method="POST",
+                url="https://mesh.example/outbox",
+                headers={"mex-to": resolved.patient.demographics.family_name},
+                personal_headers=("MEX-TO",),
+            ),
+            expires_at=resolved.now + timedelta(minutes=5),
+            provenance=resolved.provenance(()),
+        )
+
+
+class _AddressingPlugin:
+    def __init__(self) -> None:
+        self.adapter = _Addressing()
+        self.adapter.seen = []
+
+    @hookimpl
+    def sds_register_adapters(self, register: Any) -> None:
+        register(self.adapter)
+
+
+async def test_an_adapter_that_addresses_the_patient_gets_fresh_demographics_kept_nowhere(
+    recording: Any,
+) -> None:
+    app, base_url = recording
+    plugin = _AddressingPlugin()
+    host = PluginHost(load_entrypoints=False, environ={})
+    async with Router(
+        Settings(base_url=base_url), host=host, plugins=[plugin, JoinPlugin()]
+    ) as router:
+        number = SANDBOX_PATIENTS["gpconnect"]
+        for _ in range(2):
+            envelope = await router.route("addressing", patient=number, interaction=GPC)
+        [first, second] = plugin.adapter.seen
+        assert second is not first and second.demographics is not None  # each its own
+        assert first.demographics is not None and first.demographics.nhs_number == number
+        surname = first.demographics.family_name
+        assert surname and envelope.to_message()["request"]["headers"]["mex-to"] == surname
+        # Asked afresh each time (never cached), and the envelope shows them to its sender only.
+        assert len(app.seen) == 2
+        for shown in (str(envelope), repr(envelope), envelope.model_dump_json()):
+            assert surname not in shown and number not in shown
+        # An adapter that does not ask shares the cached answer, which holds none.
+        await router.route("join", patient=number, interaction=GPC)
+        await router.route("join", patient=number, interaction=GPC)
+        assert len(app.seen) == 3
+        assert number not in envelope.provenance.model_dump_json()  # references only, as always
+
+
+def test_personal_headers_are_masked_like_credentials_but_for_the_sender() -> None:
+    spec = HttpRequestSpec(
+        method="POST",
+        url="https://mesh.example/outbox",
+        headers={"Mex-To": "GPPROVIDER_9000000009_01011950_SMITH", "mex-workflowid": "W"},
+        personal_headers=("mex-to",),
+    )
+    for shown in (repr(spec), spec.model_dump_json(), str(spec)):
+        assert "SMITH" not in shown and "W" in shown
+    assert spec.model_dump(context={"reveal_secrets": True})["headers"]["Mex-To"].endswith("SMITH")
+    envelope = RoutingEnvelope(
+        adapter="a",
+        interaction="i",
+        target=Party(),
+        request=spec,
+        expires_at=datetime.now(UTC) + timedelta(minutes=5),
+        provenance=Provenance(correlation_id="c", resolved_at=datetime.now(UTC), cache="miss"),
+    )
+    kept = envelope.with_headers(**{"mex-subject": "s"})
+    assert kept.request.personal_headers == ("mex-to",)
+    assert "SMITH" not in str(kept)

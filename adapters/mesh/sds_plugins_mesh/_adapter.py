@@ -255,14 +255,19 @@ class MeshOptions(BaseModel):
         return {name: value for name, value in headers.items() if value is not None}
 
 
-def _need_demographics(options: MeshOptions) -> None:
+def _need_demographics(options: MeshOptions) -> bool:
+    """Whether the options name the patient (all three given; ``False``: none, so a route to
+    the patient takes them from PDS). Some but not all is refused."""
     missing = [name for name in _DEMOGRAPHICS if getattr(options, name) is None]
-    if missing:
+    if missing and len(missing) < len(_DEMOGRAPHICS):
         raise InvalidInputError(
-            f"mesh: demographic routing needs {', '.join(missing)}: the patient's NHS number, "
-            "date of birth (YYYY-MM-DD) and surname as PDS holds them",
+            f"mesh: demographic routing needs {', '.join(missing)} too: the patient's NHS "
+            "number, date of birth (YYYY-MM-DD) and surname as PDS holds them; or none of "
+            "them, and route to the patient (patient=<NHS number>), which takes all three "
+            "from PDS",
             field=missing[0],
         )
+    return not missing
 
 
 @dataclass(frozen=True)
@@ -272,8 +277,12 @@ class _Routed:
     routing: Routing
     message: Itk3Message | None
     ack_workflow_id: str | None
-    #: The ``mex-to`` for demographic and mailbox routing (``None``: from the lookup).
+    #: The ``mex-to`` for demographic and mailbox routing (``None``: from the lookup, or
+    #: from the patient's demographics in PDS, ``from_patient``).
     mex_to: str | None
+    #: Demographic routing with the patient named by the route (``patient=``) rather than the
+    #: options: PDS gives the NHS number, date of birth and surname.
+    from_patient: bool = False
 
     def __repr__(self) -> str:  # mex-to may name the patient
         return f"_Routed(routing={self.routing!r}, message={getattr(self.message, 'name', None)!r})"
@@ -341,20 +350,26 @@ class MeshAdapter(Adapter):
         # Automated routing names the patient to MESH, which finds the practice in PDS: a
         # restricted record gives nothing to route with (and the core refuses it first), and a
         # superseded number would name a record PDS has replaced.
-        if self._options(request).routed.routing != "demographic":
+        routed = self._options(request).routed
+        if routed.routing != "demographic":
             return
         if patient.restricted:
             raise PatientRestrictedError(
                 f"patient {patient.patient} is restricted (PDS): no demographic MESH routing",
                 correlation_id=request.correlation_id,
             )
-        if patient.superseded:
+        if patient.superseded and not routed.from_patient:
+            # (From PDS, the number is the surviving record's own.)
             raise InvalidInputError(
                 f"mesh: patient {patient.patient}'s NHS number was superseded (PDS answered "
                 f"with record {patient.record}): route with the current number, and pass it "
                 "as nhs_number, so that MESH routes by the record PDS keeps",
                 field="nhs_number",
             )
+
+    def needs_demographics(self, request: RouteRequest) -> bool:
+        # A demographic route to a patient whose options do not name them: from PDS.
+        return self._options(request).routed.from_patient
 
     def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
         options = self._options(request)  # every option checked before any lookup
@@ -370,7 +385,9 @@ class MeshAdapter(Adapter):
         routed = options.routed
         sender = options.credentials.mailbox
         recipient: MeshMailbox | None = None
-        if routed.mex_to is None:
+        if routed.from_patient:
+            mex_to = _patient_mex_to(request, resolved, options)
+        elif routed.mex_to is None:
             mailboxes = [r for r in resolved.records("mailboxes") if isinstance(r, MeshMailbox)]
             recipient = self._choose(request, resolved, mailboxes, options.mailbox_id)
             mex_to = recipient.mailbox_id
@@ -424,6 +441,8 @@ class MeshAdapter(Adapter):
                 method="POST",
                 url=f"{options.mesh_url}/messageexchange/{sender}/outbox",
                 headers=headers,
+                # Masked wherever the envelope is printed; the sender's to_message() has them.
+                personal_headers=tuple(extensions["personal_headers"]),
             ),
             tls=_client_tls(tls),
             # The outbox POST is never retried: it may have landed even without an answer.
@@ -569,32 +588,79 @@ def _route(options: MeshOptions, workflow: str) -> _Routed:
             field="mailbox_id",
         )
     mex_to: str | None = None
+    from_patient = False
     if routing == "demographic":
-        assert options.nhs_number is not None  # _need_demographics checked all three
-        number = options.nhs_number.get_secret_value()
-        mex_to = demographic_mex_to(number, options.birth_date, options.family_name)
-        if (
-            message is not None
-            and message.name == "consultation_report"
-            and subject_nhs_number(message, _reveal(options.subject)) != number
-        ):
-            raise InvalidInputError(
-                "mesh: the subject names another NHS number than the nhs_number option "
-                "(GPCM-SD-063/-064 name the same patient)",
-                field="subject",
-            )
-        if options.local_id is not None and number in options.local_id:
-            raise InvalidInputError(
-                "mesh: local_id must not contain patient identifiable data (MESH API, "
-                "mex-localid); GP Connect Messaging puts the sender's ODS code there",
-                field="local_id",
-            )
+        if _need_demographics(options):
+            assert options.nhs_number is not None  # _need_demographics: all three given
+            number = options.nhs_number.get_secret_value()
+            mex_to = demographic_mex_to(number, options.birth_date, options.family_name)
+            _check_named_patient(message, options, number)
+        else:
+            from_patient = True
     elif routing == "mailbox":
         mex_to = options.mailbox_id
     ack = (
         message.ack_workflow_id if message is not None else ACKNOWLEDGEMENT_WORKFLOWS.get(workflow)
     )
-    return _Routed(routing=routing, message=message, ack_workflow_id=ack, mex_to=mex_to)
+    return _Routed(
+        routing=routing,
+        message=message,
+        ack_workflow_id=ack,
+        mex_to=mex_to,
+        from_patient=from_patient,
+    )
+
+
+def _check_named_patient(message: Itk3Message | None, options: MeshOptions, number: str) -> None:
+    """The subject and local id against the patient routed to (never repeating a value)."""
+    if (
+        message is not None
+        and message.name == "consultation_report"
+        and subject_nhs_number(message, _reveal(options.subject)) != number
+    ):
+        raise InvalidInputError(
+            "mesh: the subject names another NHS number than the patient routed to "
+            "(GPCM-SD-063/-064 name the same patient)",
+            field="subject",
+        )
+    if options.local_id is not None and number in options.local_id:
+        raise InvalidInputError(
+            "mesh: local_id must not contain patient identifiable data (MESH API, "
+            "mex-localid); GP Connect Messaging puts the sender's ODS code there",
+            field="local_id",
+        )
+
+
+def _patient_mex_to(request: RouteRequest, resolved: Resolution, options: _Options) -> str:
+    """The demographic ``mex-to`` of a route to a patient, from PDS's demographics."""
+    patient = resolved.patient
+    demographics = patient.demographics if patient is not None else None
+    if patient is None or demographics is None:
+        raise InvalidInputError(
+            "mesh: demographic routing names the patient: route to the patient "
+            "(patient=<NHS number>; PDS gives the NHS number, date of birth and surname), or "
+            "pass nhs_number, birth_date (YYYY-MM-DD) and family_name",
+            field="nhs_number",
+        )
+    lacking = [
+        what
+        for what, value in (
+            ("a whole date of birth", demographics.birth_date),
+            ("a usual surname", demographics.family_name),
+        )
+        if value is None
+    ]
+    if lacking:
+        raise InvalidInputError(
+            f"mesh: PDS holds no {' and no '.join(lacking)} for patient {patient.patient}: "
+            "demographic routing cannot address the patient",
+            field="patient",
+        )
+    mex_to = demographic_mex_to(
+        demographics.nhs_number, demographics.birth_date, demographics.family_name
+    )
+    _check_named_patient(options.routed.message, request.options, demographics.nhs_number)
+    return mex_to
 
 
 def _personal_headers(routed: _Routed, headers: Mapping[str, str]) -> list[str]:

@@ -191,11 +191,10 @@ async def _send_document(
     with Sandbox() as sds:
         number = SANDBOX_PATIENTS["mesh"]
         patient = await _pds_patient(client, sds.url, number)
+        # The route names the patient: the router asks PDS, whose NHS number, date of birth and
+        # usual surname make mex-to. The subject's name is the sender's to write.
         options: dict[str, Any] = {
             "routing": "demographic",
-            "nhs_number": number,
-            "birth_date": patient["birthDate"],
-            "family_name": patient["family"],
             "subject": consultation_report_subject(
                 patient_name=f"{patient['given']} {patient['family']}",
                 nhs_number=number,
@@ -211,7 +210,7 @@ async def _send_document(
             second = await router.route(
                 "mesh", patient=number, interaction="GPFED_CONSULT_REPORT", **options
             )
-            headers = report.request.headers
+            headers = report.to_message()["request"]["headers"]  # the sender's copy: unmasked
             born = date.fromisoformat(patient["birthDate"])
             console.print(
                 "  Send Document (GPFED_CONSULT_REPORT) for the sandbox patient born "

@@ -72,13 +72,19 @@ def patient(sds_sandbox: Sandbox) -> Demographics:
     return read_pds(sds_sandbox.url, SANDBOX_PATIENTS["mesh"])
 
 
-def _consultation(patient: Demographics, **options: object) -> dict[str, object]:
-    """Send Document options for ``patient``: demographics as PDS holds them, the subject."""
-    return {
-        "routing": "demographic",
+def _consultation(
+    patient: Demographics, *, named: bool = True, **options: object
+) -> dict[str, object]:
+    """Send Document options for ``patient``: demographics as PDS holds them (``named``; a
+    route to the patient takes them from PDS without), the subject."""
+    demographics = {
         "nhs_number": patient.nhs_number,
         "birth_date": patient.birth_date,
         "family_name": patient.family_name,
+    }
+    return {
+        "routing": "demographic",
+        **(demographics if named else {}),
         "subject": consultation_report_subject(
             patient_name=f"{patient.given_name} {patient.family_name}",
             nhs_number=patient.nhs_number,
@@ -110,13 +116,14 @@ async def test_send_document_headers_meet_gpcm_sd_056_to_064_and_mesh_sandbox_ta
     lookups: LookupRecorder,
     receive: Callable[[str, str], Received],
 ) -> None:
+    # The demographics come from PDS (the route names the patient), not from the caller.
     envelope = await router.route(
         "mesh",
         patient=patient.nhs_number,
         interaction=SEND_DOCUMENT,
-        **_consultation(patient),
+        **_consultation(patient, named=False),
     )
-    headers = envelope.request.headers
+    headers = envelope.to_message()["request"]["headers"]
     # GPCM-SD-056 and -063: MESH automated routing, mex-to = NHS number, DOB, surname joined by
     # "_" after GPPROVIDER (integration_mesh.md), the surname as PDS holds it; no ODS lookup.
     expected = f"GPPROVIDER_{patient.nhs_number}_{_ddmmyyyy(patient.birth_date)}_"
@@ -152,14 +159,18 @@ async def test_send_document_headers_meet_gpcm_sd_056_to_064_and_mesh_sandbox_ta
 
     # With the mailbox automated routing would resolve, mesh-sandbox delivers it.
     again = await router.route(
-        "mesh", patient=patient.nhs_number, interaction=SEND_DOCUMENT, **_consultation(patient)
+        "mesh",
+        patient=patient.nhs_number,
+        interaction=SEND_DOCUMENT,
+        **_consultation(patient, named=False),
     )
+    assert [event.source for event in lookups.events] == ["pds", "pds"]  # never cached
     sent = await _send(again.with_headers(**{"mex-to": PRACTICE_MAILBOX}), b"<Bundle/>")
     assert sent.status_code == 202, sent.text
     received = await asyncio.to_thread(receive, PRACTICE_MAILBOX, parse_send_response(sent))
     assert received.sender == SENDER
     assert received.workflow_id == "GPFED_CONSULT_REPORT"
-    assert received.subject == again.request.headers["mex-subject"]
+    assert received.subject == again.to_message()["request"]["headers"]["mex-subject"]
     assert received.local_id == SENDER_ODS
     assert received.body == b"<Bundle/>"
 
@@ -172,7 +183,7 @@ async def test_the_same_route_through_the_options_alone(
     envelope = await router.route(
         "mesh", org="X26", interaction=SEND_DOCUMENT, **_consultation(patient)
     )
-    assert envelope.request.headers["mex-to"] == demographic_mex_to(
+    assert envelope.to_message()["request"]["headers"]["mex-to"] == demographic_mex_to(
         patient.nhs_number, patient.birth_date, patient.family_name
     )
     assert envelope.provenance.records == ()
@@ -187,9 +198,18 @@ async def test_send_document_refuses_ods_routing(
         await router.route("mesh", org="X26", interaction=SEND_DOCUMENT, routing="ods")
     assert caught.value.field == "routing"
     assert "routing=demographic" in str(caught.value)
-    # Without a routing option, a Send Document is routed by demographics: they are required.
-    with pytest.raises(InvalidInputError, match="nhs_number, birth_date, family_name"):
-        await router.route("mesh", org="X26", interaction=SEND_DOCUMENT)
+    # Without a routing option, a Send Document is routed by demographics: the route names the
+    # patient (patient=), or the options do, all three.
+    with pytest.raises(InvalidInputError, match="patient=<NHS number>"):
+        await router.route("mesh", org="X26", interaction=SEND_DOCUMENT, **no_names(options))
+    with pytest.raises(InvalidInputError, match="birth_date, family_name too") as partial:
+        await router.route(
+            "mesh",
+            org="X26",
+            interaction=SEND_DOCUMENT,
+            **{**no_names(options), "nhs_number": patient.nhs_number},
+        )
+    assert partial.value.field == "birth_date"
     # ... and the subject GPCM-SD-064 asks for.
     no_subject = {k: v for k, v in options.items() if k != "subject"}
     with pytest.raises(InvalidInputError, match="GPCM-SD-064") as missing:
@@ -209,7 +229,50 @@ async def test_send_document_refuses_ods_routing(
     assert lookups.events == []  # every refusal before any lookup
     # The default (no routing option) is demographic: it routes with everything given.
     envelope = await router.route("mesh", org="X26", interaction=SEND_DOCUMENT, **options)
-    assert envelope.request.headers["mex-to"].startswith("GPPROVIDER_")
+    assert envelope.to_message()["request"]["headers"]["mex-to"].startswith("GPPROVIDER_")
+
+
+def no_names(options: dict[str, object]) -> dict[str, object]:
+    return {
+        k: v for k, v in options.items() if k not in ("nhs_number", "birth_date", "family_name")
+    }
+
+
+async def test_a_route_to_the_patient_takes_the_demographics_from_pds_and_keeps_none(
+    router: Router, patient: Demographics, lookups: LookupRecorder
+) -> None:
+    envelope = await router.route(
+        "mesh",
+        patient=patient.nhs_number,
+        interaction=SEND_DOCUMENT,
+        **_consultation(patient, named=False),
+    )
+    sent = envelope.to_message()["request"]["headers"]
+    assert sent["mex-to"] == demographic_mex_to(
+        patient.nhs_number, patient.birth_date, patient.family_name
+    )
+    # The PDS answer went to this route alone: not cached (a second route asks again), and
+    # neither the provenance nor the printed envelope carries the demographics.
+    assert [(event.source, event.cache) for event in lookups.events] == [("pds", "bypass")]
+    printed = f"{envelope} {envelope!r} {envelope.model_dump_json()}"
+    for value in (patient.nhs_number, patient.family_name, _ddmmyyyy(patient.birth_date)):
+        assert value not in printed
+    # A subject naming another patient than PDS's is refused.
+    other = consultation_report_subject(
+        patient_name="Sam Other", nhs_number="9990001006", practice_name="UTC", ods_code="X26"
+    )
+    with pytest.raises(InvalidInputError, match="another NHS number"):
+        await router.route(
+            "mesh",
+            patient=patient.nhs_number,
+            interaction=SEND_DOCUMENT,
+            **_consultation(patient, named=False, subject=other),
+        )
+    # Routes that need no demographics still share the PDS answer through the cache.
+    lookups.events.clear()
+    for _ in range(2):
+        await router.route("mesh", patient=patient.nhs_number, interaction="TEST_WORKFLOW")
+    assert [event.cache for event in lookups.events if event.source == "pds"] == ["miss", "hit"]
 
 
 async def test_a_restricted_patient_is_refused(
@@ -480,7 +543,10 @@ async def test_personal_data_stays_out_of_logs_events_errors_and_reprs(
     caplog.set_level(logging.DEBUG)
     options = _consultation(patient)
     envelope = await router.route(
-        "mesh", patient=patient.nhs_number, interaction=SEND_DOCUMENT, **options
+        "mesh",
+        patient=patient.nhs_number,
+        interaction=SEND_DOCUMENT,
+        **_consultation(patient, named=False),
     )
     errors: list[Exception] = []
     for bad in (
@@ -509,7 +575,7 @@ async def test_personal_data_stays_out_of_logs_events_errors_and_reprs(
         "options repr": repr(parsed),
         "options JSON": parsed.model_dump_json(),
         # Everything in the envelope but the headers the sender needs.
-        "envelope parts": envelope.model_dump_json(exclude={"request"}),
+        "envelope": f"{envelope} {envelope!r} {envelope.model_dump_json()}",
         "target": repr(envelope.target),
         "provenance": repr(envelope.provenance),
     }
@@ -523,11 +589,6 @@ async def test_personal_data_stays_out_of_logs_events_errors_and_reprs(
     assert envelope.extensions["mesh"]["personal_headers"] == ["mex-to", "mex-subject"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the core masks only credential headers (sds_plugins SENSITIVE_HEADERS) when an "
-    "envelope is printed; masking mex-to/mex-subject needs a core change (see the README)",
-)
 async def test_a_printed_demographic_envelope_hides_the_patient(
     router: Router, patient: Demographics
 ) -> None:
@@ -536,6 +597,9 @@ async def test_a_printed_demographic_envelope_hides_the_patient(
     )
     for text in (str(envelope), repr(envelope), envelope.model_dump_json()):
         assert patient.family_name not in text
+        assert patient.nhs_number not in text
+    # The sender's own copy keeps them.
+    assert patient.family_name in envelope.to_message()["request"]["headers"]["mex-to"]
 
 
 def test_options_mask_the_patient_in_their_repr() -> None:
@@ -563,7 +627,7 @@ def test_route_mesh_patient_demographic_from_the_command_line(
         MESH_PASSWORD="password",
         MESH_SHARED_KEY=mesh.shared_key,
     )
-    pairs = [f"{k}={v}" for k, v in _consultation(patient).items()]
+    pairs = [f"{k}={v}" for k, v in _consultation(patient, named=False).items()]
     result = subprocess.run(
         [
             sys.executable,
@@ -577,6 +641,7 @@ def test_route_mesh_patient_demographic_from_the_command_line(
             SEND_DOCUMENT,
             "--base-url",
             sds_sandbox.base_url,
+            "--with-secrets",
             *(arg for pair in pairs for arg in ("-o", pair)),
         ],
         capture_output=True,
@@ -592,7 +657,7 @@ def test_route_mesh_patient_demographic_from_the_command_line(
         patient.nhs_number, patient.birth_date, patient.family_name
     )
     assert headers["mex-from"] == SENDER
-    assert headers["Authorization"] == "**********"
+    assert headers["Authorization"].startswith("NHSMESH ")  # --with-secrets: the sender's
     assert envelope["extensions"]["mesh"]["ack_workflow_id"] == "GPFED_CONSULT_REPORT_ACK"
     assert patient.family_name not in result.stderr
     # ODS routing of a Send Document: refused, exit code 2 (invalid input), nothing sent.
