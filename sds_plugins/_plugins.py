@@ -31,7 +31,7 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import pluggy
@@ -333,6 +333,11 @@ class PluginHost:
 
     def register_demos(self, register: Callable[[str, Callable[[Console], None]], None]) -> None:
         self.pm.hook.sds_register_demos(register=register)
+
+    def register_keepalives(
+        self, register: Callable[[str, float, Callable[[], Awaitable[object]]], None]
+    ) -> None:
+        self.pm.hook.sds_register_keepalives(register=register)
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)

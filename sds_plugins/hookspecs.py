@@ -22,7 +22,7 @@ Rules every hook follows:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 import pluggy
@@ -209,4 +209,23 @@ def sds_register_demos(register: Callable[[str, Callable[[Console], None]], None
         adapter starts NHS's mesh-sandbox).
 
     .. versionadded:: 0.2
+    """
+
+
+@hookspec
+def sds_register_keepalives(
+    register: Callable[[str, float, Callable[[], Awaitable[object]]], None],
+) -> None:
+    """Called by the long-running processes (the worker, ``serve``) when they start and by
+    ``sds-plugins doctor``, never by a router; call ``register(name, interval_s, call)`` for
+    each call your service asks its clients to make now and then, outside any route (MESH:
+    validate the mailbox once every 24 hours).
+
+    :param register: takes a name (for logs and doctor), the interval in seconds and ``call``,
+        an async callable with no arguments. ``call`` does I/O (the hook itself does not); the
+        processes make it at start and then every interval, a failure is logged and tried again
+        within five minutes, and never stops the process. ``doctor`` makes it once and reports
+        it.
+
+    .. versionadded:: 0.3
     """

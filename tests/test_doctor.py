@@ -486,7 +486,7 @@ def test_doctor_asks_the_broker_for_its_greeting(
     verdict: str,
     said: str,
 ) -> None:
-    from sds_plugins._tools import _doctor as doctor_module
+    from sds_plugins._tools import _doctor_services as doctor_module
 
     monkeypatch.setattr(doctor_module, "BROKER_TIMEOUT_S", 0.5)
     server = _SilentServer(greeting)

@@ -21,13 +21,14 @@ any failed. What fails:
 - ``redis``: ``SDS_REDIS_URL`` set and no ``PING`` answer;
 - ``broker``: ``SDS_WORKER_BROKER_URL`` set and the broker not reachable (a TCP connect with
   a short timeout, and the protocol's greeting where it is plain text), or the worker's
-  ``SDS_WORKER_*`` settings or options file invalid. Passwords are never shown.
+  ``SDS_WORKER_*`` settings or options file invalid. Passwords are never shown;
+- one line per keepalive a plugin registers (``sds_register_keepalives``: the MESH handshake
+  when MESH is configured), each made once: the error's class and message when it fails.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import email.utils
 import os
 import stat
@@ -35,11 +36,9 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -49,6 +48,7 @@ from .._query import DeviceQuery
 from .._service._health import PROBE_INTERACTION
 from .._upstream import safe_url
 from .._validation import normalise_correlation_id
+from ._doctor_services import Check, broker_check, keepalive_checks
 
 if TYPE_CHECKING:
     from .._auth import SignedJwtAuth
@@ -61,24 +61,11 @@ __all__ = ["Check", "run_doctor"]
 #: Beyond this, signed JWT client assertions (valid for at most 5 minutes) start to fail.
 MAX_CLOCK_SKEW_S = 30.0
 _TIMEOUT_S = 10.0
-#: How long the broker check waits for a TCP connection (and then for the greeting).
-BROKER_TIMEOUT_S = 3.0
 #: An NHS number whose check digit is wrong: PDS verifies the token, then refuses it (400)
 #: without reading any patient.
 _PDS_PROBE_NUMBER = "0000000001"
 #: The most of a certificate, key or bundle file read (a CA bundle is some hundreds of KB).
 _MAX_FILE_BYTES = 4 * 1024 * 1024
-_DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671, "nats": 4222, "tls": 4222}
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    ok: bool
-    detail: str
-
-    def line(self) -> str:
-        return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
 
 
 def configuration(settings: Settings) -> list[str]:
@@ -480,100 +467,6 @@ async def _redis(settings: Settings) -> Check:
     return Check("redis", True, f"{link.location} answers PING")
 
 
-async def _broker(environ: Mapping[str, str]) -> Check:
-    """The worker's broker, when ``SDS_WORKER_BROKER_URL`` is set: a TCP connection within
-    :data:`BROKER_TIMEOUT_S`, then the protocol's greeting where it is plain text (NATS sends
-    ``INFO``; RabbitMQ answers the AMQP header with ``connection.start``)."""
-    if not environ.get("SDS_WORKER_BROKER_URL"):
-        return Check("broker", True, "not configured (SDS_WORKER_BROKER_URL is not set)")
-    from pydantic import ValidationError
-
-    from .._adapter_options import load_adapter_options
-    from .._worker._settings import WorkerSettings, mask_url
-
-    try:
-        worker = WorkerSettings()
-    except ValidationError as exc:
-        fields = ", ".join(
-            "SDS_WORKER_" + "_".join(str(part) for part in error["loc"]).upper()
-            for error in exc.errors()
-        )
-        return Check("broker", False, f"invalid worker settings: {fields}")
-    url = worker.broker_url.get_secret_value()
-    if worker.config is not None:
-        try:
-            load_adapter_options(worker.config)
-        except SdsPluginsError as exc:
-            return Check("broker", False, f"SDS_WORKER_CONFIG: {exc}")
-    results = [await _reach(server.strip(), mask_url) for server in url.split(",") if server]
-    reached = [what for ok, what in results if ok]
-    if reached:
-        return Check("broker", True, "; ".join(reached))
-    return Check("broker", False, "; ".join(what for _, what in results))
-
-
-async def _reach(url: str, mask: Callable[[str], str]) -> tuple[bool, str]:
-    shown = mask(url)
-    try:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        host = parts.hostname or "localhost"
-        port = parts.port or _DEFAULT_PORTS.get(scheme, 0)
-    except ValueError:
-        return False, f"{shown}: not a URL"
-    started = time.perf_counter()
-    try:
-        async with asyncio.timeout(BROKER_TIMEOUT_S):
-            reader, writer = await asyncio.open_connection(host, port)
-    except TimeoutError:
-        return False, f"cannot reach {shown}: no connection within {BROKER_TIMEOUT_S:g}s"
-    except OSError as exc:
-        # errno's own words ("Connection refused"); a failed name lookup has a negative one.
-        reason = (
-            os.strerror(exc.errno)
-            if exc.errno and exc.errno > 0
-            else (exc.strerror or str(exc) or type(exc).__name__)
-        )
-        return False, f"cannot reach {shown}: {reason}"
-    try:
-        greeting = await _greeting(scheme, reader, writer)
-    finally:
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
-    elapsed = (time.perf_counter() - started) * 1000
-    if greeting is not None and not greeting[0]:
-        return False, f"{shown} accepted a connection but {greeting[1]}"
-    said = f", {greeting[1]}" if greeting is not None else ""
-    return True, f"{shown} accepts connections ({elapsed:.0f} ms{said})"
-
-
-async def _greeting(
-    scheme: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-) -> tuple[bool, str] | None:
-    """Whether the server speaks the broker's protocol (``None``: TLS, not looked at)."""
-    try:
-        async with asyncio.timeout(BROKER_TIMEOUT_S):
-            if scheme == "nats":
-                line = await reader.readline()
-                if line.startswith(b"INFO "):
-                    return True, "NATS sent INFO"
-                return False, "it did not greet as a NATS server does (INFO)"
-            if scheme == "amqp":
-                writer.write(b"AMQP\x00\x00\x09\x01")
-                await writer.drain()
-                frame = await reader.read(7)
-                # A method frame (type 1) on channel 0: connection.start.
-                if frame[:3] == b"\x01\x00\x00":
-                    return True, "AMQP 0-9-1 connection.start received"
-                return False, "it did not answer as an AMQP 0-9-1 broker does"
-    except TimeoutError:
-        return False, f"it sent no greeting within {BROKER_TIMEOUT_S:g}s"
-    except OSError as exc:
-        return False, f"the connection failed: {exc.strerror or type(exc).__name__}"
-    return None
-
-
 async def run_doctor(
     settings: Settings,
     *,
@@ -591,5 +484,12 @@ async def run_doctor(
     checks.append(_pds(settings))
     checks += await _signed_jwt(settings)
     checks.append(await _redis(settings))
-    checks.append(await _broker(env))
+    checks.append(await broker_check(env))
+    if host is not None:
+        from .._keepalive import collect_keepalives
+
+        try:
+            checks += await keepalive_checks(collect_keepalives(host))
+        except SdsPluginsError as exc:
+            checks.append(Check("keepalives", False, str(exc)))
     return configuration(settings), checks

@@ -10,7 +10,7 @@ the error that names the setting; other adapters keep working.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import httpx
@@ -26,6 +26,7 @@ from sds_plugins import (
 from ._adapter import MeshAdapter
 from ._auth import MeshAuth
 from ._config import MeshSettings
+from ._handshake import HANDSHAKE_INTERVAL, validate_mailbox
 from ._lookup import MeshLookupSource
 
 if TYPE_CHECKING:
@@ -75,6 +76,23 @@ class MeshPlugin(ConfiguredPlugin[MeshSettings]):
         from ._demo import demo
 
         register("mesh", demo)
+
+    @hookimpl
+    def sds_register_keepalives(
+        self, register: Callable[[str, float, Callable[[], Awaitable[object]]], None]
+    ) -> None:
+        # MESH: "validate your mailbox every 24 hours to let Spine know it's still active"
+        # (the handshake). Only when MESH is configured: host and the sender's credentials.
+        settings, error = self._settings_or_error()
+        if error is not None or settings is None:
+            return
+        if settings.resolved_url() is None or settings.credentials() is None:
+            return
+
+        async def handshake() -> object:
+            return await validate_mailbox(settings)
+
+        register("mesh handshake", HANDSHAKE_INTERVAL.total_seconds(), handshake)
 
 
 #: What the entry point loads: configured from ``MESH_*`` when a router starts.

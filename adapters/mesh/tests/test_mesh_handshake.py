@@ -7,19 +7,30 @@
 
 from __future__ import annotations
 
+import os
 import re
 import socket
+import subprocess
+import sys
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
-from _mesh_support import SENDER
-from sds_plugins import AuthenticationError, ConfigurationError, DirectoryUnavailableError
+from _mesh_support import PASSWORD, SENDER
+from sds_plugins import (
+    AuthenticationError,
+    ConfigurationError,
+    DirectoryUnavailableError,
+    PluginHost,
+)
+from sds_plugins.sandbox import Sandbox
 
 from sds_plugins_mesh import (
     HANDSHAKE_INTERVAL,
     MailboxValidation,
     MeshCredentials,
+    MeshPlugin,
     MeshSettings,
     handshake_request,
     validate_mailbox,
@@ -107,3 +118,64 @@ async def test_nothing_configured_or_nothing_listening() -> None:
     )
     with pytest.raises(DirectoryUnavailableError, match="did not answer the handshake"):
         await validate_mailbox(closed, timeout_s=2)
+
+
+# -- who performs it: doctor, and the long-running processes (sds_register_keepalives) ----------
+
+
+def _registered(plugin: MeshPlugin) -> list[tuple[str, float, Any]]:
+    found: list[tuple[str, float, Any]] = []
+    host = PluginHost(load_entrypoints=False, environ={})
+    host.register(plugin, name="mesh")
+    host.register_keepalives(lambda name, every, call: found.append((name, every, call)))
+    return found
+
+
+async def test_the_plugin_registers_the_handshake_only_when_mesh_is_configured(
+    mesh: MeshSandbox, mesh_settings: MeshSettings
+) -> None:
+    [(name, every, call)] = _registered(MeshPlugin(mesh_settings))
+    assert (name, every) == ("mesh handshake", HANDSHAKE_INTERVAL.total_seconds())
+    validation = await call()  # one handshake with the plugin's settings
+    assert isinstance(validation, MailboxValidation) and validation.mailbox == SENDER
+    # Without credentials (or a host) there is nothing to validate: no keepalive.
+    assert _registered(MeshPlugin(MeshSettings(url=mesh.url))) == []
+    assert _registered(MeshPlugin(MeshSettings(mailbox=SENDER, password="p", shared_key="k"))) == []
+
+
+def _doctor_lines(env: dict[str, str]) -> tuple[int, list[str]]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("SDS_", "MESH_"))}
+    result = subprocess.run(
+        [sys.executable, "-m", "sds_plugins", "doctor"],
+        capture_output=True,
+        text=True,
+        env={**clean, **env},
+        timeout=120,
+        check=False,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, result.stdout.splitlines()
+
+
+def test_doctor_performs_the_handshake_when_mesh_is_configured(
+    mesh: MeshSandbox, sds_sandbox: Sandbox
+) -> None:
+    env = {
+        "SDS_BASE_URL": sds_sandbox.base_url,
+        "MESH_URL": mesh.url,
+        "MESH_MAILBOX": SENDER,
+        "MESH_PASSWORD": PASSWORD,
+        "MESH_SHARED_KEY": mesh.shared_key,
+    }
+    code, lines = _doctor_lines(env)
+    [line] = [line for line in lines if "mesh handshake" in line]
+    assert re.fullmatch(r"ok   mesh handshake: done in \d+ ms \(due every 24 h\)", line), line
+    # A wrong password: the handshake fails, doctor says why (never the password) and exits 1.
+    code, lines = _doctor_lines({**env, "MESH_PASSWORD": "not-the-password"})
+    [line] = [line for line in lines if "mesh handshake" in line]
+    assert line.startswith("FAIL mesh handshake: AuthenticationError: "), line
+    assert "not-the-password" not in "\n".join(lines)
+    assert code == 1
+    # MESH not configured: no line at all.
+    code, lines = _doctor_lines({"SDS_BASE_URL": sds_sandbox.base_url})
+    assert not [line for line in lines if "mesh handshake" in line]
