@@ -335,8 +335,11 @@ class Resolution:
             )
         return Recipient.model_construct(**dict(chosen))  # checked above: it has an address
 
-    def derive(self, name: str, depends_on: Sequence[Any], compute: Callable[[], _T]) -> _T:
-        """``compute()``, or what it returned last time for the same objects in ``depends_on``.
+    def derive(
+        self, name: str, depends_on: Sequence[Any], compute: Callable[[RouteRequest], _T]
+    ) -> _T:
+        """``compute(request)``, or what it returned last time for the same objects in
+        ``depends_on``.
 
         For the parts of an envelope that follow from the request and the records alone (URLs,
         fixed headers, parties): a warm route of a busy caller gets the same cached record
@@ -344,10 +347,18 @@ class Resolution:
         once per route. ``depends_on`` are compared by identity (``is``); the request's
         adapter, organisation, interaction, options and encounter are implied. ``name``
         tells one derivation from another within an adapter; the last answer per name is kept.
-        ``compute`` must not use the correlation id or the time (they differ per route).
-        Without a router's memory (a :class:`Resolution` built in a test), it just computes.
+        ``compute`` is given the request without its correlation id (``""``), and must not use
+        the time either: they differ per route. Without a router's memory (a
+        :class:`Resolution` built in a test), it just computes.
         """
-        return self._derive("adapter", name, depends_on, compute)
+        return self._derive("adapter", name, depends_on, lambda: compute(self._without_id()))
+
+    def _without_id(self) -> RouteRequest:
+        """The request as every route of the prepared route has it: no correlation id."""
+        warm = self._warm
+        if warm is not None and warm.request is not None:
+            return warm.request
+        return replaced(self.request, {"correlation_id": "", "correlation_id_given": False})
 
     def _derive(
         self,

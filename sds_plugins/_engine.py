@@ -418,6 +418,9 @@ class Router:
             lookups = chosen.plan(request).items()
             planned = tuple(self._plan_lookup(name, lookup, scope) for name, lookup in lookups)
             prepared = PreparedRoute(chosen, request, planned, scope)
+            prepared.warm.request = replaced(
+                request, {"correlation_id": "", "correlation_id_given": False}
+            )
             self._prepared.put(key, prepared)
         return prepared
 

@@ -11,7 +11,8 @@ that follows from them alone. :class:`WarmState` is that memory, one per prepare
   with its own time and correlation id;
 - ``core`` and ``adapter``: what :class:`~sds_plugins.Resolution` derived from the records,
   the router's own (choices, provenance) and the adapter's (``Resolution.derive``), apart, so
-  an adapter's names can never collide with the router's.
+  an adapter's names can never collide with the router's; ``request``, the request the
+  adapter's derivations see (no correlation id).
 
 Each technique's worth is measured by ``bench/warm_path.py --ablate``.
 """
@@ -58,6 +59,9 @@ class WarmState:
     route_events: dict[str, RouteEvent] = field(default_factory=dict)
     core: dict[str, Derived] = field(default_factory=dict)
     adapter: dict[str, Derived] = field(default_factory=dict)
+    #: The prepared route's request without a correlation id: what ``Resolution.derive``
+    #: hands the adapter's computations, which must not depend on it.
+    request: RouteRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -570,6 +570,7 @@ class RecipientAdapter(Adapter):
 
     def __init__(self) -> None:
         self.derived = 0
+        self.seen: list[RouteRequest] = []
 
     def plan(self, request: RouteRequest) -> Mapping[str, Lookup]:
         return {
@@ -577,13 +578,14 @@ class RecipientAdapter(Adapter):
             "devices": Lookup.devices(org=request.org, interaction=request.interaction),
         }
 
-    def _url(self, address: str) -> str:
+    def _url(self, address: str, request: RouteRequest) -> str:
         self.derived += 1
+        self.seen.append(request)
         return address + "?derived"
 
     def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
         chosen = resolved.recipient()
-        url = resolved.derive("url", (chosen,), lambda: self._url(chosen.address))
+        url = resolved.derive("url", (chosen,), lambda timeless: self._url(chosen.address, timeless))
         return RoutingEnvelope(
             adapter=self.name,
             interaction=request.interaction,
@@ -625,6 +627,9 @@ async def test_warm_routes_reuse_what_follows_from_the_same_records(sandbox: San
         envelopes = [await router.route("recipient", org="YES", interaction=PSIS) for _ in range(5)]
         # The selection policy chose once, the URL was derived once, for five routes...
         assert (policy.calls, plugin.adapter.derived) == (1, 1)
+        # ...from the request without the correlation id of the route it happened in.
+        [seen] = plugin.adapter.seen
+        assert (seen.correlation_id, seen.org, seen.interaction) == ("", "YES", PSIS)
         assert _requests(sandbox) == {DEVICE_PATH: 1, ENDPOINT_PATH: 1}
         # ...while everything that belongs to one route is its own.
         assert len({e.provenance.correlation_id for e in envelopes}) == 5

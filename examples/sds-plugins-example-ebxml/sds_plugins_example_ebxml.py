@@ -76,7 +76,7 @@ class EbxmlExampleAdapter(Adapter):
         recipient, target, pattern, reliability = resolved.derive(
             "recipient",
             (resolved.records("endpoints"), resolved.records("devices")),
-            lambda: self._recipient(request, resolved),
+            lambda timeless: self._recipient(timeless, resolved),
         )
         service, _, action = request.interaction.rpartition(":")
         return RoutingEnvelope(

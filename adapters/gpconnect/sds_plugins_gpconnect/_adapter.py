@@ -231,7 +231,7 @@ class GpConnectAdapter(Adapter):
         fixed = resolved.derive(
             "gpconnect",
             [outcome.records for outcome in resolved.outcomes.values()],
-            lambda: self._fixed(request, resolved),
+            lambda timeless: self._fixed(timeless, resolved),
         )
         # One id per request: the SSP trace id, and the SDS correlation id unless the caller
         # chose one (then both are still logged together in the provenance).
