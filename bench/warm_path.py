@@ -12,6 +12,14 @@ the cost ratio against building the same request by hand in the same run:
 The sandbox runs in its own process (so it does not share this one's GIL); after one cold
 route, every route is a cache hit, which is what an engine sees for a busy practice. Goals
 (issue 13): at least 30,000 GP Connect routes/s, at most 3 x the hand-built cost.
+
+``python bench/warm_path.py --ablate`` (issue 25) prints instead what each fast-path technique
+buys: microseconds per warm route with everything on, with each technique switched off in
+turn, then all of them, the difference and its share of the route, all measured in the same
+run (``bench/_ablation.py`` says how each is switched off). With ``SDS_TEST_REDIS_URL`` set it
+also compares Redis's near cache on and off. Every row runs once per round, ``--rounds``
+(default 5) interleaved rounds of ``--count`` (default 2,000 here) routes, the best of each
+kept; ``--count 300 --rounds 1`` is a quick check that it runs (~10 s).
 """
 
 from __future__ import annotations
@@ -161,6 +169,9 @@ def _report(name: str, routed: float, by_hand: float, goal: float | None) -> Non
 async def main(args: argparse.Namespace) -> None:
     os.environ["SDS_GPCONNECT_SHARED_CACHE"] = "1"  # the operator's choice that makes it warm
     with SandboxProcess() as sandbox:
+        if args.ablate:
+            await _ablate(sandbox.base_url, args)
+            return
         print(f"warm path, {args.count:,} routes per run, best of 3 (sandbox {sandbox.url})")
         async with Router(Settings(base_url=sandbox.base_url), host=PluginHost()) as router:
             if "gpconnect" in router.adapters:
@@ -197,9 +208,48 @@ async def main(args: argparse.Namespace) -> None:
                 print("  example-ebxml: not installed (make install)")
 
 
+async def _ablate(base_url: str, args: argparse.Namespace) -> None:
+    """``--ablate``: what each fast-path technique buys (``bench/_ablation.py``)."""
+    from _ablation import Route, ablate, ablate_redis  # beside this script (sys.path[0])
+
+    routes = (
+        Route(
+            "gpconnect (getstructuredrecord, B82617)",
+            "gpconnect",
+            {"org": "B82617", "interaction": GPC, **GPC_OPTIONS},
+        ),
+        Route("example-ebxml (PSIS, YES)", "example-ebxml", {"org": "YES", "interaction": PSIS}),
+    )
+    await ablate(base_url, routes, args.count, args.rounds, args.clock)
+    redis_url = os.environ.get("SDS_TEST_REDIS_URL")
+    if redis_url:
+        await ablate_redis(base_url, routes, args.count, args.rounds, redis_url)
+    else:
+        print("  Redis near cache: SDS_TEST_REDIS_URL is not set (skipped)")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument(
+        "--count", type=int, default=None, help="routes per run (20,000; --ablate: 2,000)"
+    )
+    parser.add_argument(
+        "--ablate",
+        action="store_true",
+        help="what each fast-path technique buys: us per route with each one off",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="--ablate: interleaved rounds (best kept)"
+    )
+    parser.add_argument(
+        "--clock",
+        choices=("cpu", "wall"),
+        default="cpu",
+        help="--ablate: time this process's CPU (default; steady on a busy machine) or the wall",
+    )
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
-    asyncio.run(main(parser.parse_args()))
+    arguments = parser.parse_args()
+    if arguments.count is None:  # --ablate runs every route many times over: shorter runs
+        arguments.count = 2_000 if arguments.ablate else 20_000
+    asyncio.run(main(arguments))

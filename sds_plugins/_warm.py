@@ -134,7 +134,7 @@ class PreparedRoutes:
         return None if key is None else self._routes.get(key)
 
     def put(self, key: tuple[Any, ...] | None, prepared: PreparedRoute) -> None:
-        if key is None:
+        if key is None or self.size <= 0:
             return
         if len(self._routes) >= self.size:
             del self._routes[next(iter(self._routes))]
