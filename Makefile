@@ -39,6 +39,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy sds_plugins $(wildcard adapters/*/sds_plugins_*) $(wildcard examples/*/)
@@ -65,4 +66,4 @@ bench: install
 	$(BIN)/python bench/patients.py
 
 clean:
-	rm -rf $(VENV) .tools .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools .mypy_cache .pytest_cache .ruff_cache .import_linter_cache

@@ -71,6 +71,9 @@ if TYPE_CHECKING:
     from ._defaults import (
         LowestPartyKeyPolicy as LowestPartyKeyPolicy,
     )
+    from ._demographics import (
+        PatientDemographics as PatientDemographics,
+    )
     from ._engine import (
         Router as Router,
     )
@@ -209,9 +212,6 @@ if TYPE_CHECKING:
     from ._pacing import (
         RateLimiter as RateLimiter,
     )
-    from ._demographics import (
-        PatientDemographics as PatientDemographics,
-    )
     from ._patients import (
         PatientRefs as PatientRefs,
     )
@@ -232,6 +232,9 @@ if TYPE_CHECKING:
     )
     from ._query import (
         EndpointQuery as EndpointQuery,
+    )
+    from ._requests import (
+        WorkerRequest as WorkerRequest,
     )
     from ._retrying import (
         RetryPolicy as RetryPolicy,
@@ -322,9 +325,6 @@ if TYPE_CHECKING:
     )
     from ._worker._core import (
         WorkerPolicy as WorkerPolicy,
-    )
-    from ._worker._core import (
-        WorkerRequest as WorkerRequest,
     )
     from ._worker._runtime import (
         BrokerError as BrokerError,
@@ -427,7 +427,7 @@ _EXPORTS: dict[str, str] = {
     "SyncSdsClient": "._sync",
     "WorkerOutcome": "._worker._core",
     "WorkerPolicy": "._worker._core",
-    "WorkerRequest": "._worker._core",
+    "WorkerRequest": "._requests",
     "WorkerSettings": "._worker._settings",
     "check_header_value": "._validation",
     "check_nhs_number": "._patients",

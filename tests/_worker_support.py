@@ -214,7 +214,7 @@ class NatsBroker:
     async def close(self) -> None:
         import nats.js.errors
 
-        from sds_plugins._worker._nats import stream_name
+        from sds_plugins._worker._nats_streams import stream_name
 
         for subscription in self._subscriptions.values():
             await subscription.unsubscribe()
@@ -234,18 +234,18 @@ class NatsBroker:
         await self._js.publish(self.requests, body, headers=headers or None)
 
     async def delete_requests(self) -> None:
-        from sds_plugins._worker._nats import stream_name
+        from sds_plugins._worker._nats_streams import stream_name
 
         await self._js.delete_stream(stream_name(self.requests))  # and its consumer with it
 
     async def delete_destination(self, name: str) -> None:
-        from sds_plugins._worker._nats import stream_name
+        from sds_plugins._worker._nats_streams import stream_name
 
         self._subscriptions.pop(name, None)  # its consumer goes with the stream
         await self._js.delete_stream(stream_name(name))
 
     async def add_reply_destination(self, name: str) -> None:
-        from sds_plugins._worker._nats import stream_name
+        from sds_plugins._worker._nats_streams import stream_name
 
         self._extra.append(name)
         await self._js.add_stream(name=stream_name(name), subjects=[name])
@@ -279,7 +279,7 @@ class NatsBroker:
         return taken
 
     async def requests_left(self) -> int:
-        from sds_plugins._worker._nats import stream_name
+        from sds_plugins._worker._nats_streams import stream_name
 
         info = await self._js.stream_info(stream_name(self.requests))
         return int(info.state.messages)

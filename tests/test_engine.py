@@ -585,7 +585,9 @@ class RecipientAdapter(Adapter):
 
     def build(self, request: RouteRequest, resolved: Resolution) -> RoutingEnvelope:
         chosen = resolved.recipient()
-        url = resolved.derive("url", (chosen,), lambda timeless: self._url(chosen.address, timeless))
+        url = resolved.derive(
+            "url", (chosen,), lambda timeless: self._url(chosen.address, timeless)
+        )
         return RoutingEnvelope(
             adapter=self.name,
             interaction=request.interaction,

@@ -400,7 +400,7 @@ async def test_a_huge_integer_is_400(
     sandbox: Sandbox, start_app: Callable[..., tuple[str, PrometheusMetrics]]
 ) -> None:
     # json.loads refuses integers over 4,300 digits with a ValueError: it was a 500 and a
-    # traceback. (Fixed in the body parser, sds_plugins._worker._core.)
+    # traceback. (Fixed in the body parser, sds_plugins._requests.)
     url, _ = start_app()
     body = b'{"org": "YES", "interaction": "%s", "options": {"n": %s}}' % (
         PSIS.encode(),

@@ -413,18 +413,18 @@ async def test_a_stub_router_not_found_is_final() -> None:
 def test_numbers_too_long_or_out_of_range_are_invalid_input(body: bytes, in_message: str) -> None:
     """Python refuses to convert an integer of more than 4,300 digits with a bare ValueError:
     that was an unexpected error (a 500 and a traceback in serve, exit code 1 here)."""
-    from sds_plugins._worker._core import _decode
+    from sds_plugins._requests import decode_body
 
     with pytest.raises(InvalidInputError, match="request body") as raised:
-        _decode(body)
+        decode_body(body)
     assert in_message in str(raised.value)
     assert raised.value.field == "body"
 
 
 def test_ordinary_numbers_still_parse() -> None:
-    from sds_plugins._worker._core import _decode
+    from sds_plugins._requests import decode_body
 
-    assert _decode(b'{"a": 200000000359, "b": -1.5e3, "c": 0, "d": ' + b"9" * 100 + b"}") == {
+    assert decode_body(b'{"a": 200000000359, "b": -1.5e3, "c": 0, "d": ' + b"9" * 100 + b"}") == {
         "a": 200000000359,
         "b": -1500.0,
         "c": 0,

@@ -185,7 +185,7 @@ async def test_an_outcome_the_broker_refuses_is_tried_five_times_then_dead_lette
         await broker.declare(broker.failures, {"x-max-length": 0, "x-overflow": "reject-publish"})
     else:
         assert isinstance(broker, NatsBroker)
-        from sds_plugins._worker._nats import consumer_name, stream_name
+        from sds_plugins._worker._nats_streams import consumer_name, stream_name
 
         await broker.js.add_stream(
             name=stream_name(broker.failures), subjects=[broker.failures], max_msg_size=64

@@ -227,23 +227,23 @@ def test_request_ids_that_are_not_utf8_are_escaped_to_fit_a_message_id() -> None
     pytest.importorskip("aiormq", reason="needs the 'amqp' extra")
     import aiormq
 
-    from sds_plugins._worker._amqp import _request_id, _undecodable
+    from sds_plugins._worker._amqp_strings import request_id_of, undecodable_fields
 
     def lenient(raw: bytes) -> str:
         return raw.decode("utf-8", "surrogateescape")
 
-    assert _request_id("order-1") == "order-1"
-    assert _request_id(None) is None
-    assert _request_id(lenient(b"caf\xe9")) == "caf\\xe9"
-    long = _request_id(lenient(b"\xff" * 255))
+    assert request_id_of("order-1") == "order-1"
+    assert request_id_of(None) is None
+    assert request_id_of(lenient(b"caf\xe9")) == "caf\\xe9"
+    long = request_id_of(lenient(b"\xff" * 255))
     assert long is not None and len(long.encode()) <= 255
-    assert long == _request_id(lenient(b"\xff" * 255))
-    assert long != _request_id(lenient(b"\xff" * 254 + b"\xfe"))
+    assert long == request_id_of(lenient(b"\xff" * 255))
+    assert long != request_id_of(lenient(b"\xff" * 254 + b"\xfe"))
 
     properties = aiormq.spec.Basic.Properties(
         reply_to=lenient(b"q\x80"), headers={"ok": {lenient(b"\xc3("): [{lenient(b"\xff"): 1}]}}
     )
-    assert _undecodable(properties, properties.headers) == [
+    assert undecodable_fields(properties, properties.headers) == [
         'reply_to "q\\x80"',
         'header name "\\xc3("',
         'header name "\\xff"',
@@ -299,7 +299,7 @@ def test_a_reply_to_is_refused_when_the_requests_stream_captures_it(
     pattern: str, subject: str, captured: bool
 ) -> None:
     pytest.importorskip("nats", reason="needs the 'nats' extra")
-    from sds_plugins._worker._nats import subject_matches
+    from sds_plugins._worker._nats_streams import subject_matches
 
     assert subject_matches(pattern, subject) is captured
 

@@ -19,7 +19,7 @@ from sds_plugins import (
     WorkerSettings,
 )
 from sds_plugins._worker._amqp import retry_queue_name
-from sds_plugins._worker._nats import consumer_name, stream_name
+from sds_plugins._worker._nats_streams import consumer_name, stream_name
 from sds_plugins._worker._runtime import import_extra, log_outcome, redact
 from sds_plugins._worker._settings import mask_url
 

@@ -38,24 +38,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import secrets
-import struct
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import redis.asyncio as aioredis
 from cachetools import LRUCache
 from redis.asyncio.client import PubSub
 
-from .. import _exceptions
 from .._cache import CacheBackend, CacheEntry, MemoryCache
-from .._exceptions import ConfigurationError, DirectoryTimeoutError, DirectoryUnavailableError
+from .._exceptions import ConfigurationError, DirectoryTimeoutError
 from ._link import _SOCKET_TIMEOUT_S, DEFAULT_MAX_CONNECTIONS, PoolBusy, RedisLink
 from ._link import REDIS_ERRORS as _REDIS_ERRORS
+from ._wire import (
+    CLAIM,
+    FINISH,
+    OUTCOME_ERROR,
+    OUTCOME_OK,
+    RELEASE,
+    RENEW,
+    STORE,
+    TOKEN_LEN,
+    decode_entry,
+    encode_entry,
+    error_payload,
+    glob_escape,
+    waiter_error,
+)
 
 __all__ = ["RedisCache"]
 
@@ -65,157 +77,6 @@ _T = TypeVar("_T")
 
 #: Safety-net poll while waiting for another process's fetch (pub/sub wakes us sooner).
 _POLL_INTERVAL_S: Final = 0.1
-
-#: Entry format: version, stored_at, fresh_until, stale_until, negative, then the raw data.
-#: Binary rather than JSON so ``data`` needs no base64 (entries are a few kB of FHIR JSON).
-_ENTRY_HEADER: Final = struct.Struct(">BdddB")
-_ENTRY_VERSION: Final = 1
-
-_TOKEN_LEN: Final = 32  # secrets.token_hex(16)
-_OK: Final = b"o"
-_ERROR: Final = b"e"
-
-# KEYS: lock, outcome. ARGV: token, lock ttl (ms), seen.
-# ``seen`` is "*" on the first call (take the lock if free, else report the current outcome so
-# the caller can remember it), else the token of the outcome present when waiting began ("" if
-# none): an outcome with another token is a result produced since, and is returned (status 2)
-# *before* trying the lock, so a finished fetch is never repeated by a waiter.
-_CLAIM = """
-local outcome = redis.call('GET', KEYS[2])
-if outcome and ARGV[3] ~= '*' and string.sub(outcome, 1, 32) ~= ARGV[3] then
-  return {2, outcome}
-end
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  return {1, false}
-end
-return {0, outcome}
-"""
-
-# KEYS: entry, lock, outcome. ARGV: token, status, payload, entry ttl (ms), outcome ttl (ms),
-# channel. One script, so the outcome is visible before (never after) the lock disappears.
-_FINISH = """
-if ARGV[2] == 'o' then
-  if tonumber(ARGV[4]) > 0 then
-    redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[4])
-  else
-    redis.call('DEL', KEYS[1])
-  end
-end
-redis.call('SET', KEYS[3], ARGV[1] .. ARGV[2] .. ARGV[3], 'PX', ARGV[5])
-if redis.call('GET', KEYS[2]) == ARGV[1] then
-  redis.call('DEL', KEYS[2])
-end
-redis.call('PUBLISH', ARGV[6], ARGV[1])
-return 1
-"""
-
-# KEYS: entry. ARGV: value (empty: delete), ttl (ms), channel, writer. Store (or delete) and
-# tell every process's near cache, in one step (the writer knows its own change).
-_STORE = """
-if ARGV[1] == '' then
-  redis.call('DEL', KEYS[1])
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-end
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 1
-"""
-
-# KEYS: lock. ARGV: token, ttl (ms). Extend our lock while the fetch is still running.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-# KEYS: lock. ARGV: token, channel. Give the lock up (cancelled leader); waiters take over.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[1])
-  return 1
-end
-return 0
-"""
-
-
-def _glob_escape(text: str) -> str:
-    """Escape ``text`` for a Redis MATCH / PSUBSCRIBE pattern."""
-    return "".join("\\" + char if char in "*?[]\\" else char for char in text)
-
-
-def _encode_entry(entry: CacheEntry) -> bytes:
-    header = _ENTRY_HEADER.pack(
-        _ENTRY_VERSION, entry.stored_at, entry.fresh_until, entry.stale_until, entry.negative
-    )
-    return header + entry.data
-
-
-def _decode_entry(raw: bytes) -> CacheEntry | None:
-    """``None`` for anything unreadable (another version, corruption): treated as a miss."""
-    if len(raw) < _ENTRY_HEADER.size:
-        return None
-    version, stored_at, fresh_until, stale_until, negative = _ENTRY_HEADER.unpack_from(raw)
-    if version != _ENTRY_VERSION:
-        return None
-    return CacheEntry(
-        data=raw[_ENTRY_HEADER.size :],
-        stored_at=stored_at,
-        fresh_until=fresh_until,
-        stale_until=stale_until,
-        negative=bool(negative),
-    )
-
-
-def _error_payload(exc: Exception) -> bytes:
-    """What waiters need to raise an equivalent error (no headers, no secrets: see errors)."""
-    message = getattr(exc, "message", None) or str(exc) or type(exc).__name__
-    return json.dumps(
-        {
-            "error": type(exc).__name__,
-            "message": message,
-            "status_code": getattr(exc, "status_code", None),
-            "spine_code": getattr(exc, "spine_code", None),
-            "diagnostics": getattr(exc, "diagnostics", None),
-            "retry_after_s": getattr(exc, "retry_after_s", None),
-        },
-        separators=(",", ":"),
-    ).encode()
-
-
-def _waiter_error(payload: bytes, key: str) -> Exception:
-    """The leader's failure, as raised to a waiter.
-
-    Directory errors keep their class (a waiter sees the same ``RateLimitedError``,
-    ``AuthenticationError``... its own fetch would most likely have got); anything else (a bug,
-    an unexpected exception) becomes a :class:`DirectoryUnavailableError`. ``attempts`` is 0:
-    this process sent nothing.
-    """
-    try:
-        info: dict[str, Any] = json.loads(payload)
-    except ValueError:
-        info = {"error": "Exception", "message": "unreadable error"}
-    name = str(info.get("error"))
-    message = f"{info.get('message')} (lookup shared with another process)"
-    kwargs: dict[str, Any] = {
-        "status_code": info.get("status_code"),
-        "spine_code": info.get("spine_code"),
-        "diagnostics": info.get("diagnostics"),
-        "attempts": 0,
-    }
-    cls = getattr(_exceptions, name, None)
-    if isinstance(cls, type) and issubclass(cls, _exceptions.DirectoryError):
-        if issubclass(cls, DirectoryUnavailableError):
-            kwargs["retry_after_s"] = info.get("retry_after_s")
-        try:
-            error: Exception = cls(message, **kwargs)
-        except TypeError:  # a subclass with another constructor
-            error = DirectoryUnavailableError(message, **kwargs)
-        return error
-    return DirectoryUnavailableError(
-        f"another process's lookup of {key} failed: {name}: {info.get('message')}", **kwargs
-    )
 
 
 class _Down(Exception):
@@ -375,7 +236,7 @@ class RedisCache(CacheBackend):
             if self.near_ttl_s > 0:
                 await self._start_near(client)
             raw = await client.get(self._entry_key(key))
-            entry = _decode_entry(raw) if isinstance(raw, bytes) else None
+            entry = decode_entry(raw) if isinstance(raw, bytes) else None
             # Redis expires the key, but a writer's clock may differ from ours: be exact.
             if entry is None or entry.stale_until <= time.time():
                 return None
@@ -399,9 +260,9 @@ class RedisCache(CacheBackend):
             self._forget(key)  # ours is about to change: never serve the old one meanwhile
             invalidations = self._invalidations
             # Already past stale_until: storing it would mean a non-positive TTL, so delete.
-            value = _encode_entry(entry) if ttl_ms > 0 else b""
+            value = encode_entry(entry) if ttl_ms > 0 else b""
             await client.eval(
-                _STORE, 1, self._entry_key(key), value, ttl_ms, self._channel(key), self._writer
+                STORE, 1, self._entry_key(key), value, ttl_ms, self._channel(key), self._writer
             )
             if ttl_ms > 0:
                 self._keep(key, entry, invalidations)
@@ -411,7 +272,7 @@ class RedisCache(CacheBackend):
     async def delete(self, key: str) -> None:
         async def in_redis(client: aioredis.Redis) -> None:
             await client.eval(
-                _STORE, 1, self._entry_key(key), b"", 0, self._channel(key), self._writer
+                STORE, 1, self._entry_key(key), b"", 0, self._channel(key), self._writer
             )
 
         # Also from the fallback, so a later outage cannot resurrect what was deleted.
@@ -424,7 +285,7 @@ class RedisCache(CacheBackend):
 
         async def in_redis(client: aioredis.Redis) -> None:
             batch: list[bytes] = []
-            async for name in client.scan_iter(match=_glob_escape(self.prefix) + "*", count=500):
+            async for name in client.scan_iter(match=glob_escape(self.prefix) + "*", count=500):
                 batch.append(name)
                 if len(batch) >= 500:
                     await client.unlink(*batch)
@@ -476,9 +337,9 @@ class RedisCache(CacheBackend):
     async def _coalesce(
         self, client: aioredis.Redis, key: str, fetch: Callable[[], Awaitable[CacheEntry]]
     ) -> tuple[CacheEntry, bool]:
-        token = secrets.token_hex(_TOKEN_LEN // 2)
+        token = secrets.token_hex(TOKEN_LEN // 2)
         deadline = time.monotonic() + self.wait_timeout_s
-        seen = "*"  # see _CLAIM
+        seen = "*"  # see CLAIM
         wakeup: asyncio.Event | None = None
         try:
             while True:
@@ -487,17 +348,17 @@ class RedisCache(CacheBackend):
                 if status == 1:
                     return await self._lead(client, key, token, fetch)
                 if status == 2 and outcome is not None:
-                    if outcome[_TOKEN_LEN : _TOKEN_LEN + 1] == _OK:
-                        entry = _decode_entry(outcome[_TOKEN_LEN + 1 :])
+                    if outcome[TOKEN_LEN : TOKEN_LEN + 1] == OUTCOME_OK:
+                        entry = decode_entry(outcome[TOKEN_LEN + 1 :])
                         if entry is not None:
                             return entry, False
                         # unreadable (another version of this code): ignore it, wait on
                     else:
-                        raise _waiter_error(outcome[_TOKEN_LEN + 1 :], key)
+                        raise waiter_error(outcome[TOKEN_LEN + 1 :], key)
                 if seen == "*":
-                    seen = outcome[:_TOKEN_LEN].decode() if outcome else ""
+                    seen = outcome[:TOKEN_LEN].decode() if outcome else ""
                 elif status == 2 and outcome is not None:
-                    seen = outcome[:_TOKEN_LEN].decode()
+                    seen = outcome[:TOKEN_LEN].decode()
                 if wakeup is None:
                     # Subscribe before the next check, so no notification can slip between.
                     await self._ensure_listener(client)
@@ -530,7 +391,7 @@ class RedisCache(CacheBackend):
     ) -> tuple[int, bytes | None]:
         try:
             status, outcome = await client.eval(
-                _CLAIM,
+                CLAIM,
                 2,
                 self._lock_key(key),
                 self._outcome_key(key),
@@ -553,15 +414,15 @@ class RedisCache(CacheBackend):
         try:
             entry = await fetch()
         except Exception as exc:
-            await self._finish(client, key, token, _ERROR, _error_payload(exc), 0)
+            await self._finish(client, key, token, OUTCOME_ERROR, error_payload(exc), 0)
             raise
         except BaseException:  # cancelled: let a waiter take over now rather than at lock expiry
             await self._release(client, key, token)
             raise
         finally:
             keeper.cancel()
-        payload = _encode_entry(entry)
-        if not await self._finish(client, key, token, _OK, payload, self._ttl_ms(entry)):
+        payload = encode_entry(entry)
+        if not await self._finish(client, key, token, OUTCOME_OK, payload, self._ttl_ms(entry)):
             await self.fallback.set(key, entry)
         return entry, True
 
@@ -570,9 +431,7 @@ class RedisCache(CacheBackend):
         try:
             while True:
                 await asyncio.sleep(self.lock_ttl_s / 3)
-                renewed = await client.eval(
-                    _RENEW, 1, self._lock_key(key), token, self._lock_ttl_ms
-                )
+                renewed = await client.eval(RENEW, 1, self._lock_key(key), token, self._lock_ttl_ms)
                 if not renewed:  # expired anyway (a long pause): someone else may lead now
                     return
         except (*_REDIS_ERRORS, PoolBusy):
@@ -590,7 +449,7 @@ class RedisCache(CacheBackend):
         """Publish the outcome (and store the entry); ``False`` if Redis failed."""
         try:
             await client.eval(
-                _FINISH,
+                FINISH,
                 3,
                 self._entry_key(key),
                 self._lock_key(key),
@@ -611,7 +470,7 @@ class RedisCache(CacheBackend):
 
     async def _release(self, client: aioredis.Redis, key: str, token: str) -> None:
         try:
-            await client.eval(_RELEASE, 1, self._lock_key(key), token, self._channel(key))
+            await client.eval(RELEASE, 1, self._lock_key(key), token, self._channel(key))
         except (*_REDIS_ERRORS, PoolBusy) as exc:  # the lock expires by itself
             logger.debug("could not release Redis lock: %s", self._scrub(str(exc)))
 
@@ -626,7 +485,7 @@ class RedisCache(CacheBackend):
                 return
             pubsub = client.pubsub()
             try:
-                await pubsub.psubscribe(_glob_escape(self._channel("")) + "*")
+                await pubsub.psubscribe(glob_escape(self._channel("")) + "*")
                 # Wait for Redis to confirm: only then is every later PUBLISH delivered to us.
                 confirm_by = time.monotonic() + 2 * _SOCKET_TIMEOUT_S
                 while True:

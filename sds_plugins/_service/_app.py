@@ -36,8 +36,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from .._events import RouteEvent
 from .._exceptions import InvalidInputError, SdsPluginsError
 from .._observability._tracing import incoming_trace_context
+from .._requests import decode_body, parse_request
 from .._validation import check_correlation_id
-from .._worker._core import _decode, _parse
 from ._catalogue import describe_adapters
 from ._health import Readiness
 from ._openapi import openapi_document
@@ -249,7 +249,7 @@ class _Service:
                     "ClientDisconnect",
                     headers={"Connection": "close"},
                 )
-            raw = _decode(sent)
+            raw = decode_body(sent)
             if isinstance(raw, dict):
                 if "adapter" in raw:
                     raise InvalidInputError(
@@ -259,7 +259,7 @@ class _Service:
                 raw = {"adapter": adapter, **raw}
                 if raw.get("correlation_id") is None and correlation_id is not None:
                     raw["correlation_id"] = correlation_id
-            parsed = _parse(raw)
+            parsed = parse_request(raw)
             correlation_id = parsed.correlation_id
             # Only a request with a trace context pays for reading all its headers.
             traced = request.headers if b"traceparent" in headers else None

@@ -50,7 +50,7 @@ from aiormq.abc import DeliveredMessage
 from yarl import URL
 
 from .._exceptions import InvalidInputError
-from ._amqp_strings import escaped, has_undecodable, install, lenient, raw_bytes
+from ._amqp_strings import decodable, install, lenient, request_id_of, undecodable_fields, writable
 from ._core import RouteWorker, WorkerOutcome
 from ._runtime import BrokerError, InFlight, explain, first_of, log_outcome
 
@@ -88,20 +88,6 @@ MAX_PUBLISH_REFUSALS = 5
 _REFUSALS_KEPT = 10_000
 # Closing a connection to a broker that stopped answering must not hang the exit.
 _CLOSE_TIMEOUT_S = 5.0
-# Broker-set short-string properties a message may carry (all but headers, which are a table).
-_STRING_PROPERTIES = (
-    "message_id",
-    "correlation_id",
-    "reply_to",
-    "content_type",
-    "content_encoding",
-    "message_type",
-    "user_id",
-    "app_id",
-    "expiration",
-    "cluster_id",
-)
-_AMQP_SHORT_MAX = 255  # bytes in a short string (message_id, correlation_id...)
 
 
 def retry_queue_name(requests: str, delay_s: float) -> str:
@@ -269,7 +255,7 @@ class AmqpTransport:
         delivery_tag = message.delivery_tag
         assert delivery_tag is not None  # a delivery (not a basic.get or a return) has one
         headers = dict(properties.headers or {})
-        undecodable = _undecodable(properties, headers)
+        undecodable = undecodable_fields(properties, headers)
         reject = None
         if undecodable:
             shown = ", ".join(undecodable[:5])
@@ -279,14 +265,14 @@ class AmqpTransport:
                 f"with \\x escapes): {shown}{more}",
                 field="properties",
             )
-        request_id = _request_id(properties.message_id)
+        request_id = request_id_of(properties.message_id)
         outcome = await self.worker.handle(
             message.body,
             request_id=request_id,
             attempt=_int(headers.get(ATTEMPTS_HEADER)) + 1,
             first_seen=_float(headers.get(FIRST_SEEN_HEADER)),
             headers=headers,
-            correlation_id=_decodable(properties.correlation_id),
+            correlation_id=decodable(properties.correlation_id),
             reject=reject,
         )
         try:
@@ -396,13 +382,13 @@ class AmqpTransport:
             delivery_mode=_PERSISTENT,
             message_id=outcome.request_id,
             # An RPC caller matches the reply by its own correlation id, exactly as it set it.
-            correlation_id=_decodable(incoming.correlation_id) or outcome.correlation_id,
+            correlation_id=decodable(incoming.correlation_id) or outcome.correlation_id,
             message_type=outcome.disposition,
             headers={ATTEMPTS_HEADER: outcome.attempt},
             timestamp=datetime.datetime.now(datetime.UTC),
             app_id="sds-plugins",
         )
-        reply_to = _decodable(incoming.reply_to)
+        reply_to = decodable(incoming.reply_to)
         if reply_to and self._is_requests_queue(reply_to):
             # It would be taken for a request (or, in a retry queue, block the retries behind
             # it): refused as --envelopes/--failures would be.
@@ -447,7 +433,7 @@ class AmqpTransport:
         await self._declare(
             queue, {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": requests}
         )
-        kept = {k: _writable(v) for k, v in headers.items() if not k.startswith(_BROKER_HEADERS)}
+        kept = {k: writable(v) for k, v in headers.items() if not k.startswith(_BROKER_HEADERS)}
         kept[ATTEMPTS_HEADER] = outcome.attempt
         kept[FIRST_SEEN_HEADER] = math.floor(outcome.first_seen)
         original = message.header.properties
@@ -496,50 +482,6 @@ def with_heartbeat(url: str) -> URL:
     return parsed.update_query(heartbeat=HEARTBEAT_S)
 
 
-def _decodable(value: str | None) -> str | None:
-    """A short-string property, or ``None`` when it was not UTF-8 (it cannot be used)."""
-    if value is None or has_undecodable(value):
-        return None
-    return value
-
-
-def _request_id(message_id: str | None) -> str | None:
-    """The request id: the ``message_id``; one that is not UTF-8 escaped (``caf\\xe9``), cut
-    to what a message_id can carry back on the outcome (255 bytes, with a digest)."""
-    if not message_id or not has_undecodable(message_id):
-        return message_id or None
-    text = escaped(message_id)
-    if len(text.encode()) <= _AMQP_SHORT_MAX:
-        return text
-    digest = hashlib.sha256(raw_bytes(message_id)).hexdigest()[:16]
-    return f"{text.encode()[:200].decode('utf-8', 'ignore')}~{digest}"
-
-
-def _undecodable(properties: aiormq.spec.Basic.Properties, headers: Mapping[str, Any]) -> list[str]:
-    """The properties and header names that are not UTF-8, each with its value escaped."""
-    found = [
-        f'{name} "{escaped(value)[:100]}"'
-        for name in _STRING_PROPERTIES
-        if isinstance(value := getattr(properties, name, None), str) and has_undecodable(value)
-    ]
-    found += [f'header name "{escaped(name)[:100]}"' for name in _undecodable_names(headers)]
-    return found
-
-
-def _undecodable_names(value: Any) -> list[str]:
-    """Names in a table (and in the tables inside it) that are not UTF-8."""
-    names: list[str] = []
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if isinstance(key, str) and has_undecodable(key):
-                names.append(key)
-            names += _undecodable_names(item)
-    elif isinstance(value, list):
-        for item in value:
-            names += _undecodable_names(item)
-    return names
-
-
 def _is_refusal(exc: BaseException) -> bool:
     """Whether ``exc`` is the broker (or the client) refusing this one message — nacked, not
     encodable — rather than a connection or a broker in trouble (a timeout, a closed channel),
@@ -573,24 +515,6 @@ async def _quietly(awaitable: Any) -> None:
         await awaitable
     except Exception as exc:
         logger.debug("ignored while closing: %s", type(exc).__name__)
-
-
-def _writable(value: Any) -> Any:
-    """A header value as pamqp can write it back.
-
-    pamqp reads a string that is not UTF-8 (legal AMQP, from a Java or Go client, say) as
-    ``bytes``, which it cannot encode: the retry copy would fail, and the request come back
-    for ever without its attempt counted. A byte array carries the same bytes.
-    """
-    if isinstance(value, bytes):
-        return bytearray(value)
-    if isinstance(value, str) and has_undecodable(value):
-        return bytearray(raw_bytes(value))
-    if isinstance(value, dict):
-        return {k: _writable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_writable(v) for v in value]
-    return value
 
 
 def _int(value: Any) -> int:

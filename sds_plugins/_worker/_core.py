@@ -26,13 +26,14 @@ import re
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._adapter import SECRET_OPTIONS
 from .._exceptions import ConfigurationError, InvalidInputError, SdsPluginsError
 from .._observability._tracing import incoming_trace_context
 from .._patients import PatientRefs
+from .._requests import WorkerRequest, decode_body, parse_request
 from .._validation import check_correlation_id, uuid_text
 
 if TYPE_CHECKING:
@@ -44,12 +45,10 @@ __all__ = [
     "MAX_FAILURE_BYTES",
     "MAX_REQUEST_BYTES",
     "MAX_REQUEST_ID_CHARS",
-    "REQUEST_FIELDS",
     "Disposition",
     "RouteWorker",
     "WorkerOutcome",
     "WorkerPolicy",
-    "WorkerRequest",
 ]
 
 logger = logging.getLogger("sds_plugins.worker")
@@ -58,41 +57,6 @@ logger = logging.getLogger("sds_plugins.worker")
 #: acknowledge it), or deliver it again later.
 Disposition = Literal["envelope", "failure", "retry"]
 
-#: The fields a request body may have; the first three are required.
-REQUEST_FIELDS = (
-    "adapter",
-    "org",
-    "patient",
-    "interaction",
-    "options",
-    "encounter",
-    "correlation_id",
-    "requesting_org",
-)
-_REQUIRED = ("adapter", "interaction")
-_TEXT_FIELDS = (
-    "adapter",
-    "org",
-    "patient",
-    "interaction",
-    "encounter",
-    "correlation_id",
-    "requesting_org",
-)
-# Keyword arguments of Router.route(): an option with one of these names would collide.
-_RESERVED_OPTIONS = frozenset(
-    {
-        "adapter",
-        "org",
-        "patient",
-        "interaction",
-        "correlation_id",
-        "encounter",
-        "bypass_cache",
-        "requesting_org",
-        "request_id",
-    }
-)
 _MASK = "**********"
 # What a log line shows unquoted: letters, digits and "-_.:/@+" (one regex: this runs for
 # several fields of every request's log line).
@@ -119,9 +83,6 @@ _MESSAGE_CHARS = 2000
 # and its outcome carries a shortened id: the first _ID_KEPT characters and a SHA-256 prefix.
 MAX_REQUEST_ID_CHARS = 1024
 _ID_KEPT = 1000
-# JSON numbers: longer literals are refused before Python converts them (an integer of
-# thousands of digits raises ValueError, and costs quadratic time on the way).
-_NUMBER_CHARS = 100
 
 
 def correlation_id_for(request_id: str) -> str:
@@ -173,35 +134,6 @@ class WorkerPolicy:
         if retry_after_s is not None and math.isfinite(retry_after_s):
             delay = max(delay, retry_after_s)
         return delay
-
-
-@dataclass(frozen=True, kw_only=True)
-class WorkerRequest:
-    """A request body, parsed and checked: what :meth:`Router.route` is called with."""
-
-    adapter: str
-    interaction: str
-    #: One of the two: an organisation (ODS code), or a patient (NHS number) whose registered
-    #: practice PDS names.
-    org: str | None = None
-    patient: str | None = None
-    options: Mapping[str, Any] = field(default_factory=dict)
-    encounter: str | None = None
-    correlation_id: str | None = None
-    #: The organisation a patient route is made for (PDS's NHSD-End-User-Organisation-ODS).
-    requesting_org: str | None = None
-
-    def __repr__(self) -> str:
-        # Options may hold credentials (a MESH password): never print their values; an NHS
-        # number is personal data: never print it either.
-        options = {k: (_MASK if k in SECRET_OPTIONS else v) for k, v in self.options.items()}
-        patient = None if self.patient is None else _MASK
-        return (
-            f"WorkerRequest(adapter={self.adapter!r}, org={self.org!r}, patient={patient!r}, "
-            f"interaction={self.interaction!r}, options={options!r}, "
-            f"encounter={self.encounter!r}, correlation_id={self.correlation_id!r}, "
-            f"requesting_org={self.requesting_org!r})"
-        )
 
 
 @dataclass(frozen=True, kw_only=True, repr=False)
@@ -335,10 +267,10 @@ class RouteWorker:
             if reject is not None:
                 # Parsed only for the echo (masked as usual): the message's own error wins.
                 with contextlib.suppress(InvalidInputError):
-                    raw = _decode(body)
+                    raw = decode_body(body)
                 raise reject
-            raw = _decode(body)
-            request = _parse(raw)
+            raw = decode_body(body)
+            request = parse_request(raw)
             # The caller's id, kept as given: the body's, else the message's own.
             given = request.correlation_id
             if given is None and message_correlation_id:
@@ -540,149 +472,6 @@ def _dump(document: Mapping[str, Any]) -> bytes:
         # A lone surrogate (in a text body an embedding application passed) is written as its
         # JSON escape, \udcXX: the document stays UTF-8 and JSON.
         return text.encode(errors="backslashreplace")
-
-
-# -- parsing ----------------------------------------------------------------------------------
-
-
-#: The most '[' and '{' a request body may hold (see _decode).
-_MAX_CONTAINERS = 500
-
-
-def _decode(body: bytes | str) -> Any:
-    """A request body's JSON value: an :class:`InvalidInputError` for anything else.
-
-    Shared with ``serve``. Numbers are read with limits: a literal longer than
-    ``_NUMBER_CHARS`` characters (Python would refuse an integer of more than 4,300 digits
-    with a bare ``ValueError``), a float out of range and ``NaN``/``Infinity`` (not JSON) are
-    invalid input, like nesting deeper than the parser's recursion limit.
-    """
-    try:
-        text = body.decode("utf-8") if isinstance(body, bytes) else body
-    except UnicodeDecodeError:
-        raise InvalidInputError("the request body is not UTF-8 text", field="body") from None
-    # Depth is bounded before parsing, whatever the interpreter's recursion limit (a test run
-    # or an embedding application may raise it): a routing request holds a handful of
-    # objects and arrays, never hundreds. Counted at C speed, brackets in strings included.
-    if text.count("[") + text.count("{") > _MAX_CONTAINERS:
-        raise InvalidInputError(
-            f"the request body is nested too deeply (over {_MAX_CONTAINERS} JSON objects "
-            "and arrays, or brackets)",
-            field="body",
-        )
-    try:
-        return json.loads(
-            text, parse_int=_json_int, parse_float=_json_float, parse_constant=_json_constant
-        )
-    except InvalidInputError:
-        raise
-    except RecursionError:
-        raise InvalidInputError("the request body is nested too deeply", field="body") from None
-    except json.JSONDecodeError as exc:
-        raise InvalidInputError(
-            f"the request body is not JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})",
-            field="body",
-        ) from None
-    except ValueError:  # anything else the parser could not convert
-        raise InvalidInputError(
-            "the request body has a number that cannot be read", field="body"
-        ) from None
-
-
-def _long_number(literal: str) -> InvalidInputError:
-    return InvalidInputError(
-        f"the request body has a number {len(literal):,} characters long; "
-        f"at most {_NUMBER_CHARS} are read",
-        field="body",
-    )
-
-
-def _json_int(literal: str) -> int:
-    if len(literal) > _NUMBER_CHARS:
-        raise _long_number(literal)
-    return int(literal)
-
-
-def _json_float(literal: str) -> float:
-    if len(literal) > _NUMBER_CHARS:
-        raise _long_number(literal)
-    value = float(literal)
-    if not math.isfinite(value):
-        raise InvalidInputError(
-            f"the request body has a number out of range ({literal})", field="body"
-        )
-    return value
-
-
-def _json_constant(name: str) -> float:
-    raise InvalidInputError(
-        f"the request body is not JSON ({name} is not a JSON number)", field="body"
-    )
-
-
-def _parse(raw: Any) -> WorkerRequest:
-    if not isinstance(raw, dict):
-        raise InvalidInputError(
-            f"the request body must be a JSON object, not {_json_type(raw)}", field="body"
-        )
-    unknown = sorted(set(raw) - set(REQUEST_FIELDS))
-    if unknown:
-        raise InvalidInputError(
-            f"unknown request field {', '.join(map(repr, unknown))} "
-            f"(known: {', '.join(REQUEST_FIELDS)})",
-            field=unknown[0],
-        )
-    for name in _REQUIRED:
-        if raw.get(name) is None:
-            raise InvalidInputError(f"the request has no {name!r}", field=name)
-    if (raw.get("org") is None) == (raw.get("patient") is None):
-        raise InvalidInputError(
-            "the request needs 'org' (an ODS code) or 'patient' (an NHS number), one of them",
-            field="org",
-        )
-    for name in _TEXT_FIELDS:
-        value = raw.get(name)
-        if value is not None and not isinstance(value, str):
-            raise InvalidInputError(
-                f"{name!r} must be a string, not {_json_type(value)}", field=name
-            )
-    options = raw.get("options")
-    if options is None:
-        options = {}
-    elif not isinstance(options, dict):
-        raise InvalidInputError(
-            f"'options' must be a JSON object, not {_json_type(options)}", field="options"
-        )
-    clash = sorted(_RESERVED_OPTIONS.intersection(options))
-    if clash:
-        raise InvalidInputError(
-            f"options cannot set {', '.join(map(repr, clash))} (a request field, not an option)",
-            field=f"options.{clash[0]}",
-        )
-    return WorkerRequest(
-        adapter=raw["adapter"],
-        org=raw.get("org"),
-        patient=raw.get("patient"),
-        interaction=raw["interaction"],
-        options=options,
-        encounter=raw.get("encounter"),
-        correlation_id=raw.get("correlation_id"),
-        requesting_org=raw.get("requesting_org"),
-    )
-
-
-def _json_type(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
 
 
 def _describe(error: Exception, correlation_id: str) -> dict[str, Any]:

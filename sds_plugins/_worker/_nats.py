@@ -1,6 +1,6 @@
 """NATS JetStream transport (nats-py): streams, a durable pull consumer, ``nak`` with delay.
 
-Declared idempotently (anything that already exists is used as it is)::
+Declared idempotently by ``_nats_streams`` (anything that already exists is used as it is)::
 
     stream <REQUESTS>      captures <requests> unless a stream already does (work-queue retention)
     stream <ENVELOPES>     captures <envelopes>, likewise; <FAILURES> captures <failures>
@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import socket
 import time
 import uuid
@@ -44,17 +43,10 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
-    RetentionPolicy,
-    StorageType,
-    StreamConfig,
-)
 
 from .._exceptions import ConfigurationError
 from ._core import RouteWorker, WorkerOutcome
+from ._nats_streams import check_subject, consumer_name, declare, subject_matches
 from ._runtime import BrokerError, InFlight, explain, first_of, log_outcome
 
 if TYPE_CHECKING:
@@ -72,9 +64,6 @@ __all__ = [
     "REPLY_TO_HEADER",
     "STALL_S",
     "NatsTransport",
-    "consumer_name",
-    "stream_name",
-    "subject_matches",
 ]
 
 logger = logging.getLogger("sds_plugins.worker")
@@ -94,7 +83,6 @@ _CONSUMER_CHECK_S = 5.0
 # Request ids the worker assigns live in their own namespace: derived from the stream sequence,
 # so a redelivered request keeps the id it had.
 _REQUEST_ID_NAMESPACE = uuid.UUID("8c4f8f0e-2b1d-4e49-a7a8-6f0f5c1c2d3b")
-_NOT_A_NAME = re.compile(r"[^A-Za-z0-9_-]")
 #: How often the watchdog pings the server (a PING it must answer with a PONG), and how long
 #: it waits for each answer.
 PING_S = 5.0
@@ -108,34 +96,6 @@ MAX_PUBLISH_REFUSALS = 5
 _REFUSALS_KEPT = 10_000
 # Closing a connection to a server that stopped answering must not hang the exit.
 _CLOSE_TIMEOUT_S = 5.0
-
-
-def stream_name(subject: str) -> str:
-    """The stream the worker creates for ``subject`` when no stream captures it."""
-    return _NOT_A_NAME.sub("_", subject).upper()
-
-
-def consumer_name(requests: str) -> str:
-    """The durable consumer every worker on ``requests`` shares."""
-    return "worker-" + _NOT_A_NAME.sub("_", requests)
-
-
-def subject_matches(pattern: str, subject: str) -> bool:
-    """Whether a stream subject ``pattern`` (``*`` one token, ``>`` the rest) captures
-    ``subject``."""
-    tokens = subject.split(".")
-    parts = pattern.split(".")
-    for index, part in enumerate(parts):
-        if part == ">":
-            return len(tokens) > index
-        if index >= len(tokens) or (part != "*" and part != tokens[index]):
-            return False
-    return len(parts) == len(tokens)
-
-
-def _check_subject(subject: str, option: str) -> None:
-    if not subject or any(c in subject for c in "*> \t\r\n") or ".." in subject:
-        raise ConfigurationError(f"{option} {subject!r} is not a plain NATS subject")
 
 
 class NatsTransport:
@@ -169,7 +129,7 @@ class NatsTransport:
             (settings.envelopes, "--envelopes"),
             (settings.failures, "--failures"),
         ):
-            _check_subject(subject, option)
+            check_subject(subject, option)
         try:
             nc = await nats.connect(
                 settings.broker_url.get_secret_value(),
@@ -196,7 +156,8 @@ class NatsTransport:
         try:
             js = nc.jetstream(timeout=_API_TIMEOUT_S)
             self._js = js
-            subscription = await self._declare(js)
+            declared = await declare(js, settings)
+            self._requests_stream, self._requests_subjects, subscription = declared
             logger.info(
                 "worker ready: consuming %s (stream %s) on %s (concurrency %d)",
                 settings.requests,
@@ -260,79 +221,6 @@ class NatsTransport:
                 await asyncio.wait_for(nc.close(), _CLOSE_TIMEOUT_S)
             except Exception as exc:
                 logger.debug("close failed: %s", type(exc).__name__)
-
-    # -- declarations -------------------------------------------------------------------------
-
-    async def _declare(self, js: JetStreamContext) -> JetStreamContext.PullSubscription:
-        settings = self.settings
-        requests = await self._ensure_stream(js, settings.requests)
-        for subject in (settings.envelopes, settings.failures):
-            if await self._ensure_stream(js, subject) == requests:
-                raise ConfigurationError(
-                    f"stream {requests} captures both {settings.requests} and {subject}: "
-                    "outcomes carry their request's Nats-Msg-Id, so that stream's de-duplication "
-                    "would drop them; capture outcomes in another stream"
-                )
-        self._requests_stream = requests
-        info = await js.stream_info(requests)
-        self._requests_subjects = [settings.requests, *(info.config.subjects or [])]
-        durable = consumer_name(settings.requests)
-        try:
-            info = await js.consumer_info(requests, durable)
-        except nats.js.errors.NotFoundError:
-            config = ConsumerConfig(
-                durable_name=durable,
-                description="sds-plugins workers (competing consumers)",
-                ack_policy=AckPolicy.EXPLICIT,
-                ack_wait=settings.ack_wait_s,
-                deliver_policy=DeliverPolicy.ALL,
-                filter_subject=settings.requests,
-                max_deliver=-1,  # the worker counts attempts and gives up itself
-                # Requests waiting for a delayed redelivery count as pending: leave room for
-                # an outage's worth of them besides the ones being routed.
-                max_ack_pending=max(10_000, settings.concurrency * 10),
-            )
-            try:
-                await js.add_consumer(requests, config)
-            except nats.js.errors.BadRequestError:
-                # Another worker created it a moment ago with other settings: use theirs.
-                info = await js.consumer_info(requests, durable)
-                self._check_consumer(info.config, durable)
-        else:
-            self._check_consumer(info.config, durable)
-        return await js.pull_subscribe_bind(durable=durable, stream=requests)
-
-    def _check_consumer(self, config: ConsumerConfig, durable: str) -> None:
-        if config.filter_subject not in (None, "", self.settings.requests):
-            raise ConfigurationError(
-                f"consumer {durable} exists and filters {config.filter_subject!r}, "
-                f"not {self.settings.requests!r}"
-            )
-        if config.ack_policy not in (None, AckPolicy.EXPLICIT):
-            raise ConfigurationError(f"consumer {durable} exists without explicit acks")
-
-    async def _ensure_stream(self, js: JetStreamContext, subject: str) -> str:
-        try:
-            return await js.find_stream_name_by_subject(subject)
-        except nats.js.errors.NotFoundError:
-            pass
-        name = stream_name(subject)
-        config = StreamConfig(
-            name=name,
-            subjects=[subject],
-            description="sds-plugins worker",
-            # A queue's semantics: a message is gone once a consumer acknowledged it.
-            retention=RetentionPolicy.WORK_QUEUE,
-            storage=StorageType.FILE,
-            duplicate_window=120.0,
-        )
-        try:
-            await js.add_stream(config)
-            logger.info("created stream %s for %s", name, subject)
-        except nats.js.errors.BadRequestError:
-            # Created meanwhile by another worker, or the name is taken: ask again.
-            return await js.find_stream_name_by_subject(subject)
-        return name
 
     # -- consuming ----------------------------------------------------------------------------
 
@@ -568,7 +456,7 @@ class NatsTransport:
             reply_to = ""
         if reply_to:
             try:
-                _check_subject(reply_to, REPLY_TO_HEADER)
+                check_subject(reply_to, REPLY_TO_HEADER)
                 await self._js.publish(reply_to, outcome.body, headers=dict(outgoing))
             except (ConfigurationError, nats.js.errors.NoStreamResponseError):
                 logger.warning(
