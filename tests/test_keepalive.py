@@ -5,14 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import httpx
 import pytest
 
-from sds_plugins import PluginError, PluginHost, hookimpl
+from sds_plugins import (
+    PluginError,
+    PluginHost,
+    Router,
+    Settings,
+    WorkerSettings,
+    create_service_app,
+    hookimpl,
+    run_worker,
+)
 from sds_plugins import _keepalive as keepalive_module
 from sds_plugins._keepalive import KeepaliveRunner, collect_keepalives
+from sds_plugins.sandbox import AppServer, Sandbox
+
+NATS_URL = os.environ.get("SDS_TEST_NATS_URL", "")
 
 Register = Callable[[str, float, Callable[[], Awaitable[object]]], None]
 
@@ -99,3 +114,62 @@ async def test_a_keepalive_that_raises_anything_never_stops_the_process(
 
     async with KeepaliveRunner(collect_keepalives(_host(_Plugin(("broken", 60, broken))))):
         await asyncio.wait_for(third.wait(), timeout=10)
+
+
+# -- the long-running processes make them: serve and the worker --------------------------------
+
+
+class _Counting:
+    """A plugin whose keepalive counts its calls and says when it was first called."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.called = threading.Event()
+
+    async def ping(self) -> None:
+        self.calls += 1
+        self.called.set()
+
+    @hookimpl
+    def sds_register_keepalives(self, register: Register) -> None:
+        register("counting", 3600.0, self.ping)
+
+
+def test_serve_makes_each_keepalive_when_it_starts(sandbox: Sandbox) -> None:
+    counting = _Counting()
+    host = PluginHost(load_entrypoints=False, environ={})
+    host.register(counting, name="counting")
+    router = Router(Settings(base_url=sandbox.base_url), host=host)
+    with AppServer(create_service_app(router), lifespan=True) as server:
+        assert counting.called.wait(10)
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+    assert counting.calls == 1  # the next one is an hour away; the app stopped first
+
+
+@pytest.mark.skipif(not NATS_URL, reason="SDS_TEST_NATS_URL is not set (NATS JetStream)")
+async def test_the_worker_makes_each_keepalive_when_it_starts(sandbox: Sandbox) -> None:
+    from ._worker_support import NatsBroker, unique_prefix
+
+    counting = _Counting()
+    host = PluginHost(load_entrypoints=False, environ={})
+    host.register(counting, name="counting")
+    router = Router(Settings(base_url=sandbox.base_url), host=host)
+    broker = NatsBroker(NATS_URL, unique_prefix())
+    await broker.open()
+    stop = asyncio.Event()
+    settings = WorkerSettings(
+        broker_url=NATS_URL,
+        requests=broker.requests,
+        envelopes=broker.envelopes,
+        failures=broker.failures,
+    )
+    try:
+        worker = asyncio.create_task(run_worker(settings, router=router, stop=stop))
+        await asyncio.wait_for(asyncio.to_thread(counting.called.wait, 20), timeout=30)
+        stop.set()
+        await asyncio.wait_for(worker, timeout=30)
+    finally:
+        stop.set()
+        await broker.close()
+        await router.aclose()
+    assert counting.calls == 1

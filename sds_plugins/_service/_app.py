@@ -35,6 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._events import RouteEvent
 from .._exceptions import InvalidInputError, SdsPluginsError
+from .._keepalive import KeepaliveRunner, collect_keepalives
 from .._observability._tracing import incoming_trace_context
 from .._requests import decode_body, parse_request
 from .._validation import check_correlation_id
@@ -487,10 +488,14 @@ def create_service_app(
                 "adapter options for adapters that are not installed: %s", ", ".join(unknown)
             )
         service.readiness.stopping = False
+        # The plugins' keepalives (the MESH handshake): at start, then every interval.
+        keepalives = KeepaliveRunner(collect_keepalives(router.host))
+        keepalives.start()
         try:
             yield
         finally:
             service.readiness.stopping = True
+            await keepalives.aclose()
             await router.aclose()
 
     app = Starlette(

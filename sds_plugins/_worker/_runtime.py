@@ -13,6 +13,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._exceptions import ConfigurationError, SdsPluginsError
+from .._keepalive import KeepaliveRunner, collect_keepalives
 from ._core import RouteWorker, WorkerOutcome, _text
 from ._settings import WorkerSettings
 
@@ -224,6 +225,7 @@ async def run_worker(
     stop_event = stop if stop is not None else asyncio.Event()
     endpoint = _serve_metrics(metrics, settings) if metrics is not None else None
     restore = _handle_signals(stop_event) if stop is None else (lambda: None)
+    keepalives: KeepaliveRunner | None = None
     try:
         await active.start()
         unknown = sorted(set(active.adapter_options) - set(active.adapters))
@@ -231,8 +233,13 @@ async def run_worker(
             logger.warning(
                 "adapter options for adapters that are not installed: %s", ", ".join(unknown)
             )
+        # The plugins' keepalives (the MESH handshake): at start, then every interval.
+        keepalives = KeepaliveRunner(collect_keepalives(active.host))
+        keepalives.start()
         await transport.run(stop_event)
     finally:
+        if keepalives is not None:
+            await keepalives.aclose()
         restore()
         if endpoint is not None:
             # shutdown() waits for the serving thread's loop to notice (about half a second).
