@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 from cachetools import LRUCache
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ._adapter_options import MASKED_OPTIONS, options_key
 from ._envelope import CacheStatus, ForeignRecord, Provenance, RoutingEnvelope
-from ._exceptions import InvalidInputError, NotFoundError
+from ._exceptions import DirectoryError, InvalidInputError, NotFoundError
 from ._models import AccreditedSystem, MessageHandlingEndpoint
 from ._query import DeviceQuery, EndpointQuery
 from ._validation import invalid_input, normalise_interaction, sds_correlation_id
@@ -68,12 +69,6 @@ class Lookup(BaseModel):
         return f"{self.source}:{self.query.key()}"
 
 
-#: Option names whose values are credentials: masked wherever a request is printed.
-SECRET_OPTIONS = frozenset(
-    {"password", "shared_key", "api_key", "client_secret", "token", "user_access_token"}
-)
-
-
 class RouteRequest(BaseModel):
     """One call of ``Router.route``: validated organisation, interaction and options.
 
@@ -88,7 +83,7 @@ class RouteRequest(BaseModel):
         for name, value in super().__repr_args__():
             if name == "options" and isinstance(value, Mapping):
                 value = {
-                    key: ("**********" if key in SECRET_OPTIONS else option)
+                    key: ("**********" if key in MASKED_OPTIONS else option)
                     for key, option in value.items()
                 }
             yield name, value
@@ -194,19 +189,7 @@ def replaced(model: _M, changes: Mapping[str, Any]) -> _M:
     return new
 
 
-_HASHABLE = frozenset((str, int, float, bool, type(None)))
 _T = TypeVar("_T")
-
-
-def options_key(options: Mapping[str, Any]) -> tuple[Any, ...] | None:
-    """A key for remembering validated options: only plain values (a secret, a list, an object
-    passed in could change or be unhashable, and is validated afresh every time)."""
-    # The types belong in the key: True == 1 == 1.0 hash alike but may validate differently.
-    # Not sorted: the same options in another order only take one more slot of the memory.
-    types = tuple(map(type, options.values()))
-    if _HASHABLE.issuperset(types):
-        return (tuple(options.items()), types)
-    return None
 
 
 class Recipient(Candidate):
@@ -372,7 +355,9 @@ class Resolution:
         if warm is None:
             return compute()
         derived = warm.core if space == "core" else warm.adapter
-        depends = tuple(depends_on)
+        # A route to a patient depends on the patient too: prepared routes are shared by every
+        # patient of a practice, and a derivation must never hand one patient's to another.
+        depends = tuple(depends_on) if self.patient is None else (*depends_on, self.patient)
         remembered = derived.get(name)
         if (
             remembered is not None
@@ -380,7 +365,14 @@ class Resolution:
             and all(map(operator.is_, remembered[0], depends))
         ):
             return remembered[1]  # type: ignore[no-any-return]
-        value = compute()
+        try:
+            value = compute()
+        except DirectoryError as exc:
+            # The computation saw the request without its id (derive): the error gets the
+            # route's own.
+            if not exc.correlation_id:
+                exc.correlation_id = self.request.correlation_id
+            raise
         derived[name] = (depends, value)  # holding them keeps their identities unique
         return value
 

@@ -59,10 +59,19 @@ class _Frozen(BaseModel):
 
 
 def _masked(headers: Mapping[str, str], personal: tuple[str, ...] = ()) -> dict[str, str]:
+    # Lower-cased here too: model_copy(update=...) skips the field validator.
+    hidden = SENSITIVE_HEADERS.union(name.lower() for name in personal) if personal else None
     return {
-        k: (MASK if k.lower() in SENSITIVE_HEADERS or k.lower() in personal else v)
-        for k, v in headers.items()
+        k: (MASK if k.lower() in (hidden or SENSITIVE_HEADERS) else v) for k, v in headers.items()
     }
+
+
+def _merged(headers: Mapping[str, str], more: Mapping[str, str]) -> dict[str, str]:
+    """``headers`` with ``more`` added or replacing them, names compared as HTTP does (case
+    aside): never the same header twice, the old value and the new."""
+    replaced_names = {name.lower() for name in more}
+    kept = {k: v for k, v in headers.items() if k.lower() not in replaced_names}
+    return {**kept, **more}
 
 
 def _reveal(info: SerializationInfo) -> bool:
@@ -261,7 +270,7 @@ class RoutingEnvelope(_Frozen):
         """
         for name, value in headers.items():
             check_header_value(value, f"header {name}")
-        merged = {**self.request.headers, **headers}
+        merged = _merged(self.request.headers, headers)
         request = HttpRequestSpec(
             method=self.request.method,
             url=self.request.url,
@@ -282,9 +291,10 @@ class RoutingEnvelope(_Frozen):
         **kwargs: Any,
     ) -> httpx.Request:
         """An ``httpx.Request`` with the envelope's method, URL and headers, and ``content``."""
-        merged = dict(self.request.headers)
-        for name, value in (headers or {}).items():
-            merged[name] = check_header_value(value, f"header {name}")
+        extra = {
+            name: check_header_value(v, f"header {name}") for name, v in (headers or {}).items()
+        }
+        merged = _merged(self.request.headers, extra) if extra else dict(self.request.headers)
         return httpx.Request(
             self.request.method, self.request.url, headers=merged, content=content, **kwargs
         )

@@ -24,12 +24,22 @@ from ._exceptions import PluginError
 if TYPE_CHECKING:
     from ._plugins import PluginHost
 
-__all__ = ["RETRY_S", "Keepalive", "KeepaliveRunner", "collect_keepalives"]
+__all__ = [
+    "CALL_TIMEOUT_S",
+    "RETRY_S",
+    "Keepalive",
+    "KeepaliveRunner",
+    "collect_keepalives",
+    "start_keepalives",
+]
 
 logger = logging.getLogger("sds_plugins.keepalive")
 
 #: After a failure, the next try comes after this many seconds (or the interval, if shorter).
 RETRY_S = 300.0
+#: The longest one call may take: a server that answers a byte at a time must not hold it
+#: (and every later call) for ever. Past it, the call failed.
+CALL_TIMEOUT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -64,7 +74,8 @@ async def run_once(keepalive: Keepalive) -> None:
     """One call, logged: the error's class and message (never raised further)."""
     started = time.perf_counter()
     try:
-        await keepalive.call()
+        async with asyncio.timeout(CALL_TIMEOUT_S):
+            await keepalive.call()
     except Exception as exc:
         logger.warning(
             "keepalive %s failed: %s: %s (next try in %.0f s)",
@@ -79,6 +90,22 @@ async def run_once(keepalive: Keepalive) -> None:
         keepalive.name,
         (time.perf_counter() - started) * 1000,
     )
+
+
+def start_keepalives(host: PluginHost) -> KeepaliveRunner:
+    """A started :class:`KeepaliveRunner` for the plugins' keepalives. A plugin that fails to
+    register them is logged and the process goes on without: nothing routing needs waits on a
+    keepalive."""
+    try:
+        keepalives = collect_keepalives(host)
+    except Exception as exc:
+        logger.error(
+            "no keepalives: a plugin failed to register them: %s: %s", type(exc).__name__, exc
+        )
+        keepalives = []
+    runner = KeepaliveRunner(keepalives)
+    runner.start()
+    return runner
 
 
 class KeepaliveRunner:

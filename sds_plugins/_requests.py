@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ._adapter import SECRET_OPTIONS
+from ._adapter_options import MASKED_OPTIONS
 from ._exceptions import InvalidInputError
 
 __all__ = ["REQUEST_FIELDS", "WorkerRequest", "decode_body", "parse_request"]
@@ -80,7 +80,7 @@ class WorkerRequest:
     def __repr__(self) -> str:
         # Options may hold credentials (a MESH password): never print their values; an NHS
         # number is personal data: never print it either.
-        options = {k: (_MASK if k in SECRET_OPTIONS else v) for k, v in self.options.items()}
+        options = {k: (_MASK if k in MASKED_OPTIONS else v) for k, v in self.options.items()}
         patient = None if self.patient is None else _MASK
         return (
             f"WorkerRequest(adapter={self.adapter!r}, org={self.org!r}, patient={patient!r}, "

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from ._adapter import LookupOutcome, options_key, replaced
+from ._adapter import LookupOutcome, replaced
+from ._adapter_options import options_key
 from ._route_events import lookup_event
 
 if TYPE_CHECKING:

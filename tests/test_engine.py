@@ -715,13 +715,20 @@ async def test_a_warm_route_sees_every_change_to_the_in_process_cache(
 
 
 def test_remembered_options_keep_their_types() -> None:
-    from sds_plugins._adapter import options_key
+    from sds_plugins._adapter_options import options_key
 
     # Equal and hashing alike, but an int and a bool may validate differently.
     assert options_key({"n": 1}) != options_key({"n": True})
     assert options_key({"n": 1}) != options_key({"n": 1.0})
     assert options_key({"a": "x", "b": None}) == options_key({"a": "x", "b": None})
     assert options_key({"a": ["x"]}) is None  # not plain: validated afresh every time
+    # A patient's data is never kept in a memo; a credential only as a keyed digest.
+    for personal in ("nhs_number", "birth_date", "family_name", "subject"):
+        assert options_key({"routing": "demographic", personal: "BIRCH"}) is None
+    key = options_key({"mailbox": "X26ABC1", "password": "hunter2"})
+    assert key is not None and "hunter2" not in repr(key)
+    assert key == options_key({"mailbox": "X26ABC1", "password": "hunter2"})
+    assert key != options_key({"mailbox": "X26ABC1", "password": "hunter3"})
 
 
 def test_replaced_is_model_copy_for_plain_models_and_falls_back_otherwise() -> None:

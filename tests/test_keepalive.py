@@ -173,3 +173,41 @@ async def test_the_worker_makes_each_keepalive_when_it_starts(sandbox: Sandbox) 
         await broker.close()
         await router.aclose()
     assert counting.calls == 1
+
+
+async def test_a_keepalive_that_hangs_times_out_and_is_tried_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(keepalive_module, "CALL_TIMEOUT_S", 0.05)
+    monkeypatch.setattr(keepalive_module, "RETRY_S", 0.01)
+    tries = 0
+    second = asyncio.Event()
+
+    async def hangs() -> None:
+        nonlocal tries
+        tries += 1
+        if tries >= 2:
+            second.set()
+        await asyncio.Event().wait()  # a server that never finishes answering
+
+    async with KeepaliveRunner(collect_keepalives(_host(_Plugin(("hangs", 3600, hangs))))) as run:
+        await asyncio.wait_for(second.wait(), timeout=10)
+        assert run.failed["hangs"] >= 1
+
+
+class _Broken:
+    @hookimpl
+    def sds_register_keepalives(self, register: Register) -> None:
+        raise RuntimeError("a bug in a plugin")
+
+
+def test_serve_starts_and_stops_cleanly_when_a_plugin_cannot_register_keepalives(
+    sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    host = PluginHost(load_entrypoints=False, environ={})
+    host.register(_Broken(), name="broken")
+    router = Router(Settings(base_url=sandbox.base_url), host=host)
+    with AppServer(create_service_app(router), lifespan=True) as server:
+        assert httpx.get(f"{server.url}/healthz").status_code == 200
+    assert not router.started  # closed by the lifespan
+    assert "no keepalives: a plugin failed to register them: RuntimeError" in caplog.text

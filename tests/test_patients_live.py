@@ -512,3 +512,71 @@ def test_personal_headers_are_masked_like_credentials_but_for_the_sender() -> No
     kept = envelope.with_headers(**{"mex-subject": "s"})
     assert kept.request.personal_headers == ("mex-to",)
     assert "SMITH" not in str(kept)
+
+
+class _Remembering(_Addressing):
+    """Derives the address as an adapter might (wrongly closing over ``resolved``)."""
+
+    name = "remembering"
+
+    def build(self, request: Any, resolved: Any) -> Any:
+        surname = resolved.derive(
+            "to", (), lambda _request: resolved.patient.demographics.family_name
+        )
+        self.seen.append(surname)
+        return super().build(request, resolved)
+
+
+async def test_a_derivation_is_never_handed_from_one_patient_to_another(
+    sds_router_factory: Any, sds_register_plugin: Any
+) -> None:
+    plugin = _AddressingPlugin()
+    plugin.adapter = _Remembering()
+    plugin.adapter.seen = []
+    sds_register_plugin(plugin, name="remembering")
+    router = await sds_router_factory()
+    # Two patients of the same practice share the prepared route (B82617, same options).
+    for key in ("gpconnect", "deceased"):
+        await router.route("remembering", patient=SANDBOX_PATIENTS[key], interaction=GPC)
+    surnames = [s for s in plugin.adapter.seen if isinstance(s, str)]
+    assert len(surnames) == 2 and surnames[0] != surnames[1]
+
+
+def test_headers_are_replaced_whatever_their_case_and_personal_names_always_masked() -> None:
+    spec = HttpRequestSpec(
+        method="POST",
+        url="https://mesh.example/outbox",
+        headers={"mex-to": "GPPROVIDER_9000000009_01011950_SMITH", "Content-Type": "a/b"},
+        personal_headers=("mex-to",),
+    )
+    envelope = RoutingEnvelope(
+        adapter="a",
+        interaction="i",
+        target=Party(),
+        request=spec,
+        expires_at=datetime.now(UTC) + timedelta(minutes=5),
+        provenance=Provenance(correlation_id="c", resolved_at=datetime.now(UTC), cache="miss"),
+    )
+    sent = envelope.with_headers(**{"Mex-To": "X26ABC2"}).build_request(
+        b"x", headers={"content-type": "text/plain"}
+    )
+    assert sent.headers.get_list("mex-to") == ["X26ABC2"]
+    assert sent.headers.get_list("content-type") == ["text/plain"]
+    # A copy made without validation keeps masking, whatever the case of the names.
+    copied = envelope.model_copy(
+        update={"request": spec.model_copy(update={"personal_headers": ("MEX-TO",)})}
+    )
+    assert "SMITH" not in str(copied) and "SMITH" not in repr(copied)
+
+
+def test_personal_options_are_masked_in_requests_and_failure_documents() -> None:
+    from sds_plugins._requests import WorkerRequest
+
+    request = WorkerRequest(
+        adapter="mesh",
+        interaction="GPFED_CONSULT_REPORT",
+        patient="9990001014",
+        options={"birth_date": "1951-02-11", "family_name": "BIRCH", "subject": "for SAM BIRCH"},
+    )
+    shown = repr(request)
+    assert "BIRCH" not in shown and "1951" not in shown and "9990001014" not in shown

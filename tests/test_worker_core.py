@@ -221,6 +221,18 @@ async def test_secret_options_are_masked_in_the_failure_document(router: Router)
     assert revealed["request"]["options"]["password"] == "hunter2"
 
 
+async def test_personal_options_are_masked_in_the_failure_document(router: Router) -> None:
+    # MESH demographic routing's options name the patient: masked like credentials.
+    options = {"family_name": "BIRCH", "birth_date": "1951-02-11", "subject": "for SAM BIRCH"}
+    body = _body(options={**options, "from_asid": "12"})
+    masked = _document(await RouteWorker(router).handle(body, request_id="r"))
+    assert masked["request"]["options"] == {
+        **dict.fromkeys(options, "**********"),
+        "from_asid": "12",
+    }
+    assert "BIRCH" not in json.dumps(masked) and "1951" not in json.dumps(masked)
+
+
 async def test_a_bug_in_a_plugin_fails_the_request_without_its_message(
     router: Router, caplog: pytest.LogCaptureFixture
 ) -> None:

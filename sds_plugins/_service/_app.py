@@ -35,7 +35,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._events import RouteEvent
 from .._exceptions import InvalidInputError, SdsPluginsError
-from .._keepalive import KeepaliveRunner, collect_keepalives
+from .._keepalive import start_keepalives
 from .._observability._tracing import incoming_trace_context
 from .._requests import decode_body, parse_request
 from .._validation import check_correlation_id
@@ -481,21 +481,22 @@ def create_service_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await router.start()
-        unknown = sorted(set(router.adapter_options) - set(router.adapters))
-        if unknown:
-            logger.warning(
-                "adapter options for adapters that are not installed: %s", ", ".join(unknown)
-            )
-        service.readiness.stopping = False
-        # The plugins' keepalives (the MESH handshake): at start, then every interval.
-        keepalives = KeepaliveRunner(collect_keepalives(router.host))
-        keepalives.start()
+        keepalives = None
         try:
+            await router.start()
+            unknown = sorted(set(router.adapter_options) - set(router.adapters))
+            if unknown:
+                logger.warning(
+                    "adapter options for adapters that are not installed: %s", ", ".join(unknown)
+                )
+            service.readiness.stopping = False
+            # The plugins' keepalives (the MESH handshake): at start, then every interval.
+            keepalives = start_keepalives(router.host)
             yield
         finally:
             service.readiness.stopping = True
-            await keepalives.aclose()
+            if keepalives is not None:
+                await keepalives.aclose()
             await router.aclose()
 
     app = Starlette(

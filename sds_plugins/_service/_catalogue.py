@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .._adapter import SECRET_OPTIONS
+from .._adapter_options import MASKED_OPTIONS
 
 if TYPE_CHECKING:
     from .._adapter import Adapter
@@ -54,7 +54,7 @@ def describe_adapter(adapter: Adapter) -> dict[str, Any]:
             if prop.get("description"):
                 option["description"] = prop["description"]
             # A secret option's default is not shown (there should be none, but be sure).
-            if prop.get("default") is not None and name not in SECRET_OPTIONS:
+            if prop.get("default") is not None and name not in MASKED_OPTIONS:
                 option["default"] = prop["default"]
             options.append(option)
     elif adapter.options is not None:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .._adapter import SECRET_OPTIONS
+from .._adapter_options import MASKED_OPTIONS
 from .._exceptions import ConfigurationError, InvalidInputError, SdsPluginsError
 from .._observability._tracing import incoming_trace_context
 from .._patients import PatientRefs
@@ -428,8 +428,8 @@ class RouteWorker:
         echo = raw
         if isinstance(raw, dict) and not self.policy.with_secrets:
             options = raw.get("options")
-            if isinstance(options, dict) and SECRET_OPTIONS.intersection(options):
-                masked = {k: (_MASK if k in SECRET_OPTIONS else v) for k, v in options.items()}
+            if isinstance(options, dict) and MASKED_OPTIONS.intersection(options):
+                masked = {k: (_MASK if k in MASKED_OPTIONS else v) for k, v in options.items()}
                 echo = {**raw, "options": masked}
         if isinstance(echo, dict) and isinstance(echo.get("patient"), str):
             compact = echo["patient"].replace(" ", "")

@@ -13,7 +13,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._exceptions import ConfigurationError, SdsPluginsError
-from .._keepalive import KeepaliveRunner, collect_keepalives
+from .._keepalive import KeepaliveRunner, start_keepalives
 from ._core import RouteWorker, WorkerOutcome, _text
 from ._settings import WorkerSettings
 
@@ -234,8 +234,7 @@ async def run_worker(
                 "adapter options for adapters that are not installed: %s", ", ".join(unknown)
             )
         # The plugins' keepalives (the MESH handshake): at start, then every interval.
-        keepalives = KeepaliveRunner(collect_keepalives(active.host))
-        keepalives.start()
+        keepalives = start_keepalives(active.host)
         await transport.run(stop_event)
     finally:
         if keepalives is not None:

@@ -135,6 +135,20 @@ class GpConnectAdapter(Adapter):
         # refused here, before any lookup, rather than sent to fail at the provider. Other
         # interactions carry the fact (provenance) for the consumer to decide.
         spec = interaction(request.interaction)
+        options: GpConnectOptions = request.options
+        if spec.major_version == 0 and options.nhs_number is not None:
+            pds = patient.demographics.nhs_number if patient.demographics is not None else None
+            if options.nhs_number.get_secret_value() != pds:
+                raise InvalidInputError(
+                    f"gpconnect: nhs_number is not the NHS number PDS holds for patient "
+                    f"{patient.patient}, the patient routed to"
+                    + (
+                        " (the number was superseded: use the current one)"
+                        if patient.superseded
+                        else ""
+                    ),
+                    field="nhs_number",
+                )
         if patient.deceased and spec.id.endswith(":gpc.getstructuredrecord-1"):
             raise PatientNotFoundError(
                 f"patient {patient.patient} is deceased (PDS); GP Connect Access Record "
@@ -142,6 +156,11 @@ class GpConnectAdapter(Adapter):
                 reason="deceased",
                 correlation_id=request.correlation_id,
             )
+
+    def needs_demographics(self, request: RouteRequest) -> bool:
+        # Access Record HTML 0.7 names the patient in its token and body (nhs_number): on a
+        # route to the patient, that number must be PDS's for the patient routed to.
+        return interaction(request.interaction).major_version == 0
 
     def cache_scope(self, request: RouteRequest) -> str | None:
         encounter = request.encounter or request.option("encounter")

@@ -278,3 +278,30 @@ def test_the_claims_follow_the_0_7_payload_example() -> None:
         "given": ["Claire"],
         "prefix": ["Dr"],
     }
+
+
+async def test_a_route_to_a_patient_refuses_another_patients_number(router: Router) -> None:
+    # The token and body name nhs_number; on a route to a patient it must be PDS's number
+    # for that patient (asked afresh, kept in no cache), never another patient's.
+    other = SANDBOX_PATIENTS["mesh"]
+    with pytest.raises(InvalidInputError, match="not the NHS number PDS holds") as caught:
+        await _care_record(router, nhs_number=other)
+    assert caught.value.field == "nhs_number"
+    assert other not in str(caught.value) and PATIENT not in str(caught.value)
+    # The superseded number's record is the gpconnect patient's: its number is the current one.
+    with pytest.raises(InvalidInputError, match="superseded"):
+        await router.route(
+            "gpconnect",
+            patient=SANDBOX_PATIENTS["superseded"],
+            interaction=CARE_RECORD,
+            encounter="ed-visit-1",
+            **{**CONSUMER_OPTIONS, "nhs_number": SANDBOX_PATIENTS["superseded"]},
+        )
+    envelope = await router.route(
+        "gpconnect",
+        patient=SANDBOX_PATIENTS["superseded"],
+        interaction=CARE_RECORD,
+        encounter="ed-visit-1",
+        **{**CONSUMER_OPTIONS, "nhs_number": PATIENT},
+    )
+    assert _claims(envelope)["requested_record"]["identifier"][0]["value"] == PATIENT

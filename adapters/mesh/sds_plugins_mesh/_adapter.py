@@ -9,6 +9,7 @@ Neither does I/O.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from sds_plugins import (
     Resolution,
     RouteRequest,
     RoutingEnvelope,
+    check_nhs_number,
 )
 
 from ._auth import nhsmesh_authorization
@@ -348,8 +350,9 @@ class MeshAdapter(Adapter):
 
     def check_patient(self, request: RouteRequest, patient: PatientRegistration) -> None:
         # Automated routing names the patient to MESH, which finds the practice in PDS: a
-        # restricted record gives nothing to route with (and the core refuses it first), and a
-        # superseded number would name a record PDS has replaced.
+        # restricted record gives nothing to route with (and the core refuses it first). On a
+        # route to the patient the address is PDS's: options naming a patient could name
+        # another one than the route's.
         routed = self._options(request).routed
         if routed.routing != "demographic":
             return
@@ -358,12 +361,10 @@ class MeshAdapter(Adapter):
                 f"patient {patient.patient} is restricted (PDS): no demographic MESH routing",
                 correlation_id=request.correlation_id,
             )
-        if patient.superseded and not routed.from_patient:
-            # (From PDS, the number is the surviving record's own.)
+        if not routed.from_patient:
             raise InvalidInputError(
-                f"mesh: patient {patient.patient}'s NHS number was superseded (PDS answered "
-                f"with record {patient.record}): route with the current number, and pass it "
-                "as nhs_number, so that MESH routes by the record PDS keeps",
+                "mesh: a route to the patient (patient=) takes the NHS number, date of birth "
+                "and surname from PDS: leave out nhs_number, birth_date and family_name",
                 field="nhs_number",
             )
 
@@ -611,19 +612,25 @@ def _route(options: MeshOptions, workflow: str) -> _Routed:
     )
 
 
-def _check_named_patient(message: Itk3Message | None, options: MeshOptions, number: str) -> None:
+def _check_named_patient(
+    message: Itk3Message | None, options: MeshOptions, number: str, *, superseded: bool = False
+) -> None:
     """The subject and local id against the patient routed to (never repeating a value)."""
     if (
         message is not None
         and message.name == "consultation_report"
         and subject_nhs_number(message, _reveal(options.subject)) != number
     ):
-        raise InvalidInputError(
-            "mesh: the subject names another NHS number than the patient routed to "
-            "(GPCM-SD-063/-064 name the same patient)",
-            field="subject",
+        why = (
+            "the number routed to was superseded: PDS's current record, which mex-to names, "
+            "has another NHS number; write the subject with it"
+            if superseded
+            else "the subject names another NHS number than the patient routed to"
         )
-    if options.local_id is not None and number in options.local_id:
+        raise InvalidInputError(
+            f"mesh: {why} (GPCM-SD-063/-064 name the same patient)", field="subject"
+        )
+    if options.local_id is not None and _names_a_patient(options.local_id):
         raise InvalidInputError(
             "mesh: local_id must not contain patient identifiable data (MESH API, "
             "mex-localid); GP Connect Messaging puts the sender's ODS code there",
@@ -645,8 +652,8 @@ def _patient_mex_to(request: RouteRequest, resolved: Resolution, options: _Optio
     lacking = [
         what
         for what, value in (
-            ("a whole date of birth", demographics.birth_date),
-            ("a usual surname", demographics.family_name),
+            ("whole date of birth", demographics.birth_date),
+            ("usual surname", demographics.family_name),
         )
         if value is None
     ]
@@ -656,11 +663,38 @@ def _patient_mex_to(request: RouteRequest, resolved: Resolution, options: _Optio
             "demographic routing cannot address the patient",
             field="patient",
         )
-    mex_to = demographic_mex_to(
-        demographics.nhs_number, demographics.birth_date, demographics.family_name
+    try:
+        mex_to = demographic_mex_to(
+            demographics.nhs_number, demographics.birth_date, demographics.family_name
+        )
+    except InvalidInputError as exc:
+        # PDS's record, not the caller's input (a surname with "_" or beyond ASCII).
+        raise InvalidInputError(
+            f"mesh: PDS's {exc.field or 'record'} for patient {patient.patient} cannot be "
+            f"written in a demographic mex-to: {exc}",
+            field="patient",
+        ) from None
+    _check_named_patient(
+        options.routed.message,
+        request.options,
+        demographics.nhs_number,
+        superseded=patient.superseded,
     )
-    _check_named_patient(options.routed.message, request.options, demographics.nhs_number)
     return mex_to
+
+
+_NHS_NUMBER_LIKE = re.compile(r"(?<!\d)(\d{3}) ?(\d{3}) ?(\d{4})(?!\d)")
+
+
+def _names_a_patient(text: str) -> bool:
+    """Whether ``text`` holds an NHS number: ten digits (or 3-3-4) with a valid check digit."""
+    for match in _NHS_NUMBER_LIKE.finditer(text):
+        try:
+            check_nhs_number("".join(match.groups()))
+        except InvalidInputError:
+            continue
+        return True
+    return False
 
 
 def _personal_headers(routed: _Routed, headers: Mapping[str, str]) -> list[str]:

@@ -287,9 +287,10 @@ async def test_a_restricted_patient_is_refused(
         )
 
 
-async def test_the_adapter_refuses_demographics_of_a_restricted_or_superseded_record() -> None:
+async def test_the_adapter_refuses_a_restricted_record_and_a_patient_named_twice() -> None:
     # The core refuses a restricted patient before any adapter sees it; the adapter refuses
-    # again, and also a superseded number (MESH would route by the record PDS replaced).
+    # again. On a route to the patient, options naming a patient could name another one than
+    # the route's: refused, whatever they say.
     adapter = MeshAdapter(_offline())
     options = adapter.parse_options(
         _consultation(
@@ -306,11 +307,59 @@ async def test_the_adapter_refuses_demographics_of_a_restricted_or_superseded_re
     restricted = PatientRegistration(patient="pt-1", record="pt-1", restricted=True)
     with pytest.raises(PatientRestrictedError):
         adapter.check_patient(request, restricted)
-    merged = PatientRegistration(patient="pt-1", record="pt-2", superseded=True, practice="X26")
-    with pytest.raises(InvalidInputError, match="superseded") as caught:
-        adapter.check_patient(request, merged)
+    with pytest.raises(InvalidInputError, match="leave out nhs_number") as caught:
+        adapter.check_patient(request, PatientRegistration(patient="pt-1", record="pt-1"))
     assert caught.value.field == "nhs_number"
-    adapter.check_patient(request, PatientRegistration(patient="pt-1", record="pt-1"))
+
+
+async def test_a_route_to_one_patient_never_addresses_another(
+    router: Router, patient: Demographics, lookups: LookupRecorder
+) -> None:
+    other = Demographics("9990001006", "1950-01-10", "ALDER", "SAM")
+    with pytest.raises(InvalidInputError, match="leave out nhs_number"):
+        await router.route(
+            "mesh",
+            patient=patient.nhs_number,
+            interaction=SEND_DOCUMENT,
+            **_consultation(other),
+        )
+    assert [event.source for event in lookups.events] == ["pds"]  # refused before sending
+
+
+async def test_a_superseded_patient_is_addressed_by_the_current_record(
+    router: Router, patient: Demographics
+) -> None:
+    # 9990001030 was superseded by 9990001006 (the sandbox's "superseded" patient): mex-to
+    # names PDS's current record; a subject with the old number is refused, saying why; a
+    # local id holding any NHS number is refused.
+    old, current = SANDBOX_PATIENTS["superseded"], SANDBOX_PATIENTS["gpconnect"]
+    subject = consultation_report_subject(
+        patient_name="Sam Alder", nhs_number=old, practice_name="UTC", ods_code="X26"
+    )
+    with pytest.raises(InvalidInputError, match="superseded") as caught:
+        await router.route(
+            "mesh", patient=old, interaction=SEND_DOCUMENT, routing="demographic", subject=subject
+        )
+    assert caught.value.field == "subject"
+    right = consultation_report_subject(
+        patient_name="Sam Alder", nhs_number=current, practice_name="UTC", ods_code="X26"
+    )
+    envelope = await router.route(
+        "mesh", patient=old, interaction=SEND_DOCUMENT, routing="demographic", subject=right
+    )
+    assert envelope.to_message()["request"]["headers"]["mex-to"].startswith(
+        f"GPPROVIDER_{current}_"
+    )
+    with pytest.raises(InvalidInputError, match="local_id") as local:
+        await router.route(
+            "mesh",
+            patient=old,
+            interaction=SEND_DOCUMENT,
+            routing="demographic",
+            subject=right,
+            local_id=f"ref-{old}",
+        )
+    assert old not in str(local.value)
 
 
 async def test_every_mesh_envelope_has_mex_from(
