@@ -3,7 +3,7 @@
 - ``_gateway.py``: the API platform in front of SDS (key check, quota, spike arrest, response
   cache);
 - ``_fhir.py``: the SDS FHIR API's searches and health checks, and the proxy's own ``/_ping``,
-  ``/_status`` and CORS preflight answers;
+  ``/_status`` and CORS preflight answers; ``_fhir_query.py`` reads the search request;
 - ``_oauth.py``: the platform's token endpoint;
 - ``_control.py``: the sandbox's own controls (stats, faults, reset);
 - ``_config.py``, ``_state.py``, ``_common.py``: what they share.

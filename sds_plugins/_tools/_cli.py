@@ -4,123 +4,40 @@ Exit codes (stable, for scripts; ``--help`` lists them): 0 success; 1 unexpected
 a failed doctor check; 2 invalid input or configuration (nothing sent); 3 no matching records;
 4 ambiguous; 5 directory unavailable or failing (5xx, timeout, unreachable, malformed body,
 request refused); 6 authentication refused; 7 vetoed by a plugin.
+
+This module holds the group, the lookup and routing commands and the entry point; what the
+commands share is in ``_cli_common.py``, the sandbox's commands in ``_cli_sandbox.py``, and
+``serve`` and ``worker`` in their own subpackages.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import click
 
 from .._client import LookupResult, SdsClient
-from .._exceptions import ConfigurationError, DirectoryError, InvalidInputError, SdsPluginsError
-from .._models import records_as_json
-from .._settings import Settings
+from .._exceptions import InvalidInputError, SdsPluginsError
 from .._validation import normalise_interaction
+from ._cli_common import (
+    _api_key_option,
+    _base_url_option,
+    _fail,
+    _options,
+    _print_records,
+    _run,
+    _settings,
+    _with_connection,
+    _with_connection_settings,
+)
+from ._cli_sandbox import demo, sandbox
 
 __all__ = ["cli", "main"]
-
-EXIT_NOT_FOUND = 3
-_T = TypeVar("_T")
-
-
-def _fail(exc: SdsPluginsError) -> NoReturn:
-    """One clear line on stderr (with the correlation id), then the class's exit code."""
-    if isinstance(exc, DirectoryError):
-        line = f"error: {type(exc).__name__}: {exc}"
-    else:
-        line = f"error: {exc}"
-    click.echo(line, err=True)
-    sys.exit(exc.exit_code)
-
-
-def _need_sandbox() -> None:
-    """The sandbox is the ``sandbox`` extra: without it, one line naming what to install."""
-    try:
-        import sds_plugins._sandbox  # noqa: F401
-    except ModuleNotFoundError as exc:
-        _fail(ConfigurationError(str(exc)))
-
-
-def _run(coro_factory: Callable[[], Awaitable[_T]]) -> _T:
-    async def runner() -> _T:
-        return await coro_factory()
-
-    try:
-        return asyncio.run(runner())
-    except SdsPluginsError as exc:
-        _fail(exc)
-    except Exception as exc:  # a bug, or a failure nothing mapped: one line, not a traceback
-        logging.getLogger("sds_plugins.cli").debug("unexpected failure", exc_info=True)
-        click.echo(
-            f"error: unexpected {type(exc).__name__}: {str(exc)[:300]} (-vv shows the details)",
-            err=True,
-        )
-        sys.exit(1)
-
-
-def _settings(base_url: str | None, api_key: str | None) -> Settings:
-    overrides: dict[str, Any] = {}
-    if base_url:
-        overrides["base_url"] = base_url
-    if api_key:
-        overrides["api_key"] = api_key
-    try:
-        return Settings(**overrides)
-    except SdsPluginsError as exc:
-        _fail(exc)
-    except ValueError as exc:  # pydantic's ValidationError
-        click.echo(f"error: invalid configuration: {exc}", err=True)
-        sys.exit(2)
-
-
-def _print_records(result: LookupResult[Any], records: Sequence[Any] | None = None) -> None:
-    click.echo(
-        json.dumps(records_as_json(result.records if records is None else records), indent=2)
-    )
-    if not result.records:
-        click.echo(
-            f"no matching records for {result.query} (correlation_id={result.correlation_id})",
-            err=True,
-        )
-        sys.exit(EXIT_NOT_FOUND)
-
-
-_base_url_option = click.option(
-    "--base-url",
-    envvar="SDS_BASE_URL",
-    show_envvar=True,
-    help="SDS base URL or environment name (sandbox, int, dep, prod; else SDS_ENV).",
-)
-_api_key_option = click.option(
-    "--api-key",
-    envvar="SDS_API_KEY",
-    show_envvar=True,
-    help="API key (better in the environment: a command line shows in ps).",
-)
-_connection_options = [
-    _base_url_option,
-    _api_key_option,
-    click.option("--correlation-id", help="UUID to send as X-Correlation-ID (default: a new one)."),
-    click.option("--no-cache", is_flag=True, help="Ask the API gateway to skip its cache."),
-]
-
-
-def _with_connection(func: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(_connection_options):
-        func = option(func)
-    return func
-
-
-def _with_connection_settings(func: Callable[..., Any]) -> Callable[..., Any]:
-    """``--base-url`` and ``--api-key`` only."""
-    return _base_url_option(_api_key_option(func))
 
 
 def _set_verbosity(ctx: click.Context, verbose: int) -> None:
@@ -229,169 +146,6 @@ def endpoint(
         queried = normalise_interaction(interaction)
         records = [record.model_copy(update={"interaction": queried}) for record in records]
     _print_records(result, records)
-
-
-@cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=9000, show_default=True, type=int)
-@click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder with mhs-records.json and accredited-system-records.json.",
-)
-@click.option(
-    "--spine-core-ods",
-    default="YES",
-    show_default=True,
-    help="ODS code of Spine's own MHS records (intermediary address rewrite).",
-)
-@click.option(
-    "--latency-ms",
-    default=0.0,
-    type=click.FloatRange(0, 60_000),
-    help="Delay every answer (milliseconds, up to 60,000).",
-)
-@click.option(
-    "--error-rate",
-    default=0.0,
-    type=click.FloatRange(0, 1),
-    help="Fraction of requests answered with an error.",
-)
-@click.option(
-    "--ldap-timeout",
-    is_flag=True,
-    help="Every /Device and /Endpoint search times out in LDAP: after --ldap-timeout-ms it "
-    "answers 200 with no records, as NHS's server does.",
-)
-@click.option(
-    "--ldap-timeout-ms",
-    default=3000.0,
-    show_default=True,
-    type=click.FloatRange(0, 60_000),
-    help="How long a timed-out LDAP search waits (NHS's server: 3 s).",
-)
-@click.option(
-    "--gateway",
-    "live_gateway",
-    is_flag=True,
-    help="Put the live proxy's policies in front: --spike-arrest 40 --quota 2400 "
-    "--response-cache 1800, the policies' own values (each may still be set on its own; the "
-    "standard product's limits are --spike-arrest 5 --quota 300).",
-)
-@click.option(
-    "--spike-arrest",
-    type=click.FloatRange(min=0, min_open=True, max=100_000),
-    help="Gateway spike arrest, requests per second, smoothed like Apigee's (40 → one per "
-    "25 ms; a request sooner after the last accepted one gets 429).",
-)
-@click.option(
-    "--quota",
-    type=click.IntRange(min=1, max=10**9),
-    help="Gateway quota: requests per calendar minute before 429.",
-)
-@click.option(
-    "--response-cache",
-    type=click.FloatRange(min=0, min_open=True, max=86_400),
-    help="Gateway response cache lifetime in seconds ('Cache-Control: no-cache' skips it).",
-)
-@click.option("--page-size", type=click.IntRange(min=1), help="Page answers (Bundle next links).")
-@click.option(
-    "--api-key",
-    help="Require this 'apikey' header on SDS requests (SDS takes no bearer token; "
-    "/oauth2/token still issues them, for PDS).",
-)
-@click.option(
-    "--jwks",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="JWKS file: verify signed-JWT client assertions at /oauth2/token.",
-)
-@click.option(
-    "--synthetic", default=0, type=click.IntRange(min=0), help="Add N generated GP practices."
-)
-def sandbox(
-    host: str,
-    port: int,
-    data_dir: Path | None,
-    spine_core_ods: str,
-    latency_ms: float,
-    error_rate: float,
-    ldap_timeout: bool,
-    ldap_timeout_ms: float,
-    live_gateway: bool,
-    spike_arrest: float | None,
-    quota: int | None,
-    response_cache: float | None,
-    page_size: int | None,
-    api_key: str | None,
-    jwks: Path | None,
-    synthetic: int,
-) -> None:
-    """Run a local SDS FHIR API that behaves like NHS England's."""
-    _need_sandbox()
-    from .._sandbox._config import (
-        LIVE_QUOTA_PER_MIN,
-        LIVE_RESPONSE_CACHE_S,
-        LIVE_SPIKE_ARREST_PER_S,
-    )
-    from ..sandbox import SandboxConfig, serve
-
-    jwks_doc: dict[str, Any] | None = None
-    if jwks is not None:
-        try:
-            jwks_doc = json.loads(jwks.read_text())
-        except (OSError, ValueError) as exc:
-            raise click.BadParameter(f"cannot read JWKS: {exc}", param_hint="--jwks") from exc
-    gateway: dict[str, Any] = {}
-    if live_gateway:
-        gateway = {
-            "spike_arrest_per_s": LIVE_SPIKE_ARREST_PER_S,
-            "quota_per_min": LIVE_QUOTA_PER_MIN,
-            "response_cache_s": LIVE_RESPONSE_CACHE_S,
-        }
-    for name, value in (
-        ("spike_arrest_per_s", spike_arrest),
-        ("quota_per_min", quota),
-        ("response_cache_s", response_cache),
-    ):
-        if value is not None:
-            gateway[name] = value
-    config = SandboxConfig(
-        data_dir=data_dir,
-        spine_core_ods=spine_core_ods,
-        latency_ms=latency_ms,
-        error_rate=error_rate,
-        ldap_timeout=ldap_timeout,
-        ldap_timeout_ms=ldap_timeout_ms,
-        page_size=page_size,
-        **gateway,
-        api_key=api_key,
-        jwks=jwks_doc,
-        synthetic=synthetic,
-    )
-    try:
-        serve(config, host=host, port=port)
-    except OSError as exc:  # the port is taken, or the address is not this machine's
-        click.echo(f"error: cannot listen on {host}:{port}: {exc.strerror or exc}", err=True)
-        sys.exit(2)
-
-
-def _options(pairs: Sequence[str], config: Path | None, adapter: str) -> dict[str, Any]:
-    """Adapter options: the ``[adapter]`` table of a TOML file, then ``-o key=value`` pairs."""
-    from .._adapter_options import load_adapter_options
-
-    options: dict[str, Any] = {}
-    if config is not None:
-        try:
-            options.update(load_adapter_options(config).get(adapter, {}))
-        except ConfigurationError as exc:
-            raise click.BadParameter(str(exc), param_hint="--config") from exc
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip():
-            raise click.BadParameter(f"{pair!r} is not key=value", param_hint="-o")
-        options[name.strip()] = value
-    return options
 
 
 @cli.command()
@@ -620,22 +374,13 @@ def doctor(base_url: str | None, api_key: str | None) -> None:
         sys.exit(1)
 
 
-@cli.command()
-def demo() -> None:
-    """Start the embedded sandbox and show real lookups against it."""
-    _need_sandbox()
-    from ._demo import run_demo
-
-    try:
-        run_demo()
-    except SdsPluginsError as exc:
-        _fail(exc)
-
-
-# The routing worker lives in its own subpackage; its command joins the group here.
+# The sandbox's commands, the routing service and the worker live apart; they join the group
+# here.
 from .._service._command import serve  # noqa: E402
 from .._worker._command import worker  # noqa: E402
 
+cli.add_command(sandbox)
+cli.add_command(demo)
 cli.add_command(worker)
 cli.add_command(serve)
 
