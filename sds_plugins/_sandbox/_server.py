@@ -260,6 +260,11 @@ class SandboxProcess:
     def base_url(self) -> str:
         return self.url + FHIR_BASE
 
+    @property
+    def pid(self) -> int | None:
+        """The sandbox's process id while it runs (to watch it, or change its priority)."""
+        return self._process.pid if self._process is not None else None
+
     def start(self) -> SandboxProcess:
         process = subprocess.Popen(  # noqa: S603 - our own CLI, fixed arguments
             [sys.executable, "-m", "sds_plugins", "sandbox", "--port", "0", *self._args],

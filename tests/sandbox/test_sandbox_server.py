@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from sds_plugins import sandbox as public
-from sds_plugins.sandbox import Sandbox, SandboxConfig
+from sds_plugins.sandbox import Sandbox, SandboxConfig, SandboxProcess
 
 from .conftest import GP2GP, interaction, org
 
@@ -55,6 +55,20 @@ def test_context_manager_serves_and_stops_cleanly() -> None:
         httpx.get(url + "/_sandbox/stats")
     with pytest.raises(RuntimeError):
         _ = sandbox.url
+
+
+def test_sandbox_process_runs_in_a_process_of_its_own() -> None:
+    sandbox = SandboxProcess(synthetic=10)
+    assert sandbox.pid is None
+    with sandbox:
+        pid = sandbox.pid
+        assert pid is not None and pid != os.getpid()
+        os.kill(pid, 0)  # alive
+        response = httpx.get(sandbox.base_url + "/Device", params=[org("X26"), interaction(GP2GP)])
+        assert response.status_code == 200
+    assert sandbox.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # stopped and reaped
 
 
 def test_start_stop_and_restart() -> None:
