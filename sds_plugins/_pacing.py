@@ -228,8 +228,11 @@ class Spacer:
         self._sleep = sleep
         # Fine-grained waiting only on the real clock: a test's fake clock moves in its sleeps.
         self._precise = clock is time.time and sleep is asyncio.sleep
-        self._last_sent = -math.inf  # the last request through the gate, or its write
-        self._last_written = -math.inf  # the last write reported (for closest_s)
+        # The last request through the gate (or, untraced, its end), and the last write.
+        self._last_sent = -math.inf
+        self._last_written = -math.inf
+        # Recent delays between the gate and the end of the write (see _due).
+        self._write_delays: deque[float] = deque(maxlen=32)
         # Recent delays between a release and the wire gate; releases come that much early
         # (the largest), so that requests wait at the precise gate rather than arrive late.
         self._release_delays: deque[float] = deque(maxlen=32)
@@ -263,7 +266,10 @@ class Spacer:
         else:
             await asyncio.sleep(0)  # other tasks run meanwhile; only the last ~2 ms spin
 
-    def _lead(self) -> float:
+    @property
+    def lead_s(self) -> float:
+        """How early a request is released before its slot: the longest of the recent delays
+        between a release and the wire gate, at most half an interval."""
         if len(self._release_delays) < 4:
             return 0.0
         return min(max(self._release_delays), self.interval_s / 2)
@@ -273,9 +279,12 @@ class Spacer:
         not_before: float,
         reslot: Callable[[float | None], Awaitable[float]] | None = None,
         deadline: float | None = None,
+        *,
+        run_end: float | None = None,
     ) -> SendTicket:
-        """A ticket for the slot at ``not_before`` (this process's clock)."""
-        return SendTicket(self, not_before, reslot, deadline)
+        """A ticket for the slot at ``not_before`` (this process's clock); ``run_end``: the last
+        of this process's consecutive slots it belongs to (see :class:`SendTicket`)."""
+        return SendTicket(self, not_before, reslot, deadline, run_end=run_end)
 
     def ticket(self, wait: float) -> SendTicket:
         """A ticket for the slot ``wait`` seconds from now."""
@@ -286,7 +295,7 @@ class Spacer:
         started = self._clock()
         # The lead is read afresh on every pass: a burst's requests all start waiting before
         # any has reached the wire, when no delay has been seen yet.
-        while (gap := ticket.not_before - self._lead() - self._clock()) > 0:
+        while (gap := ticket.not_before - self.lead_s - self._clock()) > 0:
             await self._pause(gap)
         now = ticket.released_at = self._clock()
         self.waited_s += now - started
@@ -298,11 +307,31 @@ class Spacer:
         return await self.release(self.ticket(wait))
 
     def _sent(self, when: float, traced: bool) -> None:
-        if traced and self._last_written > -math.inf:
-            self.closest_s = min(self.closest_s, when - self._last_written)
         if traced:
+            if self._last_written > -math.inf:
+                self.closest_s = min(self.closest_s, when - self._last_written)
             self._last_written = max(self._last_written, when)
-        self._last_sent = max(self._last_sent, when)
+        else:
+            self._last_sent = max(self._last_sent, when)
+
+    def _due(self, not_before: float) -> float:
+        """When a request at the gate may go: at its slot, and its write at least the minimum
+        gap after the previous write.
+
+        A write ends a little after its request passed the gate (the transport yields to the
+        event loop first): about a millisecond, sometimes several. Kept from the previous
+        write's *end* as it is, each gap would also hold that delay, and a request that went
+        late would push its successors back slot after slot by as much, never catching up.
+        So the gap counts from the previous write's end less the shortest delay recently
+        seen (which this write will take too), and never from less than the previous pass
+        through the gate.
+        """
+        write_delay = min(self._write_delays) if len(self._write_delays) >= 8 else 0.0
+        return max(
+            not_before,
+            self._last_sent + self.min_gap_s,
+            self._last_written + self.min_gap_s - write_delay,
+        )
 
 
 class SendTicket:
@@ -313,19 +342,26 @@ class SendTicket:
     :meth:`finished` when the request has ended, however it ended (then a no-op).
 
     ``reslot(deadline)`` gets a new slot, as an absolute time on this process's clock, for a
-    request that reached the wire gate too late for its own; it raises
+    request that would reach the wire too late for its own; it raises
     :class:`RateLimitedError` when the next free slot lies beyond ``deadline`` (the request's
     ``time.monotonic()`` deadline), so a request that would miss its budget is refused before
     it is sent. Without ``reslot`` a late request goes at once.
+
+    ``run_end`` is for a slot in a run of consecutive slots that are all this process's (a
+    fleet's batched reservation): its neighbours in the run are this process's own requests,
+    which the minimum gap keeps apart, so it may go late as long as it goes before the run's
+    last slot (plus the tolerance); only beyond that would it land in another process's slot.
     """
 
     __slots__ = (
         "_done",
+        "_gate_at",
         "_reslot",
         "_spacer",
         "deadline",
         "not_before",
         "released_at",
+        "run_end",
         "sent_at",
     )
 
@@ -335,36 +371,48 @@ class SendTicket:
         not_before: float,
         reslot: Callable[[float | None], Awaitable[float]] | None = None,
         deadline: float | None = None,
+        *,
+        run_end: float | None = None,
     ) -> None:
         self._spacer = spacer
         #: The reserved slot: not written before it.
         self.not_before = not_before
+        #: The last slot of this process's run this one belongs to: never written much later.
+        self.run_end = not_before if run_end is None else max(run_end, not_before)
         self._reslot = reslot
         self.deadline = deadline
         self._done = False
+        self._gate_at = -math.inf
         self.released_at = not_before
         #: When the request's headers were written (``-inf`` until then).
         self.sent_at = -math.inf
 
     async def at_wire(self) -> None:
         """Hold the request until its slot (and at least the minimum gap after the previous
-        write); with a ``reslot``, raise :class:`MissedSlot` (with a new slot) when it came
-        too late for its own."""
+        write); with a ``reslot``, raise :class:`MissedSlot` (with a new slot) when it would
+        go too late for its run (see :class:`SendTicket`), whether it came late or the
+        minimum gap would push it there."""
         spacer = self._spacer
         now = spacer._clock()
         spacer._release_delays.append(now - self.released_at)
         spacer._lateness.append(max(now - self.not_before, 0.0))
-        if self._reslot is not None and now - self.not_before > spacer.tolerance_s + spacer.slack_s:
-            self.not_before = await self._reslot(self.deadline)
-            spacer.missed += 1
-            raise MissedSlot(self)
-        while (
-            gap := max(self.not_before, spacer._last_sent + spacer.min_gap_s) - spacer._clock()
-        ) > 0:
-            await spacer._pause(gap)
+        while True:
+            due = spacer._due(self.not_before)
+            if (
+                self._reslot is not None
+                and max(now, due) - self.run_end > spacer.tolerance_s + spacer.slack_s
+            ):
+                self.not_before = self.run_end = await self._reslot(self.deadline)
+                spacer.missed += 1
+                raise MissedSlot(self)
+            if due <= now:
+                break
+            await spacer._pause(due - now)
+            now = spacer._clock()
         # Through the gate: until its write is reported, this is the send the next request
         # keeps its distance from (a slow write must not let a successor catch it up).
-        spacer._last_sent = max(spacer._last_sent, spacer._clock())
+        self._gate_at = spacer._clock()
+        spacer._last_sent = max(spacer._last_sent, self._gate_at)
 
     def written(self) -> None:
         """The request's headers are in the kernel's hands: this is its send time."""
@@ -378,6 +426,8 @@ class SendTicket:
         if not self._done:
             self._done = True
             self.sent_at = when
+            if traced and self._gate_at > -math.inf:
+                self._spacer._write_delays.append(when - self._gate_at)
             self._spacer._sent(when, traced)
 
     async def wait_for_slot(self) -> None:

@@ -186,6 +186,72 @@ async def test_a_fleet_request_late_for_its_slot_takes_a_new_one_away_from_the_w
     assert fake.now == pytest.approx(later)
 
 
+async def test_in_a_run_a_late_request_keeps_its_slot_until_the_run_s_end() -> None:
+    fake = FakeTime()
+    spacer = Spacer(0.027, clock=fake.clock, sleep=fake.sleep, min_gap_s=0.0255, tolerance_s=0.001)
+    later = fake.now + 1.0
+
+    async def reslot(deadline: float | None) -> float:
+        return later
+
+    # Three consecutive slots of this process's run; the first request reaches the gate
+    # 10 ms late. Its neighbours are this process's own, so it goes, and so do the others,
+    # each the minimum gap after the one before (the rest of the run absorbs the delay).
+    start = fake.now - 0.010
+    run = [spacer.ticket_at(start + k * 0.027, reslot, run_end=start + 0.054) for k in range(3)]
+    for ticket in run[:2]:
+        await ticket.at_wire()
+        ticket.written()
+    assert [t.sent_at - start for t in run[:2]] == pytest.approx([0.010, 0.0355], abs=1e-6)
+    # The last one would go later still, beyond its run's end and its tolerance, into the
+    # next process's slot: it takes a new slot instead.
+    fake.now += 0.030
+    with pytest.raises(MissedSlot):
+        await run[2].at_wire()
+    assert run[2].not_before == later and spacer.missed == 1
+
+
+async def test_a_run_s_last_request_pushed_past_its_tolerance_by_the_gap_takes_a_new_slot() -> None:
+    fake = FakeTime()
+    spacer = Spacer(0.027, clock=fake.clock, sleep=fake.sleep, min_gap_s=0.0255, tolerance_s=0.001)
+
+    async def reslot(deadline: float | None) -> float:
+        return fake.now + 1.0
+
+    previous = spacer.ticket_at(fake.now - 0.008)  # went 8 ms late
+    await previous.at_wire()
+    previous.written()
+    # On time at the gate, but the gap after the late one would make it go 6.5 ms late.
+    last = spacer.ticket_at(fake.now + 0.019, reslot)
+    fake.now += 0.019
+    with pytest.raises(MissedSlot):
+        await last.at_wire()
+
+
+async def test_the_gap_counts_from_the_previous_write_less_the_shortest_write_delay() -> None:
+    fake = FakeTime()
+    spacer = Spacer(0.027, clock=fake.clock, sleep=fake.sleep, min_gap_s=0.0255)
+    start = fake.now
+
+    async def send(slot: float, write_delay: float) -> float:
+        ticket = spacer.ticket_at(start + slot)
+        await ticket.at_wire()
+        fake.now += write_delay  # the transport yields before it writes
+        ticket.written()
+        return ticket.sent_at - start
+
+    # Writes take 1 ms after the gate; eight of them teach the spacer so.
+    writes = [await send(k * 0.027, 0.001) for k in range(8)]
+    assert writes == pytest.approx([k * 0.027 + 0.001 for k in range(8)], abs=1e-6)
+    # One request goes 10 ms late. Its successors keep the minimum gap write to write (not
+    # gate to gate plus each write's own delay), so they regain their slots within a few.
+    fake.now = start + 8 * 0.027 + 0.010
+    writes = [await send(k * 0.027, 0.001) for k in range(8, 16)]
+    gaps = [b - a for a, b in itertools.pairwise(writes)]
+    assert min(gaps) >= 0.0255 - 1e-9
+    assert writes[-1] == pytest.approx(15 * 0.027 + 0.001, abs=1e-6)
+
+
 async def test_a_request_whose_new_slot_would_miss_its_budget_is_refused_unsent() -> None:
     fake = FakeTime()
     spacer = Spacer(0.025, clock=fake.clock, sleep=fake.sleep, tolerance_s=0.001)

@@ -7,6 +7,7 @@ each works under its own key prefix and deletes its keys before and after.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -501,6 +502,114 @@ async def test_two_pacers_on_one_redis_share_one_timeline(prefix: str, raw: redi
     assert start_us + 10 * interval_us <= next_slot < start_us + 10 * interval_us + 1_000_000
     counts = [int(raw.get(key) or 0) for key in raw.scan_iter(match=f"{prefix}pace:quota:*")]
     assert sum(counts) == 10
+
+
+async def test_a_busy_fleet_process_reserves_runs_with_one_margin_after_each(
+    prefix: str, raw: redis.Redis
+) -> None:
+    pacer = RedisPacer(REDIS_URL, per_second=50, prefix=prefix, fleet_size=2)
+    evals = 0
+    reserve_run = pacer._reserve_run
+
+    async def counted(limits: list[float | None]) -> list[tuple[float | None, float]]:
+        nonlocal evals
+        evals += 1
+        return await reserve_run(limits)
+
+    pacer._reserve_run = counted  # type: ignore[method-assign]
+    try:
+        async with asyncio.timeout(10):
+            tickets = await asyncio.gather(*(pacer.acquire() for _ in range(20)))
+        for ticket in tickets:
+            ticket.finished()
+        margin_s = pacer._margin_s()
+    finally:
+        await pacer.aclose()
+    # Twenty requests asked at once: two reservations, runs of 16 and 4.
+    assert evals == 2
+    interval = 1 / 50 + pacer.guard.base_s
+    slots = sorted(t.not_before for t in tickets)
+    gaps = [b - a for a, b in itertools.pairwise(slots)]
+    # Inside a run: one interval. Between the runs: the margin too.
+    assert sum(abs(g - interval) < 1e-5 for g in gaps) == 18
+    # (the margin as measured when the second run was reserved: at least the 1 ms tolerance,
+    # and half the quickest round trip to Redis).
+    assert interval + 0.001 <= max(gaps) <= interval + 0.001 + margin_s + 0.005
+    # Each request knows where its run ends: only beyond that would it meet another's slot.
+    assert sorted({t.run_end for t in tickets}) == [slots[15], slots[19]]
+    counts = [int(raw.get(key) or 0) for key in raw.scan_iter(match=f"{prefix}pace:quota:*")]
+    assert sum(counts) == 20
+
+
+async def test_in_a_run_a_request_beyond_its_deadline_reserves_nothing_and_others_go_on(
+    prefix: str, raw: redis.Redis
+) -> None:
+    pacer = RedisPacer(REDIS_URL, per_second=10, prefix=prefix, fleet_size=2)
+    try:
+        first = await pacer.acquire()  # the timeline is busy for the next 100 ms
+        first.finished()
+        soon = time.monotonic() + 0.05
+        outcomes = await asyncio.gather(
+            pacer.acquire(),
+            pacer.acquire(deadline=soon),  # its slot would be ~200 ms away
+            pacer.acquire(),
+            return_exceptions=True,
+        )
+    finally:
+        await pacer.aclose()
+    refused = outcomes[1]
+    assert isinstance(refused, RateLimitedError) and refused.limit == "pace"
+    assert refused.retry_after_s is not None and 0.05 < refused.retry_after_s < 0.5
+    granted = [o for o in (outcomes[0], outcomes[2]) if not isinstance(o, BaseException)]
+    assert len(granted) == 2
+    for ticket in granted:
+        ticket.finished()
+    # The refused request's slot went to the next one: two slots one interval apart.
+    assert granted[1].not_before - granted[0].not_before == pytest.approx(0.102, abs=1e-5)
+    counts = [int(raw.get(key) or 0) for key in raw.scan_iter(match=f"{prefix}pace:quota:*")]
+    assert sum(counts) == 3
+
+
+async def test_an_idle_fleet_timeline_gives_a_slot_the_answer_can_reach_in_time(
+    prefix: str, raw: redis.Redis
+) -> None:
+    pacer = RedisPacer(REDIS_URL, per_second=50, prefix=prefix, fleet_size=2)
+    try:
+        for delay in (0.004, 0.004, 0.004, 0.004):  # as seen between releases and the gate
+            pacer.spacer._release_delays.append(delay)
+        before = raw.time()
+        ticket = await pacer.acquire()
+        ticket.finished()
+        head = pacer._head_start_s()
+    finally:
+        await pacer.aclose()
+    assert head >= 0.004
+    # On Redis's clock the slot was no sooner than the head start: the next free slot is at
+    # least that, plus one interval and the margin, after the reservation.
+    next_slot = int(raw.get(f"{prefix}pace:next") or 0)
+    start_us = before[0] * 1_000_000 + before[1]
+    assert next_slot >= start_us + (0.004 + 1 / 50 + pacer.guard.base_s) * 1_000_000
+    assert RedisPacer(REDIS_URL, prefix=prefix)._head_start_s() == 0.0  # one process: none
+
+
+async def test_closing_a_pacer_releases_every_waiter(prefix: str) -> None:
+    pacer = RedisPacer(REDIS_URL, per_second=50, prefix=prefix, fleet_size=2)
+    started = asyncio.Event()
+    reserve_run = pacer._reserve_run
+
+    async def stuck(limits: list[float | None]) -> list[tuple[float | None, float]]:
+        started.set()
+        await asyncio.sleep(30)
+        return await reserve_run(limits)
+
+    pacer._reserve_run = stuck  # type: ignore[method-assign]
+    waiters = [asyncio.create_task(pacer.acquire()) for _ in range(3)]
+    await started.wait()
+    await pacer.aclose()
+    async with asyncio.timeout(5):
+        tickets = await asyncio.gather(*waiters)
+    # Nobody hangs: each was paced by the fallback (this process's share of the rate).
+    assert len(tickets) == 3 and pacer.fallback.spacer.released == 3
 
 
 async def test_a_pacer_refuses_at_once_a_wait_beyond_the_deadline(
