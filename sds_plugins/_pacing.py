@@ -210,6 +210,7 @@ class Spacer:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         *,
         min_gap_s: float | None = None,
+        floor_gap_s: float | None = None,
         tolerance_s: float | None = None,
         slack_s: float = 0.0,
     ) -> None:
@@ -221,6 +222,11 @@ class Spacer:
         #: ``1/rate``, so a request that went late pushes its successor back only by what the
         #: guard did not absorb (the next slots absorb the rest: nothing accumulates).
         self.min_gap_s = interval_s if min_gap_s is None else min_gap_s
+        #: No two writes' ends closer than this, even when a write takes less time than the
+        #: recent ones (see _due): ``1/rate``, the gateway's own limit. Without it: min_gap_s.
+        self.floor_gap_s = (
+            self.min_gap_s if floor_gap_s is None else min(floor_gap_s, self.min_gap_s)
+        )
         #: How late at the wire a request may take its slot when it has a ``reslot`` (a
         #: fleet's): at least this, or what lateness was recently seen (see tolerance_s).
         self.base_tolerance_s = GUARD_S * _TOLERANCE if tolerance_s is None else tolerance_s
@@ -321,12 +327,16 @@ class Spacer:
         A write ends a little after its request passed the gate (the transport yields to the
         event loop first): about a millisecond, sometimes several. Kept from the previous
         write's *end* as it is, each gap would also hold that delay, and a request that went
-        late would push its successors back slot after slot by as much, never catching up.
-        So the gap counts from the previous write's end less the shortest delay recently
-        seen (which this write will take too), and never from less than the previous pass
-        through the gate.
+        late would push its successors back slot after slot by almost as much, hardly
+        catching up. So the gap counts from the previous write's end less the shortest delay
+        recently seen (which this write will most likely take too), never from before the
+        previous pass through the gate, and never by more than keeps two writes' ends
+        :attr:`floor_gap_s` apart should this write take no time at all.
         """
-        write_delay = min(self._write_delays) if len(self._write_delays) >= 8 else 0.0
+        if len(self._write_delays) >= 8:
+            write_delay = min(min(self._write_delays), self.min_gap_s - self.floor_gap_s)
+        else:
+            write_delay = 0.0
         return max(
             not_before,
             self._last_sent + self.min_gap_s,
@@ -467,7 +477,11 @@ class Pacer(RateLimiter):
         # A late request may take its slot (nobody else's is near): its successor keeps at
         # least 1/rate, plus a quarter of the guard, from it.
         self.spacer = Spacer(
-            self.interval_s, clock, sleep, min_gap_s=1.0 / per_second + guard_s / 4
+            self.interval_s,
+            clock,
+            sleep,
+            min_gap_s=1.0 / per_second + guard_s / 4,
+            floor_gap_s=1.0 / per_second,
         )
         #: 429s the gateway answered despite the pacing, by kind (for metrics and tests).
         self.throttles: dict[str, int] = {"spike_arrest": 0, "quota": 0}

@@ -230,7 +230,7 @@ async def test_a_run_s_last_request_pushed_past_its_tolerance_by_the_gap_takes_a
 
 async def test_the_gap_counts_from_the_previous_write_less_the_shortest_write_delay() -> None:
     fake = FakeTime()
-    spacer = Spacer(0.027, clock=fake.clock, sleep=fake.sleep, min_gap_s=0.0255)
+    spacer = Spacer(0.027, clock=fake.clock, sleep=fake.sleep, min_gap_s=0.0255, floor_gap_s=0.025)
     start = fake.now
 
     async def send(slot: float, write_delay: float) -> float:
@@ -243,13 +243,20 @@ async def test_the_gap_counts_from_the_previous_write_less_the_shortest_write_de
     # Writes take 1 ms after the gate; eight of them teach the spacer so.
     writes = [await send(k * 0.027, 0.001) for k in range(8)]
     assert writes == pytest.approx([k * 0.027 + 0.001 for k in range(8)], abs=1e-6)
-    # One request goes 10 ms late. Its successors keep the minimum gap write to write (not
-    # gate to gate plus each write's own delay), so they regain their slots within a few.
+    # One request goes 10 ms late. Its successors keep the minimum gap counted from its
+    # write less (part of) the write delay they will take too, so they regain 1 ms a slot
+    # (from its write's end as it is: 0.5 ms a slot) and are back on their slots in ten.
     fake.now = start + 8 * 0.027 + 0.010
-    writes = [await send(k * 0.027, 0.001) for k in range(8, 16)]
+    writes = [await send(k * 0.027, 0.001) for k in range(8, 20)]
     gaps = [b - a for a, b in itertools.pairwise(writes)]
-    assert min(gaps) >= 0.0255 - 1e-9
-    assert writes[-1] == pytest.approx(15 * 0.027 + 0.001, abs=1e-6)
+    assert gaps[:3] == pytest.approx([0.026] * 3, abs=1e-6)
+    assert writes[-1] == pytest.approx(19 * 0.027 + 0.001, abs=1e-6)
+    # A write much quicker than the recent ones still ends at least 1/rate after the last.
+    fake.now = start + 20 * 0.027 + 0.004
+    late = await send(20 * 0.027, 0.001)
+    quick = await send(21 * 0.027, 0.0)
+    assert quick - late >= 0.025 - 1e-9
+    assert spacer.closest_s >= 0.025 - 1e-9
 
 
 async def test_a_request_whose_new_slot_would_miss_its_budget_is_refused_unsent() -> None:

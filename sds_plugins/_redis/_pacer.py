@@ -13,11 +13,13 @@ slot lies beyond its caller's deadline. The caller then sleeps until its slot on
 (translated with a measured offset, so skew does not matter there either).
 
 Requests that ask while a reservation is on its way are reserved together by the next one, as
-a **run** of consecutive slots (at most :data:`_MAX_RUN`): their neighbours are this process's
-own requests, which its wire gate spaces exactly, so a fleet's margin (see
-``RedisPacer._margin_s``) is left once after the run rather than after every slot, and only a
-request that would go beyond its run's end takes a new slot. A process alone, or a fleet that
-is not busy, reserves one slot at a time, as before.
+a **run** of consecutive slots (at most :data:`_MAX_RUN`, in one round trip): their neighbours
+are this process's own requests, which its wire gate keeps the minimum gap apart (``1/rate``
+plus a quarter of the guard), so a fleet's margin (see ``RedisPacer._margin_s``) is left once
+after the run rather than after every slot, and only a request that would go beyond its run's
+end takes a new slot. A process alone batches the same way (fewer round trips; no margin, and a
+late request keeps its slot, as with ``Pacer``). A process that is not busy reserves one slot
+at a time.
 
 When Redis is unreachable, each process paces itself at ``per_second / fleet_size`` (and the
 quota divided likewise) rather than not at all: a fleet that loses its shared state must slow
@@ -28,7 +30,7 @@ A busy connection pool is back-pressure: the reservation waits for a connection.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import math
 import time
 from collections import deque
@@ -52,6 +54,8 @@ from ._link import REDIS_ERRORS as _REDIS_ERRORS
 
 __all__ = ["RedisPacer"]
 
+logger = logging.getLogger("sds_plugins.redis")
+
 _US: Final = 1_000_000
 #: The most requests one reservation puts in a run: long enough that a fleet's margin costs
 #: little (1/16 of it a slot), short enough that no process holds the timeline for long
@@ -61,6 +65,30 @@ _MAX_RUN: Final = 16
 
 class _Unshared(Exception):
     """Redis could not reserve: the waiter paces itself with the fallback."""
+
+
+def _run_ends(slots: list[float | None], interval_s: float) -> list[float]:
+    """For each reserved slot, the last slot of the unbroken stretch it belongs to.
+
+    A run is consecutive slots an interval apart, except where the script skipped to the next
+    calendar minute (that minute's quota spent): a request must not take the run's later end
+    as leave to go that late, so each stretch ends where the slots stop being an interval apart.
+    """
+    ends = [0.0] * len(slots)
+    stretch: list[int] = []
+    previous: float | None = None
+    for index, slot in enumerate(slots):
+        if slot is None:
+            continue
+        if previous is not None and slot - previous > interval_s * 1.5:
+            for member in stretch:
+                ends[member] = previous
+            stretch = []
+        stretch.append(index)
+        previous = slot
+    for member in stretch:
+        ends[member] = previous if previous is not None else 0.0
+    return ends
 
 
 # KEYS: next slot, quota key prefix, closed-until. ARGV: interval (µs), per minute, margin
@@ -174,6 +202,7 @@ class RedisPacer(RateLimiter):
         self.spacer = Spacer(
             self.interval_s,
             min_gap_s=1.0 / per_second + guard_s / 4,
+            floor_gap_s=1.0 / per_second,
             tolerance_s=guard_s * _TOLERANCE,
             # A late send is still an interval from the next slot while it is within the
             # margin (which allows for it) and half the guard (the other half stays for the
@@ -251,53 +280,69 @@ class RedisPacer(RateLimiter):
             slot, run_end = await waiter
         except _Unshared:
             return await self.fallback.acquire(deadline=deadline)
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # answered as we were cancelled: nobody else will read it
+            raise
         reslot = self._reslot if self._fleet else None
         ticket = self.spacer.ticket_at(slot, reslot, deadline, run_end=run_end)
         return await self.spacer.release(ticket)
 
+    def _unshare_queued(self) -> None:
+        """Send every queued request to the fallback (Redis failed, or the pacer closed)."""
+        queued, self._queue = self._queue, []
+        for waiter, _ in queued:
+            if not waiter.done():
+                waiter.set_exception(_Unshared())
+
     async def _reserve_queued(self) -> None:
         """Reserve runs for the queued requests until none is left (a task of its own, so a
         caller that gives up does not strand the others)."""
-        while self._queue:
-            batch = [w for w in self._queue[:_MAX_RUN] if not w[0].done()]  # not cancelled
-            del self._queue[:_MAX_RUN]
-            if not batch:
-                continue
-            try:
-                slots = await self._reserve_run([max_wait(deadline) for _, deadline in batch])
-            except _Unshared:
-                slots = None
-            except _REDIS_ERRORS as exc:
-                self.link.failed(
-                    exc, f"pacing this process alone at {self.fallback.per_second:g}/s"
-                )
-                slots = None
-            except BaseException as exc:  # cancelled (closing), or a bug: nobody waits for ever
-                failure = _Unshared() if isinstance(exc, asyncio.CancelledError) else exc
-                for waiter, _ in (*batch, *self._queue):
-                    if not waiter.done():
-                        waiter.set_exception(failure)
-                self._queue.clear()
-                raise
-            reserved = [slot for slot, _ in slots or () if slot is not None]
-            run_end = max(reserved, default=0.0)
-            for index, (waiter, _) in enumerate(batch):
-                if waiter.done():
-                    continue  # cancelled meanwhile: its slot (if any) goes unused
-                if slots is None:
-                    waiter.set_exception(_Unshared())
-                    continue
-                slot, wait = slots[index]
-                if slot is None:
-                    # Beyond this caller's deadline: refused at once, nothing reserved.
-                    waiter.set_exception(too_long(wait))
-                else:
-                    waiter.set_result((slot, run_end))
+        try:
+            while self._queue:
+                batch = [w for w in self._queue[:_MAX_RUN] if not w[0].done()]  # not cancelled
+                del self._queue[:_MAX_RUN]
+                if batch:
+                    await self._reserve_batch(batch)
+        except asyncio.CancelledError:
+            self._unshare_queued()
+            raise
+        except Exception:
+            # A bug, not an outage: say so once, and let the fallback pace these requests.
+            logger.exception("the rate limiter could not reserve slots in Redis")
+            self._unshare_queued()
 
-    async def _reserve_run(self, limits: list[float | None]) -> list[tuple[float | None, float]]:
-        """A slot on the shared timeline for each request whose limit (seconds from now)
+    async def _reserve_batch(
+        self, batch: list[tuple[asyncio.Future[tuple[float, float]], float | None]]
+    ) -> None:
+        try:
+            slots = await self._reserve_run([deadline for _, deadline in batch])
+        except _Unshared:
+            slots = None
+        except _REDIS_ERRORS as exc:
+            self.link.failed(exc, f"pacing this process alone at {self.fallback.per_second:g}/s")
+            slots = None
+        except BaseException:
+            self._queue[:0] = batch  # answered by whoever handles this
+            raise
+        ends = _run_ends([slot for slot, _ in slots or ()], self._interval_us() / _US)
+        for index, (waiter, _) in enumerate(batch):
+            if waiter.done():
+                continue  # cancelled meanwhile: its slot (if any) goes unused
+            if slots is None:
+                waiter.set_exception(_Unshared())
+                continue
+            slot, wait = slots[index]
+            if slot is None:
+                # Beyond this caller's deadline: refused at once, nothing reserved.
+                waiter.set_exception(too_long(wait))
+            else:
+                waiter.set_result((slot, ends[index]))
+
+    async def _reserve_run(self, deadlines: list[float | None]) -> list[tuple[float | None, float]]:
+        """A slot on the shared timeline for each request whose ``deadline`` (monotonic)
         allows it, consecutive: ``(its time on this machine's clock, wait)``, or ``(None,
-        wait)`` for one refused (its slot would lie ``wait`` seconds away, beyond its limit).
+        wait)`` for one refused (its slot would lie ``wait`` seconds away, beyond its deadline).
 
         The slots are Redis's times; reading them as "``wait`` from whenever the answer was
         read" would shift them by however long this process took to get to the answer (a busy
@@ -308,6 +353,8 @@ class RedisPacer(RateLimiter):
             client = self.link.client()
             if client is None:
                 raise _Unshared()
+            # Read afresh on every attempt: a wait for a connection spends the deadlines too.
+            limits = [max_wait(deadline) for deadline in deadlines]
             sent = time.time()
             try:
                 answer = await client.eval(
@@ -324,7 +371,7 @@ class RedisPacer(RateLimiter):
                 )
             except PoolBusy:
                 # Every connection is in use: wait for one again (back-pressure, not an
-                # outage), as long as every deadline allows.
+                # outage), as long as some deadline allows.
                 if all(limit is not None and limit <= 0 for limit in limits):
                     return [(None, 0.0) for _ in limits]
                 continue
@@ -346,7 +393,7 @@ class RedisPacer(RateLimiter):
     async def _reslot(self, deadline: float | None) -> float:
         """A new slot for a request that would reach the wire too late for its own."""
         try:
-            [(slot, wait)] = await self._reserve_run([max_wait(deadline)])
+            [(slot, wait)] = await self._reserve_run([deadline])
         except _Unshared:
             pass
         except _REDIS_ERRORS as exc:
@@ -379,8 +426,9 @@ class RedisPacer(RateLimiter):
             self.link.failed(exc, f"pacing this process alone at {self.fallback.per_second:g}/s")
 
     async def aclose(self) -> None:
-        if self._reserving is not None and not self._reserving.done():
-            self._reserving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reserving
+        task = self._reserving
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait([task])  # (a task cancelled before it ran has no handler)
+        self._unshare_queued()
         await self.link.aclose()
