@@ -324,14 +324,15 @@ class Spacer:
         """When a request at the gate may go: at its slot, and its write at least the minimum
         gap after the previous write.
 
-        A write ends a little after its request passed the gate (the transport yields to the
-        event loop first): about a millisecond, sometimes several. Kept from the previous
-        write's *end* as it is, each gap would also hold that delay, and a request that went
-        late would push its successors back slot after slot by almost as much, hardly
-        catching up. So the gap counts from the previous write's end less the shortest delay
-        recently seen (which this write will most likely take too), never from before the
-        previous pass through the gate, and never by more than keeps two writes' ends
-        :attr:`floor_gap_s` apart should this write take no time at all.
+        A write is reported a loop turn or two after its request passed the gate (anyio up
+        to 4.14 yields before it writes, later versions after): about a millisecond, several
+        under load, and when the bytes left in between depends on the version, so the safe
+        reference is the reported end. Kept from it as it is, each gap would also hold that
+        delay, and a request that went late would push its successors back slot after slot
+        by almost as much, hardly catching up. So the gap counts from the previous write's
+        end less the shortest delay recently seen (which this write will most likely take
+        too), never from before the previous pass through the gate, and never by more than
+        keeps two writes' ends :attr:`floor_gap_s` apart should this write take no time.
         """
         if len(self._write_delays) >= 8:
             write_delay = min(min(self._write_delays), self.min_gap_s - self.floor_gap_s)
