@@ -40,11 +40,13 @@ from ._ebxml import (
     Attachment,
     EbxmlPattern,
     EbxmlRouting,
+    ManifestEntry,
     MessagingPattern,
     ebxml_routing,
     envelope_reliability,
     pattern_for,
     render_multipart,
+    soap_document,
 )
 
 __all__ = [
@@ -62,9 +64,11 @@ __all__ = [
     "Attachment",
     "EbxmlPattern",
     "EbxmlRouting",
+    "ManifestEntry",
     "MessagingPattern",
     "ebxml_routing",
     "envelope_reliability",
     "pattern_for",
     "render_multipart",
+    "soap_document",
 ]

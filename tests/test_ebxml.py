@@ -436,3 +436,26 @@ def test_conversation_and_message_ids_are_upper_case_uuids() -> None:
     assert header.findtext("eb:MessageData/eb:MessageId", namespaces=NS) == routing.message_id
     # The upper-cased form survives a trip through an envelope's JSON.
     assert EbxmlRouting.model_validate(routing.model_dump(mode="json")) == routing
+
+
+def test_soap_document_lists_references_to_parts_of_other_messages() -> None:
+    routing = _routing()
+    document = public.soap_document(
+        routing,
+        [
+            public.ManifestEntry("cid:part@spine.nhs.uk", "a part of this message", "_DOC1"),
+            public.ManifestEntry("mid:0B6E7F5C", "sent in another message"),
+        ],
+    )
+    assert not document.startswith("<?xml")
+    root = ElementTree.fromstring(document)
+    href = f"{{{public.XLINK_NS}}}href"
+    references = root.findall(f".//{{{public.EB_NS}}}Reference")
+    assert [r.get(href) for r in references] == [
+        f"cid:{routing.payload_content_id}",
+        "cid:part@spine.nhs.uk",
+        "mid:0B6E7F5C",
+    ]
+    assert [r.get(f"{{{public.EB_NS}}}id") for r in references] == [None, "_DOC1", None]
+    with pytest.raises(InvalidInputError):
+        public.ManifestEntry("mid:x", "bell \x07")

@@ -33,7 +33,7 @@ from ._patterns import (
     pattern_for,
 )
 from ._routing import EBXML_HEADER_CONTENT_ID, EbxmlRouting, ebxml_routing
-from ._soap import EB_NS, HL7EBXML_NS, SOAP_NS, XLINK_NS
+from ._soap import EB_NS, HL7EBXML_NS, SOAP_NS, XLINK_NS, ManifestEntry, soap_document
 
 __all__ = [
     "ACK_ACTOR_NEXT_MSH",
@@ -50,9 +50,11 @@ __all__ = [
     "Attachment",
     "EbxmlPattern",
     "EbxmlRouting",
+    "ManifestEntry",
     "MessagingPattern",
     "ebxml_routing",
     "envelope_reliability",
     "pattern_for",
     "render_multipart",
+    "soap_document",
 ]

@@ -7,16 +7,27 @@ Built with :mod:`xml.etree.ElementTree`, so every value is escaped by the librar
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from xml.etree import ElementTree
 
+from .._exceptions import InvalidInputError
 from ._patterns import ACK_ACTOR_TO_PARTY_MSH
 
 if TYPE_CHECKING:
     from ._routing import EbxmlRouting
 
-__all__ = ["EB_NS", "HL7EBXML_NS", "SOAP_NS", "XLINK_NS", "soap_envelope"]
+__all__ = [
+    "EB_NS",
+    "HL7EBXML_NS",
+    "SOAP_NS",
+    "XLINK_NS",
+    "ManifestEntry",
+    "soap_document",
+    "soap_envelope",
+]
 
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 EB_NS = "http://www.oasis-open.org/committees/ebxml-msg/schema/msg-header-2_0.xsd"
@@ -29,6 +40,10 @@ XML_NS = "http://www.w3.org/XML/1998/namespace"
 PARTY_ID_TYPE = "urn:nhs:names:partyType:ocs+serviceInstance"
 SYNC_REPLY_ACTOR = "http://schemas.xmlsoap.org/soap/actor/next"
 HL7_SCHEMA_LOCATION = "http://www.nhsia.nhs.uk/schemas/HL7-Message.xsd"
+# What ElementTree writes for encoding="utf-8", xml_declaration=True.
+_XML_DECLARATION = b"<?xml version='1.0' encoding='utf-8'?>\n"
+# Tabs and line ends are fine in XML 1.0; other control characters are not.
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 
 
 @functools.cache
@@ -61,9 +76,37 @@ def _sub(
     return element
 
 
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One ``eb:Reference`` of the manifest after the HL7 payload: ``href`` is ``cid:<id>``
+    for a part of this message or ``mid:<message id>`` for one sent in another message;
+    ``document_id`` becomes its ``eb:id`` when given."""
+
+    href: str
+    description: str
+    document_id: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("href", "description", "document_id"):
+            value = getattr(self, name)
+            if value is not None and _CONTROL.search(value):
+                raise InvalidInputError(f"manifest {name} contains control characters", field=name)
+
+
 def soap_envelope(routing: EbxmlRouting, references: Sequence[tuple[str, str]]) -> bytes:
     """The SOAP envelope of ``routing``, its manifest listing the HL7 payload and then each
     attachment's ``(content_id, description)`` of ``references``, as UTF-8 XML."""
+    entries = [
+        ManifestEntry(f"cid:{content_id}", description) for content_id, description in references
+    ]
+    return _XML_DECLARATION + soap_document(routing, entries).encode("utf-8")
+
+
+def soap_document(routing: EbxmlRouting, entries: Sequence[ManifestEntry] = ()) -> str:
+    """The SOAP envelope of ``routing`` as XML text without a declaration: ``eb:MessageHeader``,
+    the reliability elements of its pattern, and the manifest listing the HL7 payload and then
+    each of ``entries``. For an adapter that renders its own MIME message (one that references
+    parts of other messages, say); :func:`render_multipart` covers the rest."""
     _register_prefixes()
     must_understand = _q(SOAP_NS, "mustUnderstand")
     version = _q(EB_NS, "version")
@@ -116,8 +159,11 @@ def soap_envelope(routing: EbxmlRouting, references: Sequence[tuple[str, str]]) 
     )
     _sub(payload_reference, EB_NS, "Description", "HL7 payload", **{lang: "en"})
     _sub(payload_reference, HL7EBXML_NS, "Payload", style="HL7", encoding="XML", version="3.0")
-    for content_id, description in references:
-        reference = _sub(manifest, EB_NS, "Reference", **{href: f"cid:{content_id}"})
-        _sub(reference, EB_NS, "Description", description, **{lang: "en"})
-    document: bytes = ElementTree.tostring(envelope, encoding="utf-8", xml_declaration=True)
+    for entry in entries:
+        attributes = {href: entry.href}
+        if entry.document_id is not None:
+            attributes[_q(EB_NS, "id")] = entry.document_id
+        reference = _sub(manifest, EB_NS, "Reference", **attributes)
+        _sub(reference, EB_NS, "Description", entry.description, **{lang: "en"})
+    document: str = ElementTree.tostring(envelope, encoding="unicode")
     return document

@@ -2,12 +2,14 @@
 
 ``sds_plugins.ebxml.render_multipart`` renders a message and its own attachments; a GP2GP
 extract also references parts sent in *other* messages, ``mid:<message id>`` in its
-``eb:Manifest``, with the document's ``eb:id``, and no public renderer writes those. So this
-module renders the whole message itself, from the public :class:`~sds_plugins.ebxml.EbxmlRouting`
-(its boundary, content type, payload Content-Id, flags) and with the standard library only:
-XML with :mod:`xml.etree.ElementTree`, MIME with :mod:`email`, so every value is escaped by a
-library. The layout is NHS's MHS adaptor's (NHSDigital/integration-adaptor-mhs,
-``mhs/common/data/templates/ebxml_request.mustache``): the SOAP part
+``eb:Manifest``, with the document's ``eb:id``, which ``render_multipart`` does not write. So
+this module renders the MIME message itself, from the public
+:class:`~sds_plugins.ebxml.EbxmlRouting` (its boundary, content type, payload Content-Id, flags)
+and the SOAP envelope the core builds for it (:func:`~sds_plugins.ebxml.soap_document`, with
+:class:`~sds_plugins.ebxml.ManifestEntry` for each ``cid:`` and ``mid:`` reference); MIME with
+:mod:`email`, so every value is escaped by a library. The layout is NHS's MHS adaptor's
+(NHSDigital/integration-adaptor-mhs, ``mhs/common/data/templates/ebxml_request.mustache``):
+the SOAP part
 ``<ebXMLHeader@spine.nhs.uk>`` first, the HL7 payload ``<MESSAGEID@spine.nhs.uk>``, then the
 attachments, each ``<UUID@spine.nhs.uk>``; the manifest lists the payload, then ``cid:`` to
 each attachment, then ``mid:`` to each part sent in another message.
@@ -17,7 +19,6 @@ Reading (:func:`read_message`) is the same standard parsers, for a receiver and 
 
 from __future__ import annotations
 
-import functools
 import gzip
 import re
 import uuid
@@ -32,13 +33,13 @@ from xml.etree import ElementTree
 
 from sds_plugins import InvalidInputError
 from sds_plugins.ebxml import (
-    ACK_ACTOR_TO_PARTY_MSH,
     EB_NS,
     EBXML_HEADER_CONTENT_ID,
-    HL7EBXML_NS,
     SOAP_NS,
     XLINK_NS,
     EbxmlRouting,
+    ManifestEntry,
+    soap_document,
 )
 
 from ._large import SKELETON_DOMAIN_DATA, parse_description
@@ -54,11 +55,6 @@ __all__ = [
     "render_message",
 ]
 
-_XML_NS = "http://www.w3.org/XML/1998/namespace"
-# Values of the MHS adaptor's template (ebxml_request.mustache), not exported by sds_plugins.
-PARTY_ID_TYPE = "urn:nhs:names:partyType:ocs+serviceInstance"
-HL7_SCHEMA_LOCATION = "http://www.nhsia.nhs.uk/schemas/HL7-Message.xsd"
-SYNC_REPLY_ACTOR = "http://schemas.xmlsoap.org/soap/actor/next"
 CONTENT_ID_DOMAIN = "spine.nhs.uk"
 # CRLF line ends, MIME's canonical form; base64 lines of 76 characters.
 _POLICY = email_policy.default.clone(linesep="\r\n", max_line_length=76)
@@ -91,93 +87,21 @@ def part_content_id(routing: EbxmlRouting, index: int) -> str:
     return f"{str(derived).upper()}@{CONTENT_ID_DOMAIN}"
 
 
-@functools.cache
-def _register_prefixes() -> None:
-    # The conventional prefixes Spine's own messages use (the same the core registers).
-    for prefix, uri in (
-        ("SOAP", SOAP_NS),
-        ("eb", EB_NS),
-        ("hl7ebxml", HL7EBXML_NS),
-        ("xlink", XLINK_NS),
-    ):
-        ElementTree.register_namespace(prefix, uri)
-
-
 def _q(namespace: str, name: str) -> str:
     return f"{{{namespace}}}{name}"
-
-
-def _sub(
-    parent: ElementTree.Element, namespace: str, name: str, text: str | None = None, **attrs: str
-) -> ElementTree.Element:
-    element = ElementTree.SubElement(parent, _q(namespace, name), attrs)
-    if text is not None:
-        element.text = text
-    return element
 
 
 def _soap(
     routing: EbxmlRouting, parts: Sequence[InlinePart], references: Sequence[ExternalReference]
 ) -> str:
-    _register_prefixes()
-    must = _q(SOAP_NS, "mustUnderstand")
-    version = _q(EB_NS, "version")
-    envelope = ElementTree.Element(_q(SOAP_NS, "Envelope"))
-    header = _sub(envelope, SOAP_NS, "Header")
-    message_header = _sub(header, EB_NS, "MessageHeader", **{must: "1", version: "2.0"})
-    for role, party in (("From", routing.from_party_key), ("To", routing.to_party_key)):
-        side = _sub(message_header, EB_NS, role)
-        _sub(side, EB_NS, "PartyId", party, **{_q(EB_NS, "type"): PARTY_ID_TYPE})
-    _sub(message_header, EB_NS, "CPAId", routing.cpa_id)
-    _sub(message_header, EB_NS, "ConversationId", routing.conversation_id)
-    _sub(message_header, EB_NS, "Service", routing.service)
-    _sub(message_header, EB_NS, "Action", routing.action)
-    data = _sub(message_header, EB_NS, "MessageData")
-    _sub(data, EB_NS, "MessageId", routing.message_id)
-    _sub(data, EB_NS, "Timestamp", routing.ebxml_timestamp())
-    if routing.duplicate_elimination:
-        _sub(message_header, EB_NS, "DuplicateElimination")
-    if routing.ack_requested:
-        _sub(
-            header,
-            EB_NS,
-            "AckRequested",
-            **{
-                must: "1",
-                version: "2.0",
-                _q(EB_NS, "signed"): "false",
-                _q(SOAP_NS, "actor"): routing.ack_actor or ACK_ACTOR_TO_PARTY_MSH,
-            },
-        )
-    if routing.sync_reply:
-        _sub(
-            header,
-            EB_NS,
-            "SyncReply",
-            **{must: "1", version: "2.0", _q(SOAP_NS, "actor"): SYNC_REPLY_ACTOR},
-        )
-    body = _sub(envelope, SOAP_NS, "Body")
-    manifest = _sub(body, EB_NS, "Manifest", **{must: "1", version: "2.0"})
-    href = _q(XLINK_NS, "href")
-    lang = {_q(_XML_NS, "lang"): "en"}
-    payload = _sub(manifest, EB_NS, "Reference", **{href: f"cid:{routing.payload_content_id}"})
-    _sub(payload, EB_NS, "Schema", **{_q(EB_NS, "location"): HL7_SCHEMA_LOCATION, version: "1.0"})
-    _sub(payload, EB_NS, "Description", "HL7 payload", **lang)
-    _sub(payload, HL7EBXML_NS, "Payload", style="HL7", encoding="XML", version="3.0")
-    entries: list[tuple[str, str, str | None]] = [
-        (f"cid:{part.content_id}", part.description, part.document_id) for part in parts
+    entries = [
+        ManifestEntry(f"cid:{part.content_id}", part.description, part.document_id)
+        for part in parts
     ] + [
-        (f"mid:{reference.message_id}", reference.description, reference.document_id)
+        ManifestEntry(f"mid:{reference.message_id}", reference.description, reference.document_id)
         for reference in references
     ]
-    for target, description, document_id in entries:
-        attributes = {href: target}
-        if document_id is not None:
-            attributes[_q(EB_NS, "id")] = document_id
-        reference = _sub(manifest, EB_NS, "Reference", **attributes)
-        _sub(reference, EB_NS, "Description", description, **lang)
-    document: str = ElementTree.tostring(envelope, encoding="unicode", xml_declaration=False)
-    return '<?xml version="1.0" encoding="UTF-8"?>\n' + document
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + soap_document(routing, entries)
 
 
 def _check_text(text: str, field: str) -> None:
