@@ -323,3 +323,21 @@ def test_outcomes_cannot_be_configured_into_the_requests(url: str, options: dict
 def test_a_nats_subject_like_a_retry_queue_is_only_a_subject() -> None:
     settings = WorkerSettings(broker_url="nats://mq", requests="in", failures="in.retry.8s")
     assert settings.failures == "in.retry.8s"
+
+
+def test_refusal_counts_give_up_at_the_limit_and_stay_bounded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sds_plugins._worker import _refusals
+
+    refusals = _refusals.Refusals[str]()
+    counts = [refusals.refused("a") for _ in range(_refusals.MAX_PUBLISH_REFUSALS)]
+    assert counts == list(range(1, _refusals.MAX_PUBLISH_REFUSALS + 1))
+    assert refusals.refused("a") == 1  # given up, and forgotten
+    refusals.published("a")
+    assert refusals.refused("a") == 1
+    monkeypatch.setattr(_refusals, "_KEPT", 3)
+    for key in "bcde":
+        refusals.refused(key)
+    assert refusals.refused("a") == 1  # the oldest went first
+    assert refusals.refused("e") == 2

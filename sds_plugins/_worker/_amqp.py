@@ -52,6 +52,7 @@ from yarl import URL
 from .._exceptions import InvalidInputError
 from ._amqp_strings import decodable, install, lenient, request_id_of, undecodable_fields, writable
 from ._core import RouteWorker, WorkerOutcome
+from ._refusals import MAX_PUBLISH_REFUSALS, Refusals
 from ._runtime import BrokerError, InFlight, explain, first_of, log_outcome
 
 if TYPE_CHECKING:
@@ -81,11 +82,6 @@ _REQUEUE_PAUSE_S = 1.0
 #: aiormq gives up on a connection that sent nothing for 3 x (heartbeat + 1) s, checking every
 #: heartbeat/2 s: about 18 to 20 s at 5 (RabbitMQ's default, 60, takes over three minutes).
 HEARTBEAT_S = 5
-#: Refusals of one request's outcome (nacked, not encodable) before the worker
-#: stops trying and rejects the request without requeue (dead-lettered, or dropped).
-MAX_PUBLISH_REFUSALS = 5
-# Remembered refusals (per request), oldest forgotten first.
-_REFUSALS_KEPT = 10_000
 # Closing a connection to a broker that stopped answering must not hang the exit.
 _CLOSE_TIMEOUT_S = 5.0
 
@@ -115,7 +111,7 @@ class AmqpTransport:
         self._gone = asyncio.Event()
         self._gone_reason = ""
         # Refusals of an outcome so far, by request (message id, or the body's digest).
-        self._refusals: dict[str, int] = {}
+        self._refusals = Refusals[str]()
 
     # -- life cycle ---------------------------------------------------------------------------
 
@@ -310,8 +306,7 @@ class AmqpTransport:
             await asyncio.sleep(_REQUEUE_PAUSE_S)
             await _quietly(raw.basic_nack(delivery_tag, requeue=True))
             return
-        if self._refusals:
-            self._refusals.pop(_refusal_key(message), None)
+        self._refusals.published(_refusal_key(message))
         try:
             # wait=False: queued behind the outcome's publish on the one connection, and not
             # waiting for the socket to drain; a lost ack only means a duplicate outcome.
@@ -336,11 +331,8 @@ class AmqpTransport:
         """Count a refusal of this request's outcome; past the limit, reject the request
         without requeue (``True``): dead-lettered if the queue has a dead-letter exchange."""
         key = _refusal_key(message)
-        refusals = self._refusals.pop(key, 0) + 1
+        refusals = self._refusals.refused(key)
         if refusals < MAX_PUBLISH_REFUSALS:
-            self._refusals[key] = refusals
-            while len(self._refusals) > _REFUSALS_KEPT:
-                del self._refusals[next(iter(self._refusals))]
             logger.error(
                 "request_id=%s: the broker refused its %s (%s), %d of %d times; it goes back "
                 "to the queue",

@@ -47,6 +47,7 @@ from nats.aio.msg import Msg
 from .._exceptions import ConfigurationError
 from ._core import RouteWorker, WorkerOutcome
 from ._nats_streams import check_subject, consumer_name, declare, subject_matches
+from ._refusals import MAX_PUBLISH_REFUSALS, Refusals
 from ._runtime import BrokerError, InFlight, explain, first_of, log_outcome
 
 if TYPE_CHECKING:
@@ -90,10 +91,6 @@ _PONG_WAIT_S = 5
 #: No answer to any ping for this long: the server is gone or silent (it accepted the TCP
 #: connection but answers nothing), and the worker exits. Noticed 20 to 30 s after it stalls.
 STALL_S = 20.0
-#: Refusals of one request's outcome (too large, a stream's limit) before the worker
-#: stops trying and terminates the request.
-MAX_PUBLISH_REFUSALS = 5
-_REFUSALS_KEPT = 10_000
 # Closing a connection to a server that stopped answering must not hang the exit.
 _CLOSE_TIMEOUT_S = 5.0
 
@@ -120,7 +117,7 @@ class NatsTransport:
         # What the requests' stream captures: a Reply-To there would be de-duplicated away.
         self._requests_subjects: list[str] = []
         # Refusals of an outcome so far, by the request's stream sequence.
-        self._refusals: dict[int, int] = {}
+        self._refusals = Refusals[int]()
 
     async def run(self, stop: asyncio.Event) -> None:
         settings = self.settings
@@ -364,8 +361,7 @@ class NatsTransport:
             except Exception as nak_error:
                 logger.debug("nak failed too: %s", type(nak_error).__name__)
             return
-        if self._refusals:
-            self._refusals.pop(metadata.sequence.stream, None)
+        self._refusals.published(metadata.sequence.stream)
         try:
             await message.ack()
         except Exception as exc:
@@ -382,11 +378,8 @@ class NatsTransport:
         """Count a refusal of this request's outcome; past the limit, terminate the request
         (``True``): JetStream announces it as terminated, and delivers it no more."""
         key = message.metadata.sequence.stream
-        refusals = self._refusals.pop(key, 0) + 1
+        refusals = self._refusals.refused(key)
         if refusals < MAX_PUBLISH_REFUSALS:
-            self._refusals[key] = refusals
-            while len(self._refusals) > _REFUSALS_KEPT:
-                del self._refusals[next(iter(self._refusals))]
             logger.error(
                 "request_id=%s: JetStream refused its %s (%s), %d of %d times; it will be "
                 "delivered again",
