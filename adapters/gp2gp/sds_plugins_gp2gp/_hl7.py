@@ -166,20 +166,24 @@ def fragment_payload(
         to_ods=to_ods,
         subject=f"Attachment: {filename}",
     )
-    pertinent = _sub(information, "pertinentInformation", typeCode="PERT")
-    _sub(pertinent, "sequenceNumber", value="1")
-    body = _sub(pertinent, "pertinentPayloadBody", classCode="OBS", moodCode="EVN")
-    _sub(
-        body,
-        "code",
-        code="GP2GPLMATTACHMENT",
-        codeSystem=_GP2GP_CODES,
-        displayName="GP2GP Large Message Attachment",
+    body = _payload_body(
+        information, ("GP2GPLMATTACHMENT", "GP2GP Large Message Attachment"), message_id
     )
-    _sub(body, "id", root=message_id)
     value = _sub(body, "value")
     _sub(value, "reference", value=f"file://localhost/{filename}")
     return _text(root)
+
+
+def _payload_body(
+    information: ElementTree.Element, code: tuple[str, str], message_id: str
+) -> ElementTree.Element:
+    """The one ``pertinentPayloadBody`` of a COPC message, with its code and id."""
+    pertinent = _sub(information, "pertinentInformation", typeCode="PERT")
+    _sub(pertinent, "sequenceNumber", value="1")
+    body = _sub(pertinent, "pertinentPayloadBody", classCode="OBS", moodCode="EVN")
+    _sub(body, "code", code=code[0], codeSystem=_GP2GP_CODES, displayName=code[1])
+    _sub(body, "id", root=message_id)
+    return body
 
 
 def continue_payload(
@@ -206,11 +210,7 @@ def continue_payload(
         to_ods=to_ods,
         subject="Continue Acknowledgement",
     )
-    pertinent = _sub(information, "pertinentInformation", typeCode="PERT")
-    _sub(pertinent, "sequenceNumber", value="1")
-    body = _sub(pertinent, "pertinentPayloadBody", classCode="OBS", moodCode="EVN")
-    _sub(body, "code", code="GP2GP_PB", codeSystem=_GP2GP_CODES, displayName="GP2GP Payload Body")
-    _sub(body, "id", root=message_id)
+    body = _payload_body(information, ("GP2GP_PB", "GP2GP Payload Body"), message_id)
     value = _sub(body, "value")
     holder = _sub(value, "Gp2gpfragment", None, GP2GP_NS)
     message = _sub(holder, "Message", type="Message")
