@@ -43,7 +43,7 @@ import redis
 from sds_plugins_gpconnect import EXAMPLE_CONSUMER
 
 from sds_plugins import Router, SdsPluginsError, Settings
-from sds_plugins._pacing import GUARD_S
+from sds_plugins._pacing import GUARD_S, writes_at_gate
 from sds_plugins._sandbox._records import AS_FILE, MHS_FILE, iter_synthetic, packaged_raw
 from sds_plugins._tools._prewarm import prewarm
 from sds_plugins.sandbox import SandboxProcess
@@ -354,6 +354,11 @@ async def main(args: argparse.Namespace) -> None:
     with SandboxProcess(**config) as sandbox:
         print(f"sds-plugins at the gateway's limit ({sandbox.url}: spike arrest 40/s smoothed)")
         _gateway_priority(sandbox)
+        at_gate = await writes_at_gate()
+        _line(
+            "requests leave at the wire gate (anyio 4.16 and later)",
+            "yes: spaced from it" if at_gate else "no: spaced from their writes' reported ends",
+        )
         floor()
         # The same 300 routes (600 requests: 15 s at 40/s, within a lookup's 20 s budget)
         # from 2 and from 4 processes.

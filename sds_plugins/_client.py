@@ -139,6 +139,8 @@ class SdsClient:
         return f"SdsClient(base_url={self.base_url!r})"
 
     async def __aenter__(self) -> SdsClient:
+        if self.rate_limiter is not None:
+            await self.rate_limiter.start()  # used alone (a router starts the one it shares)
         return self
 
     async def __aexit__(

@@ -107,6 +107,7 @@ class Router:
         self.rate_limiter: RateLimiter | None = None
         self._cache: LookupCache | None = None
         self._started = False
+        self._starting = asyncio.Lock()
         self._prepared = PreparedRoutes(_PREPARED_ROUTES)
         #: Names patients in logs, events, errors and cache keys (never the NHS number).
         self.patient_refs = PatientRefs.for_settings(self.settings)
@@ -130,12 +131,26 @@ class Router:
         await self.aclose()
 
     async def start(self) -> None:
-        """Ask the plugins for sources, adapters, cache and rate limiter (no network I/O)."""
+        """Ask the plugins for sources, adapters, cache and rate limiter, and start the rate
+        limiter and the sources (no network I/O beyond this machine). Callers that race to
+        start a router start it once; one that fails, or is cancelled, leaves it closed."""
         if self._started:
             return
+        async with self._starting:
+            if self.started:  # another caller started it meanwhile
+                return
+            try:
+                await self._start()
+            except BaseException:
+                await self.aclose()  # whatever was set up so far (a limiter, sources)
+                raise
+
+    async def _start(self) -> None:
         host = self.host
         settings = self.settings
         self.rate_limiter = host.provide_rate_limiter(settings)
+        if self.rate_limiter is not None:
+            await self.rate_limiter.start()
         context = SourceContext(
             settings,
             self.rate_limiter,
@@ -154,6 +169,7 @@ class Router:
             breaker_cooldown_s=settings.breaker_cooldown_s,
             clock=self.clock,
         )
+        await asyncio.gather(*(source.start() for source in self.sources.values()))
         prepare_http_stack()
         self._started = True
         host.router_started()

@@ -28,12 +28,16 @@ successor reach the gateway less than an interval apart.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
+import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Literal
+
+import httpcore
 
 from ._exceptions import RateLimitedError
 
@@ -48,7 +52,10 @@ __all__ = [
     "Throttle",
     "max_wait",
     "too_long",
+    "writes_at_gate",
 ]
+
+logger = logging.getLogger("sds_plugins.pacing")
 
 #: The starting guard added to every interval: the jitter between our send times and the
 #: gateway's arrival times that pacing tolerates without a spike-arrest 429 (25 ms becomes
@@ -59,6 +66,10 @@ GUARD_S = 0.002
 #: slot's neighbours are an interval away, so a send this late is still more than ``1/rate``
 #: after its predecessor. Later than that, it takes a new slot (see :class:`SendTicket`).
 _TOLERANCE = 0.5
+#: The share of the guard every gap between two writes keeps, even a late request's successor
+#: catching up with its slot: the gateway's jitter does not spare catch-up sends (the other
+#: quarter of the guard is what lets a late run catch up, a quarter of the guard a slot).
+_KEPT_GUARD = 0.75
 #: The last stretch of a wait at the wire gate is spent yielding, not sleeping (see _pause).
 _SPIN_S = 0.002
 #: The guard never grows beyond this share of ``1/rate`` (pacing at most a third slower).
@@ -90,6 +101,8 @@ class Guard:
 
     def __init__(self, base_s: float, rate_interval_s: float) -> None:
         self.base_s = base_s
+        #: ``1/rate``: the gateway's own interval, which the guard widens.
+        self.rate_interval_s = rate_interval_s
         self.max_s = max(base_s, rate_interval_s * _MAX_GUARD_SHARE)
         self.current_s = base_s
         self._clean = 0
@@ -122,6 +135,9 @@ class RateLimiter:
         """
         return None
 
+    async def start(self) -> None:
+        """Prepare before the first request: the router calls it when it starts."""
+
     async def throttled(self, kind: Throttle, *, retry_after_s: float | None = None) -> None:
         """The gateway refused a request anyway (``kind``): adjust the pace.
 
@@ -146,6 +162,64 @@ def too_long(wait: float) -> RateLimitedError:
 def max_wait(deadline: float | None) -> float | None:
     """Seconds from now to a ``time.monotonic()`` deadline (``None``: no deadline)."""
     return None if deadline is None else deadline - time.monotonic()
+
+
+async def writes_at_gate(backend: httpcore.AsyncNetworkBackend | None = None) -> bool:
+    """Whether httpcore's network streams (``backend``: the one httpx uses on asyncio) hand a
+    write's bytes to the kernel before they first yield to the event loop, i.e. in the very
+    turn a request leaves the wire gate.
+
+    anyio from 4.16 writes first and then yields; up to 4.15 it yields first, and the bytes
+    leave a loop turn later (1-3 ms on a busy loop). Which one is at work is asked of the
+    stream itself, not of a version number: a byte is written over loopback TCP to a socket of
+    our own, with a callback queued just before, which runs at the write's first yield and
+    looks whether the byte has arrived. Loopback delivers within the sending call, though a
+    loaded kernel may defer it: so a "no" is asked again, twice; a "yes" cannot be wrong.
+    About half a millisecond; ``False`` (the cautious answer) whenever it cannot tell.
+
+    What it answers for is httpcore's HTTP/1.1 connection, which writes straight to the
+    stream (what ``SdsClient`` and ``PdsSource`` use). Its HTTP/2 connection takes a lock
+    before it writes, which yields: a source sending over HTTP/2 should pace with a pacer of
+    its own, left unstarted (the cautious way).
+    """
+    for _ in range(_PROBES):
+        try:
+            if await _write_leaves_first(backend or httpcore.AnyIOBackend()):
+                return True
+        except (OSError, httpcore.NetworkError, httpcore.TimeoutException) as exc:
+            logger.info("could not tell when requests leave (%s): spacing from their ends", exc)
+            return False
+    logger.debug("writes yield before they leave: spacing from their reported ends")
+    return False
+
+
+#: How many times :func:`writes_at_gate` asks before it answers "no".
+_PROBES = 3
+
+
+async def _write_leaves_first(backend: httpcore.AsyncNetworkBackend) -> bool:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(1.0)
+        port = listener.getsockname()[1]
+        stream = await backend.connect_tcp("127.0.0.1", port, timeout=1.0)
+        try:
+            peer, _ = listener.accept()  # already in the backlog: does not block
+            with peer:
+                peer.setblocking(False)
+                arrived: list[bool] = []
+                asyncio.get_running_loop().call_soon(lambda: arrived.append(_ready(peer)))
+                await stream.write(b"\0", timeout=1.0)
+                # A write that never yielded: its bytes are there, or not, by now.
+                return arrived[0] if arrived else _ready(peer)
+        finally:
+            await stream.aclose()
+
+
+def _ready(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK))
+    except BlockingIOError:
+        return False
 
 
 class _Timeline:
@@ -213,19 +287,23 @@ class Spacer:
         floor_gap_s: float | None = None,
         tolerance_s: float | None = None,
         slack_s: float = 0.0,
+        guard: Guard | None = None,
     ) -> None:
-        self.interval_s = interval_s
+        # With a guard, the interval and the minimum gap follow it (see the properties).
+        self._guard = guard
+        self._interval_s = interval_s
         #: How much more than :attr:`tolerance_s` a request may be late before it takes a new
         #: slot: the part of the guard the gateway's own jitter does not need (a fleet's).
         self.slack_s = slack_s
-        #: No write sooner than this after the previous one, whatever the slots say: at least
-        #: ``1/rate``, so a request that went late pushes its successor back only by what the
-        #: guard did not absorb (the next slots absorb the rest: nothing accumulates).
-        self.min_gap_s = interval_s if min_gap_s is None else min_gap_s
+        self._min_gap_s = interval_s if min_gap_s is None else min_gap_s
         #: No two writes' ends closer than this, even when a write takes less time than the
         #: recent ones (see _due): ``1/rate``, the gateway's own limit. Without it: min_gap_s.
         self.floor_gap_s = (
-            self.min_gap_s if floor_gap_s is None else min(floor_gap_s, self.min_gap_s)
+            guard.rate_interval_s
+            if guard is not None
+            else self._min_gap_s
+            if floor_gap_s is None
+            else min(floor_gap_s, self._min_gap_s)
         )
         #: How late at the wire a request may take its slot when it has a ``reslot`` (a
         #: fleet's): at least this, or what lateness was recently seen (see tolerance_s).
@@ -234,9 +312,14 @@ class Spacer:
         self._sleep = sleep
         # Fine-grained waiting only on the real clock: a test's fake clock moves in its sleeps.
         self._precise = clock is time.time and sleep is asyncio.sleep
+        #: Whether a request's bytes leave in the turn it passes the wire gate (see
+        #: :func:`writes_at_gate`): then the gate is its send time, and the gap counts from
+        #: there; otherwise from its write's reported end (see _due).
+        self.writes_at_gate = False
         # The last request through the gate (or, untraced, its end), and the last write.
         self._last_sent = -math.inf
         self._last_written = -math.inf
+        self._last_reported = -math.inf  # the last write's report (its end, as traced)
         # Recent delays between the gate and the end of the write (see _due).
         self._write_delays: deque[float] = deque(maxlen=32)
         # Recent delays between a release and the wire gate; releases come that much early
@@ -250,6 +333,44 @@ class Spacer:
         self.missed = 0
         #: The shortest gap seen between two consecutive writes (for metrics and tests).
         self.closest_s = math.inf
+
+    @classmethod
+    def following(
+        cls,
+        guard: Guard,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        *,
+        tolerance_s: float | None = None,
+        slack_s: float = 0.0,
+    ) -> Spacer:
+        """A spacer for a pacer's slots, ``1/rate`` plus ``guard`` apart, whose every gap
+        between two writes keeps three quarters of the guard, as it is now (it widens after a
+        refusal): a late request's successor catches up with its slot by the other quarter."""
+        return cls(
+            guard.rate_interval_s + guard.current_s,
+            clock,
+            sleep,
+            tolerance_s=tolerance_s,
+            slack_s=slack_s,
+            guard=guard,
+        )
+
+    @property
+    def interval_s(self) -> float:
+        """The interval between slots."""
+        if self._guard is None:
+            return self._interval_s
+        return self._guard.rate_interval_s + self._guard.current_s
+
+    @property
+    def min_gap_s(self) -> float:
+        """No write sooner than this after the previous one, whatever the slots say: at least
+        ``1/rate``, so a request that went late pushes its successor back only by what the
+        guard did not absorb (the next slots absorb the rest: nothing accumulates)."""
+        if self._guard is None:
+            return self._min_gap_s
+        return self._guard.rate_interval_s + self._guard.current_s * _KEPT_GUARD
 
     @property
     def tolerance_s(self) -> float:
@@ -312,11 +433,13 @@ class Spacer:
         """:meth:`ticket` then :meth:`release`."""
         return await self.release(self.ticket(wait))
 
-    def _sent(self, when: float, traced: bool) -> None:
+    def _sent(self, when: float, traced: bool, reported: float) -> None:
         if traced:
-            if self._last_written > -math.inf:
+            # (At the gate, the gap is measured as requests pass it: see at_wire.)
+            if self._last_written > -math.inf and not self.writes_at_gate:
                 self.closest_s = min(self.closest_s, when - self._last_written)
             self._last_written = max(self._last_written, when)
+            self._last_reported = max(self._last_reported, reported)
         else:
             self._last_sent = max(self._last_sent, when)
 
@@ -324,20 +447,31 @@ class Spacer:
         """When a request at the gate may go: at its slot, and its write at least the minimum
         gap after the previous write.
 
-        A write is reported a loop turn or two after its request passed the gate (anyio up
-        to 4.14 yields before it writes, later versions after): about a millisecond, several
-        under load, and when the bytes left in between depends on the version, so the safe
-        reference is the reported end. Kept from it as it is, each gap would also hold that
-        delay, and a request that went late would push its successors back slot after slot
-        by almost as much, hardly catching up. So the gap counts from the previous write's
-        end less the shortest delay recently seen (which this write will most likely take
-        too), never from before the previous pass through the gate, and never by more than
-        keeps two writes' ends :attr:`floor_gap_s` apart should this write take no time.
+        The trace hook reports a write a loop turn after its request passed the gate: about a
+        millisecond, several under load. Where the bytes left in between depends on the
+        transport (see :func:`writes_at_gate`). When they leave at the gate
+        (:attr:`writes_at_gate`), the previous pass through the gate is the previous write,
+        exactly. Otherwise they leave just before the report, a loop turn after the gate,
+        so the reported end is the reference; kept from it as it is, each gap would also
+        hold the delay, and a request that went late would push its successors back slot
+        after slot by almost as much, hardly catching up. So the gap counts from the previous
+        write's end less the shortest delay recently seen (which this write will most likely
+        take too), never from before the previous pass through the gate, and never by more
+        than keeps two writes' ends :attr:`floor_gap_s` apart should this write take no time.
         """
-        if len(self._write_delays) >= 8:
-            write_delay = min(min(self._write_delays), self.min_gap_s - self.floor_gap_s)
-        else:
-            write_delay = 0.0
+        delays = self._write_delays
+        if self.writes_at_gate:
+            # And a backstop for a write that did not leave at the gate after all (a transport
+            # that waited to drain first): its reported end, less the report's usual delay,
+            # plus 1/rate. A report later than usual by more than the guard's kept part,
+            # on a busy loop, costs the next request the excess (rarely: bench/fleet.py).
+            return max(
+                not_before,
+                self._last_sent + self.min_gap_s,
+                self._last_reported + self.floor_gap_s - (min(delays) if delays else 0.0),
+            )
+        shortest = min(delays) if len(delays) >= 8 else 0.0
+        write_delay = min(shortest, self.min_gap_s - self.floor_gap_s)
         return max(
             not_before,
             self._last_sent + self.min_gap_s,
@@ -423,6 +557,8 @@ class SendTicket:
         # Through the gate: until its write is reported, this is the send the next request
         # keeps its distance from (a slow write must not let a successor catch it up).
         self._gate_at = spacer._clock()
+        if spacer.writes_at_gate and spacer._last_sent > -math.inf:
+            spacer.closest_s = min(spacer.closest_s, self._gate_at - spacer._last_sent)
         spacer._last_sent = max(spacer._last_sent, self._gate_at)
 
     def written(self) -> None:
@@ -436,10 +572,13 @@ class SendTicket:
     def _report(self, when: float, *, traced: bool) -> None:
         if not self._done:
             self._done = True
-            self.sent_at = when
+            reported = when
             if traced and self._gate_at > -math.inf:
                 self._spacer._write_delays.append(when - self._gate_at)
-            self._spacer._sent(when, traced)
+                if self._spacer.writes_at_gate:
+                    when = self._gate_at  # the bytes left then; the report came a turn later
+            self.sent_at = when
+            self._spacer._sent(when, traced, reported)
 
     async def wait_for_slot(self) -> None:
         """After :class:`MissedSlot`: wait (holding no connection) until the new slot nears."""
@@ -476,14 +615,8 @@ class Pacer(RateLimiter):
         self._timeline = _Timeline(self.interval_s, per_minute)
         self._clock = clock
         # A late request may take its slot (nobody else's is near): its successor keeps at
-        # least 1/rate, plus a quarter of the guard, from it.
-        self.spacer = Spacer(
-            self.interval_s,
-            clock,
-            sleep,
-            min_gap_s=1.0 / per_second + guard_s / 4,
-            floor_gap_s=1.0 / per_second,
-        )
+        # least 1/rate, plus three quarters of the guard, from it.
+        self.spacer = Spacer.following(self.guard, clock, sleep)
         #: 429s the gateway answered despite the pacing, by kind (for metrics and tests).
         self.throttles: dict[str, int] = {"spike_arrest": 0, "quota": 0}
 
@@ -494,6 +627,10 @@ class Pacer(RateLimiter):
     def waited_s(self) -> float:
         """Seconds requests spent waiting for their slot so far."""
         return self.spacer.waited_s
+
+    async def start(self) -> None:
+        """Learn whether writes leave at the wire gate (:func:`writes_at_gate`)."""
+        self.spacer.writes_at_gate = await writes_at_gate()
 
     def _reserve(self, deadline: float | None) -> float:
         """The next slot (this process's clock), or :func:`too_long` beyond ``deadline``."""

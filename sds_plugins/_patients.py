@@ -555,5 +555,8 @@ class PdsSource(DirectorySource):
         # the cache gives it to its sender too), for the answer's short life.
         return self._records_adapter().dump_json(records, context={"reveal_secrets": True})
 
+    async def start(self) -> None:
+        await self.rate_limiter.start()  # PDS's own pace, apart from SDS's
+
     async def aclose(self) -> None:
         await self._http.aclose()

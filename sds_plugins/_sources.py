@@ -76,6 +76,10 @@ class DirectorySource:
         API gateway's 30-minute response cache honours)."""
         raise NotImplementedError
 
+    async def start(self) -> None:
+        """Prepare before the first fetch (start a rate limiter of the source's own, say).
+        Called once when the router starts."""
+
     async def aclose(self) -> None:
         """Release connections. Called once when the router closes."""
 

@@ -5,16 +5,19 @@ bulk work that never meets spike arrest."""
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import itertools
 import math
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import httpcore
 import httpx
 import pytest
 
 from sds_plugins import (
+    ConfigurationError,
     Lookup,
     Pacer,
     RateLimitedError,
@@ -26,12 +29,14 @@ from sds_plugins import (
 )
 from sds_plugins._pacing import (
     GUARD_S,
+    Guard,
     MissedSlot,
     RateLimiter,
     SendTicket,
     Spacer,
     Throttle,
     too_long,
+    writes_at_gate,
 )
 from sds_plugins._retrying import gateway_throttle, seconds_to_next_minute
 from sds_plugins._tools._prewarm import prewarm
@@ -151,16 +156,17 @@ async def test_sends_land_on_their_slots_and_a_late_one_does_not_push_the_rest_b
     fake.now += 0.010  # its write takes 10 ms (a busy loop, a handshake)
     first.written()
     sent = []
-    for _ in range(10):
+    for _ in range(24):
         ticket = await pacer.acquire()
         await ticket.at_wire()
         ticket.written()
         sent.append(ticket.sent_at - start)
-    slots = [(k + 1) * pacer.interval_s for k in range(10)]
-    # The late write pushes its successors back only by what each slot's guard cannot absorb,
-    # and within a few slots every request goes on its own slot again: nothing accumulates.
-    assert sent[:3] == pytest.approx([0.0355, 0.061, 0.0865], abs=1e-6)
-    assert sent[-4:] == pytest.approx(slots[-4:], abs=1e-6)
+    slots = [(k + 1) * pacer.interval_s for k in range(24)]
+    # The late write pushes its successors back only by what each slot's guard cannot absorb
+    # (each gap keeps 1/rate plus three quarters of the guard: 26.5 ms), and within some
+    # slots every request goes on its own slot again: nothing accumulates.
+    assert sent[:3] == pytest.approx([0.0365, 0.063, 0.0895], abs=1e-6)
+    assert sent[-4:] == pytest.approx(slots[-4:], abs=1e-5)
     gaps = [b - a for a, b in itertools.pairwise([0.010, *sent])]
     assert min(gaps) >= 1 / 40  # never closer than the rate, however late one was
 
@@ -257,6 +263,187 @@ async def test_the_gap_counts_from_the_previous_write_less_the_shortest_write_de
     quick = await send(21 * 0.027, 0.0)
     assert quick - late >= 0.025 - 1e-9
     assert spacer.closest_s >= 0.025 - 1e-9
+
+
+async def test_when_writes_leave_at_the_gate_the_gap_counts_from_the_gate() -> None:
+    fake = FakeTime()
+    guard = Guard(0.002, 1 / 40)
+    spacer = Spacer.following(guard, clock=fake.clock, sleep=fake.sleep)
+    spacer.writes_at_gate = True
+    start = fake.now
+
+    async def send(slot: float, report_after: float) -> SendTicket:
+        ticket = spacer.ticket_at(start + slot)
+        await ticket.at_wire()
+        fake.now += report_after  # the trace hook hears of the write a loop turn later
+        ticket.written()
+        return ticket
+
+    # The first request reaches the gate 10 ms late; its write is reported 3 ms after that.
+    fake.now = start + 0.010
+    first = await send(0.0, 0.003)
+    assert first.sent_at == pytest.approx(start + 0.010)  # the gate, not the report
+    # Its successors keep 1/rate plus three quarters of the guard from the previous gate,
+    # whatever the reports say, and are back on their 27 ms slots once caught up.
+    sent = [(await send(k * 0.027, 0.003)).sent_at - start for k in range(1, 24)]
+    assert sent[:2] == pytest.approx([0.0365, 0.063], abs=1e-5)
+    assert sent[-1] == pytest.approx(23 * 0.027, abs=1e-5)
+    assert spacer.closest_s == pytest.approx(0.0265, abs=1e-5)
+
+
+async def test_at_the_gate_a_write_that_waited_still_keeps_its_successor_away() -> None:
+    fake = FakeTime()
+    spacer = Spacer.following(Guard(0.002, 1 / 40), clock=fake.clock, sleep=fake.sleep)
+    spacer.writes_at_gate = True
+    start = fake.now
+    for k in range(8):  # reports come 1 ms after the gate
+        ticket = spacer.ticket_at(start + k * 0.027)
+        await ticket.at_wire()
+        fake.now += 0.001
+        ticket.written()
+    # A transport that had to drain first: its write is reported 15 ms after the gate, and
+    # its bytes may have left as late as that. The next request keeps 1/rate from the report
+    # (less the report's usual delay), beyond its slot and the gap from the gate.
+    waited = spacer.ticket_at(start + 8 * 0.027)
+    await waited.at_wire()
+    fake.now += 0.015
+    waited.written()
+    after = spacer.ticket_at(start + 9 * 0.027)
+    await after.at_wire()
+    assert fake.now - start == pytest.approx(8 * 0.027 + 0.015 + 0.025 - 0.001, abs=1e-5)
+
+
+async def test_every_gap_keeps_three_quarters_of_the_guard_as_it_widens() -> None:
+    fake = FakeTime()
+    pacer = _pacer(fake, per_second=40)
+    assert (pacer.spacer.interval_s, pacer.spacer.min_gap_s) == pytest.approx((0.027, 0.0265))
+    await pacer.throttled("spike_arrest")  # the guard widens by 1 ms, and the gaps with it
+    assert pacer.guard.current_s == pytest.approx(0.003)
+    assert (pacer.spacer.interval_s, pacer.spacer.min_gap_s) == pytest.approx((0.028, 0.02725))
+    assert pacer.spacer.floor_gap_s == pytest.approx(0.025)
+
+
+# httpcore's network interface takes ``timeout`` arguments (ASYNC109 is about our own APIs).
+class _YieldFirst(httpcore.AsyncNetworkBackend):
+    """httpcore's own backend, but each write yields to the event loop before it writes (as
+    anyio's did up to 4.15)."""
+
+    def __init__(self) -> None:
+        self.backend = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,  # noqa: ASYNC109
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return _YieldingStream(await self.backend.connect_tcp(host, port, timeout))
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+
+
+class _YieldingStream(httpcore.AsyncNetworkStream):
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self.stream = stream
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        return await self.stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        await asyncio.sleep(0)
+        await self.stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
+
+
+def _anyio_writes_first() -> bool:
+    major, minor = (int(part) for part in importlib.metadata.version("anyio").split(".")[:2])
+    return (major, minor) >= (4, 16)
+
+
+async def test_the_probe_tells_whether_a_write_leaves_before_it_yields() -> None:
+    # Over real loopback sockets: anyio writes first from 4.16 (the locked version), and
+    # yielded first before; a transport that yields first is never taken for one that does not.
+    assert await writes_at_gate() is _anyio_writes_first()
+    assert await writes_at_gate(_YieldFirst()) is False
+    # One that cannot tell answers the cautious way.
+    assert await writes_at_gate(_Unreachable()) is False
+
+
+class _Unreachable(_YieldFirst):
+    async def connect_tcp(self, *args: Any, **kwargs: Any) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("no loopback here")
+
+
+async def test_the_router_starts_its_rate_limiter_which_learns_when_writes_leave() -> None:
+    keep = KeepPacer()
+    async with Router(Settings(base_url="http://127.0.0.1:9/FHIR/R4"), plugins=[keep]) as router:
+        assert router.rate_limiter is keep.pacer
+        assert keep.pacer is not None
+        assert keep.pacer.spacer.writes_at_gate is _anyio_writes_first()
+    # A pacer nobody started spaces from the writes' reported ends (the cautious way); a
+    # client used alone starts its own.
+    alone = Pacer()
+    assert alone.spacer.writes_at_gate is False
+    async with SdsClient(BASE, transport=httpx.MockTransport(Script()), rate_limiter=alone):
+        assert alone.spacer.writes_at_gate is _anyio_writes_first()
+
+
+class _Failing:
+    """Provides a rate limiter that records its closing, and no cache: the start fails."""
+
+    def __init__(self) -> None:
+        self.limiter = _Closing()
+
+    @hookimpl
+    def sds_provide_rate_limiter(self, settings: Settings) -> RateLimiter:
+        return self.limiter
+
+    @hookimpl(tryfirst=True)
+    def sds_provide_cache(self, settings: Settings) -> Any:
+        raise ConfigurationError("no cache for this test")
+
+
+class _Closing(RateLimiter):
+    def __init__(self) -> None:
+        self.started = self.closed = 0
+
+    async def start(self) -> None:
+        self.started += 1
+        await asyncio.sleep(0.01)  # long enough for a second caller to arrive meanwhile
+
+    async def aclose(self) -> None:
+        self.closed += 1
+
+
+async def test_a_router_started_twice_at_once_starts_once() -> None:
+    keep = _Closing()
+
+    class Keep:
+        @hookimpl
+        def sds_provide_rate_limiter(self, settings: Settings) -> RateLimiter:
+            return keep
+
+    router = Router(Settings(base_url="http://127.0.0.1:9/FHIR/R4"), plugins=[Keep()])
+    await asyncio.gather(router.start(), router.start())
+    try:
+        assert router.started and router.rate_limiter is keep and keep.started == 1
+    finally:
+        await router.aclose()
+    assert keep.closed == 1
+
+
+async def test_a_router_whose_start_fails_closes_what_it_had_started() -> None:
+    failing = _Failing()
+    router = Router(Settings(base_url="http://127.0.0.1:9/FHIR/R4"), plugins=[failing])
+    with pytest.raises(ConfigurationError, match="no cache for this test"):
+        await router.start()
+    assert (failing.limiter.started, failing.limiter.closed) == (1, 1)
+    assert not router.started and router.rate_limiter is None and not router.sources
 
 
 async def test_a_request_whose_new_slot_would_miss_its_budget_is_refused_unsent() -> None:

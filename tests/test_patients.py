@@ -290,6 +290,8 @@ async def test_pds_is_paced_apart_from_sds(
     assert [type(a).__name__ for a in answers].count("PatientRegistration") == 4
     pacer = router.sources["pds"].rate_limiter  # type: ignore[attr-defined]
     assert pacer is not router.rate_limiter
+    # Started with the router, so it knows when its requests leave, as the SDS pacer does.
+    assert pacer.spacer.writes_at_gate is router.rate_limiter.spacer.writes_at_gate  # type: ignore[union-attr]
     assert pacer.spacer.released >= len(cases)
     assert pacer.spacer.closest_s >= 1 / pacer.per_second == 1 / 5
     refused = sandbox.stats()["statuses"].get("429", 0)

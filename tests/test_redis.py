@@ -32,6 +32,7 @@ from sds_plugins import (
     Settings,
 )
 from sds_plugins._cache import LookupCache
+from sds_plugins._pacing import writes_at_gate
 from sds_plugins._redis import RedisCache, RedisPacer
 from sds_plugins._redis._pacer import _run_ends
 from sds_plugins.sandbox import Sandbox
@@ -503,6 +504,19 @@ async def test_two_pacers_on_one_redis_share_one_timeline(prefix: str, raw: redi
     assert start_us + 10 * interval_us <= next_slot < start_us + 10 * interval_us + 1_000_000
     counts = [int(raw.get(key) or 0) for key in raw.scan_iter(match=f"{prefix}pace:quota:*")]
     assert sum(counts) == 10
+
+
+async def test_a_started_fleet_pacer_and_its_fallback_learn_when_writes_leave(
+    prefix: str,
+) -> None:
+    pacer = RedisPacer(REDIS_URL, per_second=50, prefix=prefix, fleet_size=2)
+    try:
+        await pacer.start()
+        expected = await writes_at_gate()
+        assert pacer.spacer.writes_at_gate is expected
+        assert pacer.fallback.spacer.writes_at_gate is expected
+    finally:
+        await pacer.aclose()
 
 
 async def test_a_busy_fleet_process_reserves_runs_with_one_margin_after_each(

@@ -15,7 +15,7 @@ slot lies beyond its caller's deadline. The caller then sleeps until its slot on
 Requests that ask while a reservation is on its way are reserved together by the next one, as
 a **run** of consecutive slots (at most :data:`_MAX_RUN`, in one round trip): their neighbours
 are this process's own requests, which its wire gate keeps the minimum gap apart (``1/rate``
-plus a quarter of the guard), so a fleet's margin (see ``RedisPacer._margin_s``) is left once
+plus three quarters of the guard), so a fleet's margin (see ``RedisPacer._margin_s``) is left once
 after the run rather than after every slot, and only a request that would go beyond its run's
 end takes a new slot. A process alone batches the same way (fewer round trips; no margin, and a
 late request keeps its slot, as with ``Pacer``). A process that is not busy reserves one slot
@@ -48,6 +48,7 @@ from .._pacing import (
     Throttle,
     max_wait,
     too_long,
+    writes_at_gate,
 )
 from ._link import DEFAULT_MAX_CONNECTIONS, PoolBusy, RedisLink
 from ._link import REDIS_ERRORS as _REDIS_ERRORS
@@ -199,10 +200,8 @@ class RedisPacer(RateLimiter):
         # One process: as Pacer (a late request keeps its slot, its successor keeps its
         # distance). A fleet: the wire gate cannot see the others' sends, so a request that
         # would go too late for its run takes a new slot (runs end _margin_s early for that).
-        self.spacer = Spacer(
-            self.interval_s,
-            min_gap_s=1.0 / per_second + guard_s / 4,
-            floor_gap_s=1.0 / per_second,
+        self.spacer = Spacer.following(
+            self.guard,
             tolerance_s=guard_s * _TOLERANCE,
             # A late send is still an interval from the next slot while it is within the
             # margin (which allows for it) and half the guard (the other half stays for the
@@ -266,6 +265,11 @@ class RedisPacer(RateLimiter):
     def _interval_us(self) -> int:
         """The interval between two of this process's slots (µs)."""
         return math.ceil((1.0 / self.per_second + self.guard.current_s) * _US)
+
+    async def start(self) -> None:
+        """Learn whether writes leave at the wire gate (:func:`writes_at_gate`)."""
+        self.spacer.writes_at_gate = await writes_at_gate()
+        self.fallback.spacer.writes_at_gate = self.spacer.writes_at_gate
 
     async def acquire(self, *, deadline: float | None = None) -> SendTicket:
         if self.link.client() is None:
