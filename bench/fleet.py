@@ -361,7 +361,7 @@ def _gateway_priority(sandbox: SandboxProcess) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     redis.Redis.from_url(args.redis, socket_connect_timeout=1).ping()
-    config = {"spike_arrest_per_s": RATE, "quota_per_min": 2400, "synthetic": 8000}
+    config: dict[str, Any] = {"spike_arrest_per_s": RATE, "quota_per_min": 2400, "synthetic": 8000}
     with SandboxProcess(**config) as sandbox:
         print(f"sds-plugins at the gateway's limit ({sandbox.url}: spike arrest 40/s smoothed)")
         _gateway_priority(sandbox)
