@@ -218,7 +218,7 @@ async def _write_leaves_first(backend: httpcore.AsyncNetworkBackend) -> bool:
 def _ready(sock: socket.socket) -> bool:
     try:
         return bool(sock.recv(1, socket.MSG_PEEK))
-    except BlockingIOError:
+    except OSError:  # nothing there yet (BlockingIOError), or no connection left
         return False
 
 
