@@ -63,8 +63,10 @@ def test_doctor_passes_against_the_sandbox(make_sandbox: SandboxFactory, clean_e
         "files": "ok",
         "pds": "ok",
         "redis": "ok",
+        "pacing": "ok",
         "broker": "ok",
     }
+    assert "pacing: requests leave at the wire gate: spaced from it" in out
     assert "without credentials (an open sandbox)" in out
     assert "files: no certificate, key or CA bundle configured" in out
     assert "broker: not configured" in out

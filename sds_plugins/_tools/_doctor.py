@@ -113,7 +113,8 @@ def _plugins(host: PluginHost) -> Check:
 async def _with_router(
     settings: Settings, host: PluginHost | None
 ) -> tuple[Check, list[tuple[str, Any]]]:
-    """The ``adapters`` check, from a router started on ``host`` (no network I/O), and the
+    """The ``adapters`` check, from a router started on ``host`` (no network I/O beyond this
+    machine), and the
     settings of the plugins that read their own (for the ``files`` check)."""
     from .._configured import UnconfiguredAdapter
     from .._engine import Router
@@ -467,6 +468,20 @@ async def _redis(settings: Settings) -> Check:
     return Check("redis", True, f"{link.location} answers PING")
 
 
+async def _pacing() -> Check:
+    """Where the pacer counts its gaps from (see ``writes_at_gate``): informational."""
+    from .._pacing import writes_at_gate
+
+    if await writes_at_gate():
+        return Check("pacing", True, "requests leave at the wire gate: spaced from it")
+    return Check(
+        "pacing",
+        True,
+        "requests leave a loop turn after the wire gate (anyio before 4.16), or it cannot tell: "
+        "spaced from their writes' reported ends, a fleet about 7 % slower",
+    )
+
+
 async def run_doctor(
     settings: Settings,
     *,
@@ -484,6 +499,7 @@ async def run_doctor(
     checks.append(_pds(settings))
     checks += await _signed_jwt(settings)
     checks.append(await _redis(settings))
+    checks.append(await _pacing())
     checks.append(await broker_check(env))
     if host is not None:
         from .._keepalive import collect_keepalives
