@@ -328,6 +328,12 @@ class _Sent:
         self.at: float | None = None
 
     async def trace(self, event: str, info: Any) -> None:
+        request = info.get("request") if isinstance(info, dict) else None
+        if request is not None and request.method == b"CONNECT":
+            # Through an HTTPS proxy, httpcore hands the tunnel's CONNECT the request's
+            # extensions: it goes to the proxy, not the gateway, so it neither takes the
+            # request's slot nor starts its answer time.
+            return
         if event.endswith(".send_request_headers.started"):
             if self.ticket is not None:
                 await self.ticket.at_wire()

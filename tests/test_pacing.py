@@ -6,15 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import importlib.metadata
+import ipaddress
 import itertools
+import json
 import math
+import ssl
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpcore
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from sds_plugins import (
     ConfigurationError,
@@ -706,3 +715,114 @@ async def test_quota_exhaustion_fails_typed_with_when_to_come_back() -> None:
             assert again.value.limit == "pace"
             assert again.value.attempts == 0
         assert sandbox.stats()["gateway"]["quota_refused"] == 1
+
+
+# -- through an HTTPS proxy -------------------------------------------------------------------
+
+
+def _tls_contexts(directory: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A self-signed certificate for 127.0.0.1: the server's context and a client's trusting it."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(hours=1))
+        .not_valid_after(now + timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "cert.pem", directory / "key.pem"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(cert_file, key_file)
+    return server, ssl.create_default_context(cafile=str(cert_file))
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
+
+
+async def test_through_an_https_proxy_the_tunnel_s_connect_is_not_paced(tmp_path: Path) -> None:
+    server_tls, client_tls = _tls_contexts(tmp_path)
+    answered: list[bytes] = []
+    tunnels: list[bytes] = []
+    body = json.dumps(DEVICE_BODY).encode()
+
+    handlers: set[asyncio.Task[Any]] = set()  # to see each connection's end before ours
+
+    async def directory(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        try:
+            while True:
+                answered.append((await reader.readuntil(b"\r\n\r\n")).split(b" ", 1)[0])
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\n"
+                    b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        handlers.add(asyncio.current_task())  # type: ignore[arg-type]
+        head = await reader.readuntil(b"\r\n\r\n")
+        tunnels.append(head.split(b"\r\n", 1)[0])
+        host, port = head.split(b" ")[1].decode().rsplit(":", 1)
+        upstream_reader, upstream_writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        await asyncio.gather(_pipe(reader, upstream_writer), _pipe(upstream_reader, writer))
+
+    tls_server = await asyncio.start_server(directory, "127.0.0.1", 0, ssl=server_tls)
+    proxy_server = await asyncio.start_server(proxy, "127.0.0.1", 0)
+    port = tls_server.sockets[0].getsockname()[1]
+    proxy_port = proxy_server.sockets[0].getsockname()[1]
+    pacer = Pacer(per_second=40)
+    transport = httpx.AsyncHTTPTransport(proxy=f"http://127.0.0.1:{proxy_port}", verify=client_tls)
+    try:
+        async with SdsClient(
+            f"https://127.0.0.1:{port}/spine-directory/FHIR/R4",
+            transport=transport,
+            rate_limiter=pacer,
+        ) as client:
+            pacer.spacer.writes_at_gate = True  # each pass through the gate is then a send
+            first = await client.devices(org="B82617", interaction=GPC_STRUCTURED)
+            # One request, one pass through the gate: the CONNECT before it took no slot
+            # (paced, it would have, and the GET would have waited an interval after it).
+            assert pacer.spacer.closest_s == math.inf
+            second = await client.devices(org="B82618", interaction=GPC_STRUCTURED)
+            assert pacer.spacer.closest_s >= 1 / 40
+        # The client closed its connection: the proxy's tunnel and the directory's end too.
+        await asyncio.wait(handlers, timeout=10)
+    finally:
+        for server in (tls_server, proxy_server):
+            server.close()
+            await server.wait_closed()
+    assert len(first.records) == len(second.records) == 1
+    assert tunnels == [f"CONNECT 127.0.0.1:{port} HTTP/1.1".encode()]  # kept alive
+    assert answered == [b"GET", b"GET"]
+    assert pacer.spacer.released == 2
