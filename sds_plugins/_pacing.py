@@ -443,9 +443,9 @@ class Spacer:
         else:
             self._last_sent = max(self._last_sent, when)
 
-    def _due(self, not_before: float) -> float:
-        """When a request at the gate may go: at its slot, and its write at least the minimum
-        gap after the previous write.
+    def _due(self, not_before: float, min_gap_s: float) -> float:
+        """When a request at the gate may go: at its slot, and its write at least
+        ``min_gap_s`` (its ticket's minimum gap) after the previous write.
 
         The trace hook reports a write a loop turn after its request passed the gate: about a
         millisecond, several under load. Where the bytes left in between depends on the
@@ -467,15 +467,15 @@ class Spacer:
             # on a busy loop, costs the next request the excess (rarely: bench/fleet.py).
             return max(
                 not_before,
-                self._last_sent + self.min_gap_s,
+                self._last_sent + min_gap_s,
                 self._last_reported + self.floor_gap_s - (min(delays) if delays else 0.0),
             )
         shortest = min(delays) if len(delays) >= 8 else 0.0
-        write_delay = min(shortest, self.min_gap_s - self.floor_gap_s)
+        write_delay = min(shortest, min_gap_s - self.floor_gap_s)
         return max(
             not_before,
-            self._last_sent + self.min_gap_s,
-            self._last_written + self.min_gap_s - write_delay,
+            self._last_sent + min_gap_s,
+            self._last_written + min_gap_s - write_delay,
         )
 
 
@@ -504,6 +504,7 @@ class SendTicket:
         "_reslot",
         "_spacer",
         "deadline",
+        "min_gap_s",
         "not_before",
         "released_at",
         "run_end",
@@ -522,6 +523,10 @@ class SendTicket:
         self._spacer = spacer
         #: The reserved slot: not written before it.
         self.not_before = not_before
+        #: The minimum gap of the guard the slot was reserved with: a guard that widens
+        #: later (a refusal) widens the next reservations, not the slots already spaced by
+        #: the narrower one, which would drift late slot after slot and miss their run.
+        self.min_gap_s = spacer.min_gap_s
         #: The last slot of this process's run this one belongs to: never written much later.
         self.run_end = not_before if run_end is None else max(run_end, not_before)
         self._reslot = reslot
@@ -542,12 +547,13 @@ class SendTicket:
         spacer._release_delays.append(now - self.released_at)
         spacer._lateness.append(max(now - self.not_before, 0.0))
         while True:
-            due = spacer._due(self.not_before)
+            due = spacer._due(self.not_before, self.min_gap_s)
             if (
                 self._reslot is not None
                 and max(now, due) - self.run_end > spacer.tolerance_s + spacer.slack_s
             ):
                 self.not_before = self.run_end = await self._reslot(self.deadline)
+                self.min_gap_s = spacer.min_gap_s  # reserved with the guard as it is now
                 spacer.missed += 1
                 raise MissedSlot(self)
             if due <= now:

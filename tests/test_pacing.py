@@ -333,6 +333,36 @@ async def test_every_gap_keeps_three_quarters_of_the_guard_as_it_widens() -> Non
 
 
 # httpcore's network interface takes ``timeout`` arguments (ASYNC109 is about our own APIs).
+async def test_a_guard_widened_mid_run_leaves_the_slots_already_reserved_alone() -> None:
+    fake = FakeTime()
+    guard = Guard(0.002, 1 / 40)
+    spacer = Spacer.following(
+        guard, clock=fake.clock, sleep=fake.sleep, tolerance_s=0.001, slack_s=0.001
+    )
+    spacer.writes_at_gate = True
+
+    async def reslot(deadline: float | None) -> float:
+        return fake.now + 1.0
+
+    # A run of 16 slots, 27 ms apart, reserved with the 2 ms guard.
+    start = fake.now
+    run_end = start + 15 * 0.027
+    run = [spacer.ticket_at(start + k * 0.027, reslot, run_end=run_end) for k in range(16)]
+    await run[0].at_wire()
+    run[0].written()
+    guard.refused()  # a spike arrest: 3 ms now, so the next reservations are 28 ms apart
+    assert spacer.min_gap_s == pytest.approx(0.02725)
+    for ticket in run[1:]:  # each on its slot: at the old gap, none drifts into a miss
+        await ticket.at_wire()
+        ticket.written()
+    assert spacer.missed == 0
+    assert [t.sent_at - start for t in run] == pytest.approx(
+        [k * 0.027 for k in range(16)], abs=1e-5
+    )
+    # A slot reserved from now on is spaced by the wider guard.
+    assert spacer.ticket_at(fake.now + 0.028).min_gap_s == pytest.approx(0.02725)
+
+
 class _YieldFirst(httpcore.AsyncNetworkBackend):
     """httpcore's own backend, but each write yields to the event loop before it writes (as
     anyio's did up to 4.15)."""
