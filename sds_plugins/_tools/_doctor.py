@@ -114,8 +114,7 @@ async def _with_router(
     settings: Settings, host: PluginHost | None
 ) -> tuple[Check, list[tuple[str, Any]]]:
     """The ``adapters`` check, from a router started on ``host`` (no network I/O beyond this
-    machine), and the
-    settings of the plugins that read their own (for the ``files`` check)."""
+    machine), and the settings of the plugins that read their own (for the ``files`` check)."""
     from .._configured import UnconfiguredAdapter
     from .._engine import Router
 
