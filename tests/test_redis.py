@@ -482,6 +482,11 @@ async def test_the_password_is_never_shown(prefix: str, caplog: pytest.LogCaptur
 # -- shared pacing ----------------------------------------------------------------------------
 
 
+def _quota_reserved(raw: redis.Redis, prefix: str) -> int:
+    """Requests counted against the quota, over every calendar minute's key."""
+    return sum(int(raw.get(key) or 0) for key in raw.scan_iter(match=f"{prefix}pace:quota:*"))
+
+
 async def test_two_pacers_on_one_redis_share_one_timeline(prefix: str, raw: redis.Redis) -> None:
     pacers = [RedisPacer(REDIS_URL, per_second=50, prefix=prefix) for _ in "ab"]
 
@@ -502,8 +507,7 @@ async def test_two_pacers_on_one_redis_share_one_timeline(prefix: str, raw: redi
     next_slot = int(raw.get(f"{prefix}pace:next") or 0)
     start_us = before[0] * 1_000_000 + before[1]
     assert start_us + 10 * interval_us <= next_slot < start_us + 10 * interval_us + 1_000_000
-    counts = [int(raw.get(key) or 0) for key in raw.scan_iter(match=f"{prefix}pace:quota:*")]
-    assert sum(counts) == 10
+    assert _quota_reserved(raw, prefix) == 10
 
 
 async def test_a_started_fleet_pacer_and_its_fallback_learn_when_writes_leave(
@@ -554,8 +558,7 @@ async def test_a_busy_fleet_process_reserves_runs_with_one_margin_after_each(
     assert start + 20 * interval + 2 * 0.001 <= next_slot < start + 20 * interval + 1.0
     # Each request knows where its run ends: only beyond that would it meet another's slot.
     assert sorted({t.run_end for t in tickets}) == [slots[15], slots[19]]
-    counts = [int(raw.get(key) or 0) for key in raw.scan_iter(match=f"{prefix}pace:quota:*")]
-    assert sum(counts) == 20
+    assert _quota_reserved(raw, prefix) == 20
 
 
 async def test_in_a_run_a_request_beyond_its_deadline_reserves_nothing_and_others_go_on(
@@ -583,8 +586,7 @@ async def test_in_a_run_a_request_beyond_its_deadline_reserves_nothing_and_other
         ticket.finished()
     # The refused request's slot went to the next one: two slots one interval apart.
     assert granted[1].not_before - granted[0].not_before == pytest.approx(0.102, abs=1e-5)
-    counts = [int(raw.get(key) or 0) for key in raw.scan_iter(match=f"{prefix}pace:quota:*")]
-    assert sum(counts) == 3
+    assert _quota_reserved(raw, prefix) == 3
 
 
 async def test_an_idle_fleet_timeline_gives_a_slot_the_answer_can_reach_in_time(
@@ -684,8 +686,7 @@ async def test_a_pacer_refuses_at_once_a_wait_beyond_the_deadline(
         assert raised.value.limit == "pace"
         assert raised.value.retry_after_s is not None and 0.5 < raised.value.retry_after_s <= 1.1
         assert raised.value.attempts == 0
-        counts = [int(raw.get(key) or 0) for key in raw.scan_iter(match=f"{prefix}pace:quota:*")]
-        assert sum(counts) == 1  # the refused request reserved nothing
+        assert _quota_reserved(raw, prefix) == 1  # the refused request reserved nothing
     finally:
         await pacer.aclose()
 
