@@ -318,8 +318,7 @@ class Spacer:
         self.writes_at_gate = False
         # The last request through the gate (or, untraced, its end), and the last write.
         self._last_sent = -math.inf
-        self._last_written = -math.inf
-        self._last_reported = -math.inf  # the last write's report (its end, as traced)
+        self._last_written = -math.inf  # the last write's reported end (as traced)
         # Recent delays between the gate and the end of the write (see _due).
         self._write_delays: deque[float] = deque(maxlen=32)
         # Recent delays between a release and the wire gate; releases come that much early
@@ -433,13 +432,12 @@ class Spacer:
         """:meth:`ticket` then :meth:`release`."""
         return await self.release(self.ticket(wait))
 
-    def _sent(self, when: float, traced: bool, reported: float) -> None:
+    def _sent(self, when: float, traced: bool) -> None:
         if traced:
             # (At the gate, the gap is measured as requests pass it: see at_wire.)
             if self._last_written > -math.inf and not self.writes_at_gate:
                 self.closest_s = min(self.closest_s, when - self._last_written)
             self._last_written = max(self._last_written, when)
-            self._last_reported = max(self._last_reported, reported)
         else:
             self._last_sent = max(self._last_sent, when)
 
@@ -468,7 +466,7 @@ class Spacer:
             return max(
                 not_before,
                 self._last_sent + min_gap_s,
-                self._last_reported + self.floor_gap_s - (min(delays) if delays else 0.0),
+                self._last_written + self.floor_gap_s - (min(delays) if delays else 0.0),
             )
         shortest = min(delays) if len(delays) >= 8 else 0.0
         write_delay = min(shortest, min_gap_s - self.floor_gap_s)
@@ -578,13 +576,12 @@ class SendTicket:
     def _report(self, when: float, *, traced: bool) -> None:
         if not self._done:
             self._done = True
-            reported = when
+            self.sent_at = when
             if traced and self._gate_at > -math.inf:
                 self._spacer._write_delays.append(when - self._gate_at)
                 if self._spacer.writes_at_gate:
-                    when = self._gate_at  # the bytes left then; the report came a turn later
-            self.sent_at = when
-            self._spacer._sent(when, traced, reported)
+                    self.sent_at = self._gate_at  # the bytes left then; the report came later
+            self._spacer._sent(when, traced)
 
     async def wait_for_slot(self) -> None:
         """After :class:`MissedSlot`: wait (holding no connection) until the new slot nears."""
